@@ -1,0 +1,46 @@
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("THINJAX_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+RELEASE = os.path.join(SHARED, "checkpoints", "thinresnet-release")
+CIFAR_ZIP = os.path.join(SHARED, "data", "cifar10-jpeg.zip")
+
+# The release table (../shared/checkpoints/README.md): file -> (params, top-1 on JPEG test)
+RELEASE_TABLE = {
+    "resnet20_width4_cifar10_ema.pt": (17_534, 75.76),
+    "resnet20_width8_cifar10_ema.pt": (68_786, 81.67),
+    "resnet20_width16_cifar10_ema.pt": (272_474, 87.20),
+    "resnet56_width8_cifar10_ema.pt": (215_282, 87.39),
+    "resnet56_width16_cifar10_ema.pt": (855_770, 89.51),
+    "resnet50_width16_imagenet_ema.pt": (889_304, None),
+}
+
+
+def release_path(name: str) -> str:
+    p = os.path.join(RELEASE, name)
+    if not os.path.isfile(p):
+        pytest.skip(f"release checkpoint {p} not present")
+    return p
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg(tmp_path_factory) -> str:
+    """The full CIFAR-10 JPEG image folder, unzipped once per session (or $THINJAX_CIFAR10)."""
+    pre = os.environ.get("THINJAX_CIFAR10")
+    if pre and os.path.isdir(pre):
+        return pre
+    if not os.path.isfile(CIFAR_ZIP):
+        pytest.skip(f"{CIFAR_ZIP} not present")
+    d = tmp_path_factory.mktemp("cifar10")
+    with zipfile.ZipFile(CIFAR_ZIP) as z:
+        z.extractall(d)
+    return str(d / "cifar10-jpeg")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,136 @@
+"""thinjax checkpoints: an orbax CheckpointManager directory per run or model.
+
+Each step directory holds two items:
+  * ``state``: the array pytree (``params``, ``batch_stats``, and during training the
+    optimizer state, EMA, step, RNG, ...), saved with ``StandardSave``;
+  * ``meta``: JSON with the channel ``plan`` (always), the model options and whatever
+    describes where the weights came from (``source``, ``config``).
+
+``load_model`` opens any of: a thinjax checkpoint directory (latest complete step), a
+step directory inside one, or a PyTorch/safetensors/npz file (imported on the fly).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from thinjax.plan import Plan
+
+PYTORCH_EXTS = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or not a thinjax checkpoint."""
+
+
+def manager(directory: str, max_to_keep: int | None = None, **options) -> ocp.CheckpointManager:
+    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, **options)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=opts)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta)))
+
+
+def export_model(dst: str, plan: Plan, variables: dict, meta: dict | None = None,
+                 overwrite: bool = False) -> str:
+    """Writes a standalone model checkpoint (step 0) atomically: all of it, or nothing."""
+    dst = os.path.abspath(dst)
+    if os.path.exists(dst) and not overwrite:
+        raise FileExistsError(f"{dst} exists; choose another output or pass --overwrite")
+    parent = os.path.dirname(dst)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(dst) + ".tmp-", dir=parent)
+    try:
+        m = manager(tmp)
+        state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+        save(m, 0, state, {"plan": plan.to_dict(), **(meta or {})})
+        m.wait_until_finished()
+        m.close()
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def _step_dir(path: str) -> tuple[str, int]:
+    """(manager directory, step) of the newest complete step under `path`."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "meta")) and os.path.isdir(os.path.join(path, "state")):
+        parent, name = os.path.split(path)
+        if name.isdigit():
+            return parent, int(name)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"no checkpoint at {path}: neither a thinjax checkpoint "
+                              f"directory nor a file ({', '.join(PYTORCH_EXTS)})")
+    m = ocp.CheckpointManager(path)
+    steps = sorted(m.all_steps(), reverse=True)
+    m.close()
+    if not steps:
+        ckdir = os.path.join(path, "checkpoints")
+        if os.path.isdir(ckdir):  # a training workdir
+            return _step_dir(ckdir)
+        raise CheckpointError(f"{path} holds no complete checkpoint step (looked for "
+                              "numbered step directories with meta/ and state/)")
+    return path, steps[0]
+
+
+def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
+    """(plan, {'params', 'batch_stats'}, meta) from a thinjax or PyTorch checkpoint."""
+    if os.path.isfile(path) and path.lower().endswith(PYTORCH_EXTS):
+        from thinjax.interop.torch import import_checkpoint
+        plan, variables = import_checkpoint(path)
+        return plan, variables, {"source": os.path.abspath(path)}
+    directory, step = _step_dir(path)
+    m = ocp.CheckpointManager(directory)
+    try:
+        meta = m.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        state = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    except Exception as e:
+        raise CheckpointError(f"{directory} step {step}: cannot restore ({type(e).__name__}: "
+                              f"{e}); the checkpoint is incomplete or corrupt") from e
+    finally:
+        m.close()
+    if not isinstance(meta, dict) or "plan" not in meta:
+        raise CheckpointError(f"{directory} step {step}: meta has no channel plan")
+    plan = Plan.from_dict(meta["plan"])
+    params = state["ema"]["params"] if use_ema and "ema" in state else state["params"]
+    variables = {"params": params, "batch_stats": state.get("batch_stats", {})}
+    variables = _to_numpy(variables)
+    check_shapes(plan, variables, where=f"{directory} step {step}")
+    return plan, variables, {**meta, "step": step, "directory": directory}
+
+
+def _to_numpy(tree):
+    import jax
+    return jax.tree.map(np.asarray, tree)
+
+
+def check_shapes(plan: Plan, variables: dict, where: str = "variables") -> None:
+    """Raises CheckpointError naming the first leaf whose shape disagrees with `plan`."""
+    from flax import traverse_util
+    from thinjax.models.resnet import variable_shapes
+    want = variable_shapes(plan)
+    for col in ("params", "batch_stats"):
+        w = traverse_util.flatten_dict(want[col], sep="/")
+        g = traverse_util.flatten_dict(variables.get(col, {}), sep="/")
+        for k in w:
+            if k not in g:
+                raise CheckpointError(f"{where}: {col}/{k} is missing (plan expects shape "
+                                      f"{tuple(w[k].shape)})")
+            if tuple(np.shape(g[k])) != tuple(w[k].shape):
+                raise CheckpointError(f"{where}: {col}/{k} has shape {tuple(np.shape(g[k]))}, "
+                                      f"the plan expects {tuple(w[k].shape)}")
+        extra = sorted(set(g) - set(w))
+        if extra:
+            raise CheckpointError(f"{where}: {col}/{extra[0]} is not part of the plan")

@@ -1,0 +1,162 @@
+"""Where examples come from: a TFDS dataset name, an image folder, or the bundled sample.
+
+    get_source("cifar10", data_dir=...)            # TFDS (downloads when not prepared)
+    get_source("/data/cifar10-jpeg")               # split/label/*.jpg, TFDS ImageFolder
+    get_source("sample:cifar10")                   # ~3 MB of CIFAR-10 JPEGs in the package
+
+Every source yields dicts ``{"image": encoded bytes, "label": int64, "filename": str}``
+(TFDS sources have no filename); decoding happens in `thinjax.data.pipeline`, where a
+file that does not decode is reported by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from typing import Callable
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+SAMPLES = {"cifar10": "cifar10_sample.zip"}
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be found or read."""
+
+
+@dataclasses.dataclass
+class Source:
+    name: str
+    splits: dict[str, int]          # split name -> number of examples
+    num_classes: int
+    image_size: int | None          # native size when all images share one (32 for CIFAR)
+    _make: Callable[[str, bool, int | None], tf.data.Dataset]
+    files: Callable[[str], list[str]] | None = None   # per split, in the dataset's order
+
+    def num_examples(self, split: str) -> int:
+        self._check_split(split)
+        return self.splits[split]
+
+    def as_dataset(self, split: str, shuffle_files: bool = False,
+                   seed: int | None = None) -> tf.data.Dataset:
+        self._check_split(split)
+        return self._make(split, shuffle_files, seed)
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise DataError(f"dataset {self.name!r} has no split {split!r}; available: "
+                            f"{', '.join(sorted(self.splits))}")
+
+
+def sample_dir(name: str = "cifar10", cache_dir: str | None = None) -> str:
+    """Extracts the bundled sample of `name` (once) and returns its image-folder root."""
+    if name not in SAMPLES:
+        raise DataError(f"no bundled sample {name!r}; available: {', '.join(SAMPLES)}")
+    zpath = os.path.join(ASSETS, SAMPLES[name])
+    cache_dir = cache_dir or os.environ.get("THINJAX_CACHE",
+                                            os.path.join(os.path.expanduser("~"), ".cache",
+                                                         "thinjax"))
+    import hashlib
+    with open(zpath, "rb") as f:
+        stamp = hashlib.sha1(f.read()).hexdigest()[:12]
+    root = os.path.join(cache_dir, f"{name}_sample-{stamp}")
+    if not os.path.isdir(root):
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = root + f".tmp{os.getpid()}"
+        with zipfile.ZipFile(zpath) as z:
+            z.extractall(tmp)
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process won the race
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _folder_root(root)
+
+
+def _is_split_root(path: str) -> bool:
+    subdirs = [d for d in tf.io.gfile.listdir(path) if tf.io.gfile.isdir(os.path.join(path, d))]
+    return bool(subdirs) and all(
+        any(tf.io.gfile.isdir(os.path.join(path, d, c)) for c in tf.io.gfile.listdir(
+            os.path.join(path, d))) for d in subdirs)
+
+
+def _folder_root(path: str) -> str:
+    """`path` itself, or its single sub-folder (an unzipped archive's top folder)."""
+    path = path.rstrip("/")
+    if _is_split_root(path):
+        return path
+    subdirs = [d for d in tf.io.gfile.listdir(path) if tf.io.gfile.isdir(os.path.join(path, d))]
+    if len(subdirs) == 1 and _is_split_root(os.path.join(path, subdirs[0].rstrip("/"))):
+        return os.path.join(path, subdirs[0].rstrip("/"))
+    raise DataError(f"{path} is not an image folder: expected split/label/image.jpg "
+                    "(for example train/cat/0001.jpg)")
+
+
+def _folder_source(path: str, name: str | None = None) -> Source:
+    root = _folder_root(path)
+    builder = tfds.folder_dataset.ImageFolder(root)
+    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+    if not any(splits.values()):
+        raise DataError(f"{root} has class folders but no .jpg/.jpeg/.png images")
+    labels = builder.info.features["label"].names
+
+    def make(split, shuffle_files, seed):
+        del seed  # ImageFolder orders files deterministically; shuffling is the pipeline's
+        ds = builder.as_dataset(split=split, shuffle_files=False,
+                                decoders={"image": tfds.decode.SkipDecoding()})
+        return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"],
+                                  "filename": ex["image/filename"]},
+                      num_parallel_calls=tf.data.AUTOTUNE)
+
+    def files(split):
+        return [e.image_path for e in builder._split_examples[split]]  # pylint: disable=protected-access
+
+    size = 32 if all(x in labels for x in ("airplane", "truck")) else None
+    return Source(name or root, splits, len(labels), size, make, files)
+
+
+def _tfds_source(name: str, data_dir: str | None, download: bool) -> Source:
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        import difflib
+        close = difflib.get_close_matches(name, tfds.list_builders(), n=5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise DataError(f"unknown dataset {name!r}: not an existing image folder, not a "
+                        f"bundled sample ({', '.join('sample:' + s for s in SAMPLES)}), and not "
+                        "a TFDS dataset (image classification ones include cifar10, cifar100, "
+                        f"imagenet2012, imagenette; all: tfds.list_builders()).{hint}") from e
+    if download:
+        try:
+            builder.download_and_prepare()
+        except Exception as e:
+            raise DataError(f"TFDS dataset {name!r} is not prepared in "
+                            f"{builder.data_dir} and could not be downloaded ({e}). Prepare it "
+                            "where there is network access, or set data.data_dir") from e
+    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+    num_classes = builder.info.features["label"].num_classes
+    shape = builder.info.features["image"].shape
+    size = shape[0] if shape and shape[0] and shape[0] == shape[1] else None
+
+    def make(split, shuffle_files, seed):
+        rc = tfds.ReadConfig(shuffle_seed=seed) if shuffle_files else None
+        ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=rc,
+                                decoders={"image": tfds.decode.SkipDecoding()})
+        return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"], "filename": ""},
+                      num_parallel_calls=tf.data.AUTOTUNE)
+
+    return Source(name, splits, num_classes, size, make)
+
+
+def get_source(name: str, data_dir: str | None = None, download: bool = True) -> Source:
+    """A dataset by TFDS name, image-folder path, or ``sample:<name>``."""
+    if name.startswith("sample:"):
+        return _folder_source(sample_dir(name.split(":", 1)[1]), name)
+    if os.path.isdir(os.path.expanduser(name)):
+        return _folder_source(os.path.expanduser(name))
+    if os.sep in name or name.startswith("."):
+        raise DataError(f"dataset path {name!r} does not exist (or is not a folder)")
+    return _tfds_source(name, data_dir, download)

@@ -1,0 +1,148 @@
+"""Flax linen ResNet built from a channel plan (`thinjax.plan.Plan`).
+
+Parameter paths follow the plan: ``stem/conv``, ``stem/bn``,
+``stage2/block0/{conv1,bn1,conv2,bn2[,conv3,bn3]}``, ``stage2/block0/proj/{conv,bn}``,
+``head``. Convolutions use PyTorch's symmetric padding, so that torchvision and study
+checkpoints give the same numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from thinjax.plan import Plan
+
+ModuleDef = Any
+
+# torchvision's init: kaiming normal, fan_out, for ReLU.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
+    pad = (kernel - 1) // 2
+    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad)] * 2,
+                   use_bias=False, kernel_init=conv_init, dtype=dtype, param_dtype=jnp.float32,
+                   name=name)
+
+
+class ConvBN(nn.Module):
+    """A conv followed by BatchNorm: the stem and the projection shortcut."""
+    features: int
+    kernel: int
+    stride: int
+    norm: ModuleDef
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = _conv(self.features, self.kernel, self.stride, "conv", self.dtype)(x)
+        return self.norm(name="bn")(x)
+
+
+class Block(nn.Module):
+    """Basic (inner=(c1,)) or bottleneck (inner=(c1, c2)) residual block."""
+    inner: tuple[int, ...]
+    out: int
+    stride: int
+    proj: bool
+    norm: ModuleDef
+    zero_init_last: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        shortcut = x
+        if self.proj:
+            shortcut = ConvBN(self.out, 1, self.stride, self.norm, self.dtype, name="proj")(x)
+        if all(c == 0 for c in self.inner):  # branch removed: the block is the identity
+            return nn.relu(shortcut)
+        last_norm = functools.partial(self.norm, scale_init=nn.initializers.zeros) \
+            if self.zero_init_last else self.norm
+        if len(self.inner) == 1:  # basic
+            y = _conv(self.inner[0], 3, self.stride, "conv1", self.dtype)(x)
+            y = nn.relu(self.norm(name="bn1")(y))
+            y = _conv(self.out, 3, 1, "conv2", self.dtype)(y)
+            y = last_norm(name="bn2")(y)
+        else:  # bottleneck, stride on the 3x3 conv (v1.5)
+            y = _conv(self.inner[0], 1, 1, "conv1", self.dtype)(x)
+            y = nn.relu(self.norm(name="bn1")(y))
+            y = _conv(self.inner[1], 3, self.stride, "conv2", self.dtype)(y)
+            y = nn.relu(self.norm(name="bn2")(y))
+            y = _conv(self.out, 1, 1, "conv3", self.dtype)(y)
+            y = last_norm(name="bn3")(y)
+        return nn.relu(y + shortcut)
+
+
+class Stage(nn.Module):
+    plan: Plan
+    index: int
+    norm: ModuleDef
+    zero_init_last: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        s = self.plan.stages[self.index]
+        for bi, b in enumerate(s.blocks):
+            x = Block(b.inner, s.width, s.stride if bi == 0 else 1, b.proj, self.norm,
+                      self.zero_init_last, self.dtype, name=f"block{bi}")(x)
+        return x
+
+
+class ResNet(nn.Module):
+    """A ResNet whose every channel count comes from `plan`.
+
+    Input: NHWC images. Output: float32 logits. `dtype` is the compute dtype (e.g.
+    bfloat16); parameters and BatchNorm statistics stay float32.
+    """
+    plan: Plan
+    zero_init_last_bn: bool = False
+    bn_momentum: float = 0.9  # Flax convention: PyTorch momentum 0.1 == Flax 0.9
+    bn_epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                 dtype=self.dtype, param_dtype=jnp.float32)
+        p = self.plan
+        x = x.astype(self.dtype)
+        if p.stem == "imagenet":
+            x = nn.relu(ConvBN(p.stem_width, 7, 2, norm, self.dtype, name="stem")(x))
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        else:
+            x = nn.relu(ConvBN(p.stem_width, 3, 1, norm, self.dtype, name="stem")(x))
+        for si in range(len(p.stages)):
+            x = Stage(p, si, norm, self.zero_init_last_bn, self.dtype, name=f"stage{si + 1}")(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(p.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
+        return x.astype(jnp.float32)
+
+
+def build_model(plan: Plan, **options) -> ResNet:
+    """ResNet(plan) with model options (zero_init_last_bn, bn_momentum, bn_epsilon, dtype)."""
+    dtype = options.pop("dtype", jnp.float32)
+    if isinstance(dtype, str):
+        dtype = jnp.dtype(dtype)
+    return ResNet(plan, dtype=dtype, **options)
+
+
+def init_variables(model: ResNet, rng, input_size: int, batch: int = 1) -> dict:
+    """Parameters and batch statistics for `model` on `input_size`^2 images."""
+    import jax
+    x = jnp.zeros((batch, input_size, input_size, model.plan.in_channels), jnp.float32)
+    return jax.jit(functools.partial(model.init, train=False))(rng, x)
+
+
+def variable_shapes(plan: Plan) -> dict:
+    """ShapeDtypeStructs of {'params', 'batch_stats'} for `plan`, without computing anything."""
+    import jax
+    size = 64 if plan.stem == "imagenet" else 32
+    x = jax.ShapeDtypeStruct((1, size, size, plan.in_channels), jnp.float32)
+    return jax.eval_shape(functools.partial(ResNet(plan).init, train=False),
+                          jax.random.PRNGKey(0), x)
