@@ -59,7 +59,11 @@ class TorchResNet(nn.Module):
         for si, s in enumerate(plan.stages):
             blocks = []
             for bi, b in enumerate(s.blocks):
-                blocks.append(block(cin, b.inner, s.width, s.stride if bi == 0 else 1, b.proj))
+                if b.removed:  # no branch, no parameters: the identity (on post-ReLU input)
+                    blocks.append(nn.ReLU())
+                else:
+                    blocks.append(block(cin, b.inner, s.width, s.stride if bi == 0 else 1,
+                                        b.proj))
                 cin = s.width
             setattr(self, f"layer{si + 1}", nn.Sequential(*blocks))
         self.n_stages = len(plan.stages)

@@ -5,7 +5,8 @@ Reads torchvision names (``conv1``, ``bn1``, ``layerX.Y.convZ``, ``downsample.0/
 ``module.`` prefix, an ``n_averaged`` entry), from ``.pt``/``.pth`` (through PyTorch,
 ``weights_only=True``: a checkpoint is data, never code), ``.safetensors`` or ``.npz``
 (no PyTorch needed). The plan is inferred from the tensor shapes; strides are the
-standard ones (stage 1: 1, later stages: 2).
+standard ones (stage 1: 1, later stages: 2); a block index with no tensors (layer1.0,
+layer1.2 but no layer1.1) is a removed block, the identity.
 """
 
 from __future__ import annotations
@@ -112,12 +113,15 @@ def infer_plan(sd: StateDict) -> Plan:
     stages, cin = [], stem[0]
     for s in sorted(blocks):
         idx = sorted(blocks[s])
-        if idx != list(range(len(idx))):
-            raise CheckpointFormatError(f"layer{s}: block indices {idx} are not 0..{len(idx) - 1}")
+        if idx[0] != 0:
+            raise CheckpointFormatError(f"layer{s}: block indices {idx} do not start at 0")
         out_w = None
         bps = []
-        for b in idx:
+        for b in range(idx[-1] + 1):
             pre = f"layer{s}.{b}"
+            if b not in blocks[s]:  # a block without tensors: its branch was removed
+                bps.append(BlockPlan((0,) * n_inner))
+                continue
             convs = [_shape(sd, f"{pre}.conv{i}.weight", 4) for i in range(1, n_inner + 2)]
             inner = tuple(int(c[0]) for c in convs[:-1])
             out = int(convs[-1][0])
@@ -202,7 +206,8 @@ def to_state_dict(plan: Plan, variables: dict, style: str = "torchvision") -> di
         for path, a in traverse_util.flatten_dict(variables[col]).items():
             key, _ = _flax_path_to_torch(path)
             a = np.asarray(a)
-            sd[key] = a.transpose(3, 2, 0, 1) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
+            a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
+            sd[key] = np.ascontiguousarray(a)  # writers such as safetensors ignore strides
     if style == "release":
         sd = {re.sub(r"^conv1\.", "embed.0.", re.sub(r"^bn1\.", "embed.1.", k)): v
               for k, v in sd.items()}

@@ -1,0 +1,31 @@
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(*args):
+    return subprocess.run([sys.executable, "-m", "thinjax.main", *args], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def test_default_job_builds_counts_imports_and_evaluates(tmp_path):
+    r = main("--config=configs/default.py", f"--workdir={tmp_path}", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    saved = json.load(open(tmp_path / "results.json"))
+    assert out == saved
+    assert out["params"] == 17_534 and out["macs"] == 2_633_888
+    assert out["eval"]["count"] == 1000 and 65 < out["eval"]["top1"] < 85
+    cfg = json.load(open(tmp_path / "config.json"))
+    assert cfg["model"]["name"] == "resnet20" and cfg["data"]["name"] == "sample:cifar10"
+
+
+def test_overrides_are_checked(tmp_path):
+    r = main("--config=configs/default.py", f"--workdir={tmp_path}", "--config.model.width=8")
+    assert r.returncode == 2
+    assert "differs from the configured one" in r.stderr
+    r = main("--config=configs/default.py", f"--workdir={tmp_path}", "--config.model.widht=8")
+    assert r.returncode != 0 and "widht" in r.stderr
