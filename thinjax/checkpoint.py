@@ -49,11 +49,14 @@ def export_model(dst: str, plan: Plan, variables: dict, meta: dict | None = None
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(dst) + ".tmp-", dir=parent)
     try:
-        m = manager(tmp)
-        state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-        save(m, 0, state, {"plan": plan.to_dict(), **(meta or {})})
-        m.wait_until_finished()
-        m.close()
+        m = manager(tmp, enable_async_checkpointing=False)  # nothing runs on after a failure
+        try:
+            state = {"params": variables["params"],
+                     "batch_stats": variables.get("batch_stats", {})}
+            save(m, 0, state, {"plan": plan.to_dict(), **(meta or {})})
+            m.wait_until_finished()
+        finally:
+            m.close()
         if os.path.exists(dst):
             shutil.rmtree(dst)
         os.replace(tmp, dst)
