@@ -83,7 +83,8 @@ def test_state_dict_that_fits_no_resnet_names_the_key():
     sd = to_state_dict(plan, random_variables(plan))
     bad = dict(sd)
     bad["layer2.1.conv1.weight"] = np.zeros((8, 5, 3, 3), np.float32)  # wrong input channels
-    with pytest.raises(CheckpointFormatError, match=r"layer2\.1\.conv1\.weight: shape \(8, 5, 3, 3\)"):
+    with pytest.raises(CheckpointFormatError,
+                       match=r"layer2\.1\.conv1\.weight: shape \(8, 5, 3, 3\)"):
         convert(bad)
     extra = dict(sd, **{"layer1.0.se.weight": np.zeros(3)})
     with pytest.raises(CheckpointFormatError, match=r"unexpected key 'layer1\.0\.se\.weight'"):

@@ -12,7 +12,7 @@ def main(*args):
 
 
 def test_default_job_builds_counts_imports_and_evaluates(tmp_path):
-    r = main("--config=configs/default.py", f"--workdir={tmp_path}", "--json")
+    r = main("--config=configs/eval_release.py", f"--workdir={tmp_path}", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     saved = json.load(open(tmp_path / "results.json"))
@@ -24,8 +24,8 @@ def test_default_job_builds_counts_imports_and_evaluates(tmp_path):
 
 
 def test_overrides_are_checked(tmp_path):
-    r = main("--config=configs/default.py", f"--workdir={tmp_path}", "--config.model.width=8")
+    r = main("--config=configs/eval_release.py", f"--workdir={tmp_path}", "--config.model.width=8")
     assert r.returncode == 2
     assert "differs from the configured one" in r.stderr
-    r = main("--config=configs/default.py", f"--workdir={tmp_path}", "--config.model.widht=8")
+    r = main("--config=configs/eval_release.py", f"--workdir={tmp_path}", "--config.model.widht=8")
     assert r.returncode != 0 and "widht" in r.stderr

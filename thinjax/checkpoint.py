@@ -35,8 +35,9 @@ def manager(directory: str, max_to_keep: int | None = None, **options) -> ocp.Ch
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+    """Saves now: the caller decides when (force=True skips orbax's own save policy)."""
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            meta=ocp.args.JsonSave(meta)))
+                                            meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def export_model(dst: str, plan: Plan, variables: dict, meta: dict | None = None,
@@ -95,10 +96,12 @@ def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
         plan, variables = import_checkpoint(path)
         return plan, variables, {"source": os.path.abspath(path)}
     directory, step = _step_dir(path)
-    m = ocp.CheckpointManager(directory)
+    m = ocp.CheckpointManager(directory, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
     try:
         meta = m.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        state = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+        state = m.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_host_target(m.item_metadata(step)["state"])))).state
     except Exception as e:
         raise CheckpointError(f"{directory} step {step}: cannot restore ({type(e).__name__}: "
                               f"{e}); the checkpoint is incomplete or corrupt") from e
@@ -107,11 +110,23 @@ def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
     if not isinstance(meta, dict) or "plan" not in meta:
         raise CheckpointError(f"{directory} step {step}: meta has no channel plan")
     plan = Plan.from_dict(meta["plan"])
-    params = state["ema"]["params"] if use_ema and "ema" in state else state["params"]
-    variables = {"params": params, "batch_stats": state.get("batch_stats", {})}
+    if use_ema and "ema_params" in state:  # a training checkpoint's EMA weights
+        variables = {"params": state["ema_params"], "batch_stats": state["ema_batch_stats"]}
+    else:
+        variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
     variables = _to_numpy(variables)
     check_shapes(plan, variables, where=f"{directory} step {step}")
-    return plan, variables, {**meta, "step": step, "directory": directory}
+    return plan, variables, {**meta, "step": step, "directory": directory,
+                             "has_ema": "ema_params" in state}
+
+
+def _host_target(tree_metadata):
+    """Restore target placing every array on this process's first device, whatever mesh
+    (devices, processes) wrote the checkpoint."""
+    import jax
+    sh = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                        tree_metadata, is_leaf=lambda x: hasattr(x, "shape"))
 
 
 def _to_numpy(tree):

@@ -13,9 +13,10 @@ def user_errors():
     from thinjax.data.sources import DataError
     from thinjax.interop.torch import CheckpointFormatError
     from thinjax.plan import PlanError
+    from thinjax.train.loop import NonFiniteLoss
     try:
         yield
     except (PlanError, DataError, CheckpointError, CheckpointFormatError, FileNotFoundError,
-            FileExistsError, ValueError) as e:
+            FileExistsError, ValueError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

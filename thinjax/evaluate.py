@@ -20,38 +20,50 @@ from typing import Iterable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from thinjax.models.resnet import ResNet
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _eval_step(model: ResNet, variables, images, labels, mask):
-    logits = model.apply(variables, images, train=False)
-    logp = jax.nn.log_softmax(logits)
-    nll = -jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
-    k = min(5, logits.shape[-1])
-    topk = jax.lax.top_k(logits, k)[1]
+@functools.partial(jax.jit, static_argnames="model")
+def eval_step(variables: dict, batch: dict, *, model: ResNet) -> dict[str, jax.Array]:
+    """Masked sums over a batch: top-1 and top-5 hits, NLL, example count."""
+    logits = model.apply(variables, batch["image"], train=False)
+    labels = batch["label"]
+    m = batch["mask"].astype(jnp.float32)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
+    topk = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     hit = topk == labels[:, None]
-    m = mask.astype(jnp.float32)
     return {"top1": jnp.sum(hit[:, 0] * m), "top5": jnp.sum(jnp.any(hit, axis=1) * m),
             "loss": jnp.sum(nll * m), "count": jnp.sum(m)}
 
 
 def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int | None = None,
-             progress: bool = True) -> dict:
-    """{'top1', 'top5' (percent), 'loss' (mean NLL), 'count', 'images_per_s'} over `batches`."""
+             progress: bool = True, mesh=None) -> dict:
+    """{'top1', 'top5' (percent), 'loss' (mean NLL), 'count', 'images_per_s'} over `batches`.
+
+    With a `mesh`, each batch is this process's slice of a global batch, sharded along
+    'data'; the sums cover the global batch.
+    """
     from tqdm import tqdm
     sums = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0}
     t0 = time.perf_counter()
     bar = tqdm(total=total, unit="img", desc="eval", disable=not progress, file=sys.stderr,
                mininterval=2.0)
+    pending = None
     for b in batches:
-        out = _eval_step(model, variables, b["image"], b["label"], b["mask"])
-        out = jax.device_get(out)
-        for k in sums:
-            sums[k] += float(out[k])
-        bar.update(int(b["mask"].sum()))
+        n_local = int(b["mask"].sum())
+        if mesh is not None:
+            from thinjax.train.sharding import global_batch
+            b = global_batch(b, mesh)
+        out = eval_step(variables, b, model=model)
+        if pending is not None:  # fetch the previous batch's sums while this one runs
+            for k, v in jax.device_get(pending).items():
+                sums[k] += float(v)
+        pending = out
+        bar.update(n_local)
+    if pending is not None:
+        for k, v in jax.device_get(pending).items():
+            sums[k] += float(v)
     bar.close()
     dt = time.perf_counter() - t0
     n = int(sums["count"])

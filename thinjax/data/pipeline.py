@@ -61,3 +61,87 @@ def eval_batches(source: Source, split: str, batch_size: int, image_size: int | 
                  for k, v in b.items()}
         b["mask"] = mask
         yield b
+
+
+def _train_example_fn(cfg_data, seed: int, shard: int):
+    """(index, example) -> {image, label}: augmented with a per-example stateless seed."""
+    from thinjax.data import augment
+
+    def fn(index, ex):
+        key = tf.stack([tf.constant(seed * 1_000_003 + shard, tf.int64), tf.cast(index, tf.int64)])
+        s = tf.random.experimental.stateless_split(key, 3)
+        if cfg_data.augment == "imagenet":
+            img = augment.random_resized_crop(ex["image"], cfg_data.image_size, s[0],
+                                              scale=(cfg_data.rrc_scale_min, 1.0))
+            img = tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+        else:
+            img = ex["image"] if ex["image"].dtype == tf.uint8 else preprocess.decode(ex["image"])
+            img = tf.image.resize_with_crop_or_pad(img, cfg_data.image_size, cfg_data.image_size)
+            img = augment.random_crop_flip(img, s[0], pad=cfg_data.crop_padding)
+        if cfg_data.trivial_augment:
+            img = augment.trivial_augment_wide(img, s[1])
+        img = preprocess.normalize(img)
+        if cfg_data.random_erasing > 0:
+            img = augment.random_erasing(img, s[2], p=cfg_data.random_erasing)
+        return {"image": img, "label": tf.cast(ex["label"], tf.int32)}
+
+    return fn
+
+
+def _shard_batches(source: Source, cfg_data, shard: int, num_shards: int, batch: int,
+                   seed: int, start_step: int, steps_per_epoch: int):
+    split = cfg_data.train_split
+    base = source.as_dataset(split).shard(num_shards, shard)
+    if cfg_data.cache == "decoded" and cfg_data.augment != "imagenet":
+        base = base.map(lambda ex: {"image": preprocess.decode(ex["image"]),
+                                    "label": ex["label"]},
+                        num_parallel_calls=tf.data.AUTOTUNE).cache()
+    else:
+        base = base.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+        if cfg_data.cache == "encoded":
+            base = base.cache()
+    n_shard = source.num_examples(split) // num_shards
+    epoch, offset = divmod(start_step, steps_per_epoch)
+    options = tf.data.Options()
+    options.deterministic = True
+    while True:
+        ds = base.shuffle(min(cfg_data.shuffle_buffer, n_shard), seed=seed * 100_003 + epoch,
+                          reshuffle_each_iteration=False)
+        ds = ds.take(steps_per_epoch * batch).enumerate(start=epoch * n_shard)
+        ds = ds.skip(offset * batch)
+        ds = ds.map(_train_example_fn(cfg_data, seed, shard), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch, drop_remainder=True).prefetch(4).with_options(options)
+        it = ds.as_numpy_iterator()
+        while True:
+            try:
+                yield next(it)
+            except StopIteration:
+                break
+            except tf.errors.InvalidArgumentError as e:
+                reraise_bad_file(source, split, e)
+        epoch, offset = epoch + 1, 0
+
+
+def train_batches(source: Source, cfg_data, global_batch: int, seed: int, start_step: int,
+                  steps_per_epoch: int, num_shards: int = 1, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Endless, reproducible training batches for this process, from `start_step`.
+
+    The training set is split into `num_shards` shards (a multiple of the process count);
+    each process reads only its own shards. A global batch is the concatenation of one
+    batch of global_batch / num_shards examples from every shard, in shard order. Epoch e
+    visits a shard in the order of a shuffle seeded by (seed, e), and example i of a shard
+    is augmented with the stateless seed (seed, shard, e * N + i). So the stream is a pure
+    function of (seed, num_shards, step), whatever the number of processes: a resumed run
+    sees exactly the batches it would have seen, and 1 process reading 2 shards builds the
+    same global batches as 2 processes reading one shard each.
+    """
+    if num_shards % process_count or global_batch % num_shards:
+        raise ValueError(f"data shards ({num_shards}) must be a multiple of the process count "
+                         f"({process_count}) and divide the global batch ({global_batch})")
+    per = num_shards // process_count
+    streams = [_shard_batches(source, cfg_data, s, num_shards, global_batch // num_shards, seed,
+                              start_step, steps_per_epoch)
+               for s in range(process_index * per, (process_index + 1) * per)]
+    for parts in zip(*streams):
+        yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -42,7 +42,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
             try:
                 import torch
             except ModuleNotFoundError as e:
-                raise CheckpointFormatError(f"{path}: reading .pt/.pth needs PyTorch (pip install "
+                raise CheckpointFormatError(f"{path}: reading .pt/.pth needs PyTorch (pip "
+                                            "install "
                                    "'thinjax[torch]'), or convert it to .safetensors/.npz") from e
             sd = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
@@ -61,14 +62,15 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     except CheckpointFormatError:
         raise
     except Exception as e:  # corrupt or truncated files: say which file and what failed
-        raise CheckpointFormatError(f"{path}: cannot read this {ext} checkpoint ({type(e).__name__}: "
+        raise CheckpointFormatError(f"{path}: cannot read this {ext} checkpoint "
+                                    f"({type(e).__name__}: "
                            f"{e}). Is the file complete and of the format its name says?") from e
     raise CheckpointFormatError(f"{path}: unknown checkpoint format {ext!r}; use .pt, .pth, "
                        ".safetensors or .npz")
 
 
 def _normalise_keys(sd: StateDict) -> dict[str, np.ndarray]:
-    keys = [k for k in sd if not k.split(".")[-1] in _IGNORED]
+    keys = [k for k in sd if k.split(".")[-1] not in _IGNORED]
     if keys and all(k.startswith("module.") for k in keys):
         keys_map = {k: k[len("module."):] for k in keys}
     else:
@@ -86,7 +88,8 @@ def _shape(sd, key, ndim):
         raise CheckpointFormatError(f"missing key {key!r}: this state dict does not fit a ResNet")
     a = sd[key]
     if a.ndim != ndim:
-        raise CheckpointFormatError(f"{key}: expected a {ndim}-d tensor, got shape {tuple(a.shape)}")
+        raise CheckpointFormatError(f"{key}: expected a {ndim}-d tensor, got shape "
+                                    f"{tuple(a.shape)}")
     return a.shape
 
 
@@ -96,7 +99,8 @@ def infer_plan(sd: StateDict) -> Plan:
     stem = _shape(sd, "conv1.weight", 4)
     stem_kind = {7: "imagenet", 3: "cifar"}.get(stem[2])
     if stem_kind is None:
-        raise CheckpointFormatError(f"conv1.weight: stem kernel {stem[2]}x{stem[3]} is neither 7x7 "
+        raise CheckpointFormatError(f"conv1.weight: stem kernel {stem[2]}x{stem[3]} is neither "
+                                    "7x7 "
                            "(ImageNet stem) nor 3x3 (CIFAR stem)")
     blocks: dict[int, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
     for k in sd:
@@ -104,10 +108,12 @@ def infer_plan(sd: StateDict) -> Plan:
         if m:
             blocks[int(m[1])][int(m[2])].add(m[3])
         elif not re.match(r"^(conv1\.weight|bn1\.\w+|fc\.(weight|bias))$", k):
-            raise CheckpointFormatError(f"unexpected key {k!r}: not part of a torchvision-style ResNet "
+            raise CheckpointFormatError(f"unexpected key {k!r}: not part of a torchvision-style "
+                                        f"ResNet "
                                "(expected conv1/embed.0, bn1/embed.1, layerX.Y.*, fc)")
     if sorted(blocks) != list(range(1, len(blocks) + 1)) or not blocks:
-        raise CheckpointFormatError(f"stages found: {sorted(blocks)}; expected layer1..layerN")
+        raise CheckpointFormatError(f"stages found: {sorted(blocks)}; expected "
+                                    "layer1..layerN")
     bottleneck = any("conv3" in parts for st in blocks.values() for parts in st.values())
     n_inner = 2 if bottleneck else 1
     stages, cin = [], stem[0]
@@ -128,7 +134,8 @@ def infer_plan(sd: StateDict) -> Plan:
             if out_w is None:
                 out_w = out
             elif out != out_w:
-                raise CheckpointFormatError(f"{pre}.conv{n_inner + 1}.weight: output {out} channels, but "
+                raise CheckpointFormatError(f"{pre}.conv{n_inner + 1}.weight: output {out} "
+                                            f"channels, but "
                                    f"the stage's residual width is {out_w}")
             bps.append(BlockPlan(inner, proj=f"{pre}.downsample.0.weight" in sd))
         stages.append(StagePlan(out_w, 1 if s == 1 else 2, tuple(bps)))
@@ -187,18 +194,21 @@ def convert(sd: StateDict, plan: Plan | None = None) -> tuple[Plan, dict]:
             elif a.ndim == 2:
                 a = a.T
             if a.shape != tuple(spec.shape):
-                raise CheckpointFormatError(f"{key}: shape {tuple(nsd[key].shape)} does not fit the plan "
+                raise CheckpointFormatError(f"{key}: shape {tuple(nsd[key].shape)} does not fit "
+                                            f"the plan "
                                    f"(Flax {'/'.join(path)} expects {tuple(spec.shape)})")
             new[path] = a
             used.add(key)
         out[col] = traverse_util.unflatten_dict(new)
     extra = sorted(set(nsd) - used)
     if extra:
-        raise CheckpointFormatError(f"unexpected key {extra[0]!r}: no parameter of the plan uses it")
+        raise CheckpointFormatError(f"unexpected key {extra[0]!r}: no parameter of the plan "
+                                    "uses it")
     return plan, out
 
 
-def to_state_dict(plan: Plan, variables: dict, style: str = "torchvision") -> dict[str, np.ndarray]:
+def to_state_dict(plan: Plan, variables: dict,
+                  style: str = "torchvision") -> dict[str, np.ndarray]:
     """Flax variables -> a PyTorch-layout state dict (numpy), for export and tests."""
     from flax import traverse_util
     sd = {}

@@ -9,7 +9,7 @@ checkpoints give the same numbers.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -107,7 +107,10 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        # use_fast_variance=False: E[(x - mean)^2], not E[x^2] - mean^2, which cancels
+        # catastrophically for channels with a large mean (PyTorch is stable here too).
         norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 use_fast_variance=False,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                  dtype=self.dtype, param_dtype=jnp.float32)
         p = self.plan

@@ -1,0 +1,113 @@
+"""The full configuration schema with defaults; files in configs/ override parts of it.
+
+Every key a config may set exists here, so that `validate` can refuse a misspelt key with
+the list of valid ones (ml_collections refuses unknown `--config.x=y` overrides itself).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import FieldReference
+
+C = ml_collections.ConfigDict
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = C()
+    c.mode = "train"            # train (then evaluate) | evaluate
+    c.seed = 0
+    c.init_from = ""            # checkpoint to start from / to evaluate (thinjax or PyTorch)
+
+    c.model = C()
+    c.model.name = "resnet20"   # thinjax.plan.ARCHS
+    c.model.width = 16
+    c.model.base_width = FieldReference(None, field_type=int)  # bottleneck inner rule
+    c.model.num_classes = 10
+    c.model.plan_file = ""      # a plan JSON overrides name/width
+    c.model.dtype = "float32"   # compute dtype (bfloat16 on accelerators)
+    c.model.zero_init_last_bn = False
+    c.model.bn_momentum = 0.9   # Flax convention (PyTorch 0.1)
+    c.model.bn_epsilon = 1e-5
+
+    c.data = C()
+    c.data.name = "sample:cifar10"   # TFDS name | image folder | sample:cifar10
+    c.data.data_dir = FieldReference(None, field_type=str)
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.image_size = 32           # training crop; evaluation size unless eval_size
+    c.data.eval_size = 0             # 0: image_size
+    c.data.eval_resize = 0           # >0: resize shorter side, then centre crop eval_size
+    c.data.augment = "cifar"         # cifar (pad-crop-flip) | imagenet (random resized crop)
+    c.data.crop_padding = 4
+    c.data.rrc_scale_min = 0.08
+    c.data.trivial_augment = True
+    c.data.random_erasing = 0.1
+    c.data.cache = "decoded"         # decoded | encoded | none (in memory, per process)
+    c.data.shuffle_buffer = 50_000
+    c.data.eval_batch_size = 500     # global
+    c.data.num_shards = 0            # training-stream shards; 0: one per process
+
+    c.train = C()
+    c.train.batch_size = 128         # global
+    c.train.epochs = 600.0
+    c.train.grad_accum = 1           # micro-batches per step (same global batch)
+    c.train.label_smoothing = 0.1
+    c.train.mixup_alpha = 0.2
+    c.train.cutmix_alpha = 1.0
+    c.train.loss = "softmax"         # softmax (cross-entropy) | bce (RSB)
+    c.train.log_every = 50           # steps
+    c.train.eval_every_epochs = 10.0
+    c.train.checkpoint_every = 1000  # steps
+    c.train.keep_checkpoints = 3
+    c.train.keep_best = True         # also keep the best by EMA (else raw) eval top-1
+    c.train.async_checkpoints = True
+    c.train.total_steps = 0          # >0 overrides epochs (tests, benchmarks)
+    c.train.mesh_model = 1           # size of the 'model' mesh axis (parameters replicated)
+
+    c.optim = C()
+    c.optim.name = "sgd"             # sgd | lamb | adamw
+    c.optim.lr = 0.5                 # peak, at lr_batch; scaled linearly with batch_size
+    c.optim.lr_batch = 1024
+    c.optim.schedule = "cosine"      # cosine | constant | step
+    c.optim.step_epochs = ()         # for schedule=step: x0.1 at these epochs
+    c.optim.warmup_epochs = 5.0
+    c.optim.warmup_init = 0.01       # warmup starts at this fraction of the peak
+    c.optim.momentum = 0.9
+    c.optim.nesterov = False
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-6
+    c.optim.weight_decay = 2e-5
+    c.optim.weight_decay_on = r"kernel$"   # regex on param paths: conv and dense kernels
+    c.optim.clip_grad_norm = 0.0
+
+    c.ema = C()
+    c.ema.enabled = True
+    c.ema.decay = 0.99998
+    c.ema.every = 32                 # steps between EMA updates
+    c.ema.adjust = True              # torchvision: alpha = (1-decay) * batch * every / epochs
+    c.ema.warmup_copy = True         # during LR warmup the EMA copies the weights
+    return c
+
+
+def _keys(cfg, prefix=""):
+    out = set()
+    for k, v in cfg.items():
+        out.add(prefix + k)
+        if isinstance(v, ml_collections.ConfigDict):
+            out |= _keys(v, prefix + k + ".")
+    return out
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming keys that the schema does not know, with the valid ones."""
+    valid = _keys(base_config())
+    unknown = sorted(_keys(cfg) - valid)
+    if unknown:
+        first = unknown[0]
+        section = first.rsplit(".", 1)[0] + "." if "." in first else ""
+        depth = first.count(".")
+        near = sorted(k for k in valid if k.startswith(section) and k.count(".") == depth)
+        raise ValueError(f"unknown config key {first!r}; valid keys here: {', '.join(near)}")
+    if cfg.mode not in ("train", "evaluate"):
+        raise ValueError(f"config.mode {cfg.mode!r} unknown; use 'train' or 'evaluate'")

@@ -1,0 +1,1 @@
+"""Training: state, jit steps on a device mesh, and the loop."""

@@ -1,0 +1,87 @@
+"""Jit-able train and eval steps: pure functions of (state, batch)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from thinjax import optim
+from thinjax.data.mix import mix
+from thinjax.train.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    num_classes: int
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    loss: str = "softmax"
+    grad_accum: int = 1
+    ema: bool = True
+    ema_decay: float = 0.999
+    ema_every: int = 1
+    ema_copy_until: int = 0       # steps during which the EMA copies the weights
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
+               schedule: Callable, cfg: StepConfig) -> tuple[TrainState, dict]:
+    rng = jax.random.wrap_key_data(state.rng)
+    rng, r_mix = jax.random.split(rng)
+    labels = batch["label"]
+    targets = optim.smooth_labels(labels, cfg.num_classes, cfg.label_smoothing)
+    images, targets = mix(r_mix, batch["image"], targets, cfg.mixup_alpha, cfg.cutmix_alpha)
+    loss_fn = optim.binary_cross_entropy if cfg.loss == "bce" else optim.cross_entropy
+
+    def micro(params, batch_stats, x, t, y):
+        def f(p):
+            logits, upd = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                                      mutable=["batch_stats"])
+            return jnp.mean(loss_fn(logits, t)), (logits, upd["batch_stats"])
+        (loss, (logits, new_bs)), g = jax.value_and_grad(f, has_aux=True)(params)
+        acc = jnp.mean(jnp.argmax(logits, -1) == y)
+        return g, new_bs, loss, acc
+
+    if cfg.grad_accum == 1:
+        grads, batch_stats, loss, acc = micro(state.params, state.batch_stats, images, targets,
+                                              labels)
+    else:
+        k = cfg.grad_accum
+        split = lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:])  # noqa: E731
+
+        def body(carry, xs):
+            g_sum, bs = carry
+            g, bs, l, a = micro(state.params, bs, *xs)
+            return (jax.tree.map(jnp.add, g_sum, g), bs), (l, a)
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, batch_stats), (ls, accs) = jax.lax.scan(
+            body, (zeros, state.batch_stats), (split(images), split(targets), split(labels)))
+        grads = jax.tree.map(lambda g: g / k, grads)
+        loss, acc = jnp.mean(ls), jnp.mean(accs)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss)
+    step = state.step + 1
+    ema_params, ema_bs = state.ema_params, state.ema_batch_stats
+    if cfg.ema:
+        copy = step <= cfg.ema_copy_until
+        update = (step % cfg.ema_every) == 0
+        new_p = optim.ema_update(ema_params, params, cfg.ema_decay)
+        new_b = optim.ema_update(ema_bs, batch_stats, cfg.ema_decay)
+        pick = lambda c, u, old: jax.tree.map(  # noqa: E731
+            lambda a, b, o: jnp.where(copy, a, jnp.where(update, b, o)), c, u, old)
+        ema_params, ema_bs = pick(params, new_p, ema_params), pick(batch_stats, new_b, ema_bs)
+    new = TrainState(step=step, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                     ema_params=ema_params, ema_batch_stats=ema_bs,
+                     rng=jax.random.key_data(rng))
+    # a non-finite loss leaves the state as it was; the loop stops the run
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = {"loss": loss, "accuracy": acc, "lr": schedule(state.step),
+               "grad_norm": optax.global_norm(grads), "finite": finite}
+    return new, metrics
