@@ -28,4 +28,6 @@ def test_overrides_are_checked(tmp_path):
     assert r.returncode == 2
     assert "differs from the configured one" in r.stderr
     r = main("--config=configs/eval_release.py", f"--workdir={tmp_path}", "--config.model.widht=8")
-    assert r.returncode != 0 and "widht" in r.stderr
+    assert r.returncode == 2
+    assert "unknown config key 'model.widht'; valid keys here: " in r.stderr
+    assert "model.width" in r.stderr and "model.base_width" in r.stderr

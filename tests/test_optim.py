@@ -108,3 +108,34 @@ def test_config_schema_refuses_unknown_keys():
     with pytest.raises(ValueError, match=r"unknown config key 'train.epoks'; valid keys here: "
                                          r".*train.epochs"):
         validate(c)
+
+
+def test_gradient_accumulation_averages_micro_batch_gradients():
+    import functools
+    from thinjax.models.resnet import ResNet
+    from thinjax.train import state as state_lib
+    from thinjax.train.step import StepConfig, train_step
+    model = ResNet(plan_from_width("resnet20", 4))
+    c = optim_cfg(momentum=0.0, weight_decay=0.0)
+    shapes = variable_shapes(model.plan)
+    tx = optim.make_optimizer(c, lambda s: 0.1, shapes["params"])
+    st = jax.jit(functools.partial(state_lib.create, model, tx, input_shape=(1, 32, 32, 3)))(
+        jax.random.PRNGKey(0))
+    r = np.random.default_rng(0)
+    batch = {"image": r.standard_normal((16, 32, 32, 3)).astype(np.float32),
+             "label": (np.arange(16) % 10).astype(np.int32)}
+    half = [{k: v[i * 8:(i + 1) * 8] for k, v in batch.items()} for i in range(2)]
+
+    def step(k):
+        return jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=lambda s: 0.1,
+                                         cfg=StepConfig(num_classes=10, grad_accum=k)))
+
+    full, _ = step(2)(st, batch)
+    parts = [step(1)(st, h)[0] for h in half]
+    expect = jax.tree.map(lambda p, a, b: p + ((a - p) + (b - p)) / 2, st.params,
+                          parts[0].params, parts[1].params)
+    for x, y in zip(jax.tree.leaves(full.params), jax.tree.leaves(expect)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    moved = max(float(jnp.abs(a - b).max()) for a, b in
+                zip(jax.tree.leaves(full.params), jax.tree.leaves(st.params)))
+    assert moved > 1e-3

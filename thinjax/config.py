@@ -99,15 +99,30 @@ def _keys(cfg, prefix=""):
     return out
 
 
+def _refuse(keys: list[str], valid: set[str]) -> None:
+    first = sorted(keys)[0]
+    section = first.rsplit(".", 1)[0] + "." if "." in first else ""
+    depth = first.count(".")
+    near = sorted(k for k in valid if k.startswith(section) and k.count(".") == depth)
+    near = near or sorted(k for k in valid if "." not in k)
+    raise ValueError(f"unknown config key {first!r}; valid keys here: {', '.join(near)}")
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Refuses `--config.a.b=v` flags whose key the schema does not know (before absl's
+    own, terser, error), listing the valid keys."""
+    valid = _keys(base_config())
+    bad = [a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")]
+    bad = [k for k in bad if k not in valid]
+    if bad:
+        _refuse(bad, valid)
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming keys that the schema does not know, with the valid ones."""
     valid = _keys(base_config())
     unknown = sorted(_keys(cfg) - valid)
     if unknown:
-        first = unknown[0]
-        section = first.rsplit(".", 1)[0] + "." if "." in first else ""
-        depth = first.count(".")
-        near = sorted(k for k in valid if k.startswith(section) and k.count(".") == depth)
-        raise ValueError(f"unknown config key {first!r}; valid keys here: {', '.join(near)}")
+        _refuse(unknown, valid)
     if cfg.mode not in ("train", "evaluate"):
         raise ValueError(f"config.mode {cfg.mode!r} unknown; use 'train' or 'evaluate'")

@@ -110,4 +110,11 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+    from thinjax.config import check_overrides
+    try:
+        check_overrides(sys.argv[1:])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     app.run(main)

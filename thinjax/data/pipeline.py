@@ -29,38 +29,51 @@ def reraise_bad_file(source: Source, split: str, err: Exception):
     raise err
 
 
+class EvalBatches:
+    """Fixed-shape batches {image, label, mask} covering this process's shard once per
+    iteration; re-iterable. The last batch is padded with zeros and mask=False: summing
+    over `mask` counts every example exactly once. With `cache`, the preprocessed
+    examples stay in memory after the first pass (for small evaluation sets)."""
+
+    def __init__(self, source: Source, split: str, batch_size: int,
+                 image_size: int | None = None, resize: int | None = None,
+                 process_index: int = 0, process_count: int = 1, cache: bool = False):
+        self.source, self.split, self.batch_size = source, split, batch_size
+        ds = source.as_dataset(split)
+        if process_count > 1:
+            ds = ds.shard(process_count, process_index)
+        size = image_size or source.image_size
+        ds = ds.map(lambda ex: {"image": preprocess.eval_image(ex["image"], size, resize),
+                                "label": tf.cast(ex["label"], tf.int32)},
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if cache:
+            ds = ds.cache()
+        self._ds = ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        it = iter(self._ds.as_numpy_iterator())
+        while True:
+            try:
+                b = next(it)
+            except StopIteration:
+                return
+            except tf.errors.InvalidArgumentError as e:
+                reraise_bad_file(self.source, self.split, e)
+            n = len(b["label"])
+            if n < self.batch_size:
+                pad = self.batch_size - n
+                b = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+                     for k, v in b.items()}
+            b["mask"] = np.arange(self.batch_size) < n
+            yield b
+
+
 def eval_batches(source: Source, split: str, batch_size: int, image_size: int | None = None,
                  resize: int | None = None, process_index: int = 0,
                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Fixed-shape batches {image, label, mask} covering this process's shard once.
-
-    The last batch is padded with zeros and mask=False; summing over `mask` counts every
-    example exactly once.
-    """
-    ds = source.as_dataset(split)
-    if process_count > 1:
-        ds = ds.shard(process_count, process_index)
-    size = image_size or source.image_size
-    ds = ds.map(lambda ex: {"image": preprocess.eval_image(ex["image"], size, resize),
-                            "label": tf.cast(ex["label"], tf.int32)},
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
-    it = iter(ds.as_numpy_iterator())
-    while True:
-        try:
-            b = next(it)
-        except StopIteration:
-            return
-        except tf.errors.InvalidArgumentError as e:
-            reraise_bad_file(source, split, e)
-        n = len(b["label"])
-        mask = np.arange(batch_size) < n
-        if n < batch_size:
-            pad = batch_size - n
-            b = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-                 for k, v in b.items()}
-        b["mask"] = mask
-        yield b
+    """One pass of `EvalBatches` (see there)."""
+    return iter(EvalBatches(source, split, batch_size, image_size, resize, process_index,
+                            process_count))
 
 
 def _train_example_fn(cfg_data, seed: int, shard: int):

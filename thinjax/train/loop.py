@@ -29,8 +29,8 @@ import orbax.checkpoint as ocp
 from thinjax import checkpoint as ckpt
 from thinjax import optim
 from thinjax.cost import count
-from thinjax.data import eval_batches, get_source
-from thinjax.data.pipeline import train_batches
+from thinjax.data import get_source
+from thinjax.data.pipeline import EvalBatches, train_batches
 from thinjax.evaluate import evaluate
 from thinjax.train import sharding, state as state_lib
 from thinjax.train.step import StepConfig, train_step
@@ -186,15 +186,16 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
     ld = jax.local_device_count()
     eval_local_batch = -(-cfg.data.eval_batch_size // (pc * ld)) * ld
 
+    eval_data = EvalBatches(source, cfg.data.eval_split, eval_local_batch,
+                            image_size=cfg.data.eval_size or size,
+                            resize=cfg.data.eval_resize or None, process_index=pi,
+                            process_count=pc, cache=cfg.data.cache == "decoded")
+
     def run_eval(st) -> dict:
         out = {}
         kinds = [("", False)] + ([("ema_", True)] if cfg.ema.enabled else [])
-        eval_size = cfg.data.eval_size or size
         for prefix, ema in kinds:
-            batches = eval_batches(source, cfg.data.eval_split, eval_local_batch,
-                                   image_size=eval_size, resize=cfg.data.eval_resize or None,
-                                   process_index=pi, process_count=pc)
-            r = evaluate(model, st.variables(ema), batches, progress=False, mesh=mesh)
+            r = evaluate(model, st.variables(ema), eval_data, progress=False, mesh=mesh)
             out.update({f"{prefix}eval_top1": r["top1"], f"{prefix}eval_top5": r["top5"],
                         f"{prefix}eval_loss": r["loss"]})
         return out
