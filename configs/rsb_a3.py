@@ -11,33 +11,8 @@ rand-m6-mstd0.5 and repeated augmentation, which thinjax replaces with TrivialAu
 Expected: 78.1% top-1 at 224 (paper). Cost: 100 epochs at batch 2048 (100 x 625 steps).
 """
 
-from thinjax.config import base_config
+from thinjax.config import rsb_procedure
 
 
 def get_config():
-    c = base_config()
-    c.model.name, c.model.width, c.model.num_classes = "resnet50", 64, 1000
-    c.model.dtype = "bfloat16"
-    c.model.zero_init_last_bn = True
-    c.data.name = "imagenet2012"
-    c.data.train_split, c.data.eval_split = "train", "validation"
-    c.data.augment = "imagenet"
-    c.data.image_size = 160
-    c.data.eval_size, c.data.eval_resize = 224, 236
-    c.data.cache = "none"
-    c.data.shuffle_buffer = 16_384
-    c.data.random_erasing = 0.0
-    c.train.batch_size = 2048
-    c.train.epochs = 100
-    c.train.loss = "bce"
-    c.train.label_smoothing = 0.0
-    c.train.mixup_alpha, c.train.cutmix_alpha = 0.1, 1.0
-    c.train.eval_every_epochs = 10
-    c.train.checkpoint_every = 2000
-    c.optim.name = "lamb"
-    c.optim.lr, c.optim.lr_batch = 8e-3, 2048
-    c.optim.warmup_epochs, c.optim.warmup_init = 5, 1e-4
-    c.optim.weight_decay = 0.02
-    c.optim.weight_decay_on = r"kernel$"
-    c.ema.enabled = False
-    return c
+    return rsb_procedure("a3")

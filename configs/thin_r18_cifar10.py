@@ -12,18 +12,10 @@ Expected: ~96% top-1 at w=64 on the original CIFAR-10 (the study's figure for th
 Cost: 600 x 390 steps; 0.56 GMACs x 3 per image at w=64: ~2 h on one H100 (bf16).
 """
 
-from thinjax.config import base_config
+from thinjax.config import study_cifar_recipe
 
 
 def get_config():
-    c = base_config()
-    c.model.name, c.model.width, c.model.num_classes = "resnet18_cifar", 64, 10
+    c = study_cifar_recipe("resnet18_cifar", 64, "cifar10", 10)
     c.model.dtype = "bfloat16"
-    c.data.name = "cifar10"
-    c.train.batch_size = 128
-    c.train.epochs = 600
-    c.train.eval_every_epochs = 10
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
-    c.optim.lr, c.optim.lr_batch = 0.5, 1024
     return c

@@ -11,18 +11,10 @@ warmup then cosine, weight decay 2e-5 on kernels, label smoothing 0.1, mixup 0.2
 Expected: roughly 80% top-1 at w=64. Cost: as thin_r18_cifar10.
 """
 
-from thinjax.config import base_config
+from thinjax.config import study_cifar_recipe
 
 
 def get_config():
-    c = base_config()
-    c.model.name, c.model.width, c.model.num_classes = "resnet18_cifar", 64, 100
+    c = study_cifar_recipe("resnet18_cifar", 64, "cifar100", 100)
     c.model.dtype = "bfloat16"
-    c.data.name = "cifar100"
-    c.train.batch_size = 128
-    c.train.epochs = 600
-    c.train.eval_every_epochs = 10
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
-    c.optim.lr, c.optim.lr_batch = 0.5, 1024
     return c

@@ -13,17 +13,9 @@ scores 75.76% / 81.67% / 87.20% at w=4 / 8 / 16. Cost: 600 x 390 steps; ~40.8 M 
 per image at w=16: about 20 min on one H100, ~13 h on a 2-core CPU.
 """
 
-from thinjax.config import base_config
+from thinjax.config import study_cifar_recipe
 
 
 def get_config():
-    c = base_config()
-    c.model.name, c.model.width, c.model.num_classes = "resnet20", 16, 10
-    c.data.name = "cifar10"
-    c.train.batch_size = 128
-    c.train.epochs = 600
-    c.train.eval_every_epochs = 10
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
-    c.optim.lr, c.optim.lr_batch = 0.5, 1024
+    c = study_cifar_recipe("resnet20", 16, "cifar10", 10)
     return c

@@ -12,17 +12,9 @@ Expected: roughly 70% top-1 at w=16 (a ~3-point gain over the 2016 recipe is typ
 Cost: as thin_r20_cifar10.
 """
 
-from thinjax.config import base_config
+from thinjax.config import study_cifar_recipe
 
 
 def get_config():
-    c = base_config()
-    c.model.name, c.model.width, c.model.num_classes = "resnet20", 16, 100
-    c.data.name = "cifar100"
-    c.train.batch_size = 128
-    c.train.epochs = 600
-    c.train.eval_every_epochs = 10
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
-    c.optim.lr, c.optim.lr_batch = 0.5, 1024
+    c = study_cifar_recipe("resnet20", 16, "cifar100", 100)
     return c

@@ -13,17 +13,9 @@ scores 87.39% / 89.51% at w=8 / 16. Cost: 600 x 390 steps; 125.75 M MACs x 3 per
 w=16: about 45 min on one H100, ~2 days on a 2-core CPU.
 """
 
-from thinjax.config import base_config
+from thinjax.config import study_cifar_recipe
 
 
 def get_config():
-    c = base_config()
-    c.model.name, c.model.width, c.model.num_classes = "resnet56", 16, 10
-    c.data.name = "cifar10"
-    c.train.batch_size = 128
-    c.train.epochs = 600
-    c.train.eval_every_epochs = 10
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
-    c.optim.lr, c.optim.lr_batch = 0.5, 1024
+    c = study_cifar_recipe("resnet56", 16, "cifar10", 10)
     return c

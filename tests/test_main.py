@@ -31,3 +31,22 @@ def test_overrides_are_checked(tmp_path):
     assert r.returncode == 2
     assert "unknown config key 'model.widht'; valid keys here: " in r.stderr
     assert "model.width" in r.stderr and "model.base_width" in r.stderr
+
+
+def test_every_config_file_loads_and_validates():
+    import glob
+    import importlib.util
+
+    from thinjax.config import validate
+    from thinjax.plan import plan_from_width
+    files = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+    assert len(files) >= 13
+    for f in files:
+        spec = importlib.util.spec_from_file_location("cfg", f)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert "Command" in (mod.__doc__ or "") and "Expected" in mod.__doc__, f
+        cfg = mod.get_config()
+        validate(cfg)
+        plan_from_width(cfg.model.name, cfg.model.width, cfg.model.num_classes,
+                        cfg.model.base_width)

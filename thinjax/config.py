@@ -126,3 +126,52 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         _refuse(unknown, valid)
     if cfg.mode not in ("train", "evaluate"):
         raise ValueError(f"config.mode {cfg.mode!r} unknown; use 'train' or 'evaluate'")
+
+
+def study_cifar_recipe(model: str, width: int, dataset: str,
+                       num_classes: int) -> ml_collections.ConfigDict:
+    """The study's CIFAR recipe: base_config's optimiser and regularisers (SGD 0.9, lr 0.5
+    at 1024, 5-epoch warmup + cosine, wd 2e-5 on kernels, LS 0.1, mixup 0.2 / cutmix 1.0,
+    pad-crop-flip + TrivialAugmentWide + erasing 0.1, EMA), batch 128, 600 epochs."""
+    c = base_config()
+    c.model.name, c.model.width, c.model.num_classes = model, width, num_classes
+    c.data.name = dataset
+    c.train.batch_size = 128
+    c.train.epochs = 600
+    c.train.eval_every_epochs = 10
+    c.train.log_every = 100
+    c.train.checkpoint_every = 2000
+    return c
+
+
+# "ResNet strikes back" (Wightman, Touvron, Jegou 2021), Table 1: epochs, lr at batch 2048,
+# weight decay, mixup alpha, training resolution.
+RSB = {"a1": (600, 5e-3, 0.01, 0.2, 224), "a2": (300, 5e-3, 0.02, 0.1, 224),
+       "a3": (100, 8e-3, 0.02, 0.1, 160)}
+
+
+def rsb_procedure(name: str) -> ml_collections.ConfigDict:
+    """ResNet-50 with RSB procedure A1/A2/A3: LAMB, BCE, cosine with 5 warmup epochs,
+    cutmix 1.0, random-resized crop, test at 224 (resize 236), no EMA, zero-init last BN.
+    TrivialAugmentWide stands in for RandAugment; no repeated augmentation or stochastic
+    depth."""
+    epochs, lr, wd, mixup, size = RSB[name]
+    c = base_config()
+    c.model.name, c.model.width, c.model.num_classes = "resnet50", 64, 1000
+    c.model.dtype = "bfloat16"
+    c.model.zero_init_last_bn = True
+    c.data.name = "imagenet2012"
+    c.data.train_split, c.data.eval_split = "train", "validation"
+    c.data.augment, c.data.image_size = "imagenet", size
+    c.data.eval_size, c.data.eval_resize = 224, 236
+    c.data.cache, c.data.shuffle_buffer = "none", 16_384
+    c.data.random_erasing = 0.0
+    c.train.batch_size, c.train.epochs = 2048, epochs
+    c.train.loss, c.train.label_smoothing = "bce", 0.0
+    c.train.mixup_alpha, c.train.cutmix_alpha = mixup, 1.0
+    c.train.eval_every_epochs, c.train.checkpoint_every = 10, 2000
+    c.optim.name, c.optim.lr, c.optim.lr_batch = "lamb", lr, 2048
+    c.optim.warmup_epochs, c.optim.warmup_init = 5, 1e-4
+    c.optim.weight_decay = wd
+    c.ema.enabled = False
+    return c
