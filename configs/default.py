@@ -8,25 +8,14 @@ test images: a check of the whole system, not a result. Cost: about 1-2 minutes 
 2-core CPU, no network. Rerunning the command resumes (here: finds the run finished).
 """
 
-from thinjax.config import base_config
+from thinjax.config import short_cpu_recipe
 
 
 def get_config():
-    c = base_config()
-    c.model.name, c.model.width = "resnet20", 8
-    c.data.name = "sample:cifar10"
-    c.data.trivial_augment = False
-    c.data.random_erasing = 0.0
+    c = short_cpu_recipe("sample:cifar10", epochs=10)
     c.data.eval_batch_size = 250
-    c.train.batch_size = 128
-    c.train.epochs = 10
-    c.train.mixup_alpha = c.train.cutmix_alpha = 0.0
     c.train.eval_every_epochs = 5
     c.train.log_every = 19
     c.train.checkpoint_every = 95
-    c.optim.lr, c.optim.lr_batch = 0.2, 128
-    c.optim.nesterov = True
-    c.optim.warmup_epochs = 1
-    c.optim.weight_decay = 5e-4
-    c.ema.decay, c.ema.every, c.ema.adjust = 0.95, 1, False
+    c.ema.decay = 0.95
     return c

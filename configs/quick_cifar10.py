@@ -10,26 +10,12 @@ mixup/cutmix, no TrivialAugment, no random erasing; SGD (Nesterov) with a higher
 decay; one warmup epoch then cosine to 0.
 """
 
-from thinjax.config import base_config
+from thinjax.config import short_cpu_recipe
 
 
 def get_config():
-    c = base_config()
-    c.model.name, c.model.width = "resnet20", 8
-    c.data.name = "cifar10"
-    c.data.trivial_augment = False
-    c.data.random_erasing = 0.0
-    c.train.batch_size = 128
-    c.train.epochs = 13
-    c.train.mixup_alpha = c.train.cutmix_alpha = 0.0
-    c.train.label_smoothing = 0.1
+    c = short_cpu_recipe("cifar10", epochs=13)
     c.train.eval_every_epochs = 1
     c.train.log_every = 50
     c.train.checkpoint_every = 390
-    c.optim.lr, c.optim.lr_batch = 0.2, 128
-    c.optim.nesterov = True
-    c.optim.warmup_epochs = 1
-    c.optim.weight_decay = 5e-4
-    c.ema.decay, c.ema.every, c.ema.adjust = 0.999, 1, False
-    c.ema.warmup_copy = True
     return c

@@ -175,3 +175,23 @@ def rsb_procedure(name: str) -> ml_collections.ConfigDict:
     c.optim.weight_decay = wd
     c.ema.enabled = False
     return c
+
+
+def short_cpu_recipe(dataset: str, epochs: float) -> ml_collections.ConfigDict:
+    """ThinResNet-20 w=8 with the study's optimiser and little regularisation, as a budget
+    of a few epochs wants: SGD (Nesterov) lr 0.2 at batch 128, 1 warmup epoch then cosine,
+    weight decay 5e-4, label smoothing 0.1, pad-crop-flip only, EMA 0.999 per step."""
+    c = base_config()
+    c.model.name, c.model.width = "resnet20", 8
+    c.data.name = dataset
+    c.data.trivial_augment = False
+    c.data.random_erasing = 0.0
+    c.train.batch_size = 128
+    c.train.epochs = epochs
+    c.train.mixup_alpha = c.train.cutmix_alpha = 0.0
+    c.optim.lr, c.optim.lr_batch = 0.2, 128
+    c.optim.nesterov = True
+    c.optim.warmup_epochs = 1
+    c.optim.weight_decay = 5e-4
+    c.ema.decay, c.ema.every, c.ema.adjust = 0.999, 1, False
+    return c
