@@ -7,7 +7,9 @@ Each step directory holds two items:
     describes where the weights came from (``source``, ``config``).
 
 ``load_model`` opens any of: a thinjax checkpoint directory (latest complete step), a
-step directory inside one, or a PyTorch/safetensors/npz file (imported on the fly).
+step directory inside one, a training workdir, a ``thinjax.convert`` output, or a
+PyTorch/safetensors/npz file (imported on the fly). A pruning run's masks come back in
+``meta["masks"]``.
 """
 
 from __future__ import annotations
@@ -81,9 +83,9 @@ def _step_dir(path: str) -> tuple[str, int]:
     steps = sorted(m.all_steps(), reverse=True)
     m.close()
     if not steps:
-        ckdir = os.path.join(path, "checkpoints")
-        if os.path.isdir(ckdir):  # a training workdir
-            return _step_dir(ckdir)
+        for sub in ("checkpoints", "model"):  # a training workdir, a thinjax.convert output
+            if os.path.isdir(os.path.join(path, sub)):
+                return _step_dir(os.path.join(path, sub))
         raise CheckpointError(f"{path} holds no complete checkpoint step (looked for "
                               "numbered step directories with meta/ and state/)")
     return path, steps[0]
@@ -116,7 +118,12 @@ def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
         variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
     variables = _to_numpy(variables)
     check_shapes(plan, variables, where=f"{directory} step {step}")
-    return plan, variables, {**meta, "step": step, "directory": directory,
+    extra = {}
+    if state.get("masks"):  # a pruning run's channel masks (not yet materialised)
+        from thinjax.prune.groups import check_masks
+        extra["masks"] = _to_numpy(state["masks"])
+        check_masks(plan, extra["masks"], where=f"{directory} step {step}: masks")
+    return plan, variables, {**meta, **extra, "step": step, "directory": directory,
                              "has_ema": "ema_params" in state}
 
 

@@ -87,6 +87,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema.every = 32                 # steps between EMA updates
     c.ema.adjust = True              # torchvision: alpha = (1-decay) * batch * every / epochs
     c.ema.warmup_copy = True         # during LR warmup the EMA copies the weights
+
+    c.prune = C()                    # structured pruning (thinjax.prune), off by default
+    c.prune.schedule = "none"        # none | oneshot | iterative | gradual
+    c.prune.criterion = "l1"         # l1 | l2 | bn_scale | taylor | random | registered
+    c.prune.reduce = "mean"          # a group's score over its members: mean | sum | max
+    c.prune.allocation = "global"    # global | uniform | explicit
+    c.prune.normalization = "mean"   # per-group score normalisation for global ranking
+    c.prune.group_ratios = ()        # explicit: ((regex on group name, fraction), ...)
+    c.prune.target_kind = "macs_fraction"  # ratio | params | macs | params_fraction | macs_fraction
+    c.prune.target = 0.5
+    c.prune.round_to = 1             # keep a multiple of this many channels per group
+    c.prune.allow_block_removal = False  # inner groups may fall to 0 (block -> identity)
+    c.prune.start_epoch = 0.0        # first event (0: before the first step)
+    c.prune.end_epoch = 0.0          # gradual: last event
+    c.prune.every_epochs = 1.0       # iterative / gradual: epochs between events
+    c.prune.num_events = 1           # iterative: number of events
+    c.prune.taylor_batches = 8       # batches that the taylor criterion accumulates
+    c.prune.bn_l1 = 0.0              # L1 penalty on BN scales (network slimming), any run
+    c.prune.materialize = True       # after the last event, continue on the smaller network
     return c
 
 

@@ -25,9 +25,11 @@ from thinjax.models.resnet import ResNet
 
 
 @functools.partial(jax.jit, static_argnames="model")
-def eval_step(variables: dict, batch: dict, *, model: ResNet) -> dict[str, jax.Array]:
-    """Masked sums over a batch: top-1 and top-5 hits, NLL, example count."""
-    logits = model.apply(variables, batch["image"], train=False)
+def eval_step(variables: dict, batch: dict, masks: dict | None = None, *,
+              model: ResNet) -> dict[str, jax.Array]:
+    """Sums over a batch's real examples: top-1 and top-5 hits, NLL, example count.
+    `masks`: channel masks of a masked (pruned, not yet materialised) network."""
+    logits = model.apply(variables, batch["image"], train=False, masks=masks)
     labels = batch["label"]
     m = batch["mask"].astype(jnp.float32)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
@@ -38,7 +40,7 @@ def eval_step(variables: dict, batch: dict, *, model: ResNet) -> dict[str, jax.A
 
 
 def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int | None = None,
-             progress: bool = True, mesh=None) -> dict:
+             progress: bool = True, mesh=None, masks: dict | None = None) -> dict:
     """{'top1', 'top5' (percent), 'loss' (mean NLL), 'count', 'images_per_s'} over `batches`.
 
     With a `mesh`, each batch is this process's slice of a global batch, sharded along
@@ -55,7 +57,7 @@ def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int
         if mesh is not None:
             from thinjax.train.sharding import global_batch
             b = global_batch(b, mesh)
-        out = eval_step(variables, b, model=model)
+        out = eval_step(variables, b, masks, model=model)
         if pending is not None:  # fetch the previous batch's sums while this one runs
             for k, v in jax.device_get(pending).items():
                 sums[k] += float(v)

@@ -4,6 +4,12 @@ Parameter paths follow the plan: ``stem/conv``, ``stem/bn``,
 ``stage2/block0/{conv1,bn1,conv2,bn2[,conv3,bn3]}``, ``stage2/block0/proj/{conv,bn}``,
 ``head``. Convolutions use PyTorch's symmetric padding, so that torchvision and study
 checkpoints give the same numbers.
+
+``model.apply(variables, x, masks=masks)`` runs the *masked* network: ``masks`` maps each
+channel group (`thinjax.prune.groups`) to a 0/1 vector that multiplies the output of every
+BatchNorm producing that group's channels, so pruned channels are exactly zero everywhere,
+and a block whose inner channels are all masked loses its branch (as the plan's removed
+blocks do). That is what the materialised, smaller network computes.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from thinjax.plan import Plan
+from thinjax.prune.groups import stream_of
 
 ModuleDef = Any
 
@@ -29,6 +36,10 @@ def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
                    name=name)
 
 
+def _masked(x, m):
+    return x if m is None else x * m.astype(x.dtype)
+
+
 class ConvBN(nn.Module):
     """A conv followed by BatchNorm: the stem and the projection shortcut."""
     features: int
@@ -38,9 +49,9 @@ class ConvBN(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, mask=None):
         x = _conv(self.features, self.kernel, self.stride, "conv", self.dtype)(x)
-        return self.norm(name="bn")(x)
+        return _masked(self.norm(name="bn")(x), mask)
 
 
 class Block(nn.Module):
@@ -54,26 +65,32 @@ class Block(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, out_mask=None, inner_masks=None):
+        inner_masks = inner_masks or (None,) * len(self.inner)
         shortcut = x
         if self.proj:
-            shortcut = ConvBN(self.out, 1, self.stride, self.norm, self.dtype, name="proj")(x)
+            shortcut = ConvBN(self.out, 1, self.stride, self.norm, self.dtype,
+                              name="proj")(x, out_mask)
         if all(c == 0 for c in self.inner):  # branch removed: the block is the identity
             return nn.relu(shortcut)
         last_norm = functools.partial(self.norm, scale_init=nn.initializers.zeros) \
             if self.zero_init_last else self.norm
         if len(self.inner) == 1:  # basic
             y = _conv(self.inner[0], 3, self.stride, "conv1", self.dtype)(x)
-            y = nn.relu(self.norm(name="bn1")(y))
+            y = nn.relu(_masked(self.norm(name="bn1")(y), inner_masks[0]))
             y = _conv(self.out, 3, 1, "conv2", self.dtype)(y)
             y = last_norm(name="bn2")(y)
         else:  # bottleneck, stride on the 3x3 conv (v1.5)
             y = _conv(self.inner[0], 1, 1, "conv1", self.dtype)(x)
-            y = nn.relu(self.norm(name="bn1")(y))
+            y = nn.relu(_masked(self.norm(name="bn1")(y), inner_masks[0]))
             y = _conv(self.inner[1], 3, self.stride, "conv2", self.dtype)(y)
-            y = nn.relu(self.norm(name="bn2")(y))
+            y = nn.relu(_masked(self.norm(name="bn2")(y), inner_masks[1]))
             y = _conv(self.out, 1, 1, "conv3", self.dtype)(y)
             y = last_norm(name="bn3")(y)
+        y = _masked(y, out_mask)
+        if inner_masks[0] is not None:  # every inner channel masked: no branch at all
+            alive = jnp.all(jnp.stack([jnp.any(m > 0) for m in inner_masks]))
+            y = y * alive.astype(y.dtype)
         return nn.relu(y + shortcut)
 
 
@@ -85,11 +102,17 @@ class Stage(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, masks=None):
         s = self.plan.stages[self.index]
         for bi, b in enumerate(s.blocks):
+            out_mask, inner = None, None
+            if masks is not None:
+                out_mask = masks[stream_of(self.plan)[f"stage{self.index + 1}"]]
+                if not b.removed:
+                    block = f"stage{self.index + 1}/block{bi}"
+                    inner = tuple(masks[f"{block}/conv{k + 1}"] for k in range(len(b.inner)))
             x = Block(b.inner, s.width, s.stride if bi == 0 else 1, b.proj, self.norm,
-                      self.zero_init_last, self.dtype, name=f"block{bi}")(x)
+                      self.zero_init_last, self.dtype, name=f"block{bi}")(x, out_mask, inner)
         return x
 
 
@@ -106,7 +129,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, masks=None):
         # use_fast_variance=False: E[(x - mean)^2], not E[x^2] - mean^2, which cancels
         # catastrophically for channels with a large mean (PyTorch is stable here too).
         norm = functools.partial(nn.BatchNorm, use_running_average=not train,
@@ -115,13 +138,15 @@ class ResNet(nn.Module):
                                  dtype=self.dtype, param_dtype=jnp.float32)
         p = self.plan
         x = x.astype(self.dtype)
+        stem_mask = None if masks is None else masks[stream_of(p)["stem"]]
         if p.stem == "imagenet":
-            x = nn.relu(ConvBN(p.stem_width, 7, 2, norm, self.dtype, name="stem")(x))
+            x = nn.relu(ConvBN(p.stem_width, 7, 2, norm, self.dtype, name="stem")(x, stem_mask))
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         else:
-            x = nn.relu(ConvBN(p.stem_width, 3, 1, norm, self.dtype, name="stem")(x))
+            x = nn.relu(ConvBN(p.stem_width, 3, 1, norm, self.dtype, name="stem")(x, stem_mask))
         for si in range(len(p.stages)):
-            x = Stage(p, si, norm, self.zero_init_last_bn, self.dtype, name=f"stage{si + 1}")(x)
+            x = Stage(p, si, norm, self.zero_init_last_bn, self.dtype,
+                      name=f"stage{si + 1}")(x, masks)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(p.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
         return x.astype(jnp.float32)

@@ -32,8 +32,12 @@ from thinjax.cost import count
 from thinjax.data import get_source
 from thinjax.data.pipeline import EvalBatches, train_batches
 from thinjax.evaluate import evaluate
+from thinjax.plan import Plan
+from thinjax.prune import groups as prune_groups, schedule as prune_schedule
+from thinjax.prune.materialize import slice_opt_state, slice_tree, small_plan
+from thinjax.prune.pruner import compute_masks, target_from_config
 from thinjax.train import sharding, state as state_lib
-from thinjax.train.step import StepConfig, train_step
+from thinjax.train.step import StepConfig, apply_masks, train_step
 
 
 class NonFiniteLoss(RuntimeError):
@@ -68,18 +72,21 @@ class MetricWriter:
             self._tb.close()
 
 
-def _restore_latest(mngr: ocp.CheckpointManager, abstract_state):
-    """(state, step) from the newest checkpoint that restores; corrupt ones are reported."""
+def _restore_latest(mngr: ocp.CheckpointManager, abstract_for):
+    """(state, step, meta) from the newest checkpoint that restores; corrupt ones are
+    reported. `abstract_for(meta)` gives the restore target for that checkpoint's plan (a
+    pruned run continues on its materialised plan)."""
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
+            meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
             restored = mngr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state)))
-            return restored.state, step
+                state=ocp.args.StandardRestore(abstract_for(meta))))
+            return restored.state, step, meta
         except Exception as e:  # partial or corrupt: say so, fall back to the previous one
             print(f"warning: checkpoint step {step} in {mngr.directory} cannot be restored "
                   f"({type(e).__name__}: {str(e)[:200]}); trying the previous one",
                   file=sys.stderr)
-    return None, None
+    return None, None, None
 
 
 def _fmt_time(s: float) -> str:
@@ -136,29 +143,7 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
     # -- state on the mesh ----------------------------------------------------------------
     rng = jax.random.PRNGKey(cfg.seed)
     repl = sharding.replicated(mesh)
-    shapes = jax.eval_shape(lambda: model.init(rng, np.zeros((1, size, size, 3), np.float32)))
-    tx = optim.make_optimizer(cfg.optim, schedule, shapes["params"])
-    if init_variables is None:
-        init = jax.jit(functools.partial(state_lib.create, model, tx,
-                                         input_shape=(1, size, size, plan.in_channels)),
-                       out_shardings=repl)
-        state = init(rng)
-    else:
-        state = jax.jit(functools.partial(state_lib.from_variables, tx=tx),
-                        out_shardings=repl)(init_variables, rng=rng)
-
-    mngr = ckpt.manager(
-        os.path.join(workdir, "checkpoints"), max_to_keep=cfg.train.keep_checkpoints,
-        enable_async_checkpointing=cfg.train.async_checkpoints)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-                            state)
-    restored, start = _restore_latest(mngr, abstract)
-    if restored is not None:
-        state = restored
-        print(f"resumed from {mngr.directory} step {start}")
-    start = int(jax.device_get(state.step))
-    meta = {"plan": plan.to_dict(), "config": json.loads(cfg.to_json_best_effort())}
-
+    events = prune_schedule.events(cfg.prune, steps_per_epoch, total)
     ema_d = optim.ema_decay(cfg.ema, gb, epochs)
     step_cfg = StepConfig(
         num_classes=plan.num_classes, label_smoothing=cfg.train.label_smoothing,
@@ -166,11 +151,58 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
         loss=cfg.train.loss, grad_accum=cfg.train.grad_accum, ema=cfg.ema.enabled,
         ema_decay=ema_d, ema_every=cfg.ema.every,
         ema_copy_until=int(cfg.optim.warmup_epochs * steps_per_epoch) if cfg.ema.warmup_copy
-        else 0)
-    p_step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                                       cfg=step_cfg),
-                     in_shardings=(repl, sharding.batch_sharding(mesh)),
-                     out_shardings=(repl, repl), donate_argnums=0)
+        else 0, bn_l1=cfg.prune.bn_l1)
+
+    def setup(p: Plan):
+        """(model, optimizer, jitted step) for plan `p` (it changes when a pruned network
+        is materialised)."""
+        m = model.clone(plan=p)
+        shapes = jax.eval_shape(lambda: m.init(rng, np.zeros((1, size, size, 3), np.float32)))
+        t = optim.make_optimizer(cfg.optim, schedule, shapes["params"])
+        f = jax.jit(functools.partial(train_step, model=m, tx=t, schedule=schedule,
+                                      cfg=step_cfg),
+                    in_shardings=(repl, sharding.batch_sharding(mesh)),
+                    out_shardings=(repl, repl), donate_argnums=0)
+        return m, t, f
+
+    masks0 = prune_groups.init_masks(plan) if events else {}
+    model, tx, p_step = setup(plan)
+    if init_variables is None:
+        init = jax.jit(functools.partial(state_lib.create, model, tx,
+                                         input_shape=(1, size, size, plan.in_channels),
+                                         masks=masks0), out_shardings=repl)
+        state = init(rng)
+    else:
+        state = jax.jit(functools.partial(state_lib.from_variables, tx=tx, masks=masks0),
+                        out_shardings=repl)(init_variables, rng=rng)
+
+    mngr = ckpt.manager(
+        os.path.join(workdir, "checkpoints"), max_to_keep=cfg.train.keep_checkpoints,
+        enable_async_checkpointing=cfg.train.async_checkpoints)
+    to_abstract = lambda st: jax.tree.map(  # noqa: E731
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), st)
+
+    def abstract_for(meta: dict):
+        if meta.get("materialized"):  # a pruned run that already continues on the small net
+            p = Plan.from_dict(meta["plan"])
+            m, t, _ = setup(p)
+            return to_abstract(jax.eval_shape(functools.partial(
+                state_lib.create, m, t, input_shape=(1, size, size, p.in_channels)), rng))
+        return to_abstract(state)
+
+    restored, start, ck_meta = _restore_latest(mngr, abstract_for)
+    meta = {"plan": plan.to_dict(), "config": json.loads(cfg.to_json_best_effort())}
+    if restored is not None:
+        state = restored
+        if ck_meta.get("materialized"):
+            plan = Plan.from_dict(ck_meta["plan"])
+            model, tx, p_step = setup(plan)
+            meta.update(plan=plan.to_dict(), materialized=True,
+                        dense_plan=ck_meta.get("dense_plan"))
+        print(f"resumed from {mngr.directory} step {start}")
+    start = int(jax.device_get(state.step))
+    prune_log: list[dict] = list(ck_meta.get("prune_events", [])) if ck_meta else []
+    dense_cost = count(Plan.from_dict(meta.get("dense_plan") or meta["plan"]), size)
 
     writer = MetricWriter(workdir, main_process)
     cost = count(plan, size)
@@ -195,7 +227,8 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
         out = {}
         kinds = [("", False)] + ([("ema_", True)] if cfg.ema.enabled else [])
         for prefix, ema in kinds:
-            r = evaluate(model, st.variables(ema), eval_data, progress=False, mesh=mesh)
+            r = evaluate(model, st.variables(ema), eval_data, progress=False, mesh=mesh,
+                         masks=st.masks or None)
             out.update({f"{prefix}eval_top1": r["top1"], f"{prefix}eval_top5": r["top5"],
                         f"{prefix}eval_loss": r["loss"]})
         return out
@@ -217,8 +250,14 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
         if not cfg.train.keep_best or top1 <= best["top1"] or not main_process:
             return
         best.update(top1=top1, step=step)
-        ckpt.export_model(os.path.join(workdir, "best"), plan, st.variables(cfg.ema.enabled),
-                          {**meta, "step": step, "top1": top1}, overwrite=True)
+        p, v = plan, st.variables(cfg.ema.enabled)
+        if st.masks:  # export the materialised network, not the masked wide one
+            host = jax.device_get(st.masks)
+            p = small_plan(plan, host)
+            v = {k: slice_tree(plan, host, jax.device_get(x), p) for k, x in v.items()}
+        ckpt.export_model(os.path.join(workdir, "best"), p, v,
+                          {**meta, "plan": p.to_dict(), "step": step, "top1": top1},
+                          overwrite=True)
         with open(best_file, "w") as f:
             json.dump(best, f)
 
@@ -229,8 +268,70 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
     window, t_window, last_eval = [], time.perf_counter(), {}
     t_start, n_start = time.perf_counter(), start
     step = start
+    target = target_from_config(cfg.prune) if events else None
+    pending_events = [(i, e, pr) for i, (e, pr) in enumerate(events) if e >= start]
+    if start > 0 and pending_events and pending_events[0][1] == start and prune_log and \
+            prune_log[-1]["step"] == start:  # that event is in the checkpoint already
+        pending_events.pop(0)
+
+    def prune_event(st, k: int, progress: float):
+        """Scores the current weights, shrinks the masks towards this event's target."""
+        host = jax.device_get({"params": st.params, "batch_stats": st.batch_stats})
+        masks = jax.device_get(st.masks)
+        tgt = prune_schedule.step_target(target, progress, dense_cost.params, dense_cost.macs)
+        taylor = None
+        if cfg.prune.criterion == "taylor":
+            it = train_batches(source, cfg.data, gb, cfg.seed + 1, step, steps_per_epoch,
+                               num_shards=cfg.data.num_shards or pc, process_index=pi,
+                               process_count=pc)
+            taylor = (sharding.global_batch(next(it), mesh) for _ in range(10 ** 9))
+        alloc = compute_masks(plan, host, cfg.prune, tgt, masks=masks, model=model,
+                              batches=taylor, input_size=size, seed=cfg.seed + step)
+        st = jax.jit(functools.partial(apply_masks, plan=plan), out_shardings=repl)(
+            st.replace(masks=jax.tree.map(np.asarray, alloc.masks)))
+        rec = {"step": step, "event": k + 1, "of": len(events), "params": alloc.params,
+               "macs": alloc.macs, "target": list(alloc.target),
+               "rel_error": alloc.rel_error, "plan": alloc.plan.describe()}
+        prune_log.append(rec)
+        meta["prune_events"] = prune_log
+        writer.write(step, {"prune_params": alloc.params, "prune_macs": alloc.macs})
+        if main_process:
+            print(f"prune event {k + 1}/{len(events)} at step {step} ({cfg.prune.criterion}, "
+                  f"{cfg.prune.allocation}, target {tgt.kind}={tgt.value:,.4g}): "
+                  f"{alloc.params:,} params ({100 * alloc.params / dense_cost.params:.1f}%), "
+                  f"{alloc.macs / 1e6:.2f} M MACs ({100 * alloc.macs / dense_cost.macs:.1f}%)"
+                  f"\n  {alloc.plan.describe()}", flush=True)
+        return st
+
+    def materialize(st):
+        """Continues on the smaller dense network: params, BN stats, EMA, optimizer state."""
+        nonlocal plan, model, tx, p_step
+        host = jax.device_get(st)
+        new = small_plan(plan, host.masks)
+        sl = lambda t: slice_tree(plan, host.masks, t, new)  # noqa: E731
+        m, t, f = setup(new)
+        params = sl(host.params)
+        opt_state = slice_opt_state(plan, host.masks, host.opt_state, t.init(params), new)
+        st = state_lib.TrainState(
+            step=host.step, params=params, batch_stats=sl(host.batch_stats),
+            opt_state=opt_state, ema_params=sl(host.ema_params),
+            ema_batch_stats=sl(host.ema_batch_stats), rng=host.rng, masks={})
+        meta.update(dense_plan=meta.get("dense_plan") or plan.to_dict(), plan=new.to_dict(),
+                    materialized=True)
+        plan, model, tx, p_step = new, m, t, f
+        if main_process:
+            new.save(os.path.join(workdir, "pruned_plan.json"))
+            print(f"materialised: continuing on {new.describe()}", flush=True)
+        return jax.device_put(st, repl)
+
     try:
         while step < total:
+            while pending_events and pending_events[0][1] == step:
+                k, _, progress = pending_events.pop(0)
+                state = prune_event(state, k, progress)
+                best.update(top1=-1.0)  # the best network is chosen after pruning
+                if not pending_events and cfg.prune.materialize:
+                    state = materialize(state)
             local = next(batches)
             state, metrics = p_step(state, sharding.global_batch(local, mesh))
             step += 1
@@ -269,7 +370,12 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
         mngr.close()
     final = last_eval or run_eval(state)
     wall = time.perf_counter() - t_start
-    return {"mode": "train", "workdir": workdir, "steps": total, "epochs": epochs,
-            **cost.to_dict(), **final, "best": best,
-            "train_images_per_s": (total - n_start) * gb / max(wall, 1e-9),
-            "wall_s": wall, "plan": plan.to_dict()}
+    out_plan = small_plan(plan, jax.device_get(state.masks)) if state.masks else plan
+    out = {"mode": "train", "workdir": workdir, "steps": total, "epochs": epochs,
+           **count(out_plan, size).to_dict(), **final, "best": best,
+           "train_images_per_s": (total - n_start) * gb / max(wall, 1e-9),
+           "wall_s": wall, "plan": out_plan.to_dict()}
+    if events:
+        out.update(prune_events=prune_log, dense_params=dense_cost.params,
+                   dense_macs=dense_cost.macs)
+    return out

@@ -26,6 +26,26 @@ class StepConfig:
     ema_decay: float = 0.999
     ema_every: int = 1
     ema_copy_until: int = 0       # steps during which the EMA copies the weights
+    bn_l1: float = 0.0            # L1 penalty on BN scales (network slimming)
+
+
+def bn_scale_l1(params) -> jax.Array:
+    """Sum of |gamma| over every BatchNorm scale."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return sum(jnp.sum(jnp.abs(x)) for p, x in flat
+               if str(p[-1].key) == "scale" and str(p[-2].key).startswith("bn"))
+
+
+def apply_masks(state: TrainState, plan) -> TrainState:
+    """Zeroes every pruned channel's weights, BN statistics, optimizer moments and EMA, so
+    that nothing leaks back into a pruned channel (weight decay, momentum, EMA)."""
+    if not state.masks:
+        return state
+    from thinjax.prune.groups import mask_tree
+    m = lambda t: mask_tree(plan, t, state.masks)  # noqa: E731
+    return state.replace(params=m(state.params), batch_stats=m(state.batch_stats),
+                         opt_state=m(state.opt_state), ema_params=m(state.ema_params),
+                         ema_batch_stats=m(state.ema_batch_stats))
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
@@ -37,11 +57,16 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     images, targets = mix(r_mix, batch["image"], targets, cfg.mixup_alpha, cfg.cutmix_alpha)
     loss_fn = optim.binary_cross_entropy if cfg.loss == "bce" else optim.cross_entropy
 
+    masks = state.masks or None
+
     def micro(params, batch_stats, x, t, y):
         def f(p):
             logits, upd = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
-                                      mutable=["batch_stats"])
-            return jnp.mean(loss_fn(logits, t)), (logits, upd["batch_stats"])
+                                      mutable=["batch_stats"], masks=masks)
+            loss = jnp.mean(loss_fn(logits, t))
+            if cfg.bn_l1:
+                loss = loss + cfg.bn_l1 * bn_scale_l1(p)
+            return loss, (logits, upd["batch_stats"])
         (loss, (logits, new_bs)), g = jax.value_and_grad(f, has_aux=True)(params)
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
         return g, new_bs, loss, acc
@@ -79,7 +104,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
         ema_params, ema_bs = pick(params, new_p, ema_params), pick(batch_stats, new_b, ema_bs)
     new = TrainState(step=step, params=params, batch_stats=batch_stats, opt_state=opt_state,
                      ema_params=ema_params, ema_batch_stats=ema_bs,
-                     rng=jax.random.key_data(rng))
+                     rng=jax.random.key_data(rng), masks=state.masks)
+    new = apply_masks(new, model.plan)
     # a non-finite loss leaves the state as it was; the loop stops the run
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = {"loss": loss, "accuracy": acc, "lr": schedule(state.step),

@@ -1,0 +1,1 @@
+"""Structured (channel) pruning: groups, criteria, allocation, schedules, materialisation."""

@@ -1,0 +1,26 @@
+"""One pruning decision: criterion scores -> allocation -> masks (used by the training loop
+and by `thinjax.convert`)."""
+
+from __future__ import annotations
+
+from thinjax.plan import Plan
+from thinjax.prune.allocate import Allocation, Target, allocate
+from thinjax.prune.criteria import ScoreInputs, score_groups
+
+
+def target_from_config(cfg) -> Target:
+    return Target(cfg.target_kind, float(cfg.target))
+
+
+def compute_masks(plan: Plan, variables: dict, cfg, target: Target, *, masks=None,
+                  model=None, batches=None, input_size: int = 32, seed: int = 0
+                  ) -> Allocation:
+    """Scores `variables` with ``cfg.criterion`` and allocates `target` (``cfg`` is a
+    config's ``prune`` section)."""
+    inputs = ScoreInputs(plan, variables, masks=masks, model=model, batches=batches,
+                         num_batches=cfg.taylor_batches, seed=seed)
+    scores = score_groups(inputs, cfg.criterion, cfg.reduce)
+    return allocate(plan, scores, target, method=cfg.allocation, masks=masks,
+                    round_to=cfg.round_to, allow_block_removal=cfg.allow_block_removal,
+                    input_size=input_size, normalization=cfg.normalization,
+                    group_ratios=tuple(tuple(x) for x in cfg.group_ratios))
