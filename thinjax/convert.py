@@ -123,7 +123,7 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
             data: str | None = None, data_dir: str | None = None, split: str = "test",
             train_split: str = "train", batch_size: int = 500, input_size: int | None = None,
             use_ema: bool = True, overwrite: bool = False, taylor_batches: int = 8,
-            seed: int = 0) -> dict:
+            recalibrate_bn: int = 0, seed: int = 0) -> dict:
     import ml_collections
     from thinjax.checkpoint import export_model, load_model
     from thinjax.cost import count
@@ -151,7 +151,7 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
             taylor_batches=taylor_batches))
         batches = None
         if criterion == "taylor":
-            batches = _taylor_batches(data, data_dir, train_split, size, seed)
+            batches = _train_batches(data, data_dir, train_split, size, 64)
         from thinjax.models.resnet import ResNet
         alloc = compute_masks(plan, variables, cfg, Target(target_kind, float(target)),
                               masks=masks, model=ResNet(plan), batches=batches,
@@ -163,6 +163,15 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
     else:
         how = "the checkpoint's masks"
     new_plan, new_vars = materialize(plan, masks, variables)
+    pruned_vars = new_vars
+    if recalibrate_bn:
+        if not data:
+            raise ValueError("--recalibrate-bn needs --data (training images)")
+        from thinjax.models.resnet import ResNet
+        from thinjax.prune.recalibrate import recalibrate_bn as recal
+        new_vars = recal(ResNet(new_plan), new_vars, _train_batches(
+            data, data_dir, train_split, size, 128), recalibrate_bn)
+        how += f", BN recalibrated on {recalibrate_bn} batches"
     before, after = count(plan, size), count(new_plan, size)
     summary = {"source": os.path.abspath(checkpoint) if os.path.exists(checkpoint)
                else checkpoint, "output": output, "pruning": how, "input_size": size,
@@ -177,6 +186,10 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
                              "after": (new_plan, new_vars, None)}.items():
             r = _evaluate(p, v, data, data_dir, split, batch_size, size, resize, m)
             summary[k].update(top1=r["top1"], top5=r["top5"])
+        if recalibrate_bn:
+            r = _evaluate(new_plan, pruned_vars, data, data_dir, split, batch_size, size,
+                          resize)
+            summary["after"]["top1_before_recalibration"] = r["top1"]
         if masks is not None and meta.get("masks") is not None and target_kind is None:
             summary["masked_top1"] = _evaluate(plan, variables, data, data_dir, split,
                                                batch_size, size, resize,
@@ -206,12 +219,20 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
     return summary
 
 
-def _taylor_batches(data, data_dir, split, size, seed):
-    from thinjax.data import eval_batches, get_source
+def _train_batches(data, data_dir, split, size, batch_size):
+    """Shuffled training batches, flipped and cropped only (Taylor scores, BN statistics)."""
+    from thinjax.config import base_config
+    from thinjax.data import get_source
+    from thinjax.data.pipeline import train_batches
+    cfg = base_config().data
+    cfg.name, cfg.train_split, cfg.image_size = data, split, size
+    cfg.trivial_augment, cfg.random_erasing, cfg.cache = False, 0.0, "none"
+    cfg.shuffle_buffer, cfg.crop_padding = 5_000, 0
+    if size > 64:
+        cfg.augment, cfg.rrc_scale_min = "imagenet", 0.35
     source = get_source(data, data_dir=data_dir)
-    for b in eval_batches(source, split, 64, image_size=size):
-        if b["mask"].all():  # whole batches only (the last one is padded)
-            yield {"image": b["image"], "label": b["label"]}
+    n = source.num_examples(split) // batch_size
+    yield from train_batches(source, cfg, batch_size, seed=0, start_step=0, steps_per_epoch=n)
 
 
 def table(summary: dict) -> str:
@@ -223,8 +244,11 @@ def table(summary: dict) -> str:
     for sb, sa in zip(b["stages"], a["stages"]):
         name = sb.split()[0]
         rows.append((f"{name} width/inner", sb.split(" ", 1)[1], sa.split(" ", 1)[1], ""))
+    if "top1_before_recalibration" in a:
+        rows.append(("top-1 before BN recalibration", "", f"{a['top1_before_recalibration']:.2f}%",
+                     ""))
     if "top1" in a:
-        rows.append((f"top-1 ({summary['data']})", f"{b['top1']:.2f}%", f"{a['top1']:.2f}%",
+        rows.append(("top-1", f"{b['top1']:.2f}%", f"{a['top1']:.2f}%",
                      f"{a['top1'] - b['top1']:+.2f}"))
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows)
@@ -253,6 +277,8 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--input-size", type=int, default=None)
+    ap.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                    help="re-estimate BN statistics on N training batches after pruning")
     ap.add_argument("--raw", action="store_true", help="raw weights, not the run's EMA")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--json", action="store_true", help="print one JSON object last")
@@ -271,7 +297,7 @@ def main(argv=None) -> int:
                     allow_block_removal=a.allow_block_removal, group_ratios=ratios,
                     data=a.data, data_dir=a.data_dir, split=a.split,
                     batch_size=a.batch_size, input_size=a.input_size, use_ema=not a.raw,
-                    overwrite=a.overwrite)
+                    overwrite=a.overwrite, recalibrate_bn=a.recalibrate_bn)
     print(f"pruned {s['source']} ({s['pruning']}) -> {s['output']}")
     print(table(s))
     print(f"fine-tune: python -m thinjax.main --config={s['output']}/config.py --workdir=DIR")

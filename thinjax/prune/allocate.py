@@ -104,16 +104,25 @@ def allocate(plan: Plan, scores: dict[str, np.ndarray], target: Target, *,
         flat = [(s, n, i) for n in groups for i, s in enumerate(ns[n])]
         order = sorted(flat, key=lambda t: t[0])
         total = sum(g.size for g in groups.values())
+        total_inner = sum(g.size for g in groups.values() if g.kind == "inner")
 
-        def counts_at(t: float) -> dict[str, int]:
-            n_remove = int(round(t * total))
+        def counts_at(t: float, fine: float = 0.0) -> dict[str, int]:
+            """Remove the lowest t x all channels; then (`fine`) continue down the ranking
+            through inner channels only: a stream channel costs many times an inner one,
+            so this is how a params/MACs target is met within 1%."""
+            n_remove, n_fine = int(round(t * total)), int(round(fine * total_inner))
             keep = {n: g.size for n, g in groups.items()}
             for s, n, _ in order:
-                if n_remove <= 0:
-                    break
+                if n_remove <= 0 and (n_fine <= 0 or groups[n].kind != "inner"):
+                    if n_fine <= 0:
+                        break
+                    continue
                 if keep[n] > minimum[n]:
                     keep[n] -= 1
-                    n_remove -= 1
+                    if n_remove > 0:
+                        n_remove -= 1
+                    else:
+                        n_fine -= 1
             return {n: min(current[n], _round(k, groups[n].size, minimum[n], round_to))
                     for n, k in keep.items()}
     else:
@@ -129,22 +138,47 @@ def allocate(plan: Plan, scores: dict[str, np.ndarray], target: Target, *,
         else:
             ratio = {n: 1.0 for n in groups}
 
-        def counts_at(t: float) -> dict[str, int]:
+        # `fine`: this fraction of the (pruned) inner groups, least important first, gives
+        # up one channel more than the ratio says (one channel of every group at once is too
+        # coarse a step to meet a params/MACs target within 1%)
+        inner = sorted((n for n, g in groups.items() if g.kind == "inner" and ratio[n] > 0),
+                       key=lambda n: float(np.mean(np.where(np.isfinite(sc[n]), sc[n], 0))))
+
+        def counts_at(t: float, fine: float = 0.0) -> dict[str, int]:
             out = {}
+            extra = set(inner[:int(round(fine * len(inner)))])
             for n, g in groups.items():
-                k = g.size - math.floor(g.size * t * ratio[n] + 1e-9)
+                k = g.size - math.floor(g.size * t * ratio[n] + 1e-9) - (n in extra)
                 if k == 0 and minimum[n] > 0:
                     k = minimum[n]
                 out[n] = min(current[n], _round(k, g.size, minimum[n], round_to))
             return out
 
-    def cost_at(t: float):
-        c = counts_at(t)
+    def cost_at(t: float, fine: float = 0.0):
+        c = counts_at(t, fine)
         p = plan_with_counts(plan, c)
         return c, p, count(p, input_size)
 
+    def bisect(f, want: float, attr: str):
+        """(best x in [0, 1], its relative error, the largest x whose cost exceeds want)."""
+        lo, hi, best, best_err = 0.0, 1.0, 1.0, float("inf")
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            got = getattr(f(mid)[2], attr)
+            err = abs(got - want) / want
+            if err < best_err or (err == best_err and got <= want):
+                best, best_err = mid, err
+            if got > want:
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo < 1e-7:
+                break
+        return best, best_err, lo
+
     dense = count(plan, input_size)
     kind, value = target.absolute(dense.params, dense.macs)
+    fine_best = 0.0
     if kind == "ratio":
         t_best = 1.0 if method == "explicit" else value
     else:
@@ -162,20 +196,12 @@ def allocate(plan: Plan, scores: dict[str, np.ndarray], target: Target, *,
         if want >= have:
             t_best = 0.0
         else:
-            lo, hi, t_best, best_err = 0.0, 1.0, 1.0, float("inf")
-            for _ in range(40):
-                mid = (lo + hi) / 2
-                got = getattr(cost_at(mid)[2], attr)
-                err = abs(got - want) / want
-                if err < best_err or (err == best_err and got <= want):
-                    t_best, best_err = mid, err
-                if got > want:
-                    lo = mid
-                else:
-                    hi = mid
-                if hi - lo < 1e-7:
-                    break
-    counts, new_plan, c = cost_at(t_best)
+            t_best, best_err, t_above = bisect(cost_at, want, attr)
+            if best_err > tolerance / 4:
+                f_best, f_err, _ = bisect(lambda f: cost_at(t_above, f), want, attr)
+                if f_err < best_err:
+                    t_best, fine_best = t_above, f_best
+    counts, new_plan, c = cost_at(t_best, fine_best)
     for n, g in groups.items():  # a block that loses one inner group loses the others too
         if g.kind == "inner" and counts[n] == 0:
             for m in groups:
