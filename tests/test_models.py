@@ -4,31 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from thinjax.cost import count
 import flax.linen as nn
 
-from thinjax.models.resnet import Block, ResNet, variable_shapes
+from thinjax.models.resnet import Block, ResNet, random_variables, variable_shapes
 from thinjax.plan import ARCHS, BlockPlan, Plan, StagePlan, plan_from_width
-
-
-def random_variables(plan, seed=0):
-    """Cheap numpy variables of the right shapes (no jit-compiled init for big nets)."""
-    r = np.random.default_rng(seed)
-    shapes = variable_shapes(plan)
-
-    def make(path, s):
-        if path[-1] == "var":
-            return r.uniform(0.5, 1.5, s.shape).astype(np.float32)
-        if path[-1] == "scale":
-            return r.uniform(0.5, 1.5, s.shape).astype(np.float32)
-        fan_in = int(np.prod(s.shape[:-1])) or 1
-        return (r.standard_normal(s.shape) * np.sqrt(1.0 / fan_in)).astype(np.float32)
-
-    return {col: traverse_util.unflatten_dict(
-        {p: make(p, s) for p, s in traverse_util.flatten_dict(tree).items()})
-        for col, tree in shapes.items()}
 
 
 def n_params(tree) -> int:

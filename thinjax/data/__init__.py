@@ -1,11 +1,15 @@
 """Input pipelines: dataset sources (TFDS names, image folders, the bundled sample),
-preprocessing, and batches for evaluation and training."""
-import tensorflow as _tf
+preprocessing, and batches for evaluation and training.
 
-# tf.data runs on the host: never let TensorFlow take accelerator memory from JAX.
-_tf.config.set_visible_devices([], "GPU")
+Names load lazily, so that importing `thinjax.data.mix` (pure JAX) needs no TensorFlow."""
+import importlib
 
-from thinjax.data.sources import DataError, Source, get_source, sample_dir
-from thinjax.data.pipeline import eval_batches
+_WHERE = {"DataError": "sources", "Source": "sources", "get_source": "sources",
+          "sample_dir": "sources", "eval_batches": "pipeline"}
+__all__ = sorted(_WHERE)
 
-__all__ = ["DataError", "Source", "get_source", "sample_dir", "eval_batches"]
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"thinjax.data.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'thinjax.data' has no attribute {name!r}")

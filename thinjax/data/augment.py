@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import tensorflow as tf
+from thinjax.data._tf import tf
 
 TA_WIDE_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
                "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",

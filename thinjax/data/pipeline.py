@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-import tensorflow as tf
+from thinjax.data._tf import tf
 
 from thinjax.data import preprocess
 from thinjax.data.sources import DataError, Source

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
+from thinjax.data._tf import tf
 
 # The release (and torchvision) normalise with ImageNet statistics, CIFAR included.
 MEAN = (0.485, 0.456, 0.406)

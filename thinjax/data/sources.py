@@ -16,7 +16,7 @@ import os
 import zipfile
 from typing import Callable
 
-import tensorflow as tf
+from thinjax.data._tf import tf
 import tensorflow_datasets as tfds
 
 SAMPLES = {"cifar10": "cifar10_sample.zip"}

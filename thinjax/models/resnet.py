@@ -174,3 +174,22 @@ def variable_shapes(plan: Plan) -> dict:
     x = jax.ShapeDtypeStruct((1, size, size, plan.in_channels), jnp.float32)
     return jax.eval_shape(functools.partial(ResNet(plan).init, train=False),
                           jax.random.PRNGKey(0), x)
+
+
+def random_variables(plan: Plan, seed: int = 0) -> dict:
+    """Random float32 numpy variables of `plan`'s shapes, without a compiled init (fast for
+    any size: tests and benchmarks). Kernels ~ N(0, 1/fan_in), BN scales and variances
+    ~ U(0.5, 1.5), BN shifts and means ~ N(0, 1)."""
+    import numpy as np
+    from flax import traverse_util
+    r = np.random.default_rng(seed)
+
+    def make(path, s):
+        if path[-1] in ("var", "scale"):
+            return r.uniform(0.5, 1.5, s.shape).astype(np.float32)
+        fan_in = int(np.prod(s.shape[:-1])) or 1
+        return (r.standard_normal(s.shape) * np.sqrt(1.0 / fan_in)).astype(np.float32)
+
+    return {col: traverse_util.unflatten_dict(
+        {p: make(p, s) for p, s in traverse_util.flatten_dict(tree).items()})
+        for col, tree in variable_shapes(plan).items()}
