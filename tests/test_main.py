@@ -40,7 +40,7 @@ def test_every_config_file_loads_and_validates():
     from thinjax.config import validate
     from thinjax.plan import plan_from_width
     files = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
-    assert len(files) >= 13
+    assert len(files) >= 18
     for f in files:
         spec = importlib.util.spec_from_file_location("cfg", f)
         mod = importlib.util.module_from_spec(spec)
@@ -50,3 +50,8 @@ def test_every_config_file_loads_and_validates():
         validate(cfg)
         plan_from_width(cfg.model.name, cfg.model.width, cfg.model.num_classes,
                         cfg.model.base_width)
+        if cfg.prune.schedule != "none":  # the pruning section is consistent too
+            from thinjax.prune import schedule
+            from thinjax.prune.pruner import target_from_config
+            target_from_config(cfg.prune)
+            assert schedule.events(cfg.prune, 390, int(cfg.train.epochs * 390)), f
