@@ -56,7 +56,7 @@ def _evaluate(plan, variables, data, data_dir, split, batch_size, size, resize, 
         raise ValueError(f"the model has {plan.num_classes} classes but {data!r} has "
                          f"{source.num_classes}")
     b = eval_batches(source, split, batch_size, image_size=size, resize=resize)
-    return evaluate(ResNet(plan), variables, b, source.num_examples(split), progress=False,
+    return evaluate(ResNet(plan), variables, b, source.num_examples(split), progress=True,
                     masks=masks)
 
 
