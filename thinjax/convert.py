@@ -123,7 +123,7 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
             data: str | None = None, data_dir: str | None = None, split: str = "test",
             train_split: str = "train", batch_size: int = 500, input_size: int | None = None,
             use_ema: bool = True, overwrite: bool = False, taylor_batches: int = 8,
-            recalibrate_bn: int = 0, seed: int = 0) -> dict:
+            recalibrate_bn: int = 0, evaluate_before: bool = True, seed: int = 0) -> dict:
     import ml_collections
     from thinjax.checkpoint import export_model, load_model
     from thinjax.cost import count
@@ -182,8 +182,10 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
                          "stages": stage_widths(new_plan), "plan": new_plan.to_dict()}}
     if data:
         summary["data"] = f"{data}:{split}"
-        for k, (p, v, m) in {"before": (plan, variables, None),
-                             "after": (new_plan, new_vars, None)}.items():
+        todo = {"after": (new_plan, new_vars, None)}
+        if evaluate_before:
+            todo["before"] = (plan, variables, None)
+        for k, (p, v, m) in todo.items():
             r = _evaluate(p, v, data, data_dir, split, batch_size, size, resize, m)
             summary[k].update(top1=r["top1"], top5=r["top5"])
         if recalibrate_bn:
@@ -247,7 +249,7 @@ def table(summary: dict) -> str:
     if "top1_before_recalibration" in a:
         rows.append(("top-1 before BN recalibration", "", f"{a['top1_before_recalibration']:.2f}%",
                      ""))
-    if "top1" in a:
+    if "top1" in a and "top1" in b:
         rows.append(("top-1", f"{b['top1']:.2f}%", f"{a['top1']:.2f}%",
                      f"{a['top1'] - b['top1']:+.2f}"))
     w = [max(len(r[i]) for r in rows) for i in range(4)]
