@@ -284,3 +284,13 @@ def test_masked_training_step_equals_materialised_step_and_nothing_leaks():
             np.testing.assert_array_equal(a, b)
     dead = [n for n, m in masks.items() if not m.all()]
     assert dead
+
+
+def test_bn_l1_penalty_is_the_sum_of_bn_scale_magnitudes():
+    from thinjax.train.step import bn_scale_l1
+    plan = plan_from_width("resnet20", 4)
+    v = random_variables(plan, 11)
+    flat = traverse_util.flatten_dict(v["params"], sep="/")
+    want = sum(np.abs(x).sum() for k, x in flat.items() if k.endswith("/scale"))
+    assert len([k for k in flat if k.endswith("/scale")]) == 1 + 2 * 9 + 2  # stem, blocks, projs
+    np.testing.assert_allclose(float(bn_scale_l1(v["params"])), want, rtol=1e-6)
