@@ -98,3 +98,21 @@ def test_tiny_study_end_to_end_skips_finished_runs_and_reports_failures(tmp_path
     st2.run_all()
     log = capsys.readouterr().out
     assert log.count("finished earlier, skipped") == 4 and "FAILED" in log
+
+
+@pytest.mark.parametrize("name,n_runs", [("study_cifar10_r56", 8), ("study_imagenet_r50", 13)])
+def test_study_configs_load_and_plan_their_runs(name, n_runs):
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("c", os.path.join(root, "configs",
+                                                                    name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert "Command" in mod.__doc__ and "Expected" in mod.__doc__ and "Cost" in mod.__doc__
+    cfg = mod.get_config()
+    runs = plan_runs(cfg)
+    assert len(runs) == n_runs
+    st = Study(cfg, "unused")
+    assert all("{" not in st.resolve(r.spec.get("checkpoint") or r.spec.get("base", ""))
+               for r in runs)
+    assert st.literature()  # the bundled table has rows for this network and dataset

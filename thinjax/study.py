@@ -120,8 +120,13 @@ class Study:
         return json.load(open(os.path.join(cmd[4].split("=", 1)[1], "results.json")))
 
     def resolve(self, path: str) -> str:
-        """'{release}' in a path stands for config.release_dir."""
-        return path.replace("{release}", self.cfg.get("release_dir", ""))
+        """'{release}', '{sweep_dir}' and '{base}' in a path stand for the config's
+        release_dir, sweep_dir and base."""
+        for name, key in (("release", "release_dir"), ("sweep_dir", "sweep_dir"),
+                          ("base", "base")):
+            if self.cfg.get(key) is not None:
+                path = path.replace("{" + name + "}", str(self.cfg.get(key)))
+        return path
 
     def execute(self, run: Run) -> dict:
         s, rd = run.spec, self.run_dir(run.id)
