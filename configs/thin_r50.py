@@ -7,9 +7,11 @@ Command (TFDS imagenet2012 prepared under DATA_DIR; on a TPU VM or GPU node, see
         --config.data.data_dir=gs://BUCKET/tfds [--config.model.width=16]
 Expected: w=64 ~80.8% top-1 (EMA) after 600 epochs, as torchvision's recipe reports;
 the study's w=16 ThinResNet-50 (889,304 params, 87 M MACs) is the release checkpoint.
-Cost: 600 epochs x 1251 steps at batch 1024; ResNet-50 at 176 px is ~2.5 GFLOPs x 3 per
-image: about 3 x 10^19 FLOPs, i.e. ~2.5 days on a TPU v4-32 / 8xH100 at 40% of peak (see
-docs/scaling.md). Scale lr with the batch (0.5 at 1024 is applied automatically).
+Cost: 600 epochs x 1251 steps at batch 1024; w=64 at 176 px is 2.61 GMACs per image, so
+~1.2 x 10^19 training FLOPs, 3.8x the Flax ImageNet example (4.4 h on a TPU v3-8): ~17 h
+compute-bound on a v3-8, while reading 769 M augmented images (~26 h at that host's
+8,100 img/s) is the larger bound; w=16 costs 0.02x the compute (docs/scaling.md).
+Scale lr with the batch (0.5 at 1024 is applied automatically).
 """
 
 from thinjax.config import base_config

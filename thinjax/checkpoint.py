@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
+from thinjax import fs
 from thinjax.plan import Plan
 
 PYTORCH_EXTS = (".pt", ".pth", ".bin", ".safetensors", ".npz")
@@ -33,7 +34,7 @@ class CheckpointError(ValueError):
 
 def manager(directory: str, max_to_keep: int | None = None, **options) -> ocp.CheckpointManager:
     opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, **options)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=opts)
+    return ocp.CheckpointManager(fs.absolute(directory), options=opts)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
@@ -42,24 +43,40 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None
                                             meta=ocp.args.JsonSave(meta)), force=True)
 
 
+def _write_model(directory: str, plan: Plan, variables: dict, meta: dict | None) -> None:
+    import jax  # written by this process alone (the caller picks one on multi-host jobs)
+    me = jax.process_index()
+    fs.makedirs(directory)
+    m = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        create=False, enable_async_checkpointing=False,  # nothing runs on after a failure
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me})))
+    try:
+        state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+        save(m, 0, state, {"plan": plan.to_dict(), **(meta or {})})
+        m.wait_until_finished()
+    finally:
+        m.close()
+
+
 def export_model(dst: str, plan: Plan, variables: dict, meta: dict | None = None,
                  overwrite: bool = False) -> str:
-    """Writes a standalone model checkpoint (step 0) atomically: all of it, or nothing."""
-    dst = os.path.abspath(dst)
-    if os.path.exists(dst) and not overwrite:
+    """Writes a standalone model checkpoint (step 0) atomically: all of it, or nothing.
+    Local: written beside `dst`, then renamed. Remote (gs://): written in place; orbax
+    commits the step only once it is complete, so readers never see a partial one."""
+    dst = fs.absolute(dst)
+    if fs.exists(dst) and not overwrite:
         raise FileExistsError(f"{dst} exists; choose another output or pass --overwrite")
+    if fs.is_remote(dst):
+        if fs.exists(dst):
+            fs.rmtree(dst)
+        _write_model(dst, plan, variables, meta)
+        return dst
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(dst) + ".tmp-", dir=parent)
     try:
-        m = manager(tmp, enable_async_checkpointing=False)  # nothing runs on after a failure
-        try:
-            state = {"params": variables["params"],
-                     "batch_stats": variables.get("batch_stats", {})}
-            save(m, 0, state, {"plan": plan.to_dict(), **(meta or {})})
-            m.wait_until_finished()
-        finally:
-            m.close()
+        _write_model(tmp, plan, variables, meta)
         if os.path.exists(dst):
             shutil.rmtree(dst)
         os.replace(tmp, dst)
@@ -71,12 +88,12 @@ def export_model(dst: str, plan: Plan, variables: dict, meta: dict | None = None
 
 def _step_dir(path: str) -> tuple[str, int]:
     """(manager directory, step) of the newest complete step under `path`."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "meta")) and os.path.isdir(os.path.join(path, "state")):
+    path = fs.absolute(path)
+    if fs.isdir(os.path.join(path, "meta")) and fs.isdir(os.path.join(path, "state")):
         parent, name = os.path.split(path)
         if name.isdigit():
             return parent, int(name)
-    if not os.path.isdir(path):
+    if not fs.isdir(path):
         raise CheckpointError(f"no checkpoint at {path}: neither a thinjax checkpoint "
                               f"directory nor a file ({', '.join(PYTORCH_EXTS)})")
     m = ocp.CheckpointManager(path)
@@ -84,7 +101,7 @@ def _step_dir(path: str) -> tuple[str, int]:
     m.close()
     if not steps:
         for sub in ("checkpoints", "model"):  # a training workdir, a thinjax.convert output
-            if os.path.isdir(os.path.join(path, sub)):
+            if fs.isdir(os.path.join(path, sub)):
                 return _step_dir(os.path.join(path, sub))
         raise CheckpointError(f"{path} holds no complete checkpoint step (looked for "
                               "numbered step directories with meta/ and state/)")

@@ -88,6 +88,7 @@ MODES = {"evaluate": run_evaluate, "train": run_train}
 
 def main(argv) -> None:
     del argv
+    from thinjax import fs
     from thinjax.config import validate
     from thinjax.errors import user_errors
     cfg, workdir = _CONFIG.value, _WORKDIR.value
@@ -96,15 +97,13 @@ def main(argv) -> None:
     with user_errors():
         validate(cfg)
         plan = plan_from_config(cfg)
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=1))
+        fs.makedirs(workdir)
+        fs.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=1))
         plan.save(os.path.join(workdir, "plan.json"))
         result = MODES[cfg.mode](cfg, workdir, plan, model_from_config(cfg, plan))
     import jax
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(result, f, indent=1)
+        fs.write_text(os.path.join(workdir, "results.json"), json.dumps(result, indent=1))
         if _JSON.value:
             print(json.dumps(result))
 

@@ -150,16 +150,16 @@ class Plan:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str) -> None:
-        with open(path, "w") as f:
-            f.write(self.to_json(indent=1))
+        from thinjax import fs
+        fs.write_text(path, self.to_json(indent=1))
 
     @classmethod
     def load(cls, path: str) -> "Plan":
-        with open(path) as f:
-            try:
-                return cls.from_json(f.read())
-            except json.JSONDecodeError as e:
-                raise PlanError(f"{path}: not a JSON plan ({e})") from e
+        from thinjax import fs
+        try:
+            return cls.from_json(fs.read_text(path))
+        except json.JSONDecodeError as e:
+            raise PlanError(f"{path}: not a JSON plan ({e})") from e
 
 
 def validate(plan: Plan) -> None:

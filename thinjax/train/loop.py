@@ -25,9 +25,10 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from thinjax import checkpoint as ckpt
-from thinjax import optim
+from thinjax import fs, optim
 from thinjax.cost import count
 from thinjax.data import get_source
 from thinjax.data.pipeline import EvalBatches, train_batches
@@ -51,15 +52,26 @@ class MetricWriter:
         self.enabled = enabled
         if enabled:
             import tensorflow as tf
-            self._f = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._path = os.path.join(workdir, "metrics.jsonl")
+            # object stores (gs://) cannot append: keep the lines and rewrite the file
+            self._lines = None
+            if fs.is_remote(workdir):
+                self._lines = fs.read_text(self._path) if fs.exists(self._path) else ""
+            else:
+                self._f = open(self._path, "a")  # noqa: SIM115 (closed in close())
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
             return
         import tensorflow as tf
-        self._f.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._f.flush()
+        line = json.dumps({"step": step, **scalars}) + "\n"
+        if self._lines is None:
+            self._f.write(line)
+            self._f.flush()
+        else:
+            self._lines += line
+            fs.write_text(self._path, self._lines)
         with self._tb.as_default():
             for k, v in scalars.items():
                 if isinstance(v, (int, float)):
@@ -68,7 +80,8 @@ class MetricWriter:
 
     def close(self):
         if self.enabled:
-            self._f.close()
+            if self._lines is None:
+                self._f.close()
             self._tb.close()
 
 
@@ -239,10 +252,14 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
     def on_term(signum, frame):
         stop["signal"] = signum
 
-    old_handler = signal.signal(signal.SIGTERM, on_term)
+    # One process: a flag set by the handler. Several: JAX's preemption sync manager (set up
+    # by jax.distributed.initialize, it catches SIGTERM itself) names one step at which every
+    # process stops, so that all of them save the same checkpoint.
+    synced = pc > 1 and jax.distributed.is_initialized()
+    old_handler = None if synced else signal.signal(signal.SIGTERM, on_term)
 
     best_file = os.path.join(workdir, "best_metric.json")
-    best = json.load(open(best_file)) if os.path.exists(best_file) else {"top1": -1.0}
+    best = json.loads(fs.read_text(best_file)) if fs.exists(best_file) else {"top1": -1.0}
 
     def keep_best(st, step, ev):
         """Exports the weights that give the best eval top-1 so far to workdir/best."""
@@ -250,7 +267,7 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
         if not cfg.train.keep_best or top1 <= best["top1"] or not main_process:
             return
         best.update(top1=top1, step=step)
-        p, v = plan, st.variables(cfg.ema.enabled)
+        p, v = plan, jax.device_get(st.variables(cfg.ema.enabled))  # replicated: on host
         if st.masks:  # export the materialised network, not the masked wide one
             host = jax.device_get(st.masks)
             p = small_plan(plan, host)
@@ -258,8 +275,7 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
         ckpt.export_model(os.path.join(workdir, "best"), p, v,
                           {**meta, "plan": p.to_dict(), "step": step, "top1": top1},
                           overwrite=True)
-        with open(best_file, "w") as f:
-            json.dump(best, f)
+        fs.write_text(best_file, json.dumps(best))
 
     eval_every = max(1, int(round(cfg.train.eval_every_epochs * steps_per_epoch)))
     batches = train_batches(source, cfg.data, gb, cfg.seed, start, steps_per_epoch,
@@ -320,7 +336,7 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
                     materialized=True)
         plan, model, tx, p_step = new, m, t, f
         if main_process:
-            new.save(os.path.join(workdir, "pruned_plan.json"))
+            new.save(os.path.join(workdir, "pruned_plan.json"))  # local or gs://
             print(f"materialised: continuing on {new.describe()}", flush=True)
         return jax.device_put(st, repl)
 
@@ -335,6 +351,8 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
             local = next(batches)
             state, metrics = p_step(state, sharding.global_batch(local, mesh))
             step += 1
+            if synced and multihost_utils.reached_preemption_sync_point(step):
+                stop["signal"] = signal.SIGTERM
             window.append(metrics)
             boundary = step % cfg.train.log_every == 0 or step == total
             do_eval = step % eval_every == 0 or step == total
@@ -365,7 +383,8 @@ def train_and_evaluate(cfg, workdir: str, model, plan, init_variables=None) -> d
                     raise SystemExit(143)
         mngr.wait_until_finished()
     finally:
-        signal.signal(signal.SIGTERM, old_handler)
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
         writer.close()
         mngr.close()
     final = last_eval or run_eval(state)

@@ -13,13 +13,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 def initialize_distributed(force: bool = False) -> None:
     """jax.distributed.initialize() on multi-host jobs (a coordinator address in the
-    environment, SLURM with several tasks, or a multi-host TPU slice); no-op otherwise.
+    environment, SLURM with several tasks, a multi-host TPU slice on GKE, or
+    THINJAX_DISTRIBUTED=1, which launch/tpu_vm.sh sets: GCE TPU VMs are detected by JAX from
+    their metadata server, not from the environment); no-op otherwise.
 
     JAX reads JAX_COORDINATOR_ADDRESS and JAX_LOCAL_DEVICE_IDS itself and detects SLURM and
     Cloud TPU; without a cluster manager (launch/gpu_multinode.sh) the process count and
     index come from JAX_NUM_PROCESSES and JAX_PROCESS_ID, which thinjax passes on."""
     env = os.environ
-    multi = force or bool(env.get("JAX_COORDINATOR_ADDRESS")) \
+    multi = force or env.get("THINJAX_DISTRIBUTED") == "1" \
+        or bool(env.get("JAX_COORDINATOR_ADDRESS")) \
         or int(env.get("SLURM_NTASKS", "1")) > 1 \
         or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
     if multi and not jax.distributed.is_initialized():
