@@ -25,6 +25,10 @@ def test_interpolation_is_linear_in_log_cost_and_only_inside_the_sweep():
     assert report.interpolate(curve, 10 ** 2.5) == pytest.approx(88.0)
     assert report.interpolate(curve, 5.0) is None and report.interpolate(curve, 2000) is None
     assert report.interpolate([], 5.0) is None
+    # just outside: the end segment extended, only as far as allowed
+    assert report.interpolate(curve, 9.0, extrapolate=0.15) == pytest.approx(
+        80 + 6 * math.log10(0.9))
+    assert report.interpolate(curve, 8.0, extrapolate=0.15) is None
 
 
 def test_pareto_front():
@@ -36,11 +40,13 @@ def test_comparison_sentences():
     rows = [dict(name="w8", method="ThinResNet", kind="thin", macs=100, params=10, top1=80.0),
             dict(name="w16", method="ThinResNet", kind="thin", macs=400, params=40, top1=90.0),
             dict(name="p", method="l1", kind="pruned", macs=200, params=20, top1=81.0),
-            dict(name="q", method="l1", kind="pruned", macs=50, params=5, top1=70.0)]
+            dict(name="q", method="l1", kind="pruned", macs=50, params=5, top1=70.0),
+            dict(name="r", method="l1", kind="pruned", macs=99, params=5, top1=70.0)]
     s = report.comparisons(rows, "macs")
     assert s[0].startswith("At 200 MACs, p (l1) reaches 81.00%, 4.00 points below the "
                            "ThinResNet curve (85.00%")
     assert "outside the ThinResNet sweep's range" in s[1]
+    assert "9.93 points below" in s[2] and "extrapolated slightly" in s[2]
 
 
 def tiny_config(tmp_path):

@@ -36,9 +36,12 @@ def read_csv(path: str) -> list[dict]:
     return rows
 
 
-def interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
-    """Top-1 of the curve [(cost, top1), ...] at cost x, linear in log10(cost); None
-    outside the curve's range (or with fewer than one point at x)."""
+def interpolate(curve: list[tuple[float, float]], x: float,
+                extrapolate: float = 0.0) -> float | None:
+    """Top-1 of the curve [(cost, top1), ...] at cost x, linear in log10(cost). Outside the
+    curve's range: None, unless x is within `extrapolate` (relative) of the nearest end,
+    where the end segment is extended (a pruned network that lands 1% below the thinnest
+    sweep member still gets a curve value)."""
     pts = sorted((c, a) for c, a in curve if c and a is not None)
     if not pts:
         return None
@@ -49,7 +52,15 @@ def interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
         if c0 <= x <= c1:
             t = (math.log10(x) - math.log10(c0)) / (math.log10(c1) - math.log10(c0))
             return a0 + t * (a1 - a0)
-    return None
+    lo, hi = pts[0][0], pts[-1][0]
+    near = x < lo and x >= lo * (1 - extrapolate) or x > hi and x <= hi * (1 + extrapolate)
+    if not near:
+        return None
+    if len(pts) == 1:
+        return pts[0][1]
+    (c0, a0), (c1, a1) = (pts[0], pts[1]) if x < lo else (pts[-2], pts[-1])
+    t = (math.log10(x) - math.log10(c0)) / (math.log10(c1) - math.log10(c0))
+    return a0 + t * (a1 - a0)
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -62,6 +73,9 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return out
 
 
+EXTRAPOLATE = 0.15  # compare up to 15% beyond the sweep's cheapest / dearest network
+
+
 def comparisons(rows: list[dict], key: str = "macs") -> list[str]:
     """One sentence per pruned/extra network: its distance to the ThinResNet curve."""
     curve = [(r[key], r["top1"]) for r in rows if r["kind"] == "thin" and r["top1"] is not None]
@@ -70,7 +84,8 @@ def comparisons(rows: list[dict], key: str = "macs") -> list[str]:
     for r in rows:
         if r["kind"] == "thin" or r["top1"] is None or not r[key]:
             continue
-        ref = interpolate(curve, r[key])
+        ref = interpolate(curve, r[key], EXTRAPOLATE)
+        inside = interpolate(curve, r[key]) is not None
         if ref is None:
             out.append(f"At {_fmt(r[key])} {unit}, {r['name']} reaches {r['top1']:.2f}%; that "
                        "cost is outside the ThinResNet sweep's range, so there is no curve "
@@ -80,7 +95,8 @@ def comparisons(rows: list[dict], key: str = "macs") -> list[str]:
         where = "above" if d >= 0 else "below"
         out.append(f"At {_fmt(r[key])} {unit}, {r['name']} ({r['method']}) reaches "
                    f"{r['top1']:.2f}%, {abs(d):.2f} points {where} the ThinResNet curve "
-                   f"({ref:.2f}%, interpolated on the sweep).")
+                   f"({ref:.2f}%, " + ("interpolated on the sweep)." if inside else
+                                        "extrapolated slightly beyond the sweep)."))
     return out
 
 
