@@ -35,6 +35,12 @@ def get_config():
                  "criteria": ("l1", "bn_scale", "taylor"), "allocation": "global",
                  "match": ("ThinResNet-56 w=8",), "match_on": "macs", "round_to": 1,
                  "recalibrate_bn": 50, "finetune_epochs": (1.0,)}
+    # pruning inside training runs, e.g. 4 Taylor events every 5 epochs (too long for the
+    # CPU budget of this config; ~10 min on one GPU):
+    # {"name": "taylor iterative @ w=8", "method": "taylor (global), iterative, 40 epochs",
+    #  "train": "configs/prune_r56_iterative.py", "base": "{release}/resnet56_width16_cifar10_ema.pt",
+    #  "match": "ThinResNet-56 w=8", "overrides": []}
+    c.schedule_runs = []
     c.extra = []
     c.literature = {"network": "resnet56", "dataset": "CIFAR-10"}
     c.notes = ("Measured points: top-1 on the 10,000-image CIFAR-10 JPEG test split (the "

@@ -41,6 +41,11 @@ def get_config():
                  "match": ("ThinResNet-50 w=32", "ThinResNet-50 w=48"), "match_on": "macs",
                  "round_to": 8, "recalibrate_bn": 100, "finetune_epochs": (10.0,),
                  "finetune_overrides": ()}
+    c.schedule_runs = [
+        {"name": "l1 gradual @ w=48", "method": "l1 (global), gradual over 30 epochs",
+         "train": "configs/prune_r50_oneshot.py", "base": "{base}", "match": "ThinResNet-50 w=48",
+         "overrides": ["--config.prune.schedule=gradual", "--config.prune.end_epoch=30",
+                       "--config.prune.every_epochs=2"]}]
     c.extra = []
     c.literature = {"network": "resnet50", "dataset": "ImageNet"}
     c.notes = ("Measured points: top-1 on the ImageNet validation split (resize 232, centre "

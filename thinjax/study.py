@@ -12,6 +12,9 @@ The config lists
     round_to, BN recalibration as configured) to the MACs (or params, ``match_on``) of each
     sweep member named in ``match``, without fine-tuning and, for each of
     ``finetune_epochs``, after fine-tuning (the converted network's own config);
+  * ``schedule_runs``: pruning inside training (``train``: a configs/prune_*.py file, its
+    one-shot / iterative / gradual schedule and criterion; ``base``: the checkpoint it
+    starts from; ``match``: set its target to a sweep member's MACs or params);
   * ``extra``: networks from elsewhere (your own pruning method's checkpoints) placed on the
     same plot;
   * ``literature``: which rows of thinjax/assets/literature.csv to show.
@@ -77,6 +80,9 @@ def plan_runs(cfg) -> list[Run]:
                                     f"{name} + {ep:g} ep",
                                     f"{crit} ({p['allocation']}) + {ep:g}-epoch fine-tune",
                                     {**spec, "epochs": float(ep), "from": base_id}))
+    for t in cfg.get("schedule_runs", ()):
+        runs.append(Run(f"sched-{slug(t['name'])}", "pruned", t["name"], t["method"],
+                        {**dict(t), "scheduled": True}))
     for e in cfg.get("extra", ()):
         runs.append(Run(f"extra-{slug(e['name'])}", "extra", e["name"], e["method"], dict(e)))
     ids = [r.id for r in runs]
@@ -145,6 +151,18 @@ class Study:
                     "top1": res["ema_eval_top1" if ema else "eval_top1"],
                     "top5": res["ema_eval_top5" if ema else "eval_top5"],
                     "epochs": res["epochs"], "source": os.path.join(rd, "train")}
+        if s.get("scheduled"):  # pruning inside a training run (oneshot/iterative/gradual)
+            over = list(s.get("overrides", ()))
+            if s.get("base"):
+                over.append(f"--config.init_from={self.resolve(s['base'])}")
+            if s.get("match"):
+                on = s.get("match_on", "macs")
+                over += [f"--config.prune.target_kind={on}",
+                         f"--config.prune.target={self.target_of(s['match'], on)}"]
+            res = self.subprocess(self.main_cmd(s["train"], os.path.join(rd, "train"), over))
+            return {**row, "params": res["params"], "macs": res["macs"],
+                    "top1": res["eval_top1"], "top5": res["eval_top5"],
+                    "epochs": res["epochs"], "source": run.id + " (raw weights)"}
         if run.kind == "pruned" and "from" not in s:
             return self.prune(run, row)
         if run.kind == "pruned":
