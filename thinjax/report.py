@@ -135,7 +135,8 @@ def plot(rows: list[dict], literature: list[dict], path_stem: str, key: str,
     if front:
         ax.plot(*zip(*front), "o", mfc="none", mec="black", ms=14, mew=1.2,
                 label="Pareto front")
-    ax.set_title(f"{title}: measured here ({eval_label})")
+    fig.suptitle(title, fontsize=13)
+    ax.set_title(f"measured here ({eval_label})", fontsize=11)
     ax2 = axes[1]
     lit = [r for r in literature if r.get("pruned_top1") and r.get(key)]
     groups: dict[str, list] = {}
@@ -151,7 +152,7 @@ def plot(rows: list[dict], literature: list[dict], path_stem: str, key: str,
     if pfront:
         ax2.plot(*zip(*pfront), "o", mfc="none", mec="black", ms=14, mew=1.2,
                  label="Pareto front")
-    ax2.set_title(f"{title}: published results (original test set)")
+    ax2.set_title("published results (original test sets, their own baselines)", fontsize=11)
     for a in axes:
         a.set_xscale("log")
         a.set_xlabel(f"{unit} (log scale)")
