@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import thinjax
-from tests.test_train import ROOT, assert_trees_close, main_cmd, run, wait_for_checkpoint
+from tests.test_train import (ROOT, assert_trees_close, main_cmd, run, sub_env,
+                              wait_for_checkpoint)
 from thinjax import convert
 from thinjax.checkpoint import export_model, load_model
 from thinjax.cost import count
@@ -27,6 +28,8 @@ PRUNE = ["--config.model.width=8", "--config.prune.schedule=iterative",
 
 
 def test_iterative_pruning_run_resumes_exactly_and_ends_materialised(tmp_path):
+    """Also the training system's exact-resume test: a run killed with SIGKILL after a
+    checkpoint and rerun ends with the weights of an uninterrupted run."""
     r = run(tmp_path / "straight", *PRUNE)
     assert r.stdout.count("prune event") == 2 and "materialised: continuing on" in r.stdout
     res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -39,7 +42,7 @@ def test_iterative_pruning_run_resumes_exactly_and_ends_materialised(tmp_path):
     # killed after its first checkpoint (step >= 4), then resumed: the same network
     wd = tmp_path / "killed"
     p = subprocess.Popen(main_cmd(wd, *PRUNE), cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, env=sub_env())
     step = wait_for_checkpoint(wd, p, 4)
     p.send_signal(signal.SIGKILL)
     p.wait()

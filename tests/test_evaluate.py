@@ -11,7 +11,9 @@ from thinjax.data import DataError, eval_batches, get_source, sample_dir
 from thinjax.evaluate import evaluate_checkpoint
 from tests.conftest import RELEASE_TABLE, release_path
 
-CIFAR_RELEASE = [k for k, (_, acc) in RELEASE_TABLE.items() if acc is not None]
+# two of the five on the full split (time); tests/test_interop.py checks every release
+# file's logits against PyTorch, and benchmarks/release_accuracy.py gives all five accuracies
+CIFAR_RELEASE = ["resnet20_width4_cifar10_ema.pt", "resnet56_width8_cifar10_ema.pt"]
 
 
 @pytest.mark.parametrize("name", CIFAR_RELEASE)

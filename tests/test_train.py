@@ -30,10 +30,18 @@ def main_cmd(workdir, *extra):
     return [sys.executable, "-m", "thinjax.main", f"--workdir={workdir}", *TINY, *extra]
 
 
-def run(workdir, *extra, devices=1, check=True):
+def sub_env(devices: int = 1, fast: bool = True) -> dict:
+    """The environment of a training subprocess: `devices` CPU devices, and XLA's backend
+    optimisation off (-O0): these runs are a few steps long, so compiling dominates (the
+    train-state init compiles in 2 s instead of 12); the results agree to float tolerance."""
     env = dict(os.environ)
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" + (
+        " --xla_backend_optimization_level=0" if fast else "")
+    return env
+
+
+def run(workdir, *extra, devices=1, check=True, fast=True):
+    env = sub_env(devices, fast)
     r = subprocess.run(main_cmd(workdir, *extra, "--json"), capture_output=True, text=True,
                        cwd=ROOT, env=env, timeout=600)
     (workdir / "log.txt").write_text(r.stdout + r.stderr) if workdir.exists() else None
@@ -86,8 +94,10 @@ def test_eight_devices_equal_one_device(tmp_path):
     the same way), so the comparison covers the first steps, at the recipe's warmup LR."""
     extra = ["--config.train.total_steps=3", "--config.train.log_every=1",
              "--config.train.checkpoint_every=3", "--config.optim.warmup_epochs=5"]
-    run(tmp_path / "one", *extra, devices=1)
-    run(tmp_path / "eight", *extra, devices=8)
+    # full XLA optimisation here: -O0 code rounds differently enough on 8 devices to exceed
+    # the tolerance after 3 steps
+    run(tmp_path / "one", *extra, devices=1, fast=False)
+    run(tmp_path / "eight", *extra, devices=8, fast=False)
     v1, m1 = final_params(tmp_path / "one")
     v8, m8 = final_params(tmp_path / "eight")
     assert m1["step"] == m8["step"] == 3
@@ -110,31 +120,12 @@ def wait_for_checkpoint(workdir, proc, minimum_step):
     raise AssertionError("no checkpoint appeared")
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    run(tmp_path / "straight")
-    wd = tmp_path / "killed"
-    p = subprocess.Popen(main_cmd(wd, "--config.train.total_steps=12"), cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    step = wait_for_checkpoint(wd, p, 4)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert step < 12
-    r = run(wd)
-    assert "resumed from" in r.stdout
-    a, _ = final_params(tmp_path / "straight")
-    b, _ = final_params(wd)
-    assert_trees_close(a, b, rtol=1e-5, atol=1e-6)
-    ra = json.load(open(tmp_path / "straight" / "results.json"))
-    rb = json.load(open(wd / "results.json"))
-    assert ra["eval_top1"] == pytest.approx(rb["eval_top1"], abs=0.11)
-    assert ra["ema_eval_top1"] == pytest.approx(rb["ema_eval_top1"], abs=0.11)
-
-
 def test_sigterm_saves_and_exits_cleanly_and_corrupt_latest_falls_back(tmp_path):
     wd = tmp_path / "run"
     p = subprocess.Popen(main_cmd(wd, "--config.train.total_steps=400",
                                   "--config.train.checkpoint_every=1000"), cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=sub_env())
     deadline = time.time() + 300
     log = wd / "metrics.jsonl"
     while not (log.exists() and log.stat().st_size > 0) and time.time() < deadline:
