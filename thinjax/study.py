@@ -118,12 +118,15 @@ class Study:
         return cmd + list(overrides)
 
     def subprocess(self, cmd: list[str]) -> dict:
+        """Runs a thinjax.main command (from main_cmd); its results.json."""
+        workdir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
         print("+", " ".join(cmd[1:]), flush=True)
         r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[1:4])} exited {r.returncode}: "
                                f"{r.stderr.strip().splitlines()[-1] if r.stderr else ''}")
-        return json.load(open(os.path.join(cmd[4].split("=", 1)[1], "results.json")))
+        with open(os.path.join(workdir, "results.json")) as f:
+            return json.load(f)
 
     def resolve(self, path: str) -> str:
         """'{release}', '{sweep_dir}' and '{base}' in a path stand for the config's
