@@ -1,0 +1,457 @@
+"""The model zoo: the ThinResNet study's released networks, by name.
+
+    python -m thinjax.zoo list [--dataset=cifar10] [--arch=resnet56] [--json]
+    python -m thinjax.zoo get resnet56_w12_cifar10 [--json]
+
+    >>> from thinjax import zoo
+    >>> plan, variables = zoo.load("resnet56", width=12, dataset="cifar10")
+    >>> zoo.resolve("zoo:resnet56_w12_cifar10")      # a verified local file path
+
+Names are ``{arch}_w{width}_{dataset}``; ``zoo:NAME`` is accepted wherever a checkpoint
+is (``config.init_from``, ``thinjax.evaluate --checkpoint``, ``thinjax.convert``,
+``thinjax.export``, study configs). The release's file list, sizes and checksums are
+bundled (``thinjax/assets/zoo_manifest.tsv``); params and MACs come from each network's
+plan. Files come from, in this order:
+
+  * ``$THINJAX_ZOO_DIR``, a local folder holding the release's files (flat, or in the
+    release's ``trained_models/...`` layout). When it is set the zoo is offline: it never
+    touches the network, and a file missing there is an error.
+  * the cache, ``$THINJAX_CACHE`` (default ``~/.cache/thinjax/zoo``);
+  * a download from the release repository (``$THINJAX_ZOO_URL``, default its raw URL on
+    GitHub), written to a temporary file, checked, and only then renamed into the cache.
+
+Every file is checked against the manifest: its sha256 where known, otherwise its git
+blob id (``sha1(b"blob %d\\0" % size + data)``), which for a file kept in Git LFS is the
+blob of its pointer (``oid sha256:...``, ``size ...``): both forms are accepted. A file
+that does not match is refused (a downloaded one is deleted). Checks are remembered by
+(path, size, mtime) in the cache's ``verified.json``, so a file is hashed once. Files are
+loaded as data, never code (``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import difflib
+import functools
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from typing import Any, Iterator
+
+from tqdm import tqdm
+
+from thinjax.cost import count
+from thinjax.errors import CheckpointError
+from thinjax.plan import Plan, default_input_size, plan_from_width
+
+MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
+                        "zoo_manifest.tsv")
+DEFAULT_URL = "https://github.com/brain-bzh/baseline-pruning/raw/main"
+DEFAULT_LFS_URL = "https://media.githubusercontent.com/media/brain-bzh/baseline-pruning/main"
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
+CHUNK = 1 << 20
+TIMEOUT_S = 60.0
+
+
+class ZooError(CheckpointError):
+    """An unknown zoo name, a file missing offline, a failed download or a bad checksum."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One released network: a row of the manifest."""
+    dataset: str
+    arch: str
+    width: int
+    path: str  # inside the release repository
+    size: int | None  # bytes; None where unknown
+    sha256: str | None  # of the content; None where unknown
+    blob: str  # git blob id (of the content, or of its LFS pointer)
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}_w{self.width}_{self.dataset}"
+
+    @property
+    def filename(self) -> str:
+        return os.path.basename(self.path)
+
+    def plan(self) -> Plan:
+        """The network's channel plan (regular ThinResNet; the release's base width)."""
+        return plan_from_width(self.arch, self.width, num_classes=NUM_CLASSES[self.dataset])
+
+
+@functools.lru_cache(maxsize=8)
+def manifest(path: str = MANIFEST) -> tuple[Entry, ...]:
+    """The release's files, as bundled with thinjax."""
+    with open(path, encoding="utf-8") as f:
+        header, *rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    want = ["dataset", "arch", "width", "release_path", "bytes", "sha256", "git_blob_sha1"]
+    if header != want:
+        raise ZooError(f"{path}: columns {header}, expected {want}")
+    return tuple(Entry(d, a, int(w), p, int(b) if b.isdigit() else None, s or None, g)
+                 for d, a, w, p, b, s, g in rows)
+
+
+def _names() -> dict[str, Entry]:
+    return {e.name: e for e in manifest()}
+
+
+def entry(name: str | None = None, *, arch: str | None = None, width: int | None = None,
+          dataset: str | None = None) -> Entry:
+    """The manifest row of `name` (``resnet56_w12_cifar10``), or of arch/width/dataset."""
+    if name is None:
+        if arch is None or width is None:
+            raise ZooError("give a zoo name (resnet56_w12_cifar10) or arch and width")
+        name = f"{arch}_w{int(width)}_{dataset or 'cifar10'}"
+    name = name.removeprefix("zoo:")
+    names = _names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else \
+            "names are ARCH_wWIDTH_DATASET, e.g. resnet56_w12_cifar10"
+        raise ZooError(f"no network {name!r} in the zoo; {hint} (python -m thinjax.zoo list "
+                       "shows them all)")
+    return names[name]
+
+
+# -- where files are ------------------------------------------------------------------
+
+
+def cache_dir() -> str:
+    """The download cache: ``$THINJAX_CACHE`` or ``~/.cache/thinjax/zoo``."""
+    return os.path.expanduser(os.environ.get("THINJAX_CACHE") or "~/.cache/thinjax/zoo")
+
+
+def local_dir() -> str | None:
+    """``$THINJAX_ZOO_DIR`` (a local copy of the release: the zoo is then offline)."""
+    d = os.environ.get("THINJAX_ZOO_DIR")
+    return os.path.expanduser(d) if d else None
+
+
+def base_url() -> str:
+    return (os.environ.get("THINJAX_ZOO_URL") or DEFAULT_URL).rstrip("/")
+
+
+def url_of(e: Entry) -> str:
+    return f"{base_url()}/{e.path}"
+
+
+def _local_file(e: Entry) -> str | None:
+    d = local_dir()
+    if d is None:
+        return None
+    for p in (os.path.join(d, e.filename), os.path.join(d, e.path)):
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def location(e: Entry) -> tuple[str, str]:
+    """('local' | 'cached' | 'missing' | 'remote', path or URL) of `e`'s file, checking
+    nothing (``missing``: offline and not in the local folder)."""
+    p = _local_file(e)
+    if p:
+        return "local", p
+    cached = os.path.join(cache_dir(), e.filename)
+    if os.path.isfile(cached):
+        return "cached", cached
+    if local_dir() is not None:
+        return "missing", os.path.join(local_dir(), e.filename)
+    return "remote", url_of(e)
+
+
+# -- checksums -------------------------------------------------------------------------
+
+
+def git_blob_id(data: bytes) -> str:
+    """Git's object id of a file with content `data`."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The Git LFS pointer file of a content with this sha256 and size."""
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n" \
+        .encode()
+
+
+def file_digests(path: str) -> dict[str, Any]:
+    """{'size', 'sha256', 'blob'} of the file at `path`, in one pass."""
+    size = os.path.getsize(path)
+    sha, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            sha.update(chunk)
+            blob.update(chunk)
+    return {"size": size, "sha256": sha.hexdigest(), "blob": blob.hexdigest()}
+
+
+def matches(e: Entry, d: dict[str, Any]) -> bool:
+    """Whether digests `d` are those of `e`'s file (content or, under LFS, its pointer)."""
+    if e.size is not None and d["size"] != e.size:
+        return False
+    if e.sha256:
+        return d["sha256"] == e.sha256
+    return e.blob in (d["blob"], git_blob_id(lfs_pointer(d["sha256"], d["size"])))
+
+
+def _verified_db() -> str:
+    return os.path.join(cache_dir(), "verified.json")
+
+
+def _read_db() -> dict[str, Any]:
+    try:
+        with open(_verified_db()) as f:
+            db = json.load(f)
+        return db if isinstance(db, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(path: str, d: dict[str, Any]) -> None:
+    """Records `path`'s digests with its size and mtime; best effort (a read-only cache
+    only means hashing again next time)."""
+    st = os.stat(path)
+    db = _read_db()
+    db[os.path.realpath(path)] = {**d, "mtime_ns": st.st_mtime_ns}
+    try:
+        os.makedirs(cache_dir(), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="verified.json.tmp-", dir=cache_dir())
+        with os.fdopen(fd, "w") as f:
+            json.dump(db, f, indent=0)
+        os.replace(tmp, _verified_db())
+    except OSError:
+        pass
+
+
+def digests(path: str) -> dict[str, Any]:
+    """`file_digests(path)`, from the verification cache while size and mtime agree."""
+    st = os.stat(path)
+    rec = _read_db().get(os.path.realpath(path))
+    if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+        return {k: rec[k] for k in ("size", "sha256", "blob")}
+    d = file_digests(path)
+    _remember(path, d)
+    return d
+
+
+def verify(e: Entry, path: str) -> None:
+    """Raises ZooError unless the file at `path` is `e`'s."""
+    d = digests(path)
+    if not matches(e, d):
+        want = f"sha256 {e.sha256}" if e.sha256 else f"git blob {e.blob}"
+        raise ZooError(f"{path}: checksum mismatch for {e.name} (expected {want}, size "
+                       f"{e.size if e.size is not None else '?'}; got sha256 {d['sha256']}, "
+                       f"blob {d['blob']}, size {d['size']})")
+
+
+# -- downloads -------------------------------------------------------------------------
+
+
+def _stream(url: str, dst, total: int | None, progress: bool, label: str) -> int:
+    """Copies `url` into the open file `dst` with a progress bar; returns the byte count.
+    Raises OSError-like errors (URLError, HTTPError, IncompleteRead) as they come."""
+    req = urllib.request.Request(url, headers={"User-Agent": "thinjax-zoo"})
+    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+        length = resp.headers.get("Content-Length")
+        expected = int(length) if length and length.isdigit() else total
+        n = 0
+        with tqdm(total=expected, unit="B", unit_scale=True, desc=label, leave=False,
+                  disable=not progress, file=sys.stderr) as bar:
+            for chunk in iter(lambda: resp.read(CHUNK), b""):
+                dst.write(chunk)
+                n += len(chunk)
+                bar.update(len(chunk))
+    if length and length.isdigit() and n != int(length):
+        raise OSError(f"connection closed after {n} of {length} bytes")
+    return n
+
+
+def _download_to(url: str, directory: str, e: Entry, progress: bool) -> str:
+    """Downloads `url` into a new temporary file in `directory`; returns its path. On any
+    failure the temporary file is removed and ZooError says what failed."""
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{e.filename}.part-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _stream(url, f, e.size, progress, e.filename)
+    except BaseException as err:
+        os.remove(tmp)
+        if isinstance(err, (OSError, ValueError)) or type(err).__module__ == "http.client":
+            raise ZooError(f"download of {e.name} from {url} failed ({type(err).__name__}: "
+                           f"{err}); nothing was kept. Check the network, or set "
+                           "$THINJAX_ZOO_DIR to a local copy of the release") from err
+        raise
+    return tmp
+
+
+def _lfs_content(e: Entry, pointer_file: str, directory: str, progress: bool) -> str:
+    """The real content behind a downloaded LFS pointer, checked against its oid."""
+    with open(pointer_file, "rb") as f:
+        text = f.read(1024)
+    fields = dict(line.split(" ", 1) for line in text.decode(errors="replace").splitlines()
+                  if " " in line)
+    oid = fields.get("oid", "").removeprefix("sha256:").strip()
+    size = int(fields.get("size", "-1").strip() or -1)
+    if git_blob_id(text) != e.blob or not oid:
+        raise ZooError(f"{url_of(e)}: an LFS pointer that is not {e.name}'s (blob "
+                       f"{git_blob_id(text)}, expected {e.blob})")
+    lfs = (os.environ.get("THINJAX_ZOO_LFS_URL") or DEFAULT_LFS_URL).rstrip("/")
+    tmp = _download_to(f"{lfs}/{e.path}", directory, e, progress)
+    d = file_digests(tmp)
+    if d["sha256"] != oid or d["size"] != size:
+        os.remove(tmp)
+        raise ZooError(f"{lfs}/{e.path}: content does not match its LFS pointer (sha256 "
+                       f"{d['sha256']}, size {d['size']}; expected {oid}, {size}); deleted")
+    return tmp
+
+
+def download(e: Entry, progress: bool = True) -> str:
+    """Downloads `e` into the cache, checks it, renames it into place; returns its path."""
+    directory = cache_dir()
+    final = os.path.join(directory, e.filename)
+    tmp = _download_to(url_of(e), directory, e, progress)
+    try:
+        with open(tmp, "rb") as f:
+            head = f.read(len(LFS_HEADER))
+        if head == LFS_HEADER and os.path.getsize(tmp) < 1024:
+            tmp, pointer = _lfs_content(e, tmp, directory, progress), tmp
+            os.remove(pointer)
+        d = file_digests(tmp)
+        if not matches(e, d):
+            want = f"sha256 {e.sha256}" if e.sha256 else f"git blob {e.blob}"
+            raise ZooError(f"{url_of(e)}: checksum mismatch for {e.name} (expected {want}; "
+                           f"got sha256 {d['sha256']}, {d['size']} bytes); the download was "
+                           "deleted")
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _remember(final, d)
+    return final
+
+
+def fetch(e: Entry, progress: bool = True) -> str:
+    """A checked local file of `e`: from $THINJAX_ZOO_DIR (offline), the cache, or a
+    download."""
+    kind, where = location(e)
+    if kind == "local":
+        verify(e, where)
+        return where
+    if kind == "cached":
+        try:
+            verify(e, where)
+            return where
+        except ZooError:
+            os.remove(where)  # ours to replace: fetch it again
+    if local_dir() is not None:
+        raise ZooError(f"{e.name}: {e.filename} is not in $THINJAX_ZOO_DIR={local_dir()} nor "
+                       f"in the cache {cache_dir()}, and the zoo is offline while "
+                       "$THINJAX_ZOO_DIR is set; copy the file there or unset it to download")
+    return download(e, progress)
+
+
+def resolve(spec: str, progress: bool = True) -> str:
+    """``zoo:NAME`` (or NAME) -> the path of its checked local file."""
+    return fetch(entry(spec.removeprefix("zoo:")), progress)
+
+
+def load(name: str, width: int | None = None, dataset: str = "cifar10",
+         progress: bool = True) -> tuple[Plan, dict]:
+    """(plan, variables) of a released network: ``load("resnet56", width=12)`` or
+    ``load("resnet56_w12_cifar10")``."""
+    from thinjax.interop.torch import import_checkpoint
+    e = entry(name) if width is None else entry(arch=name, width=width, dataset=dataset)
+    plan, variables = import_checkpoint(fetch(e, progress))
+    if plan != e.plan():
+        raise ZooError(f"{e.name}: the file's plan ({plan.describe()}) is not the expected "
+                       f"{e.plan().describe()}")
+    return plan, variables
+
+
+# -- the table -------------------------------------------------------------------------
+
+
+def rows(dataset: str | None = None, arch: str | None = None) -> builtins.list[dict]:
+    """The zoo as dicts: name, dataset, arch, width, classes, params, macs, input_size,
+    bytes, sha256, blob, release_path, url, where ('local' | 'cached' | 'missing' |
+    'remote') and path (the local file, or None)."""
+    out = []
+    for e in manifest():
+        if (dataset and e.dataset != dataset) or (arch and e.arch != arch):
+            continue
+        plan = e.plan()
+        c = count(plan, default_input_size(plan))
+        kind, where = location(e)
+        out.append({"name": e.name, "dataset": e.dataset, "arch": e.arch, "width": e.width,
+                    "classes": plan.num_classes, "params": c.params, "macs": c.macs,
+                    "input_size": c.input_size, "bytes": e.size, "sha256": e.sha256,
+                    "blob": e.blob, "release_path": e.path, "url": url_of(e), "where": kind,
+                    "path": where if kind in ("local", "cached") else None})
+    return out
+
+
+list = rows  # noqa: A001  (thinjax.zoo.list(), as the CLI's "list")
+
+
+def format_table(table: builtins.list[dict]) -> str:
+    """The rows as an aligned text table."""
+    head = ("name", "classes", "params", "MACs", "input", "size", "where")
+    lines = [(r["name"], str(r["classes"]), f"{r['params']:,}", f"{r['macs'] / 1e6:.2f} M",
+              str(r["input_size"]), "?" if r["bytes"] is None else f"{r['bytes'] / 1e6:.2f} MB",
+              r["where"] + (f" {r['path']}" if r["path"] else "")) for r in table]
+    w = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
+    right = {1, 2, 3, 4, 5}
+
+    def fmt(cols: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w[i]) if i in right else c.ljust(w[i])
+                         for i, c in enumerate(cols)).rstrip()
+    return "\n".join(fmt(x) for x in [head, *lines])
+
+
+def _datasets_help() -> Iterator[str]:
+    yield from (f"{d}: {', '.join(sorted({e.arch for e in manifest() if e.dataset == d}))}"
+                for d in sorted({e.dataset for e in manifest()}))
+
+
+def main(argv: builtins.list[str] | None = None) -> int:
+    """``python -m thinjax.zoo list|get``."""
+    import argparse
+    from thinjax.errors import user_errors
+    ap = argparse.ArgumentParser(prog="python -m thinjax.zoo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="the released networks, their cost and where each is",
+                        epilog="; ".join(_datasets_help()))
+    ls.add_argument("--dataset", default=None)
+    ls.add_argument("--arch", default=None)
+    ls.add_argument("--json", action="store_true", help="print one JSON object last")
+    get = sub.add_parser("get", help="download (or find) and check one network's file")
+    get.add_argument("name", help="e.g. resnet56_w12_cifar10 (or zoo:resnet56_w12_cifar10)")
+    get.add_argument("--json", action="store_true", help="print one JSON object last")
+    a = ap.parse_args(argv)
+    with user_errors():
+        if a.command == "list":
+            table = rows(a.dataset, a.arch)
+            print(format_table(table))
+            if a.json:
+                print(json.dumps({"networks": table}))
+            return 0
+        e = entry(a.name)
+        path = fetch(e, progress=sys.stderr.isatty())
+    print(path)
+    if a.json:
+        print(json.dumps({"name": e.name, "path": path, "bytes": os.path.getsize(path),
+                          "release_path": e.path}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
