@@ -20,14 +20,21 @@ How a params/MACs target is searched (`_search`): a bisection on the removal fra
 (every group, or all channels, at once), then a bisection on ``fine``, a further share of
 the inner channels (global) or inner groups (uniform, explicit) given up on top of the
 largest ``t`` still above the target: one residual-stream channel costs many inner ones.
+If that still misses by more than the tolerance (typically with ``round_to`` > 1, where a
+step of ``fine`` is rounded away), groups give up units of ``round_to`` channels one at a
+time, in the method's order, skipping units that would overshoot (`_unit_fill`). A target
+still missed with ``round_to`` > 1 is refused (`TargetError` with the nearest costs and a
+smaller ``round_to`` that meets it), unless the network is already masked (`allocate`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import heapq
 import math
 import re
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -41,6 +48,9 @@ METHODS = ("uniform", "global", "explicit")
 
 # (t, fine) -> channels each group keeps; see `_global_counts` and `_uniform_counts`
 CountsFn = Callable[[float, float], dict[str, int]]
+# (group, channels it keeps, channels after one more unit, units it gave up so far)
+# -> sort key of that unit (lowest first), or None where the group may not give it up
+UnitRank = Callable[[str, int, int, int], Optional[tuple]]
 
 
 class TargetError(ValueError):
@@ -101,6 +111,13 @@ class _Problem:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Strategy:
+    """An allocation method: its counts at (t, fine) and its ranking of round_to units."""
+    counts: CountsFn
+    rank: UnitRank
+
+
+@dataclasses.dataclass(frozen=True)
 class _Candidate:
     """One allocation tried by the search: channel counts, the plan they make, its cost."""
     counts: dict[str, int]
@@ -110,6 +127,10 @@ class _Candidate:
     def value(self, kind: str) -> int:
         """Its params or MACs (`kind`)."""
         return getattr(self.cost, kind)
+
+
+# the nearest candidates tried above and below a target; None where nothing was searched
+Around = Optional[tuple[Optional[_Candidate], Optional[_Candidate]]]
 
 
 def _round(k: float, size: int, minimum: int, round_to: int) -> int:
@@ -209,6 +230,29 @@ def _uniform_counts(pb: _Problem, ratio: dict[str, float]) -> CountsFn:
     return counts
 
 
+def _global_unit_rank(pb: _Problem, normalization: str) -> UnitRank:
+    """Global ranking of round_to units: the mean normalised score of the channels a unit
+    removes (a group's lowest-scored kept channels)."""
+    ns = normalize(pb.scores, pb.masks, normalization)
+    order = {n: np.argsort(-pb.scores[n], kind="stable") for n in pb.groups}
+
+    def rank(n: str, k: int, new: int, taken: int) -> tuple | None:
+        return (float(np.mean(ns[n][order[n][new:k]])),)
+
+    return rank
+
+
+def _uniform_unit_rank(pb: _Problem, ratio: dict[str, float]) -> UnitRank:
+    """Uniform ranking of round_to units: round robin over the pruned groups (each gives
+    one unit before any gives a second), least important (mean score) first."""
+    mean = {n: float(np.mean(np.where(np.isfinite(s), s, 0))) for n, s in pb.scores.items()}
+
+    def rank(n: str, k: int, new: int, taken: int) -> tuple | None:
+        return (taken, mean[n]) if ratio[n] > 0 else None
+
+    return rank
+
+
 def _candidate(pb: _Problem, counts: dict[str, int], input_size: int) -> _Candidate:
     """The plan and cost of keeping `counts` channels per group."""
     p = plan_with_counts(pb.plan, counts)
@@ -247,26 +291,79 @@ def _check_reachable(smallest: _Candidate, kind: str, want: float, method: str,
             "target, lower round_to or allow block removal")
 
 
-def _search(pb: _Problem, counts_at: CountsFn, kind: str, want: float, *, method: str,
-            allow_block_removal: bool, input_size: int, tolerance: float) -> _Candidate:
-    """The allocation closest to `want` params or MACs (`kind`): a bisection on t, then, if
-    that misses by more than a quarter of the tolerance, one on `fine` at the largest t
-    still above the target (see the module docstring)."""
+def _unit_fill(pb: _Problem, start: dict[str, int], rank: UnitRank, kind: str, want: float,
+               tolerance: float, at: Callable[[dict[str, int]], _Candidate]) -> None:
+    """From `start` (above the target), groups give up units of `round_to` channels in
+    `rank` order (never below their minimum) until the cost falls to `want`; a group whose
+    next unit would take the cost below the tolerance band gives up no more. Every candidate goes through `at`. This
+    is the last step of a search that the bisections left outside the tolerance: with
+    round_to > 1 a step of `fine` is rounded away, and one unit of a wide early layer can
+    cost more than the whole band."""
+    names = list(pb.groups)
+    counts, taken, heap = dict(start), {n: 0 for n in names}, []
+
+    def push(i: int) -> None:
+        n, k = names[i], counts[names[i]]
+        new = (k - 1) // pb.round_to * pb.round_to
+        key = rank(n, k, new, taken[n]) if k > 0 and new >= pb.minimum[n] else None
+        if key is not None:
+            heapq.heappush(heap, (key, i, new))
+
+    for i in range(len(names)):
+        push(i)
+    while heap:
+        _, i, new = heapq.heappop(heap)
+        got = at({**counts, names[i]: new}).value(kind)
+        if got < want * (1 - tolerance):
+            continue
+        counts[names[i]], taken[names[i]] = new, taken[names[i]] + 1
+        if got <= want:
+            return
+        push(i)
+
+
+def _nearest(tried: list[_Candidate], kind: str,
+             want: float) -> tuple[_Candidate | None, _Candidate | None]:
+    """The tried candidates nearest to `want` from above and from below (or at it)."""
+    above = [c for c in tried if c.value(kind) > want]
+    below = [c for c in tried if c.value(kind) <= want]
+    return (min(above, key=lambda c: c.value(kind)) if above else None,
+            max(below, key=lambda c: c.value(kind)) if below else None)
+
+
+def _search(pb: _Problem, strategy: _Strategy, kind: str, want: float, *, method: str,
+            allow_block_removal: bool, input_size: int,
+            tolerance: float) -> tuple[_Candidate, Around]:
+    """The allocation closest to `want` params or MACs (`kind`), and the nearest ones tried
+    above and below it (None where no search was needed): a bisection on t, then, if that
+    misses by more than a quarter of the tolerance, one on `fine` at the largest t still
+    above the target, then, if still outside the tolerance, `_unit_fill`."""
+    tried: list[_Candidate] = []
+
+    def at_counts(counts: dict[str, int]) -> _Candidate:
+        tried.append(_candidate(pb, counts, input_size))
+        return tried[-1]
+
     def at(t: float, fine: float = 0.0) -> _Candidate:
-        return _candidate(pb, counts_at(t, fine), input_size)
+        return at_counts(strategy.counts(t, fine))
 
     first = at(0.0)
     _check_reachable(at(1.0), kind, want, method, pb.round_to, allow_block_removal,
                      tolerance)
     if want >= first.value(kind):
-        return first
+        return first, None
     t_best, best_err, t_above = _bisect(at, want, kind)
-    fine_best = 0.0
+    fine_best, f_above = 0.0, 0.0
     if best_err > tolerance / 4:
-        f_best, f_err, _ = _bisect(lambda f: at(t_above, f), want, kind)
+        f_best, f_err, f_above = _bisect(lambda f: at(t_above, f), want, kind)
         if f_err < best_err:
-            t_best, fine_best = t_above, f_best
-    return at(t_best, fine_best)
+            t_best, fine_best, best_err = t_above, f_best, f_err
+    best = at(t_best, fine_best)
+    if best_err > tolerance:
+        _unit_fill(pb, strategy.counts(t_above, f_above), strategy.rank, kind, want,
+                   tolerance, at_counts)
+        best = min(tried, key=lambda c: (abs(c.value(kind) - want), c.value(kind)))
+    return best, _nearest(tried, kind, want)
 
 
 def _drop_whole_blocks(groups: dict[str, Group], counts: dict[str, int]) -> dict[str, int]:
@@ -292,29 +389,94 @@ def _masks_from_counts(pb: _Problem, counts: dict[str, int]) -> dict[str, np.nda
     return out
 
 
+def _strategy(pb: _Problem, method: str, normalization: str,
+              group_ratios: tuple) -> _Strategy:
+    """The counts and unit ranking of `method`."""
+    if method == "global":
+        return _Strategy(_global_counts(pb, normalization),
+                         _global_unit_rank(pb, normalization))
+    ratio = _ratios(pb.groups, method, group_ratios)
+    return _Strategy(_uniform_counts(pb, ratio), _uniform_unit_rank(pb, ratio))
+
+
+def _allocate(plan: Plan, scores: dict[str, np.ndarray], target: Target, *, method: str,
+              masks: dict | None, round_to: int, allow_block_removal: bool, input_size: int,
+              normalization: str, group_ratios: tuple,
+              tolerance: float) -> tuple[Allocation, Around]:
+    """`allocate` without its refusal of a missed target: the allocation, and the nearest
+    candidates tried above and below the target (None where nothing was searched)."""
+    _check_options(method, round_to)
+    pb = _problem(plan, scores, masks, round_to, allow_block_removal)
+    strategy = _strategy(pb, method, normalization, group_ratios)
+    dense = count(plan, input_size)
+    kind, value = target.absolute(dense.params, dense.macs)
+    if kind == "ratio":
+        t = 1.0 if method == "explicit" else value
+        best, around = _candidate(pb, strategy.counts(t, 0.0), input_size), None
+        err = 0.0
+    else:
+        best, around = _search(pb, strategy, kind, float(value), method=method,
+                               allow_block_removal=allow_block_removal,
+                               input_size=input_size, tolerance=tolerance)
+        err = (best.value(kind) - value) / value
+    counts = _drop_whole_blocks(pb.groups, best.counts)
+    return Allocation(_masks_from_counts(pb, counts), best.plan, best.cost.params,
+                      best.cost.macs, (kind, float(value)), err), around
+
+
+def _finer_round_to(run: Callable[..., tuple[Allocation, Around]], round_to: int,
+                    tolerance: float) -> tuple[int, Allocation] | None:
+    """The largest divisor of `round_to` below it whose allocation (`run(round_to=r)`) meets
+    the target within the tolerance, with that allocation; None if none does."""
+    for r in range(round_to - 1, 0, -1):
+        if round_to % r:
+            continue
+        try:
+            alloc, _ = run(round_to=r)
+        except TargetError:
+            continue
+        if abs(alloc.rel_error) <= tolerance:
+            return r, alloc
+    return None
+
+
+def _miss_message(alloc: Allocation, around: Around, method: str, round_to: int,
+                  tolerance: float, finer: tuple[int, Allocation] | None) -> str:
+    """Why a params/MACs target is refused, the nearest costs reached and how to reach it."""
+    kind, want = alloc.target
+    near = [f"{c.value(kind):,} {kind} ({(c.value(kind) - want) / want:+.2%})"
+            for c in around if c is not None]
+    msg = (f"target {kind}={want:,.0f} cannot be met within {tolerance:.0%} with method "
+           f"{method!r} and round_to={round_to}: the nearest allocations have "
+           f"{' and '.join(near)}; ")
+    if finer is not None:
+        r, a = finer
+        got = a.params if kind == "params" else a.macs
+        msg += f"round_to={r} reaches {got:,} {kind} ({a.rel_error:+.2%}); "
+    return msg + "lower round_to, or set the target to one of those costs"
+
+
 def allocate(plan: Plan, scores: dict[str, np.ndarray], target: Target, *,
              method: str = "global", masks: dict | None = None, round_to: int = 1,
              allow_block_removal: bool = False, input_size: int = 32,
              normalization: str = "mean", group_ratios: tuple = (),
-             tolerance: float = 0.01) -> Allocation:
-    """Keep-masks for `plan` that reach `target`, removing the lowest-scored channels."""
-    _check_options(method, round_to)
-    pb = _problem(plan, scores, masks, round_to, allow_block_removal)
-    if method == "global":
-        counts_at = _global_counts(pb, normalization)
-    else:
-        counts_at = _uniform_counts(pb, _ratios(pb.groups, method, group_ratios))
-    dense = count(plan, input_size)
-    kind, value = target.absolute(dense.params, dense.macs)
-    if kind == "ratio":
-        best = _candidate(pb, counts_at(1.0 if method == "explicit" else value, 0.0),
-                          input_size)
-        err = 0.0
-    else:
-        best = _search(pb, counts_at, kind, float(value), method=method,
-                       allow_block_removal=allow_block_removal, input_size=input_size,
-                       tolerance=tolerance)
-        err = (best.value(kind) - value) / value
-    counts = _drop_whole_blocks(pb.groups, best.counts)
-    return Allocation(_masks_from_counts(pb, counts), best.plan, best.cost.params,
-                      best.cost.macs, (kind, float(value)), err)
+             tolerance: float = 0.01, strict: bool | None = None) -> Allocation:
+    """Keep-masks for `plan` that reach `target`, removing the lowest-scored channels.
+
+    A params/MACs target is met within `tolerance` (relative) or, with round_to > 1 and
+    `strict`, refused: TargetError names the nearest costs reached and the largest smaller
+    round_to that meets it. `strict` defaults to "no channel is masked yet"; on an already
+    masked network (a schedule's later event: masks only shrink, so fewer allocations
+    exist) the nearest allocation is returned and `rel_error` says how near. A target at
+    or above the network's current cost keeps every live channel."""
+    run = functools.partial(_allocate, plan, scores, target, method=method, masks=masks,
+                            allow_block_removal=allow_block_removal, input_size=input_size,
+                            normalization=normalization, group_ratios=group_ratios,
+                            tolerance=tolerance)
+    alloc, around = run(round_to=round_to)
+    if strict is None:
+        strict = masks is None or all(np.all(np.asarray(m) > 0) for m in masks.values())
+    if strict and around is not None and round_to > 1 and abs(alloc.rel_error) > tolerance:
+        raise TargetError(_miss_message(alloc, around, method, round_to, tolerance,
+                                        _finer_round_to(run, round_to, tolerance)))
+    return alloc
