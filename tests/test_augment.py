@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
+from scipy import stats
 
 from thinjax.data import augment
 from thinjax.data.preprocess import decode
@@ -137,7 +138,10 @@ def test_rotate_matches_pil_but_for_rounding_ties(images):
 
 def test_magnitude_tables_are_torchvisions():
     torch = pytest.importorskip("torch")
-    for n in (31, 5, 10):
+    # PyTorch's vectorised CPU kernels (AVX2, AVX-512: what x86-64 machines run) fuse the
+    # multiply-add; its plain fallback ("DEFAULT") rounds twice and differs in a few bins.
+    exact = torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+    for n in (31, 5, 10, 14, 51):
         def lin(a, b):
             return torch.linspace(a, b, n).numpy()
         # torchvision's TrivialAugmentWide._augmentation_space (0 for ops without one).
@@ -150,11 +154,45 @@ def test_magnitude_tables_are_torchvisions():
                  "Solarize": lin(255.0, 0.0), "AutoContrast": 0, "Equalize": 0}
         table, signed = augment._magnitudes(n)
         for i, name in enumerate(augment.TA_WIDE_OPS):
-            np.testing.assert_allclose(table[i], np.broadcast_to(space[name], n), atol=1e-5)
+            ref = np.broadcast_to(space[name], n).astype(np.float32)
+            if exact:
+                np.testing.assert_array_equal(table[i], ref, err_msg=f"{name}, {n} bins")
+            else:
+                np.testing.assert_allclose(table[i], ref, atol=1e-5)
         np.testing.assert_array_equal(table[OP["Posterize"]], space["Posterize"])
         assert [augment.TA_WIDE_OPS[i] for i in np.flatnonzero(signed)] == [
             "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
             "Brightness", "Color", "Contrast", "Sharpness"]
+
+
+def test_torch_linspace_is_bit_exact():
+    torch = pytest.importorskip("torch")
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("PyTorch runs its non-vectorised kernel here")
+    for n in range(2, 70):
+        for a, b in ((0.0, 32.0), (0.0, 135.0), (0.0, 0.99), (255.0, 0.0), (-3.0, 14.4)):
+            np.testing.assert_array_equal(augment.torch_linspace(a, b, n),
+                                          torch.linspace(a, b, n).numpy(), err_msg=(a, b, n))
+
+
+def test_translate_bins_move_torchvisions_pixels(images):
+    # torchvision translates by int(magnitude) of its float32 table: bin 15 of 31 holds
+    # 15.999999 (linspace(0, 32, 31) in float32), i.e. 15 pixels, not 16.
+    torch = pytest.importorskip("torch")
+    row = augment._magnitudes(31)[0][OP["TranslateX"]]
+    tv = torch.linspace(0.0, 32.0, 31)
+    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":
+        assert [int(m) for m in row] == [int(float(m)) for m in tv]
+    assert int(row[15]) == 15 and int(-row[15]) == -15
+    im = images[0]
+    for sign in (1, -1):
+        out = op(im, "TranslateX", sign * row[15], fill=0)
+        shifted = np.zeros_like(im)
+        if sign > 0:
+            shifted[:, 15:] = im[:, :-15]
+        else:
+            shifted[:, :-15] = im[:, 15:]
+        np.testing.assert_array_equal(out, shifted)
 
 
 def test_op_choice_is_uniform_and_signs_are_fair():
@@ -268,6 +306,84 @@ def test_random_resized_crop_window_is_resized_and_maybe_mirrored(jpegs):
     resized = tf.image.resize(pixels, (64, 64), antialias=True).numpy()
     assert np.allclose(whole, resized, atol=1e-3) or np.allclose(whole, resized[:, ::-1],
                                                                  atol=1e-3)
+
+
+def tv_rrc_windows(height: int, width: int, n: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                   seed: int = 0) -> np.ndarray:
+    """Reference: torchvision's RandomResizedCrop.get_params, `n` times, with numpy's RNG:
+    (n, 4) int [top, left, h, w]."""
+    rng = np.random.default_rng(seed)
+    area, log_ratio = height * width, (math.log(ratio[0]), math.log(ratio[1]))
+    out = []
+    for _ in range(n):
+        for _ in range(10):
+            target_area = area * rng.uniform(scale[0], scale[1])
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                out.append((rng.integers(0, height - h + 1), rng.integers(0, width - w + 1),
+                            h, w))
+                break
+        else:  # fallback to central crop
+            in_ratio = float(width) / float(height)
+            if in_ratio < min(ratio):
+                w, h = width, int(round(width / min(ratio)))
+            elif in_ratio > max(ratio):
+                h, w = height, int(round(height * max(ratio)))
+            else:
+                w, h = width, height
+            out.append(((height - h) // 2, (width - w) // 2, h, w))
+    return np.array(out)
+
+
+def rrc_windows(height: int, width: int, n: int, **kw) -> np.ndarray:
+    """thinjax's windows for `n` seeds, inside tf.data: (n, 4) [top, left, h, w]."""
+    ds = tf.data.Dataset.from_tensor_slices(tf.stack(seeds(n)))
+    ds = ds.map(lambda s: augment.rrc_window(height, width, s, **kw)).batch(n)
+    return next(iter(ds)).numpy()
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (500, 333), (100, 20)])
+def test_random_resized_crop_windows_are_distributed_as_torchvisions(shape):
+    # (100, 20) is so narrow that all 10 candidates often miss: the central fallback.
+    height, width = shape
+    ours, ref = rrc_windows(height, width, 2000), tv_rrc_windows(height, width, 10_000)
+    assert ((ours[:, 2] > 0) & (ours[:, 0] + ours[:, 2] <= height)).all()
+    assert ((ours[:, 3] > 0) & (ours[:, 1] + ours[:, 3] <= width)).all()
+    for name, f in (("area", lambda x: x[:, 2] * x[:, 3] / (height * width)),
+                    ("aspect", lambda x: x[:, 3] / x[:, 2]), ("top", lambda x: x[:, 0]),
+                    ("left", lambda x: x[:, 1]), ("bottom", lambda x: x[:, 0] + x[:, 2])):
+        p = stats.ks_2samp(f(ours), f(ref)).pvalue
+        assert p > 1e-3, (shape, name, p, f(ours).mean(), f(ref).mean())
+    # Offsets cover every position: windows touch the top and the bottom row, the first
+    # and the last column.
+    inner = ours[ours[:, 2] < height]
+    assert (inner[:, 0] == 0).any() and (inner[:, 0] + inner[:, 2] == height).any()
+    inner = ours[ours[:, 3] < width]
+    assert (inner[:, 1] == 0).any() and (inner[:, 1] + inner[:, 3] == width).any()
+
+
+@pytest.mark.parametrize("shape, scale, ratio", [
+    ((375, 500), (0.5, 1.0), (10.0, 20.0)),     # too wide a ratio: full width, centred
+    ((375, 500), (0.5, 1.0), (0.01, 0.05)),     # too narrow: full height, centred
+    ((500, 333), (2.0, 3.0), (3 / 4, 4 / 3)),   # no area fits: the whole image
+    ((500, 375), (2.0, 3.0), (1.5, 2.0)),
+    ((7, 5), (0.25, 0.25), (1.0, 1.0)),         # sqrt(8.75) = 2.96: 3x3, not the fallback
+    ((5, 5), (0.25, 0.25), (1.0, 1.0)),         # sqrt(6.25) = 2.5: rounds to even, 2x2
+    ((40, 40), (0.5, 0.5), (2.0, 2.0)),         # 40x20
+])
+def test_random_resized_crop_fixed_sizes_and_fallback_are_torchvisions(shape, scale, ratio):
+    height, width = shape
+    ours = rrc_windows(height, width, 40, scale=scale, ratio=ratio)
+    ref = tv_rrc_windows(height, width, 200, scale=scale, ratio=ratio)
+    # A single area and ratio, or no fit: every window has torchvision's size.
+    assert len({tuple(r) for r in ref[:, 2:]}) == 1
+    np.testing.assert_array_equal(ours[:, 2:], np.broadcast_to(ref[0, 2:], ours[:, 2:].shape))
+    assert set(map(tuple, ours[:, :2])) <= {(i, j) for i in range(height - ref[0, 2] + 1)
+                                            for j in range(width - ref[0, 3] + 1)}
+    if len({tuple(r) for r in ref[:, :2]}) == 1:  # the fallback: centred, deterministic
+        np.testing.assert_array_equal(ours, np.broadcast_to(ref[0], ours.shape))
 
 
 def test_random_erasing_erases_one_rectangle_within_scale_and_ratio():

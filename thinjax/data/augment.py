@@ -8,12 +8,11 @@ work eagerly and inside `tf.data.Dataset.map`.
 - `random_crop_flip`: `RandomCrop(size, padding=pad)` (zero padding), then
   `RandomHorizontalFlip(0.5)`.
 - `random_resized_crop`: `RandomResizedCrop(size, scale, ratio)` (bilinear, antialias),
-  then `RandomHorizontalFlip(0.5)`, from encoded bytes. The window comes from
-  `tf.image.stateless_sample_distorted_bounding_box` and JPEGs decode only the window
-  (pixels as a full decode's), so the window's distribution is TensorFlow's, not
-  torchvision's: the aspect ratio is uniform (not log-uniform), the height uniform (not
-  the area), a window narrower (shorter) than the image never reaches its last column
-  (row), and when no attempt fits the whole image is used (not a centre crop).
+  then `RandomHorizontalFlip(0.5)`, from encoded bytes. The window (`rrc_window`) is
+  drawn by torchvision's algorithm (`RandomResizedCrop.get_params`: ten candidates, the
+  first that fits, uniform offsets over every position, the central fallback), so its
+  distribution is torchvision's; the random numbers themselves are TensorFlow's stateless
+  ones. JPEGs decode only the window (pixels as a full decode's).
 - `trivial_augment_wide`: `TrivialAugmentWide(num_magnitude_bins, NEAREST, fill)` applied
   to a PIL image: the colour ops reproduce PIL's ImageEnhance/ImageOps arithmetic, the
   geometric ops PIL's nearest-neighbour affine transforms. `apply_op` applies one op.
@@ -46,39 +45,71 @@ def random_crop_flip(image: tf.Tensor, seed: tf.Tensor, pad: int = 4) -> tf.Tens
                            image.shape)
 
 
+def rrc_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
+               scale: tuple[float, float] = (0.08, 1.0),
+               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
+    """torchvision's `RandomResizedCrop.get_params` for a `height` x `width` image, stateless:
+    int32 [top, left, h, w].
+
+    Ten candidates, each with area fraction uniform in `scale` and aspect ratio (width /
+    height) log-uniform in `ratio`, w = round(sqrt(area * aspect)), h = round(sqrt(area /
+    aspect)) (halves to even, as Python's round); the first with 0 < w <= width and
+    0 < h <= height is placed uniformly over every position, edges included. If none
+    fits, the central crop of torchvision's fallback: the whole image with its aspect
+    ratio clamped into `ratio`.
+    """
+    area_seed, aspect_seed, top_seed, left_seed = _split(seed, 4)
+    height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    h_f, w_f = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    areas = h_f * w_f * tf.random.stateless_uniform([10], area_seed, scale[0], scale[1],
+                                                    tf.float64)
+    aspects = tf.exp(tf.random.stateless_uniform(
+        [10], aspect_seed, math.log(ratio[0]), math.log(ratio[1]), tf.float64))
+    ws = tf.cast(tf.round(tf.sqrt(areas * aspects)), tf.int32)
+    hs = tf.cast(tf.round(tf.sqrt(areas / aspects)), tf.int32)
+    fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    lo, hi = min(ratio), max(ratio)
+    in_ratio = w_f / h_f
+    fb_w = tf.where(in_ratio > hi, tf.cast(tf.round(h_f * hi), tf.int32), width)
+    fb_h = tf.where(in_ratio < lo, tf.cast(tf.round(w_f / lo), tf.int32), height)
+    found = tf.reduce_any(fits)
+    h = tf.where(found, hs[first], fb_h)
+    w = tf.where(found, ws[first], fb_w)
+    # torch.randint(0, height - h + 1): every position, the last row and column included.
+    top = tf.random.stateless_uniform([], top_seed, 0, height - h + 1, tf.int32)
+    left = tf.random.stateless_uniform([], left_seed, 0, width - w + 1, tf.int32)
+    top = tf.where(found, top, (height - h) // 2)
+    left = tf.where(found, left, (width - w) // 2)
+    return tf.stack([top, left, h, w])
+
+
 def random_resized_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
                         scale: tuple[float, float] = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
-    """Encoded JPEG/PNG -> float32 (size, size, 3) in [0, 255]: a random window with area
-    fraction in `scale` and aspect ratio (width / height) in `ratio`, resized, randomly
-    mirrored left-right."""
+    """Encoded JPEG/PNG -> float32 (size, size, 3) in [0, 255]: the `rrc_window` of the
+    image (torchvision's RandomResizedCrop window), resized (bilinear, antialias),
+    randomly mirrored left-right. JPEGs decode only the window."""
     crop_seed, flip_seed = _split(seed, 2)
 
-    def window(image_shape: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
-            image_shape, tf.zeros([1, 0, 4]), crop_seed, min_object_covered=0.0,
-            aspect_ratio_range=ratio, area_range=scale, max_attempts=10,
-            use_image_if_no_bounding_boxes=True)
-        return begin, extent
-
     def jpeg() -> tf.Tensor:
-        shape = tf.image.extract_jpeg_shape(image_bytes)
-        begin, extent = window(shape)
+        shape = tf.image.extract_jpeg_shape(image_bytes, tf.int32)
+        top, left, h, w = tf.unstack(rrc_window(shape[0], shape[1], crop_seed, scale, ratio))
         # Decode one more column each side and drop it: libjpeg's chroma upsampling at a
         # window's left/right edge lacks the neighbouring samples, so those columns
         # would differ from a full decode's (by tens of grey levels on CIFAR).
-        left = tf.minimum(begin[1], 1)
-        right = tf.minimum(shape[1] - begin[1] - extent[1], 1)
+        pad_l = tf.minimum(left, 1)
+        pad_r = tf.minimum(shape[1] - left - w, 1)
         crop = tf.image.decode_and_crop_jpeg(
-            image_bytes, tf.stack([begin[0], begin[1] - left, extent[0],
-                                   extent[1] + left + right]),
+            image_bytes, tf.stack([top, left - pad_l, h, w + pad_l + pad_r]),
             channels=3, dct_method="INTEGER_ACCURATE")
-        return crop[:, left:left + extent[1]]
+        return crop[:, pad_l:pad_l + w]
 
     def other() -> tf.Tensor:
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        begin, extent = window(tf.shape(image))
-        return tf.slice(image, begin, extent)
+        shape = tf.shape(image)
+        top, left, h, w = tf.unstack(rrc_window(shape[0], shape[1], crop_seed, scale, ratio))
+        return image[top:top + h, left:left + w]
 
     image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
     image.set_shape([None, None, 3])
@@ -86,16 +117,33 @@ def random_resized_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
     return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
+def torch_linspace(start: float, stop: float, steps: int) -> np.ndarray:
+    """`torch.linspace(start, stop, steps)` (float32), bit for bit, as PyTorch's vectorised
+    CPU kernel (AVX2/AVX-512, the one x86-64 machines run) computes it: step =
+    (stop - start) / (steps - 1) in float32, then `start + step * i` for the first half
+    and `stop - step * (steps - 1 - i)` for the rest, each one fused multiply-add (one
+    rounding). So bin 15 of `linspace(0, 32, 31)` is 15.999999, not 16. (PyTorch's
+    non-vectorised fallback rounds the product first and gets 16.0 there.)"""
+    s32, e32 = np.float32(start), np.float32(stop)
+    if steps == 1:
+        return np.array([s32], np.float32)
+    step = np.float64(np.float32(np.float32(e32 - s32) / np.float32(steps - 1)))
+    i = np.arange(steps)
+    # float64 holds the float32 step times a small integer exactly: one rounding, as FMA.
+    low = np.float64(s32) + step * i
+    high = np.float64(e32) - step * (steps - 1 - i)
+    return np.where(i < steps // 2, low, high).astype(np.float32)
+
+
 def _magnitudes(num_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """torchvision's TrivialAugmentWide._augmentation_space: a (len(TA_WIDE_OPS), num_bins)
     float32 table of magnitudes (0 for ops without one) and whether each op is signed.
 
-    The linspaces are exact (float64, rounded once), where torch's float32 linspace can
-    land a ulp below an integer: torchvision's TranslateX/Y bin 15 of 31 is 15.999998,
-    i.e. 15 pixels, here 16.
+    The linspaces are torch's float32 ones (`torch_linspace`), so that `int(magnitude)`
+    gives torchvision's translations: bin 15 of 31 (15.999999) moves 15 pixels.
     """
     def lin(start: float, stop: float) -> np.ndarray:
-        return np.linspace(start, stop, num_bins)
+        return torch_linspace(start, stop, num_bins)
 
     bits = 8 - np.round(np.arange(num_bins, dtype=np.float32)
                         / np.float32((num_bins - 1) / 6))
