@@ -33,6 +33,7 @@ error naming ``pip install 'thinjax[export]'``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import os
@@ -101,7 +102,7 @@ def write_torch(plan: Plan, variables: Mapping, path: str, plan_path: str) -> No
     torch = require("torch", "torch")
     from thinjax.interop.torch import to_state_dict
     sd = to_state_dict(plan, variables, style="release")
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in sd.items()},
+    torch.save({k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()},
                path)
     with open(plan_path, "w") as f:
         f.write(plan.to_json(indent=1))
@@ -151,11 +152,10 @@ def tflite_interpreter(path: str) -> Any:
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ModuleNotFoundError:
-        tf = require("tensorflow", "tflite")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            Interpreter = tf.lite.Interpreter
-    return Interpreter(model_path=path)
+        Interpreter = require("tensorflow", "tflite").lite.Interpreter
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        return Interpreter(model_path=path)
 
 
 def run_tflite(interpreter: Any, images_nhwc: np.ndarray) -> np.ndarray:
@@ -210,12 +210,19 @@ def sample_images(n: int = 16, size: int = 32, seed: int = 0) -> np.ndarray:
     return (np.stack(out) - MEAN) / STD
 
 
-def thinjax_logits(plan: Plan, variables: Mapping, images_nhwc: np.ndarray) -> np.ndarray:
-    """thinjax's own (jitted, inference-mode) logits."""
+@functools.lru_cache(maxsize=16)
+def jitted_forward(plan: Plan) -> Callable:
+    """thinjax's jitted inference forward pass of `plan`: (variables, NHWC images) -> logits
+    (one per plan, so repeated calls on one shape compile once)."""
     import jax
     from thinjax.models.resnet import ResNet
-    f = jax.jit(lambda v, x: ResNet(plan).apply(v, x, train=False))
-    return np.asarray(f(variables, images_nhwc))
+    model = ResNet(plan)
+    return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
+def thinjax_logits(plan: Plan, variables: Mapping, images_nhwc: np.ndarray) -> np.ndarray:
+    """thinjax's own (jitted, inference-mode) logits."""
+    return np.asarray(jitted_forward(plan)(variables, images_nhwc))
 
 
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:

@@ -114,7 +114,7 @@ def from_variables(plan: Plan, variables: Mapping) -> TorchResNet:
     from thinjax.interop.torch import to_state_dict
     sd = to_state_dict(plan, variables, style="release")
     model = TorchResNet(plan)
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in sd.items()},
+    model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()},
                           strict=True)
     return model.eval()
 
