@@ -8,6 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("THINJAX_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
 RELEASE = os.path.join(SHARED, "checkpoints", "thinresnet-release")
 CIFAR_ZIP = os.path.join(SHARED, "data", "cifar10-jpeg.zip")
+IMAGENET_ZIP = os.path.join(SHARED, "data", "imagenet-sample.zip")
 
 # The release table (../shared/checkpoints/README.md): file -> (params, top-1 on JPEG test)
 RELEASE_TABLE = {
@@ -39,6 +40,21 @@ def cifar10_jpeg(tmp_path_factory) -> str:
     with zipfile.ZipFile(CIFAR_ZIP) as z:
         z.extractall(d)
     return str(d / "cifar10-jpeg")
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample(tmp_path_factory) -> str:
+    """The 1,000-image ImageNet sample (val/<wnid>/*.JPEG, one image per class), unzipped
+    once per session (or $THINJAX_IMAGENET_SAMPLE)."""
+    pre = os.environ.get("THINJAX_IMAGENET_SAMPLE")
+    if pre and os.path.isdir(pre):
+        return pre
+    if not os.path.isfile(IMAGENET_ZIP):
+        pytest.skip(f"{IMAGENET_ZIP} not present")
+    d = tmp_path_factory.mktemp("imagenet")
+    with zipfile.ZipFile(IMAGENET_ZIP) as z:
+        z.extractall(d)
+    return str(d / "imagenet-sample")
 
 
 @pytest.fixture

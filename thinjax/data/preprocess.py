@@ -29,25 +29,81 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
     return (x - tf.constant(MEAN)) / tf.constant(STD)
 
 
-def resize_center_crop(image: tf.Tensor, resize: int, crop: int) -> tf.Tensor:
-    """torchvision Resize(resize) (shorter side, bilinear, antialias) + CenterCrop(crop)."""
+def resized_size(height: tf.Tensor, width: tf.Tensor, size: int,
+                 max_size: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """torchvision's `Resize(size, max_size=max_size)` output (height, width), int32, as
+    its `_compute_resized_output_size`: the shorter side becomes `size`, the longer
+    `int(size * long / short)` (truncated); if that exceeds `max_size`, the longer becomes
+    `max_size` and the shorter `int(max_size * size / new_long)`. A square image's
+    "shorter side" is its width. Elementwise: works on vectors of sizes too."""
+    if max_size is not None and max_size <= size:
+        raise ValueError(f"max_size = {max_size} must be strictly greater than the requested "
+                         f"size for the smaller edge size = {size}")
+    height, width = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
+    short, long = tf.minimum(height, width), tf.maximum(height, width)
+    # Python's float64 division, truncated (the product is exact, the quotient's floor too).
+    new_long = tf.cast(tf.cast(size * long, tf.float64) / tf.cast(short, tf.float64), tf.int64)
+    new_short = tf.fill(tf.shape(short), tf.constant(size, tf.int64))
+    if max_size is not None:
+        over = new_long > max_size
+        capped = tf.cast(tf.cast(max_size * new_short, tf.float64)
+                         / tf.cast(new_long, tf.float64), tf.int64)
+        new_short = tf.where(over, capped, new_short)
+        new_long = tf.where(over, tf.constant(max_size, tf.int64), new_long)
+    tall = width <= height
+    new_h = tf.where(tall, new_long, new_short)
+    new_w = tf.where(tall, new_short, new_long)
+    return tf.cast(new_h, tf.int32), tf.cast(new_w, tf.int32)
+
+
+def center_crop_box(height: tf.Tensor, width: tf.Tensor, crop: int) -> tf.Tensor:
+    """torchvision's `CenterCrop(crop)` of a `height` x `width` image, int32
+    [pad_top, pad_bottom, pad_left, pad_right, top, left]: a side shorter than `crop` is
+    first zero-padded by (crop - side) // 2 before and (crop - side + 1) // 2 after; then
+    the window starts at `int(round((side - crop) / 2.0))` (halves to even) of the padded
+    image. Elementwise: works on vectors of sizes too."""
+    def side(n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        n = tf.cast(n, tf.int32)
+        short = tf.maximum(crop - n, 0)
+        before, after = short // 2, (short + 1) // 2
+        extra = tf.cast(n + before + after - crop, tf.float64)
+        return before, after, tf.cast(tf.round(extra / 2.0), tf.int32)  # round: half to even
+
+    top_pad, bottom_pad, top = side(height)
+    left_pad, right_pad, left = side(width)
+    return tf.stack([top_pad, bottom_pad, left_pad, right_pad, top, left])
+
+
+def center_crop(image: tf.Tensor, crop: int) -> tf.Tensor:
+    """torchvision's `CenterCrop(crop)` (zero padding where the image is smaller)."""
     shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-    scale = resize / tf.minimum(h, w)
-    nh = tf.cast(tf.round(h * scale), tf.int32)
-    nw = tf.cast(tf.round(w * scale), tf.int32)
-    image = tf.image.resize(image, (nh, nw), method="bilinear", antialias=True)
-    top = (nh - crop) // 2
-    left = (nw - crop) // 2
-    return image[top:top + crop, left:left + crop, :]
+    box = tf.unstack(center_crop_box(shape[0], shape[1], crop))
+    image = tf.pad(image, [[box[0], box[1]], [box[2], box[3]], [0, 0]])
+    return image[box[4]:box[4] + crop, box[5]:box[5] + crop, :]
+
+
+def resize_center_crop(image: tf.Tensor, resize: int, crop: int,
+                       max_size: int | None = None) -> tf.Tensor:
+    """torchvision's `Resize(resize, max_size=max_size, antialias=True)` (bilinear, here
+    in float32) then `CenterCrop(crop)`: output sizes and offsets exactly torchvision's
+    (`resized_size`, `center_crop_box`). As torchvision, an image already at the size is
+    not resampled."""
+    shape = tf.shape(image)
+    nh, nw = resized_size(shape[0], shape[1], resize, max_size)
+    image = tf.cast(image, tf.float32)
+    image = tf.cond((nh == shape[0]) & (nw == shape[1]), lambda: image,
+                    lambda: tf.image.resize(image, tf.stack([nh, nw]), method="bilinear",
+                                            antialias=True))
+    return center_crop(image, crop)
 
 
 def eval_image(image_bytes: tf.Tensor, size: int | None = None,
                resize: int | None = None) -> tf.Tensor:
-    """Evaluation view: decode, optionally resize shorter side + centre crop, normalise."""
+    """Evaluation view: decode, then torchvision's `Resize(resize)` + `CenterCrop(size)`
+    (`resize_center_crop`), or `CenterCrop(size)` alone without `resize`, then normalise."""
     img = decode(image_bytes)
     if resize:
         img = resize_center_crop(img, resize, size)
     elif size:
-        img = tf.image.resize_with_crop_or_pad(img, size, size)
+        img = center_crop(img, size)
     return normalize(img)
