@@ -13,6 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from thinjax.data import preprocess
+from thinjax.evaluate import evaluate_checkpoint
 from tests.conftest import release_path
 
 # ../shared/checkpoints/README.md: resnet50_width16_imagenet_ema.pt on the 1,000-image
@@ -189,9 +190,10 @@ def test_views_of_real_imagenet_images_equal_pytorchs(imagenet_sample):
 
 
 def test_release_imagenet_r50_w16_scores_pytorchs_accuracy_on_the_sample(imagenet_sample):
-    from thinjax.evaluate import evaluate_checkpoint
-    r = evaluate_checkpoint(release_path(R50_W16), imagenet_sample, "val", batch_size=250,
+    r = evaluate_checkpoint(release_path(R50_W16), imagenet_sample, "val", batch_size=500,
                             progress=False)
     assert r["count"] == 1000
+    hits = {k: round(r[k] * r["count"] / 100) for k in ("top1", "top5")}
     # Within two images of PyTorch's counts (596 and 812 of 1,000).
-    assert abs(r["top1"] - PYTORCH_TOP1) <= 0.2 and abs(r["top5"] - PYTORCH_TOP5) <= 0.2, r
+    assert abs(hits["top1"] - round(PYTORCH_TOP1 * 10)) <= 2, r
+    assert abs(hits["top5"] - round(PYTORCH_TOP5 * 10)) <= 2, r
