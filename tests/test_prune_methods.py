@@ -310,3 +310,15 @@ def test_soft_then_hard_and_regularised_then_pruned_materialise():
     np.testing.assert_allclose(ResNet(small).apply(sv, x), ResNet(TINY).apply(v, x, masks=hard),
                                rtol=1e-5, atol=1e-5)
     assert count(small).macs < count(TINY).macs
+
+
+def test_a_regulariser_refuses_the_materialised_network():
+    v = random_variables(TINY, seed=10)
+    cfg = prune_cfg(regularizer="group_lasso")
+    reg = regularize.build(TINY, cfg, v)
+    masks = compute_masks(TINY, v, prune_cfg(), Target("ratio", 0.5)).masks
+    _, small = materialize(TINY, masks, v)
+    with pytest.raises(ValueError, match="after materialisation train without it"):
+        reg(small["params"], 0)
+    with pytest.raises(ValueError, match="prune.regularizer 'l2' unknown"):
+        regularize.build(TINY, prune_cfg(regularizer="l2"), v)

@@ -102,7 +102,21 @@ class Regularizer:
     masks: dict | None = None
 
     def __call__(self, params: Any, step: jax.Array | int) -> jax.Array:
+        check_shapes(params, self.plan)
         return penalty(params, self.plan, self, step, self.masks)
+
+
+def check_shapes(params: Any, plan: Plan) -> None:
+    """Raises ValueError unless `params` has `plan`'s channel counts (a regulariser built
+    for the dense plan must not run on the materialised network: drop it there)."""
+    flat = flatten(params)
+    for n, g in channel_groups(plan).items():
+        path, axis = g.producers[0]
+        if path not in flat or flat[path].shape[axis] != g.size:
+            raise ValueError(f"the pruning regulariser was built for {plan.describe()}, but "
+                             f"the parameters do not match its group {n!r} ({g.size} "
+                             "channels); after materialisation train without it "
+                             "(StepConfig.prune_reg=None)")
 
 
 def build(plan: Plan, cfg_prune: Any, variables: dict | None = None, *, target=None,
