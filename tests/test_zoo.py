@@ -102,7 +102,8 @@ def test_manifest_and_costs_come_from_the_plans():
     assert by["resnet20_w4_cifar10"]["params"] == 17_534
     assert by["resnet50_w64_imagenet"]["params"] == 25_557_032  # torchvision's ResNet-50
     assert by["resnet56_w16_cifar100"]["classes"] == 100
-    assert by["resnet50_w32_imagenet"]["bytes"] is None and by["resnet50_w32_imagenet"]["sha256"] is None
+    assert (by["resnet50_w32_imagenet"]["bytes"], by["resnet50_w32_imagenet"]["sha256"]) == \
+        (None, None)
     assert len(zoo.list(dataset="cifar100", arch="resnet20")) == 16
 
 

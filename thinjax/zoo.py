@@ -39,7 +39,6 @@ import json
 import os
 import sys
 import tempfile
-import urllib.error
 import urllib.request
 from typing import Any, Iterator
 
@@ -100,6 +99,7 @@ def manifest(path: str = MANIFEST) -> tuple[Entry, ...]:
 
 
 def _names() -> dict[str, Entry]:
+    """Zoo name -> manifest row."""
     return {e.name: e for e in manifest()}
 
 
@@ -136,14 +136,17 @@ def local_dir() -> str | None:
 
 
 def base_url() -> str:
+    """Where the release's files are downloaded from (``$THINJAX_ZOO_URL``)."""
     return (os.environ.get("THINJAX_ZOO_URL") or DEFAULT_URL).rstrip("/")
 
 
 def url_of(e: Entry) -> str:
+    """The download URL of `e`'s file."""
     return f"{base_url()}/{e.path}"
 
 
 def _local_file(e: Entry) -> str | None:
+    """`e`'s file in $THINJAX_ZOO_DIR (flat or release layout), if there."""
     d = local_dir()
     if d is None:
         return None
@@ -202,10 +205,12 @@ def matches(e: Entry, d: dict[str, Any]) -> bool:
 
 
 def _verified_db() -> str:
+    """The verification cache: realpath -> digests with size and mtime."""
     return os.path.join(cache_dir(), "verified.json")
 
 
 def _read_db() -> dict[str, Any]:
+    """The verification cache's contents ({} when absent or unreadable)."""
     try:
         with open(_verified_db()) as f:
             db = json.load(f)
@@ -417,6 +422,7 @@ def format_table(table: builtins.list[dict]) -> str:
 
 
 def _datasets_help() -> Iterator[str]:
+    """'dataset: archs' lines for the list command's help."""
     yield from (f"{d}: {', '.join(sorted({e.arch for e in manifest() if e.dataset == d}))}"
                 for d in sorted({e.dataset for e in manifest()}))
 
