@@ -295,10 +295,10 @@ def _unit_fill(pb: _Problem, start: dict[str, int], rank: UnitRank, kind: str, w
                tolerance: float, at: Callable[[dict[str, int]], _Candidate]) -> None:
     """From `start` (above the target), groups give up units of `round_to` channels in
     `rank` order (never below their minimum) until the cost falls to `want`; a group whose
-    next unit would take the cost below the tolerance band gives up no more. Every candidate goes through `at`. This
-    is the last step of a search that the bisections left outside the tolerance: with
-    round_to > 1 a step of `fine` is rounded away, and one unit of a wide early layer can
-    cost more than the whole band."""
+    next unit would take the cost below the tolerance band gives up no more. Every
+    candidate goes through `at`. This is the last step of a search that the bisections
+    left outside the tolerance: with round_to > 1 a step of `fine` is rounded away, and one
+    unit of a wide early layer can cost more than the whole band."""
     names = list(pb.groups)
     counts, taken, heap = dict(start), {n: 0 for n in names}, []
 
