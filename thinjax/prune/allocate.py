@@ -39,6 +39,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from thinjax.cost import Cost, count
+from thinjax.errors import TargetError  # also imported from here by callers and tests
 from thinjax.plan import Plan
 from thinjax.prune.criteria import normalize
 from thinjax.prune.groups import Group, channel_groups, init_masks, plan_with_counts
@@ -51,10 +52,6 @@ CountsFn = Callable[[float, float], dict[str, int]]
 # (group, channels it keeps, channels after one more unit, units it gave up so far)
 # -> sort key of that unit (lowest first), or None where the group may not give it up
 UnitRank = Callable[[str, int, int, int], Optional[tuple]]
-
-
-class TargetError(ValueError):
-    """A pruning target that the plan, method and constraints cannot reach."""
 
 
 @dataclasses.dataclass(frozen=True)
