@@ -1,0 +1,76 @@
+"""The command-line convention every command shares (thinjax.cli): absl flags spelt with
+underscores, a console script each, --help, one 'error:' line and exit status 2 for bad
+input, no library log lines. Three subprocesses of the cheapest command; the rest is read
+from the sources."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = {"thinjax-train": "main", "thinjax-evaluate": "evaluate", "thinjax-cost": "cost",
+            "thinjax-convert": "convert", "thinjax-import-torch": "import_torch",
+            "thinjax-study": "study", "thinjax-export": "export", "thinjax-zoo": "zoo"}
+# an absl/glog log line (I0101 12:00:00.000 ...), Python logging's default format, orbax
+LOG_LINE = re.compile(r"^([IWEF]\d{4} |(INFO|WARNING|ERROR):(absl|root|orbax|jax)|.*orbax)",
+                      re.M)
+
+
+def command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "thinjax.cost", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def flag_names(module: str) -> list[str]:
+    """The names given to absl DEFINE_* calls in thinjax/<module>.py."""
+    tree = ast.parse(open(os.path.join(ROOT, "thinjax", f"{module}.py")).read())
+    return [n.args[0].value for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and n.func.attr.startswith("DEFINE_") and n.args
+            and isinstance(n.args[0], ast.Constant)]
+
+
+def test_console_scripts_and_flag_spellings():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts == {name: f"thinjax.{mod}:cli_main" for name, mod in COMMANDS.items()}
+    for mod in COMMANDS.values():
+        source = open(os.path.join(ROOT, "thinjax", f"{mod}.py")).read()
+        assert "def cli_main() -> None:" in source and "argparse" not in source, mod
+        assert 'if __name__ == "__main__":\n    cli_main()' in source, mod
+        names = flag_names(mod)
+        assert names or "define_json" in source, mod
+        assert all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names), (mod, names)
+        assert "define_json" in source, mod  # every command takes --json
+
+
+def test_help_is_quick_and_lists_the_flags():
+    t = time.perf_counter()
+    r = command("--help")
+    assert r.returncode == 0, r.stderr
+    assert time.perf_counter() - t < 30
+    assert "Parameters and multiply-accumulates" in r.stdout  # the module docstring
+    for flag in ("--model", "--width", "--input_size", "--base_width", "--[no]json"):
+        assert flag in r.stdout, flag
+
+
+def test_bad_input_is_one_error_line_and_exit_2():
+    r = command("--model=resnet20", "--width=0")
+    assert r.returncode == 2
+    assert [ln for ln in r.stderr.splitlines() if ln.strip()] == \
+        ["error: width must be >= 1, got 0"]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("args", [("--model=resnet20", "--width=4")])
+def test_no_library_log_lines(args):
+    r = command(*args)
+    assert r.returncode == 0, r.stderr
+    assert "17,534 params" in r.stdout
+    assert not LOG_LINE.search(r.stdout + r.stderr), r.stdout + r.stderr
