@@ -116,7 +116,7 @@ def test_counter_agrees_with_the_tree_and_with_xla(plan, size):
 
 def test_cost_command_prints_figures_and_json(tmp_path):
     out = subprocess.run([sys.executable, "-m", "thinjax.cost", "--model=resnet50", "--width=64",
-                          "--input-size=224", "--json"], capture_output=True, text=True,
+                          "--input_size=224", "--json"], capture_output=True, text=True,
                          check=True).stdout.strip().splitlines()
     assert "25,557,032 params" in out[0] and "4,089.18 M MACs" in out[0]
     d = json.loads(out[-1])

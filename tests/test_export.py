@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import release_path
 from thinjax.checkpoint import export_model
-from thinjax.export import main as export_main
+from thinjax import cli
+from thinjax import export as export_command
 from thinjax.interop import export as ex
 from thinjax.interop.torch import import_checkpoint
 from thinjax.models.resnet import random_variables
@@ -20,6 +21,11 @@ from thinjax.prune.materialize import materialize
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
+
+
+def _export(args: list[str]) -> int:
+    """``python -m thinjax.export ARGS`` in this process; its exit status."""
+    return cli.call(export_command.main, args, export_command.FLAGS)
 
 
 def _l1_pruned(plan, variables, fraction, remove=None, round_to=1):
@@ -100,18 +106,18 @@ def test_command_refuses_existing_and_leaves_nothing_on_failure(networks, tmp_pa
     ck = str(tmp_path / "pruned")
     export_model(ck, plan, v)
     out = tmp_path / "out" / "m.onnx"
-    assert export_main([f"--checkpoint={ck}", "--format=onnx", f"--output={out}",
-                        "--json"]) == 0
+    assert _export([f"--checkpoint={ck}", "--format=onnx", f"--output={out}",
+                    "--json"]) == 0
     s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert s["output"] == str(out) and s["bn_folded"] and s["max_relative_error"] < 1e-4
     assert s["plan"] == plan.describe()
     with pytest.raises(SystemExit) as e:  # exists
-        export_main([f"--checkpoint={ck}", "--format=onnx", f"--output={out}"])
+        _export([f"--checkpoint={ck}", "--format=onnx", f"--output={out}"])
     assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
     before = out.read_bytes()
     with pytest.raises(SystemExit) as e:  # the check fails: nothing replaced, no temp left
-        export_main([f"--checkpoint={ck}", "--format=torch", f"--output={out.parent}/t.pt",
-                     "--tolerance=1e-12", "--overwrite"])
+        _export([f"--checkpoint={ck}", "--format=torch", f"--output={out.parent}/t.pt",
+                 "--tolerance=1e-12", "--overwrite"])
     assert e.value.code == 2 and "relative error" in capsys.readouterr().err
     assert os.listdir(out.parent) == ["m.onnx"] and out.read_bytes() == before
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import RELEASE, release_path
-from thinjax import zoo
+from thinjax import cli, zoo
 from thinjax.checkpoint import load_model
 from thinjax.errors import CheckpointError
 from thinjax.interop.torch import import_checkpoint
@@ -116,7 +116,7 @@ def test_the_bundled_manifest_is_the_release_manifest():
 
 
 def test_list_command_json(offline, capsys):
-    assert zoo.main(["list", "--dataset=cifar10", "--arch=resnet20", "--json"]) == 0
+    assert cli.call(zoo.main, ["list", "--dataset=cifar10", "--arch=resnet20", "--json"], zoo.FLAGS) == 0
     out = capsys.readouterr().out.strip().splitlines()
     table = json.loads(out[-1])["networks"]
     assert [r["width"] for r in table] == list(range(1, 17))
@@ -152,7 +152,7 @@ def test_errors_unknown_name_and_missing_offline(offline, capsys):
     with pytest.raises(CheckpointError, match=r"not in \$THINJAX_ZOO_DIR.*offline"):
         load_model("zoo:resnet50_w8_imagenet")
     with pytest.raises(SystemExit) as ex:
-        zoo.main(["get", "resnet20_w4_cifar1O"])
+        cli.call(zoo.main, ["get", "resnet20_w4_cifar1O"], zoo.FLAGS)
     assert ex.value.code == 2 and "did you mean resnet20_w4_cifar10" in capsys.readouterr().err
 
 
@@ -171,7 +171,7 @@ def test_corrupt_local_file_is_refused_and_kept(monkeypatch, tmp_path, no_networ
 
 
 def test_download_checks_and_caches(server, capsys):
-    assert zoo.main(["get", SMALL[0], "--json"]) == 0
+    assert cli.call(zoo.main, ["get", SMALL[0], "--json"], zoo.FLAGS) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     e = zoo.entry(SMALL[0])
     assert got["path"] == str(server["cache"] / e.filename)

@@ -5,17 +5,35 @@ Counts follow torchvision / fvcore conventions: parameters are the trainable ten
 not parameters); MACs count convolutions and the classifier (one MAC per weight use),
 not BN, ReLU, pooling or additions. FLOPs = 2 x MACs.
 
-    python -m thinjax.cost --model=resnet50 --width=64 --input-size=224
-    python -m thinjax.cost --plan=plan.json --input-size=32 --json
+    python -m thinjax.cost --model=resnet50 --width=64 --input_size=224
+    python -m thinjax.cost --plan=plan.json --input_size=32 --json   (or: thinjax-cost ...)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 
-from thinjax.plan import Plan
+from absl import flags
+
+from thinjax import cli
+from thinjax.cli import UsageError
+from thinjax.plan import ARCHS, Plan, plan_from_width
+
+FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
+_MODEL = flags.DEFINE_enum("model", None, sorted(ARCHS), "a regular ThinResNet",
+                           flag_values=FLAGS)
+_WIDTH = flags.DEFINE_integer("width", None, "width w (default 16 CIFAR, 64 ImageNet stem)",
+                              flag_values=FLAGS)
+_BASE_WIDTH = flags.DEFINE_integer(
+    "base_width", None, "bottleneck inner width = planes*base_width/64 (default: = width)",
+    flag_values=FLAGS)
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", None, "classifier outputs",
+                                    flag_values=FLAGS)
+_PLAN = flags.DEFINE_string("plan", None, "a plan JSON file instead of --model",
+                            flag_values=FLAGS)
+_INPUT_SIZE = flags.DEFINE_integer("input_size", None, "square input size (default 224 / 32 "
+                                   "by stem)", flag_values=FLAGS)
+_JSON = cli.define_json(FLAGS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,38 +111,31 @@ def format_cost(name: str, c: Cost) -> str:
             f"({c.flops / 1e9:,.3f} GFLOPs, FLOPs = 2 x MACs) at {c.input_size}x{c.input_size}")
 
 
-def main(argv=None) -> int:
-    import argparse
-    from thinjax.plan import ARCHS, plan_from_width, PlanError
-    ap = argparse.ArgumentParser(prog="python -m thinjax.cost", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=sorted(ARCHS), help="a regular ThinResNet")
-    ap.add_argument("--width", type=int, default=None, help="width w (default 16 CIFAR, 64)")
-    ap.add_argument("--base-width", type=int, default=None,
-                    help="bottleneck inner width = planes*base_width/64 (default: = width)")
-    ap.add_argument("--num-classes", type=int, default=None)
-    ap.add_argument("--plan", help="a plan JSON file instead of --model")
-    ap.add_argument("--input-size", type=int, default=None)
-    ap.add_argument("--json", action="store_true", help="print one JSON object last")
-    a = ap.parse_args(argv)
-    try:
-        if a.plan:
-            plan, name = Plan.load(a.plan), a.plan
-        elif a.model:
-            plan = plan_from_width(a.model, a.width, a.num_classes, a.base_width)
-            name = f"{a.model} w={plan.stem_width}"
-        else:
-            ap.error("give --model or --plan")
-    except (PlanError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    c = count(plan, a.input_size)
+def main(argv: list[str]) -> dict:
+    """``python -m thinjax.cost``: the cost of ``--model``/``--width`` or of ``--plan``."""
+    if len(argv) > 1:
+        raise UsageError(f"unexpected argument {argv[1]!r}; give --model or --plan")
+    if _PLAN.value:
+        try:
+            plan, name = Plan.load(_PLAN.value), _PLAN.value
+        except OSError as e:
+            raise UsageError(f"--plan={_PLAN.value}: {e.strerror or e}") from e
+    elif _MODEL.value:
+        plan = plan_from_width(_MODEL.value, _WIDTH.value, _NUM_CLASSES.value,
+                               _BASE_WIDTH.value)
+        name = f"{_MODEL.value} w={plan.stem_width}"
+    else:
+        raise UsageError("give --model (with --width) or --plan")
+    c = count(plan, _INPUT_SIZE.value)
     print(format_cost(name, c))
     print(plan.describe())
-    if a.json:
-        print(json.dumps({"name": name, **c.to_dict(), "plan": plan.to_dict()}))
-    return 0
+    return {"name": name, **c.to_dict(), "plan": plan.to_dict()}
+
+
+def cli_main() -> None:
+    """The ``thinjax-cost`` console script and ``python -m thinjax.cost``."""
+    cli.run(main, FLAGS)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main()

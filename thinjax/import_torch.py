@@ -1,17 +1,31 @@
 """Import a PyTorch ResNet checkpoint as a thinjax checkpoint (with its inferred plan).
 
-    python -m thinjax.import_torch SRC DST [--overwrite] [--json]
+    python -m thinjax.import_torch --checkpoint=SRC --output=DST [--overwrite] [--json]
+    thinjax-import-torch ...                  (the same, as a console script)
 
 SRC: .pt/.pth (needs PyTorch; loaded with weights_only=True), .safetensors or .npz, with
 torchvision names (conv1, bn1, layerX.Y.*, fc) or the ThinResNet release's (embed.0,
-embed.1, module. prefix). DST: a new directory, written atomically.
+embed.1, module. prefix). DST: a new directory, written atomically (a thinjax checkpoint).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
+
+from absl import flags
+
+from thinjax import cli
+from thinjax.cli import UsageError
+from thinjax.plan import Plan
+
+FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "SRC: .pt/.pth, .safetensors or .npz",
+                                  flag_values=FLAGS, required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "DST: a new checkpoint directory",
+                              flag_values=FLAGS, required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing --output",
+                               flag_values=FLAGS)
+_JSON = cli.define_json(FLAGS)
 
 
 def import_to(src: str, dst: str, overwrite: bool = False) -> dict:
@@ -25,25 +39,21 @@ def import_to(src: str, dst: str, overwrite: bool = False) -> dict:
             "input_size": c.input_size, "plan": plan.to_dict()}
 
 
-def main(argv=None) -> int:
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m thinjax.import_torch", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src")
-    ap.add_argument("dst")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing DST")
-    ap.add_argument("--json", action="store_true", help="print one JSON object last")
-    a = ap.parse_args(argv)
-    from thinjax.errors import user_errors
-    from thinjax.plan import Plan
-    with user_errors():
-        r = import_to(a.src, a.dst, a.overwrite)
+def main(argv: list[str]) -> dict:
+    """``python -m thinjax.import_torch``: import, write, report."""
+    if len(argv) > 1:
+        raise UsageError(f"unexpected argument {argv[1]!r}; give --checkpoint=SRC and "
+                         "--output=DST")
+    r = import_to(_CHECKPOINT.value, _OUTPUT.value, _OVERWRITE.value)
     print(f"wrote {r['output']}: {Plan.from_dict(r['plan']).describe()}")
     print(f"{r['params']:,} params, {r['macs'] / 1e6:.2f} M MACs at {r['input_size']}px")
-    if a.json:
-        print(json.dumps(r))
-    return 0
+    return r
+
+
+def cli_main() -> None:
+    """The ``thinjax-import-torch`` console script and ``python -m thinjax.import_torch``."""
+    cli.run(main, FLAGS)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main()

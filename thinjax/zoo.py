@@ -2,6 +2,7 @@
 
     python -m thinjax.zoo list [--dataset=cifar10] [--arch=resnet56] [--json]
     python -m thinjax.zoo get resnet56_w12_cifar10 [--json]
+    thinjax-zoo list ...                      (the same, as a console script)
 
     >>> from thinjax import zoo
     >>> plan, variables = zoo.load("resnet56", width=12, dataset="cifar10")
@@ -42,8 +43,11 @@ import tempfile
 import urllib.request
 from typing import Any, Iterator
 
+from absl import flags
 from tqdm import tqdm
 
+from thinjax import cli
+from thinjax.cli import UsageError
 from thinjax.cost import count
 from thinjax.errors import CheckpointError
 from thinjax.plan import Plan, default_input_size, plan_from_width
@@ -56,6 +60,13 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0
+
+FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
+_DATASET = flags.DEFINE_string("dataset", None, "list: only this dataset (cifar10, "
+                               "cifar100, imagenet)", flag_values=FLAGS)
+_ARCH = flags.DEFINE_string("arch", None, "list: only this architecture (resnet20, ...)",
+                            flag_values=FLAGS)
+_JSON = cli.define_json(FLAGS)
 
 
 class ZooError(CheckpointError):
@@ -427,37 +438,27 @@ def _datasets_help() -> Iterator[str]:
                 for d in sorted({e.dataset for e in manifest()}))
 
 
-def main(argv: builtins.list[str] | None = None) -> int:
-    """``python -m thinjax.zoo list|get``."""
-    import argparse
-    from thinjax.errors import user_errors
-    ap = argparse.ArgumentParser(prog="python -m thinjax.zoo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
-    ls = sub.add_parser("list", help="the released networks, their cost and where each is",
-                        epilog="; ".join(_datasets_help()))
-    ls.add_argument("--dataset", default=None)
-    ls.add_argument("--arch", default=None)
-    ls.add_argument("--json", action="store_true", help="print one JSON object last")
-    get = sub.add_parser("get", help="download (or find) and check one network's file")
-    get.add_argument("name", help="e.g. resnet56_w12_cifar10 (or zoo:resnet56_w12_cifar10)")
-    get.add_argument("--json", action="store_true", help="print one JSON object last")
-    a = ap.parse_args(argv)
-    with user_errors():
-        if a.command == "list":
-            table = rows(a.dataset, a.arch)
-            print(format_table(table))
-            if a.json:
-                print(json.dumps({"networks": table}))
-            return 0
-        e = entry(a.name)
+def main(argv: builtins.list[str]) -> dict:
+    """``python -m thinjax.zoo list|get NAME``: the subcommand is the first positional."""
+    command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
+    if command == "list" and not args:
+        table = rows(_DATASET.value, _ARCH.value)
+        print(format_table(table))
+        return {"networks": table}
+    if command == "get" and len(args) == 1:
+        e = entry(args[0])
         path = fetch(e, progress=sys.stderr.isatty())
-    print(path)
-    if a.json:
-        print(json.dumps({"name": e.name, "path": path, "bytes": os.path.getsize(path),
-                          "release_path": e.path}))
-    return 0
+        print(path)
+        return {"name": e.name, "path": path, "bytes": os.path.getsize(path),
+                "release_path": e.path}
+    raise UsageError(f"expected 'list' or 'get NAME', got {' '.join(argv[1:])!r}; "
+                     f"the release has {'; '.join(_datasets_help())}")
+
+
+def cli_main() -> None:
+    """The ``thinjax-zoo`` console script and ``python -m thinjax.zoo``."""
+    cli.run(main, FLAGS)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main()
