@@ -6,7 +6,7 @@ materialised network.
 Command:
     python -m thinjax.main --config=configs/prune_r56_gradual.py --workdir=runs/prune_r56_gr \
         --config.data.name=$HOME/data/cifar10-jpeg
-Expected: compare with configs/thin_r56_cifar10.py at --config.model.width=8 trained for
+Expected: compare with configs/thin_cifar.py:resnet56,8,cifar10 trained for
 the same 200 epochs (the study's claim: the thin network is at least as good).
 Cost: 200 x 390 steps, most at 25% MACs: ~25 min on one H100.
 """

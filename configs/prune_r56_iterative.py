@@ -9,7 +9,7 @@ Events at epochs 0, 5, 10, 15 reach 1/4, 2/4, 3/4 and all of the way from 125.75
 62.9 M MACs; each is logged with its params and MACs (metrics.jsonl: prune_params,
 prune_macs). After the last event the network is materialised; 40 epochs in all.
 Expected: at 50% MACs the release's regular ThinResNet-56 w=11 would be the equal-cost
-comparison (issue: train it with configs/thin_r56_cifar10.py --config.model.width=11).
+comparison (issue: train it with configs/thin_cifar.py:resnet56,11,cifar10).
 Cost: ~15 min on one H100, ~10 h on a 2-core CPU.
 """
 

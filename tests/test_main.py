@@ -41,13 +41,16 @@ def test_every_config_file_loads_and_validates():
     from thinjax.plan import plan_from_width
     files = sorted(f for f in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                    if not os.path.basename(f).startswith("study_"))  # tests/test_study.py
-    assert len(files) >= 18
+    configs = []  # (file, module, config-string argument): a parametrised file's VARIANTS
     for f in files:
         spec = importlib.util.spec_from_file_location("cfg", f)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
+        configs += [(f, mod, arg) for arg in getattr(mod, "VARIANTS", (None,))]
+    assert len(configs) >= 18
+    for f, mod, arg in configs:
         assert "Command" in (mod.__doc__ or "") and "Expected" in mod.__doc__, f
-        cfg = mod.get_config()
+        cfg = mod.get_config() if arg is None else mod.get_config(arg)
         validate(cfg)
         plan_from_width(cfg.model.name, cfg.model.width, cfg.model.num_classes,
                         cfg.model.base_width)
