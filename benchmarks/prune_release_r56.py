@@ -41,7 +41,7 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     from thinjax.cost import count
-    from thinjax.evaluate import evaluate_checkpoint
+    from thinjax.evaluation import evaluate_checkpoint
     from thinjax.plan import plan_from_width
     w16 = os.path.join(a.release, "resnet56_width16_cifar10_ema.pt")
     w8 = os.path.join(a.release, "resnet56_width8_cifar10_ema.pt")
@@ -49,8 +49,8 @@ def main(argv=None):
     pruned, ft = os.path.join(a.workdir, "pruned"), os.path.join(a.workdir, "finetune")
     if not os.path.isdir(pruned):
         sh("-m", "thinjax.convert", f"--checkpoint={w16}", f"--output={pruned}",
-           "--criterion=l1", "--allocation=global", "--target-kind=macs",
-           f"--target={target}", f"--data={a.data}", "--recalibrate-bn=50")
+           "--criterion=l1", "--allocation=global", "--target_kind=macs",
+           f"--target={target}", f"--data={a.data}", "--recalibrate_bn=50")
     if not os.path.exists(os.path.join(ft, "results.json")):
         sh("-m", "thinjax.main", f"--config={pruned}/config.py", f"--workdir={ft}",
            f"--config.train.epochs={a.epochs}", f"--config.data.name={a.data}")

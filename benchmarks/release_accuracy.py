@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from thinjax.evaluate import evaluate_checkpoint
+from thinjax.evaluation import evaluate_checkpoint
 
 PYTORCH = {  # top-1 on the JPEG test split, from the release's own PyTorch code
     "resnet20_width4_cifar10_ema.pt": 75.76,

@@ -77,7 +77,7 @@ def plain_step_rate(model, batch: int, size: int, steps: int, num_classes: int) 
 
 
 def eval_rate(model, batch: int, size: int, steps: int) -> float:
-    from thinjax.evaluate import eval_step
+    from thinjax.evaluation import eval_step
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)),
                     jnp.float32)
     b = {"image": x, "label": jnp.zeros((batch,), jnp.int32), "mask": jnp.ones((batch,), bool)}

@@ -14,7 +14,7 @@ import pytest
 import thinjax
 from tests.test_train import (ROOT, assert_trees_close, main_cmd, run, sub_env,
                               wait_for_checkpoint)
-from thinjax import convert
+from thinjax import cli, convert
 from thinjax.checkpoint import export_model, load_model
 from thinjax.cost import count
 from thinjax.plan import Plan, plan_from_width
@@ -119,18 +119,18 @@ def test_convert_prunes_an_imported_release_checkpoint(tmp_path):
 
 def _main_exit(args):
     with pytest.raises(SystemExit) as e:
-        convert.main(args)
+        cli.call(convert.main, args, convert.FLAGS)
     return e.value.code
 
 
 def test_convert_bad_inputs(tmp_path, capsys):
     out = tmp_path / "o"
     os.makedirs(out)
-    assert _main_exit([f"--checkpoint={ASSET}", f"--output={out}", "--target-kind=ratio",
+    assert _main_exit([f"--checkpoint={ASSET}", f"--output={out}", "--target_kind=ratio",
                        "--target=0.5"]) == 2
     assert "exists; choose another --output or pass --overwrite" in capsys.readouterr().err
     new = tmp_path / "n"
-    assert _main_exit([f"--checkpoint={ASSET}", f"--output={new}", "--target-kind=macs",
+    assert _main_exit([f"--checkpoint={ASSET}", f"--output={new}", "--target_kind=macs",
                        "--target=1000"]) == 2
     assert "unreachable" in capsys.readouterr().err
     assert not new.exists() and os.listdir(tmp_path) == ["o"]  # nothing half-written
@@ -141,6 +141,6 @@ def test_convert_bad_inputs(tmp_path, capsys):
     v["params"]["stage2"]["block1"]["conv1"]["kernel"] = np.zeros((3, 3, 8, 5), np.float32)
     export_model(str(tmp_path / "bad"), plan, v)
     assert _main_exit([f"--checkpoint={tmp_path / 'bad'}", f"--output={new}",
-                       "--target-kind=ratio", "--target=0.5"]) == 2
+                       "--target_kind=ratio", "--target=0.5"]) == 2
     err = capsys.readouterr().err
     assert "params/stage2/block1/conv1/kernel has shape (3, 3, 8, 5)" in err

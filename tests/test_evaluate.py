@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from thinjax.data import DataError, eval_batches, get_source, sample_dir
-from thinjax.evaluate import evaluate_checkpoint
+from thinjax.evaluation import evaluate_checkpoint
 from tests.conftest import RELEASE_TABLE, release_path
 
 # two of the five on the full split (time); tests/test_interop.py checks every release

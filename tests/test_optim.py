@@ -7,7 +7,7 @@ from flax import traverse_util
 
 from thinjax import optim
 from thinjax.config import base_config, validate
-from thinjax.data.mix import mix
+from thinjax.train.mix import mix
 from thinjax.models.resnet import variable_shapes
 from thinjax.plan import plan_from_width
 

@@ -22,19 +22,17 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
-from thinjax import fs
+from thinjax import fs, zoo
+from thinjax.errors import CheckpointError, OutputError
 from thinjax.plan import Plan
 
 PYTORCH_EXTS = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt or not a thinjax checkpoint."""
-
-
 def manager(directory: str, max_to_keep: int | None = None, **options) -> ocp.CheckpointManager:
     opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, **options)
-    return ocp.CheckpointManager(fs.absolute(directory), options=opts)
+    return ocp.CheckpointManager(fs.absolute(directory), options=opts, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
@@ -66,7 +64,7 @@ def export_model(dst: str, plan: Plan, variables: dict, meta: dict | None = None
     commits the step only once it is complete, so readers never see a partial one."""
     dst = fs.absolute(dst)
     if fs.exists(dst) and not overwrite:
-        raise FileExistsError(f"{dst} exists; choose another output or pass --overwrite")
+        raise OutputError(f"{dst} exists; choose another output or pass --overwrite")
     if fs.is_remote(dst):
         if fs.exists(dst):
             fs.rmtree(dst)
@@ -110,6 +108,8 @@ def _step_dir(path: str) -> tuple[str, int]:
 
 def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
     """(plan, {'params', 'batch_stats'}, meta) from a thinjax or PyTorch checkpoint."""
+    if path.startswith("zoo:"):  # a released network by name (thinjax.zoo)
+        path = zoo.resolve(path)
     if os.path.isfile(path) and path.lower().endswith(PYTORCH_EXTS):
         from thinjax.interop.torch import import_checkpoint
         plan, variables = import_checkpoint(path)
@@ -136,10 +136,8 @@ def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
     variables = _to_numpy(variables)
     check_shapes(plan, variables, where=f"{directory} step {step}")
     extra = {}
-    if state.get("masks"):  # a pruning run's channel masks (not yet materialised)
-        from thinjax.prune.groups import check_masks
+    if state.get("masks"):  # a pruning run's channel masks (checked where they are used)
         extra["masks"] = _to_numpy(state["masks"])
-        check_masks(plan, extra["masks"], where=f"{directory} step {step}: masks")
     return plan, variables, {**meta, **extra, "step": step, "directory": directory,
                              "has_ema": "ema_params" in state}
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import FieldReference
 
+from thinjax.errors import ConfigError
+
 C = ml_collections.ConfigDict
 
 
@@ -89,8 +91,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema.warmup_copy = True         # during LR warmup the EMA copies the weights
 
     c.prune = C()                    # structured pruning (thinjax.prune), off by default
-    c.prune.schedule = "none"        # none | oneshot | iterative | gradual
-    c.prune.criterion = "l1"         # l1 | l2 | bn_scale | taylor | random | registered
+    c.prune.schedule = "none"        # none | oneshot | iterative | gradual | soft
+    c.prune.criterion = "l1"         # l1 | l2 | bn_scale | taylor | fpgm | hrank | group_norm
+    #                                  | random | registered
+    c.prune.score_members = "producers"  # producers | all (+ BN scales, consumer slices)
+    c.prune.fpgm_p = 0               # fpgm: 0 raw filters (paper); p>=1 |w|^p (Torch-Pruning)
     c.prune.reduce = "mean"          # a group's score over its members: mean | sum | max
     c.prune.allocation = "global"    # global | uniform | explicit
     c.prune.normalization = "mean"   # per-group score normalisation for global ranking
@@ -103,8 +108,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.prune.end_epoch = 0.0          # gradual: last event
     c.prune.every_epochs = 1.0       # iterative / gradual: epochs between events
     c.prune.num_events = 1           # iterative: number of events
-    c.prune.taylor_batches = 8       # batches that the taylor criterion accumulates
+    c.prune.taylor_batches = 8       # batches that taylor and hrank accumulate
     c.prune.bn_l1 = 0.0              # L1 penalty on BN scales (network slimming), any run
+    c.prune.regularizer = "none"     # none | group_lasso | greg (thinjax.prune.regularize)
+    c.prune.reg_strength = 5e-4      # group_lasso: lambda
+    c.prune.greg_step = 1e-4         # greg: the coefficient grows by this ...
+    c.prune.greg_every = 10          # ... every this many steps ...
+    c.prune.greg_ceiling = 1.0       # ... up to this
     c.prune.materialize = True       # after the last event, continue on the smaller network
     return c
 
@@ -124,7 +134,7 @@ def _refuse(keys: list[str], valid: set[str]) -> None:
     depth = first.count(".")
     near = sorted(k for k in valid if k.startswith(section) and k.count(".") == depth)
     near = near or sorted(k for k in valid if "." not in k)
-    raise ValueError(f"unknown config key {first!r}; valid keys here: {', '.join(near)}")
+    raise ConfigError(f"unknown config key {first!r}; valid keys here: {', '.join(near)}")
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -144,7 +154,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if unknown:
         _refuse(unknown, valid)
     if cfg.mode not in ("train", "evaluate"):
-        raise ValueError(f"config.mode {cfg.mode!r} unknown; use 'train' or 'evaluate'")
+        raise ConfigError(f"config.mode {cfg.mode!r} unknown; use 'train' or 'evaluate'")
 
 
 def study_cifar_recipe(model: str, width: int, dataset: str,

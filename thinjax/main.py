@@ -1,6 +1,8 @@
-"""thinjax's main command.
+"""thinjax's main command: train or evaluate one configured network.
 
-    python -m thinjax.main --config=configs/thin_r20_cifar10.py --workdir=DIR [--config.x=y ...]
+    python -m thinjax.main --config=configs/thin_cifar.py:resnet20,16,cifar10 --workdir=DIR \\
+        [--config.x=y ...] [--json]
+    thinjax-train ...                         (the same, as a console script)
 
 Modes (config.mode):
   * ``train``: train the configured ThinResNet (from scratch, or from ``init_from``), then
@@ -14,18 +16,31 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
-from absl import app, flags
+import jax
+
+from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)",
-                                          lock_config=True)
+from thinjax import cli, fs
+from thinjax.checkpoint import load_model
+from thinjax.config import check_overrides, validate
+from thinjax.cost import count, format_cost
+from thinjax.errors import CheckpointError, ConfigError, user_errors
+from thinjax.evaluation import evaluate_on
+from thinjax.models.resnet import build_model
+from thinjax.plan import Plan, plan_from_width
+from thinjax.train.loop import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py, "
+                                          "optionally :ARGS)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory; rerun to resume")
-_JSON = flags.DEFINE_bool("json", False, "print one JSON object as the last line")
+_JSON = cli.define_json()
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def plan_from_config(cfg):
-    from thinjax.plan import Plan, plan_from_width
     if cfg.model.plan_file:
         return Plan.load(cfg.model.plan_file)
     return plan_from_width(cfg.model.name, cfg.model.width, cfg.model.num_classes,
@@ -33,32 +48,28 @@ def plan_from_config(cfg):
 
 
 def model_from_config(cfg, plan):
-    from thinjax.models.resnet import build_model
     return build_model(plan, dtype=cfg.model.dtype, zero_init_last_bn=cfg.model.zero_init_last_bn,
                        bn_momentum=cfg.model.bn_momentum, bn_epsilon=cfg.model.bn_epsilon)
 
 
 def _load_init(cfg, plan, use_ema: bool = False):
-    from thinjax.checkpoint import load_model
     ck_plan, variables, meta = load_model(cfg.init_from, use_ema=use_ema)
     if ck_plan != plan:
-        raise ValueError(f"{cfg.init_from}: its plan ({ck_plan.describe()}) differs from the "
-                         f"configured one ({plan.describe()}); set config.model to match or "
-                         "config.model.plan_file")
+        raise CheckpointError(f"{cfg.init_from}: its plan ({ck_plan.describe()}) differs from "
+                              f"the configured one ({plan.describe()}); set config.model to match or "
+                              "config.model.plan_file")
     print(f"loaded {cfg.init_from}" + (" (EMA weights)" if use_ema else ""))
     return variables, meta
 
 
 def run_evaluate(cfg, workdir: str, plan, model) -> dict:
-    from thinjax.cost import count, format_cost
-    from thinjax.data import eval_batches, get_source
-    from thinjax.evaluate import evaluate
+    from thinjax.data import get_source
     size = cfg.data.eval_size or cfg.data.image_size
     cost = count(plan, size)
     print(format_cost(f"{cfg.model.name} w={plan.stem_width}", cost))
     print(plan.describe())
     if not cfg.init_from:
-        raise ValueError("mode 'evaluate' needs config.init_from (a checkpoint to evaluate)")
+        raise ConfigError("mode 'evaluate' needs config.init_from (a checkpoint to evaluate)")
     variables, meta = _load_init(cfg, plan)
     weights = {"eval": variables}
     if meta.get("has_ema"):  # a training checkpoint: its EMA weights too
@@ -67,9 +78,9 @@ def run_evaluate(cfg, workdir: str, plan, model) -> dict:
     out = {"mode": "evaluate", "workdir": workdir, **cost.to_dict(), "plan": plan.to_dict(),
            "init_from": cfg.init_from}
     for name, v in weights.items():
-        batches = eval_batches(source, cfg.data.eval_split, cfg.data.eval_batch_size,
-                               image_size=size, resize=cfg.data.eval_resize or None)
-        res = evaluate(model, v, batches, source.num_examples(cfg.data.eval_split))
+        res = evaluate_on(plan, v, source, cfg.data.eval_split, cfg.data.eval_batch_size,
+                          data=cfg.data.name, image_size=size,
+                          resize=cfg.data.eval_resize or None, model=model)
         print(f"{name}: {cfg.data.name}:{cfg.data.eval_split}: top-1 {res['top1']:.2f}%  "
               f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}  ({res['count']} images, "
               f"{res['images_per_s']:.0f} img/s)")
@@ -78,7 +89,6 @@ def run_evaluate(cfg, workdir: str, plan, model) -> dict:
 
 
 def run_train(cfg, workdir: str, plan, model) -> dict:
-    from thinjax.train.loop import train_and_evaluate
     init = _load_init(cfg, plan)[0] if cfg.init_from else None
     return train_and_evaluate(cfg, workdir, model, plan, init)
 
@@ -86,34 +96,31 @@ def run_train(cfg, workdir: str, plan, model) -> dict:
 MODES = {"evaluate": run_evaluate, "train": run_train}
 
 
-def main(argv) -> None:
-    del argv
-    from thinjax import fs
-    from thinjax.config import validate
-    from thinjax.errors import user_errors
+def main(argv: list[str]) -> dict:
+    """Validates the config, writes config.json and plan.json, runs the mode; the first
+    process writes results.json. Returns the result (thinjax.cli prints it with --json)."""
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected argument {argv[1]!r} (config values go in "
+                             "--config.KEY=VALUE)")
     cfg, workdir = _CONFIG.value, _WORKDIR.value
-    if cfg is None or workdir is None:
-        raise app.UsageError("--config and --workdir are required")
-    with user_errors():
-        validate(cfg)
-        plan = plan_from_config(cfg)
-        fs.makedirs(workdir)
-        fs.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=1))
-        plan.save(os.path.join(workdir, "plan.json"))
-        result = MODES[cfg.mode](cfg, workdir, plan, model_from_config(cfg, plan))
-    import jax
+    validate(cfg)
+    plan = plan_from_config(cfg)
+    fs.makedirs(workdir)
+    fs.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=1))
+    plan.save(os.path.join(workdir, "plan.json"))
+    result = MODES[cfg.mode](cfg, workdir, plan, model_from_config(cfg, plan))
     if jax.process_index() == 0:
         fs.write_text(os.path.join(workdir, "results.json"), json.dumps(result, indent=1))
-        if _JSON.value:
-            print(json.dumps(result))
+    return result
+
+
+def cli_main() -> None:
+    """The ``thinjax-train`` console script and ``python -m thinjax.main``: a misspelt
+    ``--config.KEY`` is refused (with the valid keys) before anything runs."""
+    with user_errors():
+        check_overrides(sys.argv[1:])
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    import sys
-    from thinjax.config import check_overrides
-    try:
-        check_overrides(sys.argv[1:])
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    app.run(main)
+    cli_main()

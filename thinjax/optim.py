@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from thinjax.errors import ConfigError
+
 
 def scaled_lr(cfg, global_batch: int) -> float:
     """Peak learning rate: cfg.lr at cfg.lr_batch, scaled linearly with the global batch."""
@@ -40,7 +42,7 @@ def learning_rate_schedule(cfg, global_batch: int, steps_per_epoch: int,
         bounds = {int(e * steps_per_epoch) - warmup: 0.1 for e in cfg.step_epochs}
         main = optax.piecewise_constant_schedule(peak, bounds)
     else:
-        raise ValueError(f"optim.schedule {cfg.schedule!r} unknown; use cosine, constant or step")
+        raise ConfigError(f"optim.schedule {cfg.schedule!r} unknown; use cosine, constant or step")
     if warmup == 0:
         return main
     warm = optax.linear_schedule(peak * cfg.warmup_init, peak, warmup)
@@ -67,7 +69,7 @@ def make_optimizer(cfg, schedule: optax.Schedule, params) -> optax.GradientTrans
         tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                          weight_decay=cfg.weight_decay, mask=mask)
     else:
-        raise ValueError(f"optim.name {cfg.name!r} unknown; use sgd, lamb or adamw")
+        raise ConfigError(f"optim.name {cfg.name!r} unknown; use sgd, lamb or adamw")
     if cfg.get("clip_grad_norm"):
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), tx)
     return tx

@@ -27,15 +27,14 @@ Vocabulary:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any, Iterator, Literal
 
+from thinjax.errors import PlanError
+
 BlockKind = Literal["basic", "bottleneck"]
 StemKind = Literal["imagenet", "cifar"]
-
-
-class PlanError(ValueError):
-    """A plan that cannot describe a working ResNet."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +159,42 @@ class Plan:
             return cls.from_json(fs.read_text(path))
         except json.JSONDecodeError as e:
             raise PlanError(f"{path}: not a JSON plan ({e})") from e
+
+
+def default_input_size(plan: Plan) -> int:
+    """The input size a plan's stem is made for: 224 (ImageNet stem) or 32 (CIFAR stem)."""
+    return 224 if plan.stem == "imagenet" else 32
+
+
+@functools.lru_cache(maxsize=64)
+def streams(plan: Plan) -> dict[str, tuple[str, ...]]:
+    """The residual streams of `plan`: name -> the width variables ("stem", "stage1", ...)
+    it joins. Identity shortcuts join a block's input and output into one stream, named by
+    its variables joined with '+' (a CIFAR ResNet's stem and stage 1: ``stem+stage1``)."""
+    parent: dict[str, str] = {}
+
+    def find(v: str) -> str:
+        while parent.setdefault(v, v) != v:
+            v = parent[v]
+        return v
+
+    names = ["stem"] + [f"stage{i + 1}" for i in range(len(plan.stages))]
+    prev = "stem"
+    for si, s in enumerate(plan.stages):
+        var = f"stage{si + 1}"
+        for bi, b in enumerate(s.blocks):
+            if not b.proj:
+                parent[find(prev if bi == 0 else var)] = find(var)
+        prev = var
+    classes: dict[str, list[str]] = {}
+    for n in names:
+        classes.setdefault(find(n), []).append(n)
+    return {"+".join(m): tuple(m) for m in classes.values()}
+
+
+def stream_of(plan: Plan) -> dict[str, str]:
+    """Width variable ("stem", "stage2", ...) -> the name of its residual stream."""
+    return {w: name for name, ws in streams(plan).items() for w in ws}
 
 
 def validate(plan: Plan) -> None:

@@ -2,7 +2,8 @@
 cost, with published results beside them.
 
     python -m thinjax.study --config=configs/study_cifar10_r56.py --workdir=DIR \\
-        [--report_dir=docs/study_cifar10_r56] [--config.data.name=...]
+        [--report_dir=docs/study_cifar10_r56] [--config.data.name=...] [--json]
+    thinjax-study ...                         (the same, as a console script)
 
 The config lists
   * ``sweep``: ThinResNets, each an existing checkpoint (``checkpoint``: a release .pt, a
@@ -37,13 +38,16 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from thinjax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "study config (configs/study_*.py)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory; rerun to continue")
 _REPORT_DIR = flags.DEFINE_string("report_dir", None, "also write the report and plots here")
-_JSON = flags.DEFINE_bool("json", False, "print the rows as one JSON object last")
+_JSON = cli.define_json()
+flags.mark_flags_as_required(["config", "workdir"])
 
 LITERATURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
                           "literature.csv")
@@ -103,7 +107,7 @@ class Study:
         return os.path.join(self.workdir, "runs", run_id)
 
     def evaluate(self, checkpoint: str) -> dict:
-        from thinjax.evaluate import evaluate_checkpoint
+        from thinjax.evaluation import evaluate_checkpoint
         d = self.cfg.data
         return evaluate_checkpoint(checkpoint, d.name, d.split, d.eval_batch_size,
                                    d.get("data_dir"), progress=True)
@@ -189,7 +193,7 @@ class Study:
         return float(row[on])
 
     def prune(self, run: Run, row: dict) -> dict:
-        from thinjax.convert import convert
+        from thinjax.conversion import convert
         s, d = run.spec, self.cfg.data
         on = s.get("match_on", "macs")
         out = os.path.join(self.run_dir(run.id), "pruned")
@@ -276,26 +280,28 @@ class Study:
                 os.path.join(self.workdir, "report.md")}
 
 
-def main(argv) -> None:
-    del argv
-    from thinjax.errors import user_errors
+def main(argv: list[str]) -> dict | cli.Finished:
+    """Runs the study's runs (skipping finished ones), writes the outputs, returns them
+    (thinjax.cli prints them with --json); exit status 1 if a run failed."""
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected argument {argv[1]!r} (config values go in "
+                             "--config.KEY=VALUE)")
     cfg, workdir = _CONFIG.value, _WORKDIR.value
-    if cfg is None or workdir is None:
-        raise app.UsageError("--config and --workdir are required")
-    with user_errors():
-        os.makedirs(workdir, exist_ok=True)
-        st = Study(cfg, workdir)
-        st.run_all()
-        out = st.write_outputs(_REPORT_DIR.value)
+    os.makedirs(workdir, exist_ok=True)
+    st = Study(cfg, workdir)
+    st.run_all()
+    out = st.write_outputs(_REPORT_DIR.value)
     print(f"report: {out['report']}; {len(out['rows'])} networks, "
           f"{len(out['failures'])} failed run(s)")
     for f in out["failures"]:
         print(f"  failed: {f}")
-    if _JSON.value:
-        print(json.dumps(out))
-    if out["failures"]:
-        sys.exit(1)
+    return cli.Finished(out, 1) if out["failures"] else out
+
+
+def cli_main() -> None:
+    """The ``thinjax-study`` console script and ``python -m thinjax.study``."""
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_main()

@@ -1,15 +1,10 @@
-"""Input pipelines: dataset sources (TFDS names, image folders, the bundled sample),
-preprocessing, and batches for evaluation and training.
+"""Input pipelines (tf.data): dataset sources (TFDS names, image folders, the bundled
+sample), preprocessing, augmentations, and batches for evaluation and training.
 
-Names load lazily, so that importing `thinjax.data.mix` (pure JAX) needs no TensorFlow."""
-import importlib
+Importing this package loads TensorFlow; JAX-only code (the model, the train step, mixup
+and cutmix in `thinjax.train.mix`) does not import it."""
+from thinjax.data.pipeline import EvalBatches, eval_batches, train_batches
+from thinjax.data.sources import DataError, Source, get_source, sample_dir
 
-_WHERE = {"DataError": "sources", "Source": "sources", "get_source": "sources",
-          "sample_dir": "sources", "eval_batches": "pipeline"}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"thinjax.data.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'thinjax.data' has no attribute {name!r}")
+__all__ = ["DataError", "EvalBatches", "Source", "eval_batches", "get_source", "sample_dir",
+           "train_batches"]

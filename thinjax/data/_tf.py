@@ -1,6 +1,8 @@
-"""TensorFlow for tf.data only: imported by the data modules (not by `thinjax.data`
-itself, so JAX-only code such as `thinjax.data.mix` runs where TensorFlow is absent)."""
-import tensorflow as tf
+"""TensorFlow for tf.data only, set up once for every data module."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no oneDNN banner unless asked for
+import tensorflow as tf  # noqa: E402
 
 # tf.data runs on the host: never let TensorFlow take accelerator memory from JAX.
 tf.config.set_visible_devices([], "GPU")

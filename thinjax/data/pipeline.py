@@ -9,6 +9,7 @@ from thinjax.data._tf import tf
 
 from thinjax.data import preprocess
 from thinjax.data.sources import DataError, Source
+from thinjax.errors import ConfigError
 
 
 def find_undecodable(files: list[str]) -> str | None:
@@ -150,7 +151,7 @@ def train_batches(source: Source, cfg_data, global_batch: int, seed: int, start_
     same global batches as 2 processes reading one shard each.
     """
     if num_shards % process_count or global_batch % num_shards:
-        raise ValueError(f"data shards ({num_shards}) must be a multiple of the process count "
+        raise ConfigError(f"data shards ({num_shards}) must be a multiple of the process count "
                          f"({process_count}) and divide the global batch ({global_batch})")
     per = num_shards // process_count
     streams = [_shard_batches(source, cfg_data, s, num_shards, global_batch // num_shards, seed,

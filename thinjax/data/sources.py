@@ -17,14 +17,11 @@ import zipfile
 from typing import Callable
 
 from thinjax.data._tf import tf
+from thinjax.errors import DataError
 import tensorflow_datasets as tfds
 
 SAMPLES = {"cifar10": "cifar10_sample.zip"}
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
-
-
-class DataError(ValueError):
-    """A dataset that cannot be found or read."""
 
 
 @dataclasses.dataclass

@@ -18,11 +18,8 @@ from typing import Mapping
 
 import numpy as np
 
+from thinjax.errors import CheckpointError, CheckpointFormatError
 from thinjax.plan import BlockPlan, Plan, PlanError, StagePlan
-
-
-class CheckpointFormatError(ValueError):
-    """A state dict that does not describe a ResNet thinjax can build."""
 
 
 StateDict = Mapping[str, np.ndarray]
@@ -35,7 +32,7 @@ _BLOCK_RE = re.compile(r"^layer(\d+)\.(\d+)\.(conv[123]|bn[123]|downsample\.[01]
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """Reads a state dict as numpy arrays from .pt/.pth, .safetensors or .npz."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise CheckpointError(f"no checkpoint file at {path}")
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext in (".pt", ".pth", ".bin"):

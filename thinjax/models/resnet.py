@@ -20,8 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from thinjax.plan import Plan
-from thinjax.prune.groups import stream_of
+from thinjax.plan import Plan, stream_of
 
 ModuleDef = Any
 

@@ -28,7 +28,8 @@ from typing import Any, Iterable
 import numpy as np
 from flax import traverse_util
 
-from thinjax.plan import BlockPlan, Plan, PlanError, StagePlan
+from thinjax.plan import BlockPlan, Plan, PlanError, StagePlan, streams
+from thinjax.plan import stream_of  # noqa: F401 (re-exported: stream names are plan-level)
 
 BN_LEAVES = ("scale", "bias", "mean", "var")
 Member = tuple[str, int]  # (leaf path, axis)
@@ -67,27 +68,13 @@ def _last(plan: Plan) -> tuple[str, str]:
 @functools.lru_cache(maxsize=64)
 def channel_groups(plan: Plan) -> dict[str, Group]:
     """Every channel group of `plan`, streams first, then inner groups in block order."""
-    # width variables: "stem", "stage1", ...; identity shortcuts join their input and output
-    parent: dict[str, str] = {}
-
-    def find(v):
-        while parent.setdefault(v, v) != v:
-            v = parent[v]
-        return v
-
     names = ["stem"] + [f"stage{i + 1}" for i in range(len(plan.stages))]
-    for n in names:
-        find(n)
     inputs = {}  # block -> width variable of its input
     prev = "stem"
     for si, s in enumerate(plan.stages):
-        var = f"stage{si + 1}"
-        for bi, b in enumerate(s.blocks):
-            block = f"{var}/block{bi}"
-            inputs[block] = prev if bi == 0 else var
-            if not b.proj:
-                parent[find(inputs[block])] = find(var)
-        prev = var
+        for bi in range(len(s.blocks)):
+            inputs[f"stage{si + 1}/block{bi}"] = prev if bi == 0 else f"stage{si + 1}"
+        prev = f"stage{si + 1}"
 
     producers: dict[str, list[Member]] = {n: [] for n in names}
     consumers: dict[str, list[Member]] = {n: [] for n in names}
@@ -115,11 +102,8 @@ def channel_groups(plan: Plan) -> dict[str, Group]:
 
     sizes = {"stem": plan.stem_width, **{f"stage{i + 1}": s.width
                                          for i, s in enumerate(plan.stages)}}
-    classes: dict[str, list[str]] = {}
-    for n in names:
-        classes.setdefault(find(n), []).append(n)
     groups = {}
-    for members in classes.values():
+    for members in streams(plan).values():
         widths = {sizes[n] for n in members}
         if len(widths) != 1:  # Plan.validate prevents this; keep the message anyway
             raise PlanError(f"{'+'.join(members)} share a residual stream but have widths "
@@ -132,11 +116,6 @@ def channel_groups(plan: Plan) -> dict[str, Group]:
     for g in inner_groups:
         groups[g.name] = g
     return groups
-
-
-def stream_of(plan: Plan) -> dict[str, str]:
-    """Width variable ("stem", "stage2", ...) -> the name of its stream group."""
-    return {w: g.name for g in channel_groups(plan).values() for w in g.widths}
 
 
 def leaf_axes(plan: Plan) -> dict[str, list[tuple[int, str]]]:
@@ -161,12 +140,12 @@ def check_masks(plan: Plan, masks: dict, where: str = "masks") -> None:
     missing = [n for n in groups if n not in masks]
     extra = [n for n in masks if n not in groups]
     if missing or extra:
-        raise ValueError(f"{where}: groups {missing or extra} "
+        raise PlanError(f"{where}: groups {missing or extra} "
                          f"{'missing' if missing else 'not in the plan'}; the plan's groups "
                          f"are {list(groups)}")
     for n, g in groups.items():
         if np.shape(masks[n]) != (g.size,):
-            raise ValueError(f"{where}: mask {n!r} has shape {np.shape(masks[n])}, the plan's "
+            raise PlanError(f"{where}: mask {n!r} has shape {np.shape(masks[n])}, the plan's "
                              f"group has {g.size} channels")
 
 

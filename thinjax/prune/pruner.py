@@ -18,7 +18,9 @@ def compute_masks(plan: Plan, variables: dict, cfg, target: Target, *, masks=Non
     """Scores `variables` with ``cfg.criterion`` and allocates `target` (``cfg`` is a
     config's ``prune`` section)."""
     inputs = ScoreInputs(plan, variables, masks=masks, model=model, batches=batches,
-                         num_batches=cfg.taylor_batches, seed=seed)
+                         num_batches=cfg.taylor_batches, seed=seed,
+                         members=cfg.get("score_members", "producers"),
+                         fpgm_p=int(cfg.get("fpgm_p", 0)))
     scores = score_groups(inputs, cfg.criterion, cfg.reduce)
     return allocate(plan, scores, target, method=cfg.allocation, masks=masks,
                     round_to=cfg.round_to, allow_block_removal=cfg.allow_block_removal,

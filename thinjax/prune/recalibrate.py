@@ -13,6 +13,8 @@ from typing import Iterable
 import jax
 import numpy as np
 
+from thinjax.errors import DataError
+
 
 def recalibrate_bn(model, variables: dict, batches: Iterable[dict], num_batches: int,
                    masks: dict | None = None) -> dict:
@@ -33,5 +35,5 @@ def recalibrate_bn(model, variables: dict, batches: Iterable[dict], num_batches:
         if n >= num_batches:
             break
     if n == 0:
-        raise ValueError("BatchNorm recalibration got no batches")
+        raise DataError("BatchNorm recalibration got no batches")
     return {**variables, "batch_stats": jax.tree.map(lambda a: a / n, acc)}

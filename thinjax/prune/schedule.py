@@ -6,7 +6,13 @@
                  removing an equal share (event k of n reaches k/n of the way);
   ``gradual``    the polynomial ramp of Zhu & Gupta (2017): events every ``every_epochs``
                  from ``start_epoch`` to ``end_epoch``, event k of n reaching
-                 1 - (1 - k/n)^3 of the way (fast at first, gentle at the end).
+                 1 - (1 - k/n)^3 of the way (fast at first, gentle at the end);
+  ``soft``       soft filter pruning (He et al. 2018): events every ``every_epochs`` from
+                 ``start_epoch`` to ``end_epoch``, each at the full target. Every event but
+                 the last is *soft* (`is_soft`): the lowest-scoring channels are scored
+                 afresh and their filters zeroed (`thinjax.prune.soft.soft_event`), but no
+                 mask is kept, so they train on and may recover; the last event is the
+                 ordinary hard one (masks kept, then materialised).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import math
 
 from thinjax.prune.allocate import Target
 
-SCHEDULES = ("none", "oneshot", "iterative", "gradual")
+SCHEDULES = ("none", "oneshot", "iterative", "gradual", "soft")
 
 
 def events(cfg, steps_per_epoch: int, total_steps: int) -> list[tuple[int, float]]:
@@ -34,6 +40,8 @@ def events(cfg, steps_per_epoch: int, total_steps: int) -> list[tuple[int, float
         if n < 1:
             raise ValueError(f"prune.num_events must be >= 1, got {n}")
         out = [(start + at(k * cfg.every_epochs), (k + 1) / n) for k in range(n)]
+    elif cfg.schedule == "soft":
+        out = _soft_events(start, at(cfg.end_epoch), max(1, at(cfg.every_epochs)), cfg)
     else:
         end = at(cfg.end_epoch)
         every = max(1, at(cfg.every_epochs))
@@ -46,6 +54,23 @@ def events(cfg, steps_per_epoch: int, total_steps: int) -> list[tuple[int, float
         raise ValueError(f"the last pruning event (step {out[-1][0]}) is not before the end of "
                          f"training (step {total_steps}); prune earlier or train longer")
     return out
+
+
+def _soft_events(start: int, end: int, every: int, cfg) -> list[tuple[int, float]]:
+    """Soft filter pruning: an event every `every` steps from `start` to `end` (inclusive),
+    each at the full target."""
+    if end <= start:
+        raise ValueError(f"prune.end_epoch ({cfg.end_epoch}) must come after "
+                         f"prune.start_epoch ({cfg.start_epoch}) for a soft schedule")
+    n = math.ceil((end - start) / every)
+    steps = sorted({min(start + k * every, end) for k in range(n + 1)})
+    return [(s, 1.0) for s in steps]
+
+
+def is_soft(cfg, k: int, n: int) -> bool:
+    """Whether event `k` (0-based) of `n` is a soft one: every event of a ``soft`` schedule
+    but its last."""
+    return cfg.schedule == "soft" and k < n - 1
 
 
 def step_target(final: Target, progress: float, start_params: int, start_macs: int) -> Target:

@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from thinjax.errors import ConfigError
+
 
 def initialize_distributed(force: bool = False) -> None:
     """jax.distributed.initialize() on multi-host jobs (a coordinator address in the
@@ -35,7 +37,7 @@ def make_mesh(model_axis: int = 1) -> Mesh:
     devices = np.asarray(jax.devices())
     n = devices.size
     if n % model_axis:
-        raise ValueError(f"{n} devices cannot form a mesh with a 'model' axis of {model_axis}")
+        raise ConfigError(f"{n} devices cannot form a mesh with a 'model' axis of {model_axis}")
     return Mesh(devices.reshape(n // model_axis, model_axis), ("data", "model"))
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from thinjax import optim
-from thinjax.data.mix import mix
+from thinjax.train.mix import mix
 from thinjax.train.state import TrainState
 
 
@@ -27,6 +27,7 @@ class StepConfig:
     ema_every: int = 1
     ema_copy_until: int = 0       # steps during which the EMA copies the weights
     bn_l1: float = 0.0            # L1 penalty on BN scales (network slimming)
+    prune_reg: Callable | None = None  # (params, step) -> penalty: thinjax.prune.regularize
 
 
 def bn_scale_l1(params) -> jax.Array:
@@ -66,6 +67,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
             loss = jnp.mean(loss_fn(logits, t))
             if cfg.bn_l1:
                 loss = loss + cfg.bn_l1 * bn_scale_l1(p)
+            if cfg.prune_reg is not None:
+                loss = loss + cfg.prune_reg(p, state.step)
             return loss, (logits, upd["batch_stats"])
         (loss, (logits, new_bs)), g = jax.value_and_grad(f, has_aux=True)(params)
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
@@ -91,7 +94,10 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss)
+    grad_norm = optax.global_norm(grads)
+    # a step whose loss, gradient or update is not finite is not applied
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(
+        optax.global_norm(updates))
     step = state.step + 1
     ema_params, ema_bs = state.ema_params, state.ema_batch_stats
     if cfg.ema:
@@ -106,8 +112,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
                      ema_params=ema_params, ema_batch_stats=ema_bs,
                      rng=jax.random.key_data(rng), masks=state.masks)
     new = apply_masks(new, model.plan)
-    # a non-finite loss leaves the state as it was; the loop stops the run
+    # a non-finite step leaves the state as it was; the loop stops the run
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = {"loss": loss, "accuracy": acc, "lr": schedule(state.step),
-               "grad_norm": optax.global_norm(grads), "finite": finite}
+               "grad_norm": grad_norm, "finite": finite}
     return new, metrics

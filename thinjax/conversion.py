@@ -1,0 +1,249 @@
+"""Checkpoint -> pruned checkpoint: masks become a genuinely smaller network (the library
+behind ``python -m thinjax.convert`` and the study's pruning runs).
+
+`convert` loads a checkpoint, takes its pruning masks or computes new ones (criterion +
+target), materialises the smaller network, optionally re-estimates its BN statistics and
+measures top-1 before and after, and writes, atomically, a directory with:
+  model/        the smaller network (orbax; EMA weights of a training run unless raw)
+  plan.json     its channel plan
+  config.py     the config that fine-tunes it (``--config.mode=evaluate`` evaluates it)
+  summary.json  the before/after table, as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import ml_collections
+import numpy as np
+
+from thinjax.checkpoint import export_model, load_model
+from thinjax.config import base_config
+from thinjax.cost import count
+from thinjax.errors import ConfigError, OutputError
+from thinjax.evaluation import IMAGENET_RESIZE, evaluate_on
+from thinjax.models.resnet import ResNet
+from thinjax.plan import Plan, default_input_size
+from thinjax.prune.allocate import Target
+from thinjax.prune.materialize import materialize
+from thinjax.prune.pruner import compute_masks
+from thinjax.prune.recalibrate import recalibrate_bn as recalibrate
+
+FINETUNE = {  # a short fine-tune for networks imported without a training config
+    "train.epochs": 10.0, "train.batch_size": 128, "optim.lr": 0.04, "optim.lr_batch": 128,
+    "optim.warmup_epochs": 0.5, "optim.weight_decay": 5e-5, "optim.nesterov": True,
+    "train.mixup_alpha": 0.0, "train.cutmix_alpha": 0.0, "data.trivial_augment": False,
+    "data.random_erasing": 0.0, "ema.decay": 0.999, "ema.every": 1, "ema.adjust": False,
+    "train.eval_every_epochs": 1.0, "train.log_every": 50, "train.checkpoint_every": 500,
+}
+
+
+def stage_widths(plan: Plan) -> list[str]:
+    """Per stage: 'residual width / mean inner width (blocks kept)'."""
+    out = []
+    for i, s in enumerate(plan.stages):
+        live = [b for b in s.blocks if not b.removed]
+        inner = np.mean([np.mean(b.inner) for b in live]) if live else 0.0
+        out.append(f"stage{i + 1} {s.width}/{inner:.1f} ({len(live)}/{len(s.blocks)} blocks)")
+    return out
+
+
+def convert(checkpoint: str, output: str, *, criterion: str | None = None,
+            target_kind: str | None = None, target: float | None = None,
+            allocation: str = "global", reduce: str = "mean", normalization: str = "mean",
+            round_to: int = 1, allow_block_removal: bool = False, group_ratios=(),
+            data: str | None = None, data_dir: str | None = None, split: str = "test",
+            train_split: str = "train", batch_size: int = 500, input_size: int | None = None,
+            use_ema: bool = True, overwrite: bool = False, taylor_batches: int = 8,
+            recalibrate_bn: int = 0, evaluate_before: bool = True, seed: int = 0) -> dict:
+    """Prunes `checkpoint` into the directory `output` (see the module docstring) and
+    returns the summary. Without a target, the checkpoint's own masks are materialised."""
+    output = os.path.abspath(output)
+    check_output(output, checkpoint, overwrite)
+    if (target_kind is None) != (target is None):
+        raise ConfigError("give both --target-kind and --target (or neither, to materialise "
+                          "the checkpoint's own masks)")
+    if (criterion == "taylor" and target_kind is not None or recalibrate_bn) and not data:
+        raise ConfigError("criterion 'taylor' and --recalibrate-bn need --data (training "
+                          "images)")
+    plan, variables, meta = load_model(checkpoint, use_ema=use_ema)
+    size = input_size or default_input_size(plan)
+    prune_cfg = None
+    if target_kind is not None:
+        prune_cfg = ml_collections.ConfigDict(dict(
+            criterion=criterion or "l1", reduce=reduce, allocation=allocation,
+            normalization=normalization, round_to=round_to,
+            allow_block_removal=allow_block_removal, group_ratios=tuple(group_ratios),
+            taylor_batches=taylor_batches, target_kind=target_kind, target=float(target)))
+    batches = lambda n: _train_batches(data, data_dir, train_split, size, n)  # noqa: E731
+    masks, how = _masks(checkpoint, plan, variables, meta, prune_cfg, batches, size, seed)
+    new_plan, new_vars = materialize(plan, masks, variables)
+    pruned_vars = new_vars
+    if recalibrate_bn:
+        new_vars = recalibrate(ResNet(new_plan), new_vars, batches(128), recalibrate_bn)
+        how += f", BN recalibrated on {recalibrate_bn} batches"
+    summary = _summary(checkpoint, output, how, size, use_ema and meta.get("has_ema"),
+                       plan, new_plan)
+    if data:
+        ev = lambda p, v, m=None: _evaluate(p, v, data, data_dir, split, batch_size, size,  # noqa: E731
+                                            m)
+        _measure(summary, ev, (plan, variables), (new_plan, new_vars, pruned_vars),
+                 masks if meta.get("masks") is not None and target_kind is None else None,
+                 evaluate_before, recalibrate_bn)
+        summary["data"] = f"{data}:{split}"
+    _write(output, new_plan, new_vars, plan, summary, _overrides(meta, new_plan, data, size))
+    return summary
+
+
+def check_output(output: str, source: str, overwrite: bool) -> None:
+    """Refuses an existing output without `overwrite`."""
+    if os.path.exists(output) and not overwrite:
+        raise OutputError(f"{output} exists; choose another --output or pass --overwrite")
+
+
+def _masks(checkpoint, plan, variables, meta, prune_cfg, batches, size, seed):
+    """(masks, description): new masks from `prune_cfg` (on top of the checkpoint's own),
+    or the checkpoint's masks."""
+    masks = meta.get("masks")
+    if prune_cfg is not None:
+        alloc = compute_masks(
+            plan, variables, prune_cfg, Target(prune_cfg.target_kind, prune_cfg.target),
+            masks=masks, model=ResNet(plan), input_size=size, seed=seed,
+            batches=batches(64) if prune_cfg.criterion == "taylor" else None)
+        return alloc.masks, (f"{prune_cfg.criterion} {prune_cfg.allocation} to "
+                             f"{prune_cfg.target_kind}={prune_cfg.target:g}")
+    if masks is None:
+        raise ConfigError(f"{checkpoint} has no pruning masks; give a criterion and a target, "
+                          "e.g. --criterion=l1 --target-kind=macs_fraction --target=0.5")
+    return masks, "the checkpoint's masks"
+
+
+def _summary(checkpoint, output, how, size, ema, plan, new_plan) -> dict:
+    before, after = count(plan, size), count(new_plan, size)
+    return {"source": os.path.abspath(checkpoint) if os.path.exists(checkpoint)
+            else checkpoint, "output": output, "pruning": how, "input_size": size,
+            "weights": "ema" if ema else "raw",
+            "before": {"params": before.params, "macs": before.macs,
+                       "stages": stage_widths(plan), "plan": plan.to_dict()},
+            "after": {"params": after.params, "macs": after.macs,
+                      "stages": stage_widths(new_plan), "plan": new_plan.to_dict()}}
+
+
+def _evaluate(plan, variables, data, data_dir, split, batch_size, size, masks=None) -> dict:
+    from thinjax.data import get_source  # tf.data: only when something is measured
+    resize = IMAGENET_RESIZE if plan.stem == "imagenet" and size == 224 else None
+    return evaluate_on(plan, variables, get_source(data, data_dir=data_dir), split,
+                       batch_size, data=data, image_size=size, resize=resize, masks=masks)
+
+
+def _measure(summary, ev, dense, pruned, own_masks, evaluate_before, recalibrated) -> None:
+    """Top-1/top-5 after (and before) pruning into `summary`; with BN recalibration also
+    before it; for a masked run, the masked network's top-1 (equal to the materialised)."""
+    plan, variables = dense
+    new_plan, new_vars, pruned_vars = pruned
+    todo = {"after": (new_plan, new_vars)}
+    if evaluate_before:
+        todo["before"] = (plan, variables)
+    for k, (p, v) in todo.items():
+        r = ev(p, v)
+        summary[k].update(top1=r["top1"], top5=r["top5"])
+    if recalibrated:
+        summary["after"]["top1_before_recalibration"] = ev(new_plan, pruned_vars)["top1"]
+    if own_masks is not None:
+        summary["masked_top1"] = ev(plan, variables, {k: np.asarray(x) for k, x in
+                                                      own_masks.items()})["top1"]
+
+
+def _write(output, new_plan, new_vars, plan, summary, overrides) -> None:
+    """Writes the output directory beside its final place, then renames it: all or
+    nothing."""
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(output) + ".tmp-", dir=parent)
+    try:
+        export_model(os.path.join(tmp, "model"), new_plan, new_vars,
+                     {"source": summary["source"], "pruning": summary["pruning"],
+                      "dense_plan": plan.to_dict()})
+        new_plan.save(os.path.join(tmp, "plan.json"))
+        with open(os.path.join(tmp, "config.py"), "w") as f:
+            f.write(_config_py(summary["source"], new_plan, overrides, summary))
+        with open(os.path.join(tmp, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _config_py(src: str, plan: Plan, overrides: dict, summary: dict) -> str:
+    lines = [f"    c.{k} = {v!r}" for k, v in overrides.items()]
+    after = summary["after"]
+    exp = (f"top-1 {after['top1']:.2f}% right after pruning ({summary['data']}), before "
+           "fine-tuning" if "top1" in after else "not measured (convert with --data)")
+    return f'''"""Fine-tune (or evaluate) the pruned network made by thinjax.convert from
+{src}.
+
+Command:  python -m thinjax.main --config=THIS_DIR/config.py --workdir=DIR
+          (evaluate only: add --config.mode=evaluate)
+Expected: {exp}.
+Cost:     {after['params']:,} params, {after['macs'] / 1e6:.2f} M MACs at {summary['input_size']}px
+          ({plan.describe()}); fine-tuning costs what training this plan costs per epoch.
+"""
+
+import os
+
+from thinjax.config import base_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_config():
+    c = base_config()
+{chr(10).join(lines)}
+    c.model.plan_file = os.path.join(HERE, "plan.json")
+    c.init_from = os.path.join(HERE, "model")
+    return c
+'''
+
+
+def _overrides(meta: dict, plan: Plan, data: str | None, input_size: int) -> dict:
+    """Config values for the fine-tune: the source run's own config when it has one."""
+    out = {}
+    src_cfg = meta.get("config")
+    if isinstance(src_cfg, dict):
+        base = base_config()
+        for sec in ("data", "train", "optim", "ema", "model"):
+            for k, v in (src_cfg.get(sec) or {}).items():
+                if k in base[sec] and k not in ("plan_file", "name", "width", "base_width") \
+                        and v != base[sec][k] and v is not None:
+                    out[f"{sec}.{k}"] = tuple(v) if isinstance(v, list) else v
+        out["train.epochs"] = min(float(src_cfg.get("train", {}).get("epochs", 10)), 10.0)
+        out["train.total_steps"] = 0
+    else:
+        out.update(FINETUNE)
+    out["model.num_classes"] = plan.num_classes
+    if data:
+        out["data.name"] = data
+    elif "data.name" not in out:
+        out["data.name"] = "cifar10" if plan.stem == "cifar" else "imagenet2012"
+    out["data.image_size"] = input_size
+    return out
+
+
+def _train_batches(data, data_dir, split, size, batch_size):
+    """Shuffled training batches, flipped and cropped only (Taylor scores, BN statistics)."""
+    from thinjax.data import get_source, train_batches  # tf.data
+    cfg = base_config().data
+    cfg.name, cfg.train_split, cfg.image_size = data, split, size
+    cfg.trivial_augment, cfg.random_erasing, cfg.cache = False, 0.0, "none"
+    cfg.shuffle_buffer, cfg.crop_padding = 5_000, 0
+    if size > 64:
+        cfg.augment, cfg.rrc_scale_min = "imagenet", 0.35
+    source = get_source(data, data_dir=data_dir)
+    n = source.num_examples(split) // batch_size
+    yield from train_batches(source, cfg, batch_size, seed=0, start_step=0, steps_per_epoch=n)

@@ -1,0 +1,129 @@
+"""Evaluation, the one path every caller takes: top-1, top-5 and mean NLL, every example
+counted once.
+
+`evaluate` runs a model over batches (this process's slices of global batches when a
+`mesh` is given); `evaluate_on` builds the batches of a dataset split with the release's
+preprocessing and the view a plan wants (`eval_view`). The training loop, `thinjax.main`,
+`thinjax.evaluate`, `thinjax.convert` and `thinjax.study` all call these.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+from tqdm import tqdm
+
+from thinjax import optim
+from thinjax.checkpoint import load_model
+from thinjax.cost import count
+from thinjax.errors import DataError
+from thinjax.models.resnet import ResNet
+from thinjax.plan import Plan, default_input_size
+from thinjax.train.sharding import global_batch
+
+IMAGENET_RESIZE = 232  # the release: Resize(232) then CenterCrop(224)
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def eval_step(variables: dict, batch: dict, masks: dict | None = None, *,
+              model: ResNet) -> dict[str, jax.Array]:
+    """Sums over a batch's real examples: top-1 and top-5 hits, NLL, example count.
+    `masks`: channel masks of a masked (pruned, not yet materialised) network."""
+    logits = model.apply(variables, batch["image"], train=False, masks=masks)
+    labels = batch["label"]
+    m = batch["mask"].astype(jnp.float32)
+    nll = optim.cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
+    topk = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    hit = topk == labels[:, None]
+    return {"top1": jnp.sum(hit[:, 0] * m), "top5": jnp.sum(jnp.any(hit, axis=1) * m),
+            "loss": jnp.sum(nll * m), "count": jnp.sum(m)}
+
+
+def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int | None = None,
+             progress: bool = True, mesh=None, masks: dict | None = None) -> dict:
+    """{'top1', 'top5' (percent), 'loss' (mean NLL), 'count', 'images_per_s'} over `batches`.
+
+    With a `mesh`, each batch is this process's slice of a global batch, sharded along
+    'data'; the sums cover the global batch.
+    """
+    sums = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0}
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, unit="img", desc="eval", disable=not progress, file=sys.stderr,
+               mininterval=2.0)
+    pending = None
+    for b in batches:
+        n_local = int(b["mask"].sum())
+        if mesh is not None:
+            b = global_batch(b, mesh)
+        out = eval_step(variables, b, masks, model=model)
+        if pending is not None:  # fetch the previous batch's sums while this one runs
+            _accumulate(sums, pending)
+        pending = out
+        bar.update(n_local)
+    if pending is not None:
+        _accumulate(sums, pending)
+    bar.close()
+    n = int(sums["count"])
+    if n == 0:
+        raise DataError("evaluation saw no examples: the split is empty")
+    return {"top1": 100 * sums["top1"] / n, "top5": 100 * sums["top5"] / n,
+            "loss": sums["loss"] / n, "count": n,
+            "images_per_s": n / (time.perf_counter() - t0)}
+
+
+def _accumulate(sums: dict, out: dict) -> None:
+    for k, v in jax.device_get(out).items():
+        sums[k] += float(v)
+
+
+def check_classes(plan: Plan, source, data: str) -> None:
+    """Refuses data whose class count is not the model's."""
+    if plan.num_classes != source.num_classes:
+        raise DataError(f"the model has {plan.num_classes} classes but data {data!r} has "
+                        f"{source.num_classes}; evaluate on the dataset it was trained for, "
+                        "or set config.model.num_classes")
+
+
+def eval_view(plan: Plan, source_size: int | None, image_size: int | None = None,
+              resize: int | None = None) -> tuple[int | None, int | None]:
+    """(crop size, shorter-side resize) for evaluation. Explicit values win; otherwise
+    images of a fixed size (CIFAR) are used as they are, and variable-size images for an
+    ImageNet-stem model get the release's Resize(232) + CenterCrop(224)."""
+    if image_size is None and source_size is None and plan.stem == "imagenet":
+        return default_input_size(plan), resize or IMAGENET_RESIZE
+    return image_size or source_size, resize
+
+
+def evaluate_on(plan: Plan, variables: dict, source, split: str, batch_size: int, *,
+                data: str = "", image_size: int | None = None, resize: int | None = None,
+                masks: dict | None = None, model: ResNet | None = None,
+                progress: bool = True) -> dict:
+    """Evaluates `variables` on a split of `source` (a thinjax.data Source), with the view
+    `eval_view` picks; the result also names the crop size it used (`input_size`)."""
+    from thinjax.data import eval_batches  # tf.data: loaded only when data is evaluated
+    check_classes(plan, source, data or source.name)
+    size, resize = eval_view(plan, source.image_size, image_size, resize)
+    batches = eval_batches(source, split, batch_size, image_size=size, resize=resize)
+    res = evaluate(model or ResNet(plan), variables, batches, source.num_examples(split),
+                   progress, masks=masks)
+    return {**res, "input_size": size or default_input_size(plan)}
+
+
+def evaluate_checkpoint(checkpoint: str, data: str, split: str = "test", batch_size: int = 500,
+                        data_dir: str | None = None, image_size: int | None = None,
+                        resize: int | None = None, use_ema: bool = False,
+                        progress: bool = True) -> dict:
+    """Loads `checkpoint` and evaluates it on `data`:`split` (thinjax.evaluation)."""
+    from thinjax.data import get_source
+    plan, variables, _ = load_model(checkpoint, use_ema=use_ema)
+    source = get_source(data, data_dir=data_dir)
+    res = evaluate_on(plan, variables, source, split, batch_size, data=data,
+                      image_size=image_size, resize=resize, progress=progress)
+    c = count(plan, res["input_size"])
+    return {"checkpoint": checkpoint, "data": data, "split": split, **res,
+            "params": c.params, "macs": c.macs, "plan": plan.describe()}

@@ -1,0 +1,123 @@
+"""What a training run is made of: the fixed setting (data sizes, schedule, mesh, step
+options) and, per channel plan, the model, optimizer and jitted step.
+
+A `Run` belongs to one plan and is rebuilt, never mutated, when pruning materialises a
+smaller network (`Setting.run_for(new_plan)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+
+from thinjax import optim
+from thinjax.errors import ConfigError, DataError
+from thinjax.models.resnet import ResNet
+from thinjax.plan import Plan
+from thinjax.train import sharding, state as state_lib
+from thinjax.train.step import StepConfig, train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One plan's model, optimizer and jitted train step."""
+    plan: Plan
+    model: ResNet
+    tx: optax.GradientTransformation
+    step: Callable  # (state, global batch) -> (state, metrics), donating the state
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """Everything about a run that does not depend on its plan."""
+    cfg: Any
+    mesh: Any
+    global_batch: int
+    n_train: int
+    steps_per_epoch: int
+    total: int
+    image_size: int
+    schedule: Callable
+    step_cfg: StepConfig
+    ema_decay: float
+    rng: jax.Array
+
+    @property
+    def epochs(self) -> float:
+        return self.total / self.steps_per_epoch
+
+    @property
+    def repl(self):
+        return sharding.replicated(self.mesh)
+
+    def run_for(self, template: ResNet, plan: Plan) -> Run:
+        """(model, optimizer, jitted step) for `plan`; `template` carries model options."""
+        m = template.clone(plan=plan)
+        size = self.image_size
+        shapes = jax.eval_shape(lambda: m.init(self.rng, np.zeros((1, size, size, 3),
+                                                                  np.float32)))
+        tx = optim.make_optimizer(self.cfg.optim, self.schedule, shapes["params"])
+        f = jax.jit(functools.partial(train_step, model=m, tx=tx, schedule=self.schedule,
+                                      cfg=self.step_cfg),
+                    in_shardings=(self.repl, sharding.batch_sharding(self.mesh)),
+                    out_shardings=(self.repl, self.repl), donate_argnums=0)
+        return Run(plan, m, tx, f)
+
+    def init_state(self, run: Run, init_variables: dict | None, masks: dict):
+        """A fresh state on the mesh: from scratch, or from given weights."""
+        shape = (1, self.image_size, self.image_size, run.plan.in_channels)
+        if init_variables is None:
+            f = functools.partial(state_lib.create, run.model, run.tx, input_shape=shape,
+                                  masks=masks)
+            return jax.jit(f, out_shardings=self.repl)(self.rng)
+        f = functools.partial(state_lib.from_variables, tx=run.tx, masks=masks)
+        return jax.jit(f, out_shardings=self.repl)(init_variables, rng=self.rng)
+
+    def abstract_state(self, run: Run, masks: dict):
+        """The state's shapes, placed on the mesh: a restore target."""
+        shape = (1, self.image_size, self.image_size, run.plan.in_channels)
+        st = jax.eval_shape(functools.partial(state_lib.create, run.model, run.tx,
+                                              input_shape=shape, masks=masks), self.rng)
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                           sharding=self.repl), st)
+
+
+def make_setting(cfg, plan: Plan, source, mesh) -> Setting:
+    """Checks the data against the run and derives its sizes, schedule and step options."""
+    if source.num_classes != plan.num_classes:
+        raise DataError(f"the model has {plan.num_classes} classes but data {cfg.data.name!r} "
+                        f"has {source.num_classes}; set config.model.num_classes")
+    gb = cfg.train.batch_size
+    if gb % mesh.shape["data"] or gb % cfg.train.grad_accum:
+        raise ConfigError(f"train.batch_size {gb} must divide evenly over "
+                          f"{mesh.shape['data']} data-parallel devices and "
+                          f"{cfg.train.grad_accum} micro-batches")
+    n_train = source.num_examples(cfg.data.train_split)
+    steps_per_epoch = n_train // gb
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size {gb} exceeds the {n_train} training examples")
+    total = cfg.train.total_steps or int(round(cfg.train.epochs * steps_per_epoch))
+    if total < 1:
+        raise ConfigError(f"train.epochs={cfg.train.epochs} gives {total} steps; train for "
+                          "at least one step")
+    schedule = optim.learning_rate_schedule(cfg.optim, gb, steps_per_epoch, total)
+    ema_d = optim.ema_decay(cfg.ema, gb, total / steps_per_epoch)
+    return Setting(cfg, mesh, gb, n_train, steps_per_epoch, total, cfg.data.image_size,
+                   schedule, _step_config(cfg, plan, steps_per_epoch, ema_d), ema_d,
+                   jax.random.PRNGKey(cfg.seed))
+
+
+def _step_config(cfg, plan: Plan, steps_per_epoch: int, ema_decay: float) -> StepConfig:
+    t = cfg.train
+    return StepConfig(
+        num_classes=plan.num_classes, label_smoothing=t.label_smoothing,
+        mixup_alpha=t.mixup_alpha, cutmix_alpha=t.cutmix_alpha, loss=t.loss,
+        grad_accum=t.grad_accum, ema=cfg.ema.enabled, ema_decay=ema_decay,
+        ema_every=cfg.ema.every,
+        ema_copy_until=int(cfg.optim.warmup_epochs * steps_per_epoch)
+        if cfg.ema.warmup_copy else 0, bn_l1=cfg.prune.bn_l1)
