@@ -18,14 +18,15 @@ from thinjax import fs
 class MetricWriter:
     """JSON lines plus TensorBoard scalars (process 0 only)."""
 
-    def __init__(self, workdir: str, enabled: bool, resume_step: int = 0):
+    def __init__(self, workdir: str, enabled: bool, resume_step: int | None = None):
         self.enabled = enabled
         if not enabled:
             return
         import tensorflow as tf  # TensorBoard's event writer
         self._path = os.path.join(workdir, "metrics.jsonl")
-        self._text = truncate_lines(fs.read_text(self._path), resume_step) \
-            if fs.exists(self._path) else ""
+        self._text = fs.read_text(self._path) if fs.exists(self._path) else ""
+        if resume_step is not None:  # a (re)start at this step logs what follows again
+            self._text = truncate_lines(self._text, resume_step)
         # object stores (gs://) cannot append: keep the lines and rewrite the file
         self._remote = fs.is_remote(workdir)
         fs.write_text(self._path, self._text)
