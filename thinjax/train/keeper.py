@@ -14,6 +14,7 @@ since falling back would silently retrain it from scratch.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -106,7 +107,7 @@ class CheckpointKeeper:
             while os.path.exists(dst):
                 dst += "-"
             os.replace(src, dst)
-        print(f"warning: checkpoint step {step} cannot be read ({type(error).__name__}: "
+        print(f"warning: checkpoint step {step} cannot be restored, its files are unreadable ({type(error).__name__}: "
               f"{str(error).splitlines()[0][:160] if str(error) else ''}); moved to {dst}, "
               "trying the previous one", file=sys.stderr, flush=True)
         self.mngr.reload()
@@ -139,6 +140,7 @@ class CheckpointKeeper:
         """Writes the best network so far to workdir/best (process 0 alone)."""
         self.best = {"top1": top1, "step": step}
         if jax.process_index() == 0:
+            fs.write_text(os.path.join(self.workdir, "best_metric.json"), json.dumps(self.best))
             ckpt.export_model(os.path.join(self.workdir, "best"), plan, variables,
                               {**meta, "plan": plan.to_dict(), "step": step, "top1": top1},
                               overwrite=True)

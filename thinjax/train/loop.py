@@ -126,9 +126,9 @@ def _raise_if_non_finite(window: list[dict], step: int, keeper: CheckpointKeeper
         last = keeper.mngr.latest_step()
         kept = (f"the last good checkpoint (step {last}) is kept in {keeper.mngr.directory}"
                 if last is not None else "no checkpoint was written yet")
-        raise NonFiniteLoss(f"non-finite loss or gradient at step "
-                            f"{step - len(window) + bad[0] + 1} (not applied); the run stops "
-                            f"and {kept}; lower optim.lr or check the data")
+        raise NonFiniteLoss(f"non-finite loss at step {step - len(window) + bad[0] + 1}; the "
+                            f"run stops (a step with a non-finite loss, gradient or update is "
+                            f"not applied) and {kept}; lower optim.lr or check the data")
 
 
 def _train_stream(s: Setting, source, start: int, seed_offset: int = 0):
