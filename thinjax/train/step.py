@@ -96,8 +96,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
     # a step whose loss, gradient or update is not finite is not applied
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(
-        optax.global_norm(updates))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)]))  # a norm would overflow
     step = state.step + 1
     ema_params, ema_bs = state.ema_params, state.ema_batch_stats
     if cfg.ema:
