@@ -66,13 +66,16 @@ def test_loss_decreases_on_real_data(tmp_path):
     r = run(tmp_path, "--config.train.total_steps=40", "--config.train.log_every=10",
             "--config.train.mixup_alpha=0.0", "--config.train.cutmix_alpha=0.0",
             "--config.data.trivial_augment=False", "--config.data.random_erasing=0.0",
-            "--config.optim.lr=0.1", "--config.optim.lr_batch=32")
+            "--config.optim.lr=0.2", "--config.optim.lr_batch=32")
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     losses = [l["train_loss"] for l in lines if "train_loss" in l]
     assert len(losses) == 4
     assert losses[-1] < losses[0] - 0.2, losses
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["steps"] == 40 and res["eval_top1"] > 15  # above chance (10%) after 40 steps
+    # above chance after 40 steps: 10% + 3 standard errors of a guess on the 1,000-image test
+    # sample (0.95 points), and a loss under a uniform guess's ln(10) = 2.303
+    assert res["steps"] == 40 and res["eval_top1"] > 10 + 3 * 0.95, res
+    assert res["eval_loss"] < np.log(10), res
     assert os.path.isdir(tmp_path / "tensorboard") and os.path.isdir(tmp_path / "best")
     assert "img/s" in r.stdout and "ETA" in r.stdout
     # eval mode on the finished run: raw and EMA weights, the same figures as the run's end

@@ -27,6 +27,7 @@ from thinjax.errors import ConfigError, OutputError
 from thinjax.evaluation import IMAGENET_RESIZE, evaluate_on
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
+from thinjax.prune.criteria import needs_data
 from thinjax.prune.allocate import Target
 from thinjax.prune.materialize import materialize
 from thinjax.prune.pruner import compute_masks
@@ -66,9 +67,10 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
     if (target_kind is None) != (target is None):
         raise ConfigError("give both --target-kind and --target (or neither, to materialise "
                           "the checkpoint's own masks)")
-    if (criterion == "taylor" and target_kind is not None or recalibrate_bn) and not data:
-        raise ConfigError("criterion 'taylor' and --recalibrate-bn need --data (training "
-                          "images)")
+    if (needs_data(criterion or "l1") and target_kind is not None or recalibrate_bn) \
+            and not data:
+        raise ConfigError(f"criterion {criterion!r} and --recalibrate_bn need --data "
+                          "(training images), e.g. --data=sample:cifar10")
     plan, variables, meta = load_model(checkpoint, use_ema=use_ema)
     size = input_size or default_input_size(plan)
     prune_cfg = None
@@ -112,7 +114,7 @@ def _masks(checkpoint, plan, variables, meta, prune_cfg, batches, size, seed):
         alloc = compute_masks(
             plan, variables, prune_cfg, Target(prune_cfg.target_kind, prune_cfg.target),
             masks=masks, model=ResNet(plan), input_size=size, seed=seed,
-            batches=batches(64) if prune_cfg.criterion == "taylor" else None)
+            batches=batches(64) if needs_data(prune_cfg.criterion) else None)
         return alloc.masks, (f"{prune_cfg.criterion} {prune_cfg.allocation} to "
                              f"{prune_cfg.target_kind}={prune_cfg.target:g}")
     if masks is None:
