@@ -15,15 +15,13 @@ PyTorch/safetensors/npz file (imported on the fly). A pruning run's masks come b
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 import orbax.checkpoint as ocp
 
 from thinjax import fs, zoo
-from thinjax.errors import CheckpointError, OutputError
+from thinjax.errors import CheckpointError
 from thinjax.plan import Plan
 
 PYTORCH_EXTS = (".pt", ".pth", ".bin", ".safetensors", ".npz")
@@ -58,29 +56,14 @@ def _write_model(directory: str, plan: Plan, variables: dict, meta: dict | None)
 
 
 def export_model(dst: str, plan: Plan, variables: dict, meta: dict | None = None,
-                 overwrite: bool = False) -> str:
-    """Writes a standalone model checkpoint (step 0) atomically: all of it, or nothing.
-    Local: written beside `dst`, then renamed. Remote (gs://): written in place; orbax
-    commits the step only once it is complete, so readers never see a partial one."""
+                 overwrite: bool = False, sources: tuple[str, ...] = ()) -> str:
+    """Writes a standalone model checkpoint (step 0) atomically: all of it, or nothing
+    (`fs.atomic_dir`). An existing `dst` is replaced only with `overwrite` and only if
+    thinjax wrote it; `dst` may not be, lie inside or contain one of `sources`."""
     dst = fs.absolute(dst)
-    if fs.exists(dst) and not overwrite:
-        raise OutputError(f"{dst} exists; choose another output or pass --overwrite")
-    if fs.is_remote(dst):
-        if fs.exists(dst):
-            fs.rmtree(dst)
-        _write_model(dst, plan, variables, meta)
-        return dst
-    parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(dst) + ".tmp-", dir=parent)
-    try:
+    fs.check_replaceable(dst, sources, overwrite)
+    with fs.writing(dst), fs.atomic_dir(dst) as tmp:
         _write_model(tmp, plan, variables, meta)
-        if os.path.exists(dst):
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst
 
 
@@ -113,6 +96,7 @@ def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
     if os.path.isfile(path) and path.lower().endswith(PYTORCH_EXTS):
         from thinjax.interop.torch import import_checkpoint
         plan, variables = import_checkpoint(path)
+        check_finite(variables, where=path)
         return plan, variables, {"source": os.path.abspath(path)}
     directory, step = _step_dir(path)
     m = ocp.CheckpointManager(directory, item_handlers={
@@ -135,6 +119,7 @@ def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
         variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
     variables = _to_numpy(variables)
     check_shapes(plan, variables, where=f"{directory} step {step}")
+    check_finite(variables, where=f"{directory} step {step}")
     extra = {}
     if state.get("masks"):  # a pruning run's channel masks (checked where they are used)
         extra["masks"] = _to_numpy(state["masks"])
@@ -174,3 +159,17 @@ def check_shapes(plan: Plan, variables: dict, where: str = "variables") -> None:
         extra = sorted(set(g) - set(w))
         if extra:
             raise CheckpointError(f"{where}: {col}/{extra[0]} is not part of the plan")
+
+
+def check_finite(variables: dict, where: str = "variables") -> None:
+    """Raises CheckpointError naming the first array holding NaN or infinity: weights that
+    compute nothing are never evaluated, converted or exported as if they did."""
+    from flax import traverse_util
+    for col in ("params", "batch_stats"):
+        for k, x in traverse_util.flatten_dict(variables.get(col, {}), sep="/").items():
+            x = np.asarray(x)
+            if x.dtype.kind not in "iub" and not np.all(np.isfinite(x.astype(np.float32))):
+                raise CheckpointError(f"{where}: {col}/{k} holds non-finite values (NaN or "
+                                      "infinity), so the network computes nothing; use an "
+                                      "earlier checkpoint of the run, or retrain with a "
+                                      "lower optim.lr")

@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import ml_collections
 import numpy as np
 
+from thinjax import fs
 from thinjax.checkpoint import export_model, load_model
 from thinjax.config import base_config
-from thinjax.cost import count
-from thinjax.errors import ConfigError, OutputError
+from thinjax.cost import check_input_size, count
+from thinjax.errors import ConfigError, TargetError
 from thinjax.evaluation import IMAGENET_RESIZE, evaluate_on
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
 from thinjax.prune.criteria import needs_data
+from thinjax.prune.groups import init_masks
 from thinjax.prune.allocate import Target
-from thinjax.prune.materialize import materialize
+from thinjax.prune.materialize import materialize, small_plan
 from thinjax.prune.pruner import compute_masks
 from thinjax.prune.recalibrate import recalibrate_bn as recalibrate
 
@@ -64,15 +64,10 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
     returns the summary. Without a target, the checkpoint's own masks are materialised."""
     output = os.path.abspath(output)
     check_output(output, checkpoint, overwrite)
-    if (target_kind is None) != (target is None):
-        raise ConfigError("give both --target-kind and --target (or neither, to materialise "
-                          "the checkpoint's own masks)")
-    if (needs_data(criterion or "l1") and target_kind is not None or recalibrate_bn) \
-            and not data:
-        raise ConfigError(f"criterion {criterion!r} and --recalibrate_bn need --data "
-                          "(training images), e.g. --data=sample:cifar10")
+    _check_args(criterion, target_kind, target, data, recalibrate_bn, input_size)
     plan, variables, meta = load_model(checkpoint, use_ema=use_ema)
     size = input_size or default_input_size(plan)
+    check_target(plan, meta.get("masks"), size, target_kind, target)
     prune_cfg = None
     if target_kind is not None:
         prune_cfg = ml_collections.ConfigDict(dict(
@@ -83,6 +78,10 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
     batches = lambda n: _train_batches(data, data_dir, train_split, size, n)  # noqa: E731
     masks, how = _masks(checkpoint, plan, variables, meta, prune_cfg, batches, size, seed)
     new_plan, new_vars = materialize(plan, masks, variables)
+    if target_kind is not None and new_plan == small_plan(plan, meta.get("masks") or
+                                                           init_masks(plan)):
+        raise TargetError(f"--target_kind={target_kind} --target={target:g} removes no "
+                          "channel (rounding keeps every group whole); give a lower target")
     pruned_vars = new_vars
     if recalibrate_bn:
         new_vars = recalibrate(ResNet(new_plan), new_vars, batches(128), recalibrate_bn)
@@ -100,10 +99,39 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
     return summary
 
 
+def _check_args(criterion, target_kind, target, data, recalibrate_bn, input_size) -> None:
+    """Refuses inconsistent arguments before anything is loaded."""
+    if (target_kind is None) != (target is None):
+        raise ConfigError("give both --target_kind and --target (or neither, to materialise "
+                          "the checkpoint's own masks)")
+    if (needs_data(criterion or "l1") and target_kind is not None or recalibrate_bn) \
+            and not data:
+        raise ConfigError(f"criterion {criterion!r} and --recalibrate_bn need --data "
+                          "(training images), e.g. --data=sample:cifar10")
+    check_input_size(input_size)
+
+
 def check_output(output: str, source: str, overwrite: bool) -> None:
-    """Refuses an existing output without `overwrite`."""
-    if os.path.exists(output) and not overwrite:
-        raise OutputError(f"{output} exists; choose another --output or pass --overwrite")
+    """Refuses an output that is, lies inside or contains `source`, and an existing one
+    unless `overwrite` and thinjax wrote it (`thinjax.fs.check_replaceable`)."""
+    fs.check_replaceable(output, [source], overwrite)
+
+
+def check_target(plan: Plan, masks: dict | None, size: int, kind: str | None,
+                 target: float | None) -> None:
+    """Refuses a target the network already meets: pruning to it would remove nothing."""
+    if kind is None:
+        return
+    current = small_plan(plan, masks) if masks is not None else plan
+    c, dense = count(current, size), count(plan, size)
+    have = {"params": c.params, "macs": c.macs, "ratio": 0.0,
+            "params_fraction": c.params / dense.params, "macs_fraction": c.macs / dense.macs}
+    value = float(target)
+    nothing = value <= 0 if kind == "ratio" else value >= have.get(kind, -1)
+    if nothing:
+        raise TargetError(f"--target_kind={kind} --target={value:g}: the network already "
+                          f"meets it ({c.params:,} params, {c.macs:,} MACs at {size}px), so "
+                          "there is nothing to prune; give a target below its current cost")
 
 
 def _masks(checkpoint, plan, variables, meta, prune_cfg, batches, size, seed):
@@ -119,7 +147,7 @@ def _masks(checkpoint, plan, variables, meta, prune_cfg, batches, size, seed):
                              f"{prune_cfg.target_kind}={prune_cfg.target:g}")
     if masks is None:
         raise ConfigError(f"{checkpoint} has no pruning masks; give a criterion and a target, "
-                          "e.g. --criterion=l1 --target-kind=macs_fraction --target=0.5")
+                          "e.g. --criterion=l1 --target_kind=macs_fraction --target=0.5")
     return masks, "the checkpoint's masks"
 
 
@@ -161,11 +189,8 @@ def _measure(summary, ev, dense, pruned, own_masks, evaluate_before, recalibrate
 
 def _write(output, new_plan, new_vars, plan, summary, overrides) -> None:
     """Writes the output directory beside its final place, then renames it: all or
-    nothing."""
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(output) + ".tmp-", dir=parent)
-    try:
+    nothing (`thinjax.fs.atomic_dir`)."""
+    with fs.writing(output), fs.atomic_dir(output) as tmp:
         export_model(os.path.join(tmp, "model"), new_plan, new_vars,
                      {"source": summary["source"], "pruning": summary["pruning"],
                       "dense_plan": plan.to_dict()})
@@ -174,12 +199,6 @@ def _write(output, new_plan, new_vars, plan, summary, overrides) -> None:
             f.write(_config_py(summary["source"], new_plan, overrides, summary))
         with open(os.path.join(tmp, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _config_py(src: str, plan: Plan, overrides: dict, summary: dict) -> str:

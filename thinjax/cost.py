@@ -17,6 +17,7 @@ from absl import flags
 
 from thinjax import cli
 from thinjax.cli import UsageError
+from thinjax.errors import ConfigError
 from thinjax.plan import ARCHS, Plan, plan_from_width
 
 FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
@@ -51,6 +52,13 @@ class Cost:
                 "input_size": self.input_size}
 
 
+def check_input_size(size: int | None, flag: str = "--input_size") -> None:
+    """Refuses an input size below one pixel (None: the plan's default)."""
+    if size is not None and size < 1:
+        raise ConfigError(f"{flag}={size}: an input size is a positive number of pixels, "
+                          "e.g. 32 (CIFAR) or 224 (ImageNet)")
+
+
 def conv_out(size: int, kernel: int, stride: int) -> int:
     pad = (kernel - 1) // 2
     return (size + 2 * pad - kernel) // stride + 1
@@ -60,6 +68,7 @@ def count(plan: Plan, input_size: int | None = None) -> Cost:
     """Params and MACs of `plan` on square `input_size` inputs (default 224 / 32 by stem)."""
     if input_size is None:
         input_size = 224 if plan.stem == "imagenet" else 32
+    check_input_size(input_size, "input size")
     params = macs = 0
     hw = input_size
 
@@ -126,6 +135,7 @@ def main(argv: list[str]) -> dict:
         name = f"{_MODEL.value} w={plan.stem_width}"
     else:
         raise UsageError("give --model (with --width) or --plan")
+    check_input_size(_INPUT_SIZE.value)
     c = count(plan, _INPUT_SIZE.value)
     print(format_cost(name, c))
     print(plan.describe())

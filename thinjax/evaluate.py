@@ -8,7 +8,8 @@ PATH: a thinjax checkpoint directory (or a training workdir), or a PyTorch .pt/.
 name (cifar10, imagenet2012, ...) or ``sample:cifar10`` (bundled, offline).
 Preprocessing follows the study's release: decode, scale to [0, 1], normalise with the
 ImageNet mean/std; 32x32 images are not resized, ImageNet-stem models resize the shorter
-side to 232 and centre-crop 224 unless --resize/--input_size say otherwise.
+side to 232 and centre-crop 224 unless --resize/--input_size say otherwise. A checkpoint
+whose weights hold NaN or infinity is refused (exit 2), never reported as a 10% network.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from absl import flags
 
 from thinjax import cli
 from thinjax.cli import UsageError
+from thinjax.cost import check_input_size
 from thinjax.evaluation import evaluate_checkpoint
 
 FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
@@ -43,6 +45,7 @@ def main(argv: list[str]) -> dict:
     """``python -m thinjax.evaluate``: load, evaluate, report."""
     if len(argv) > 1:
         raise UsageError(f"unexpected argument {argv[1]!r}; give --checkpoint and --data")
+    check_input_size(_INPUT_SIZE.value)
     r = evaluate_checkpoint(_CHECKPOINT.value, _DATA.value, _SPLIT.value, _BATCH_SIZE.value,
                             _DATA_DIR.value, _INPUT_SIZE.value, _RESIZE.value, _EMA.value)
     print(f"{r['checkpoint']} on {r['data']}:{r['split']}: top-1 {r['top1']:.2f}%  "

@@ -29,6 +29,7 @@ from absl import flags
 from thinjax import cli
 from thinjax.checkpoint import load_model
 from thinjax.cli import UsageError
+from thinjax.cost import check_input_size
 from thinjax.interop.export import FORMATS, check_output, export
 
 FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
@@ -58,7 +59,8 @@ def main(argv: list[str]) -> dict:
         raise UsageError(f"unexpected argument {argv[1]!r}; give --checkpoint, --format and "
                          "--output")
     fmt, out, ck = _FORMAT.value, _OUTPUT.value, _CHECKPOINT.value
-    check_output(fmt, out, _OVERWRITE.value)  # before loading anything
+    check_output(fmt, out, _OVERWRITE.value, source=ck)  # before loading anything
+    check_input_size(_INPUT_SIZE.value)
     plan, variables, _ = load_model(ck, use_ema=_EMA.value)
     s = export(plan, variables, fmt, out, batch_size=_BATCH_SIZE.value,
                input_size=_INPUT_SIZE.value, overwrite=_OVERWRITE.value,

@@ -6,6 +6,8 @@
 SRC: .pt/.pth (needs PyTorch; loaded with weights_only=True), .safetensors or .npz, with
 torchvision names (conv1, bn1, layerX.Y.*, fc) or the ThinResNet release's (embed.0,
 embed.1, module. prefix). DST: a new directory, written atomically (a thinjax checkpoint).
+--overwrite replaces DST only if thinjax wrote it (its ``.thinjax-output`` marker or a
+checkpoint's layout), never a folder of other files, and never SRC itself.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import os
 
 from absl import flags
 
-from thinjax import cli
+from thinjax import cli, fs
+from thinjax.checkpoint import check_finite, export_model
 from thinjax.cli import UsageError
+from thinjax.cost import count
+from thinjax.interop.torch import import_checkpoint
 from thinjax.plan import Plan
 
 FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
@@ -29,11 +34,13 @@ _JSON = cli.define_json(FLAGS)
 
 
 def import_to(src: str, dst: str, overwrite: bool = False) -> dict:
-    from thinjax.checkpoint import export_model
-    from thinjax.cost import count
-    from thinjax.interop.torch import import_checkpoint
+    """Imports `src` into the new directory `dst` (with `overwrite`, an earlier thinjax
+    output there is replaced; anything else is refused, as is `dst` = `src`)."""
+    fs.check_replaceable(dst, [src], overwrite)  # before the (slow) import
     plan, variables = import_checkpoint(src)
-    export_model(dst, plan, variables, {"source": os.path.abspath(src)}, overwrite=overwrite)
+    check_finite(variables, where=src)
+    export_model(dst, plan, variables, {"source": os.path.abspath(src)}, overwrite=overwrite,
+                 sources=(src,))
     c = count(plan)
     return {"source": src, "output": os.path.abspath(dst), "params": c.params, "macs": c.macs,
             "input_size": c.input_size, "plan": plan.to_dict()}

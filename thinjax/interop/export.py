@@ -25,7 +25,8 @@ real CIFAR-10 images from the bundled sample (resized to ``input_size``) through
 and the exported model and requires the largest logit difference to be within
 ``tolerance`` (1e-4) of the largest thinjax logit. Outputs are written to temporary files
 beside the destination and renamed at the end: a failed export leaves nothing behind; an
-existing output is refused unless ``overwrite``.
+existing output is refused unless ``overwrite``, and even then replaced only if it is an
+export in that format (never a directory or another file), and never the input.
 
 torch, onnx, onnxruntime and tensorflow are imported only when used; a missing one is an
 error naming ``pip install 'thinjax[export]'``.
@@ -36,6 +37,7 @@ from __future__ import annotations
 import functools
 import importlib
 import io
+import json
 import os
 import tempfile
 import time
@@ -45,6 +47,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from thinjax import fs
 from thinjax.cost import count
 from thinjax.errors import OutputError, ThinjaxError
 from thinjax.plan import Plan, default_input_size
@@ -85,12 +88,34 @@ def output_paths(fmt: str, output: str) -> list[str]:
     return [output]
 
 
-def check_output(fmt: str, output: str, overwrite: bool) -> list[str]:
-    """The absolute output paths; OutputError if one exists and not `overwrite`."""
+def looks_like(fmt: str, path: str) -> bool:
+    """Whether the existing file `path` is recognisably an export in `fmt` (or, for a
+    ``.plan.json``, a plan): what ``--overwrite`` may replace."""
+    if not os.path.isfile(path) or os.path.islink(path):
+        return False
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.endswith(".plan.json"):
+        try:
+            with open(path) as f:
+                return "stages" in json.load(f)
+        except (ValueError, OSError):
+            return False
+    if fmt == "tflite":
+        return head[4:8] == b"TFL3"
+    if fmt == "torch":
+        return zipfile.is_zipfile(path)
+    return head[:1] == b"\x08"  # onnx: a ModelProto starts with its ir_version field
+
+
+def check_output(fmt: str, output: str, overwrite: bool, source: str | None = None) -> list[str]:
+    """The absolute output paths; OutputError if one is the input (or inside it), exists
+    and not `overwrite`, or exists but is no export in `fmt` (never replaced)."""
     paths = [os.path.abspath(p) for p in output_paths(fmt, output)]
-    existing = [p for p in paths if os.path.exists(p)]
-    if existing and not overwrite:
-        raise OutputError(f"{existing[0]} exists; choose another --output or pass --overwrite")
+    for p in paths:
+        fs.check_replaceable(p, [source] if source else [], overwrite,
+                             recognise=functools.partial(looks_like, fmt),
+                             kind=f"a thinjax {fmt} export")
     return paths
 
 
