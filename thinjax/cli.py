@@ -15,8 +15,8 @@ Imported by the command modules alone (thinjax.main, .study, .evaluate, .cost, .
 A command module that other modules also import as a library (``thinjax.cost``,
 ``thinjax.zoo``, ...) defines its flags in its own ``FLAGS = flags.FlagValues()``, which
 :func:`run` adds to absl's global flags only when that command runs, so importing it
-defines no global flag. ``thinjax.main`` and ``thinjax.study`` (commands only) define
-theirs globally, as ml_collections' config flags need.
+defines no global flag. ``thinjax.main`` and ``thinjax.study`` define theirs globally, as
+ml_collections' config flags need (``thinjax.main`` only when it runs as the command).
 """
 
 from __future__ import annotations

@@ -1,15 +1,23 @@
 """The full configuration schema with defaults; files in configs/ override parts of it.
 
 Every key a config may set exists here, so that `validate` can refuse a misspelt key with
-the list of valid ones (ml_collections refuses unknown `--config.x=y` overrides itself).
+the list of valid ones (ml_collections refuses unknown `--config.x=y` overrides itself)
+and values that describe no run. `check_rerun` compares a config with the one a workdir
+recorded: only `SAFE_KEYS` and the run's length (`LENGTH_KEYS`) may change on a rerun.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+
 import ml_collections
 from ml_collections import FieldReference
 
+from thinjax import fs
 from thinjax.errors import ConfigError
+from thinjax.plan import Plan
 
 C = ml_collections.ConfigDict
 
@@ -155,6 +163,96 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         _refuse(unknown, valid)
     if cfg.mode not in ("train", "evaluate"):
         raise ConfigError(f"config.mode {cfg.mode!r} unknown; use 'train' or 'evaluate'")
+    _check_ranges(cfg)
+
+
+POSITIVE = ("model.width", "data.image_size", "data.eval_batch_size", "train.batch_size",
+            "train.grad_accum", "train.log_every", "train.eval_every_epochs",
+            "train.checkpoint_every", "train.keep_checkpoints", "train.mesh_model",
+            "ema.every")
+NON_NEGATIVE = ("train.total_steps", "data.eval_size", "data.eval_resize", "data.num_shards")
+
+
+def _check_ranges(cfg: ml_collections.ConfigDict) -> None:
+    """Refuses sizes, counts and lengths that describe no run (before anything is written)."""
+    get = lambda key: cfg[key.split(".")[0]][key.split(".")[1]]  # noqa: E731
+    for key in POSITIVE:
+        if get(key) is None or get(key) <= 0:
+            raise ConfigError(f"config.{key}={get(key)}: must be a positive number; set "
+                              f"--config.{key}")
+    for key in NON_NEGATIVE:
+        if get(key) is None or get(key) < 0:
+            raise ConfigError(f"config.{key}={get(key)}: must be >= 0; set --config.{key}")
+    if cfg.mode == "train" and not cfg.train.total_steps and not cfg.train.epochs > 0:
+        raise ConfigError(f"config.train.epochs={cfg.train.epochs:g} trains for no step; set "
+                          "--config.train.epochs (or train.total_steps) to a positive number")
+
+
+# -- rerunning a workdir ---------------------------------------------------------------
+
+SAFE_KEYS = (  # may differ on a rerun of a workdir: they change no weight
+    "train.log_every", "train.eval_every_epochs", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.keep_best", "train.async_checkpoints",
+    "data.eval_batch_size", "data.data_dir", "data.cache")
+LENGTH_KEYS = ("train.epochs", "train.total_steps")  # allowed, with a warning
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _recorded(path: str):
+    try:
+        return json.loads(fs.read_text(path))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}): it records the run in this workdir; "
+                          "use a new --workdir, or restore the file") from e
+
+
+def config_changes(workdir: str, cfg, plan: Plan) -> list[str]:
+    """'key: recorded -> new' for each config key (and the plan) that differs from what
+    `workdir` recorded on its first start; [] for a new workdir."""
+    path = os.path.join(workdir, "config.json")
+    if not fs.exists(path):
+        return []
+    old, new = _flat(_recorded(path)), _flat(json.loads(cfg.to_json_best_effort()))
+    default = _flat(json.loads(base_config().to_json_best_effort()))
+    changes = [f"{k}: {old.get(k, default.get(k))!r} -> {new.get(k)!r}"
+               for k in sorted(set(old) | set(new)) if old.get(k, default.get(k)) != new.get(k)]
+    plan_path = os.path.join(workdir, "plan.json")
+    if fs.exists(plan_path) and _recorded(plan_path) != json.loads(plan.to_json()):
+        changes.append(f"plan: {Plan.from_dict(_recorded(plan_path)).describe()} -> "
+                       f"{plan.describe()}")
+    return changes
+
+
+def check_rerun(workdir: str, cfg, plan: Plan) -> None:
+    """Refuses to resume `workdir` with a config or plan that changes the run (see the
+    module docstring); warns about a changed length."""
+    changes = config_changes(workdir, cfg, plan)
+    old_mode = _recorded(os.path.join(workdir, "config.json")).get("mode") if changes else None
+    if old_mode == cfg.mode == "evaluate":
+        return  # an evaluation keeps nothing but its results
+    key = lambda c: c.split(":")[0]  # noqa: E731
+    refused = [c for c in changes if key(c) not in SAFE_KEYS + LENGTH_KEYS]
+    if refused:
+        more = f" (and {len(refused) - 6} more)" if len(refused) > 6 else ""
+        raise ConfigError(
+            f"{workdir} holds a run made with another config: {'; '.join(refused[:6])}{more}. "
+            "Resuming it would mix two runs, so nothing was touched. Use a new --workdir for "
+            f"the new config, or rerun with the values recorded in "
+            f"{os.path.join(workdir, 'config.json')}. Keys that may change on a rerun: "
+            f"{', '.join(SAFE_KEYS + LENGTH_KEYS)}")
+    for c in changes:
+        if key(c) in LENGTH_KEYS:
+            print(f"warning: {c}: the run's length changed; the learning-rate schedule "
+                  "follows the new length from the resumed step", file=sys.stderr)
 
 
 def study_cifar_recipe(model: str, width: int, dataset: str,

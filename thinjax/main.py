@@ -10,6 +10,17 @@ Modes (config.mode):
   * ``evaluate``: evaluate ``init_from`` (a thinjax checkpoint or workdir, or an imported
     PyTorch/safetensors/npz file; its plan must match the configured one) on ``data``.
 DIR receives config.json, plan.json and results.json (see thinjax.train.loop for the rest).
+
+Rerunning a workdir (docs/training.md, "Resuming"): the config and plan recorded in
+DIR/config.json and DIR/plan.json are compared with the new ones before anything is
+written. A difference in anything that changes what the run computes (model, plan, data,
+augmentation, recipe, optimiser, batch, seed, EMA, pruning, init_from, mode) is refused,
+naming the keys; only `thinjax.config.SAFE_KEYS` (logging, evaluation and checkpoint frequency and
+retention, async checkpoints, eval batch size, where the data lives, its in-memory cache)
+and the run's length (`LENGTH_KEYS`, with a warning: the LR schedule follows the new
+length) may change. A start that fails before the run has logged or saved anything
+removes what it created in DIR (never what was there before). A directory that cannot be
+written is one ``error:`` line naming it.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from ml_collections import config_flags
 
 from thinjax import cli, fs
 from thinjax.checkpoint import load_model
-from thinjax.config import check_overrides, validate
+from thinjax.config import check_overrides, check_rerun, validate
 from thinjax.cost import count, format_cost
 from thinjax.errors import CheckpointError, ConfigError, user_errors
 from thinjax.evaluation import evaluate_on
@@ -33,11 +44,22 @@ from thinjax.models.resnet import build_model
 from thinjax.plan import Plan, plan_from_width
 from thinjax.train.loop import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py, "
-                                          "optionally :ARGS)", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory; rerun to resume")
-_JSON = cli.define_json()
-flags.mark_flags_as_required(["config", "workdir"])
+_FLAGS: dict = {}  # name -> flag holder, once define_flags has run
+
+
+def define_flags() -> None:
+    """Defines --config, --workdir and --json as global absl flags (ml_collections' config
+    flag must be global). Called by `cli_main`: importing this module as a library (for
+    `plan_from_config`, ...) defines none, so it can share a process with thinjax.study,
+    which defines its own --config."""
+    if _FLAGS:
+        return
+    _FLAGS["config"] = config_flags.DEFINE_config_file(
+        "config", None, "config file (configs/*.py, optionally :ARGS)", lock_config=True)
+    _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "output directory; rerun to "
+                                            "resume")
+    _FLAGS["json"] = cli.define_json()
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def plan_from_config(cfg):
@@ -96,21 +118,51 @@ def run_train(cfg, workdir: str, plan, model) -> dict:
 MODES = {"evaluate": run_evaluate, "train": run_train}
 
 
+def _has_progress(workdir: str) -> bool:
+    """Whether the run has saved a checkpoint or logged a metric line."""
+    ck = os.path.join(workdir, "checkpoints")
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    return (os.path.isdir(ck) and any(n.isdigit() for n in os.listdir(ck))) or \
+        (os.path.isfile(metrics) and os.path.getsize(metrics) > 0)
+
+
+def _first_process() -> bool:
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+def _config():
+    """The --config value; a file that failed to load is one ConfigError."""
+    cfg = _FLAGS["config"].value
+    try:
+        cfg.keys()  # ml_collections reports a config file it could not load here
+    except OSError as e:
+        reason = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
+        raise ConfigError(f"--config={config_flags.get_config_filename(flags.FLAGS['config'])}"
+                          f": cannot load the config file ({reason}); give a config file "
+                          "such as configs/thin_cifar.py:resnet20,16,cifar10") from None
+    return cfg
+
+
 def main(argv: list[str]) -> dict:
-    """Validates the config, writes config.json and plan.json, runs the mode; the first
-    process writes results.json. Returns the result (thinjax.cli prints it with --json)."""
+    """Validates the config, compares it with the workdir's record, writes config.json and
+    plan.json, runs the mode; the first process writes results.json. Returns the result
+    (thinjax.cli prints it with --json)."""
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected argument {argv[1]!r} (config values go in "
                              "--config.KEY=VALUE)")
-    cfg, workdir = _CONFIG.value, _WORKDIR.value
+    cfg, workdir = _config(), _FLAGS["workdir"].value
     validate(cfg)
     plan = plan_from_config(cfg)
-    fs.makedirs(workdir)
-    fs.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=1))
-    plan.save(os.path.join(workdir, "plan.json"))
-    result = MODES[cfg.mode](cfg, workdir, plan, model_from_config(cfg, plan))
-    if jax.process_index() == 0:
-        fs.write_text(os.path.join(workdir, "results.json"), json.dumps(result, indent=1))
+    check_rerun(workdir, cfg, plan)
+    keep = lambda: _has_progress(workdir) or not _first_process()  # noqa: E731
+    with fs.writing(workdir, "choose a --workdir you can write to"), \
+            fs.undo_created(workdir, keep=keep):
+        fs.makedirs(workdir)
+        fs.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=1))
+        plan.save(os.path.join(workdir, "plan.json"))
+        result = MODES[cfg.mode](cfg, workdir, plan, model_from_config(cfg, plan))
+        if jax.process_index() == 0:
+            fs.write_text(os.path.join(workdir, "results.json"), json.dumps(result, indent=1))
     return result
 
 
@@ -119,6 +171,7 @@ def cli_main() -> None:
     ``--config.KEY`` is refused (with the valid keys) before anything runs."""
     with user_errors():
         check_overrides(sys.argv[1:])
+    define_flags()
     cli.run(main)
 
 
