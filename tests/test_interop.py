@@ -115,8 +115,11 @@ def test_corrupt_and_unsafe_files_are_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
         pickle.dump({"conv1.weight": Evil()}, f)
-    with pytest.raises(CheckpointFormatError, match="evil.pt: cannot read"):
+    with pytest.raises(CheckpointFormatError, match="evil.pt: not a plain tensor checkpoint") \
+            as e:
         import_checkpoint(str(evil))
+    # issue 11, case 9: no advice to load an untrusted file with weights_only=False
+    assert "never executes code" in str(e.value) and "weights_only" not in str(e.value)
     assert not (tmp_path / "pwned").exists()  # weights_only=True: no code ran
     with pytest.raises(CheckpointFormatError, match="unknown checkpoint format '.ckpt'"):
         (tmp_path / "x.ckpt").write_bytes(b"x")

@@ -3,7 +3,8 @@
 Reads torchvision names (``conv1``, ``bn1``, ``layerX.Y.convZ``, ``downsample.0/1``,
 ``fc``) and the ThinResNet release's names (``embed.0``, ``embed.1``, an optional
 ``module.`` prefix, an ``n_averaged`` entry), from ``.pt``/``.pth`` (through PyTorch,
-``weights_only=True``: a checkpoint is data, never code), ``.safetensors`` or ``.npz``
+``weights_only=True``: a checkpoint is data, never code; a file that holds more than
+tensors is refused as such, without PyTorch's advice to load it unsafely), ``.safetensors`` or ``.npz``
 (no PyTorch needed). The plan is inferred from the tensor shapes; strides are the
 standard ones (stage 1: 1, later stages: 2); a block index with no tensors (layer1.0,
 layer1.2 but no layer1.1) is a removed block, the identity.
@@ -12,7 +13,9 @@ layer1.2 but no layer1.1) is a removed block, the identity.
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import warnings
 from collections import defaultdict
 from typing import Mapping
 
@@ -42,7 +45,9 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
                 raise CheckpointFormatError(f"{path}: reading .pt/.pth needs PyTorch (pip "
                                             "install "
                                    "'thinjax[torch]'), or convert it to .safetensors/.npz") from e
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on pickle protocols
+                warnings.simplefilter("ignore")
+                sd = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
                 sd = sd["state_dict"]
             if not isinstance(sd, Mapping):
@@ -58,12 +63,26 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
                 return {k: z[k] for k in z.files}
     except CheckpointFormatError:
         raise
-    except Exception as e:  # corrupt or truncated files: say which file and what failed
-        raise CheckpointFormatError(f"{path}: cannot read this {ext} checkpoint "
-                                    f"({type(e).__name__}: "
-                           f"{e}). Is the file complete and of the format its name says?") from e
+    except Exception as e:  # corrupt, truncated or code-carrying files: say which and why
+        raise _unreadable(path, ext, e) from None
     raise CheckpointFormatError(f"{path}: unknown checkpoint format {ext!r}; use .pt, .pth, "
                        ".safetensors or .npz")
+
+
+def _unreadable(path: str, ext: str, e: Exception) -> CheckpointFormatError:
+    """The error for a file that cannot be read as plain tensors. PyTorch's own message
+    for a pickle holding Python objects advises loading it with weights_only=False, which
+    would run whatever code the file carries: never quoted."""
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+        return CheckpointFormatError(
+            f"{path}: not a plain tensor checkpoint: it holds Python objects that only "
+            "running code from the file could rebuild, and thinjax never executes code from "
+            "checkpoints. Re-save it as a plain state dict (torch.save(model.state_dict())) "
+            "or as .safetensors, from a source you trust")
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    return CheckpointFormatError(f"{path}: cannot read this {ext} checkpoint "
+                                 f"({type(e).__name__}: {first}). Is the file complete and "
+                                 "of the format its name says?")
 
 
 def _normalise_keys(sd: StateDict) -> dict[str, np.ndarray]:
