@@ -4,9 +4,13 @@
     python benchmarks/train_throughput.py --model=resnet50 --width=64 --input-size=224 \
         --batch=128 --steps=4 --dtype=bfloat16
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/train_throughput.py ...
+    python benchmarks/train_throughput.py --model=resnet20 --width=8 --compare-torch
+    python benchmarks/train_throughput.py --model=resnet56 --width=16 --compare-torch --pruned
+    THINJAX_CPU_FLAGS=1 python benchmarks/train_throughput.py ...  # with thinjax's XLA:CPU flags
 
 Rows (images/s):
-  plain step   an unsharded jax.jit SGD step (cross-entropy, no EMA/mixing) on device data
+  plain step   an unsharded jax.jit SGD step (momentum 0.9, cross-entropy with label
+               smoothing 0.1, BN in training mode, no EMA/mixing) on device data
   full loop    thinjax.train.loop.train_and_evaluate with the study's recipe (tf.data
                pipeline with TrivialAugment and random erasing, mixup/cutmix, label
                smoothing, EMA, logging, sharding over all devices), warm windows only
@@ -14,12 +18,18 @@ Rows (images/s):
   eval         the jit evaluation step on device data
 FLOP/s counts 3 x 2 x MACs per training image (forward + backward ~ 3 forwards) and
 2 x MACs per evaluated image; "peak" is a measured large matmul in the same dtype.
+--compare-torch times only the plain step and the eval step, and the same two in PyTorch
+(thinjax.interop.torch_module.TorchResNet from the same plan, NCHW float32, torch.optim.SGD,
+CrossEntropyLoss(label_smoothing=0.1), inference_mode for eval), alternating the two in
+--rounds rounds of --steps steps so both see the same machine load; it prints medians and
+the median of the per-round thinjax/PyTorch ratios, with the CPU model and ISA flags.
 Data: the bundled CIFAR-10 sample (real JPEGs; resized crops for 224-pixel models).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -30,6 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from thinjax.plan import ARCHS, Plan, plan_from_width
+from thinjax.platform import CPU_FLAGS, cpu_description
 
 
 def timeit(fn, n: int) -> float:
@@ -48,10 +61,13 @@ def matmul_peak(dtype, n: int) -> float:
     return 2 * n**3 / sec
 
 
-def plain_step_rate(model, batch: int, size: int, steps: int, num_classes: int) -> float:
+def plain_step(model, batch: int, size: int, num_classes: int, smoothing: float = 0.1):
+    """One unsharded jit SGD step (momentum 0.9, cross-entropy with label smoothing, BN in
+    training mode) on device data: a callable that runs one step and blocks."""
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)),
                     jnp.float32)
-    y = jnp.asarray(np.arange(batch) % num_classes)
+    y = jax.nn.one_hot(jnp.asarray(np.arange(batch) % num_classes), num_classes)
+    y = optax.smooth_labels(y, smoothing)
     v = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
     tx = optax.sgd(0.1, momentum=0.9)
     opt = tx.init(v["params"])
@@ -61,7 +77,7 @@ def plain_step_rate(model, batch: int, size: int, steps: int, num_classes: int) 
         def loss(p):
             logits, upd = model.apply({"params": p, "batch_stats": bs}, x, train=True,
                                       mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+            return optax.softmax_cross_entropy(logits, y).mean(), upd
         (l, upd), g = jax.value_and_grad(loss, has_aux=True)(params)
         u, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, u), upd["batch_stats"], opt, l
@@ -73,16 +89,193 @@ def plain_step_rate(model, batch: int, size: int, steps: int, num_classes: int) 
         state[:] = [p, b, o]
         l.block_until_ready()
 
-    return batch / timeit(run, steps)
+    run.hlo_text = lambda: step.lower(*state, x, y).compile().as_text()
+    return run
 
 
-def eval_rate(model, batch: int, size: int, steps: int) -> float:
+def plain_step_rate(model, batch: int, size: int, steps: int, num_classes: int) -> float:
+    return batch / timeit(plain_step(model, batch, size, num_classes), steps)
+
+
+def eval_fn(model, batch: int, size: int):
+    """The jit evaluation step (thinjax.evaluation.eval_step) on device data: a callable."""
     from thinjax.evaluation import eval_step
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)),
                     jnp.float32)
     b = {"image": x, "label": jnp.zeros((batch,), jnp.int32), "mask": jnp.ones((batch,), bool)}
     v = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
-    return batch / timeit(lambda: jax.block_until_ready(eval_step(v, b, model=model)), steps)
+    return lambda: jax.block_until_ready(eval_step(v, b, model=model))
+
+
+def eval_rate(model, batch: int, size: int, steps: int) -> float:
+    return batch / timeit(eval_fn(model, batch, size), steps)
+
+
+def torch_step(plan, batch: int, size: int, smoothing: float = 0.1):
+    """The same training step in PyTorch (TorchResNet from the same plan, NCHW float32, SGD
+    momentum 0.9, cross-entropy with label smoothing, BN in training mode): a callable."""
+    import torch
+    from thinjax.interop.torch_module import TorchResNet
+    torch.manual_seed(0)
+    model = TorchResNet(plan).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    crit = torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.arange(batch) % plan.num_classes
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+        loss.item()
+
+    return run
+
+
+def torch_eval(plan, batch: int, size: int):
+    """PyTorch's evaluation forward (eval mode, inference_mode) on the same plan."""
+    import torch
+    from thinjax.interop.torch_module import TorchResNet
+    torch.manual_seed(0)
+    model = TorchResNet(plan).eval()
+    x = torch.randn(batch, 3, size, size)
+
+    def run():
+        with torch.inference_mode():
+            model(x).argmax(1).sum().item()
+
+    return run
+
+
+def interleaved(fns: dict, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each callable, timed in turn, `rounds` times: on a shared machine
+    the load drifts, and a ratio within one round sees the same load on both sides."""
+    for f in fns.values():
+        f(), f()  # compile / warm up
+    out = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            out[k].append(timeit(f, steps))
+    return out
+
+
+def pruned_plan(plan: Plan, seed: int = 0) -> Plan:
+    """`plan` with irregular widths as a pruning run leaves them: every stream and inner
+    width scaled by 0.45-0.85 and moved off multiples of 8."""
+    rng = np.random.default_rng(seed)
+
+    def odd(w: int) -> int:
+        c = max(3, int(round(w * rng.uniform(0.45, 0.85))))
+        return c + 1 if c % 8 == 0 else c
+
+    stems = [odd(s.width) for s in plan.stages]
+    stages = tuple(dataclasses.replace(s, width=w, blocks=tuple(
+        dataclasses.replace(b, inner=tuple(odd(c) for c in b.inner)) for b in s.blocks))
+        for s, w in zip(plan.stages, stems))
+    return dataclasses.replace(plan, stem_width=stems[0], stages=stages)
+
+
+def compare_torch(a, plan: Plan, model) -> dict:
+    """thinjax vs PyTorch on the same plan, batch and step, interleaved; medians."""
+    import torch
+    fns = {"train": {"thinjax": plain_step(model, a.batch, a.input_size, plan.num_classes),
+                     "pytorch": torch_step(plan, a.batch, a.input_size)},
+           "eval": {"thinjax": eval_fn(model, a.batch, a.input_size),
+                    "pytorch": torch_eval(plan, a.batch, a.input_size)}}
+    res = {}
+    for what, pair in fns.items():
+        sec = interleaved(pair, a.steps, a.rounds)
+        ratios = [t / j for j, t in zip(sec["thinjax"], sec["pytorch"])]
+        res[what] = {k: a.batch / float(np.median(v)) for k, v in sec.items()}
+        res[what]["ratio"] = float(np.median(ratios))
+        res[what]["ratio_range"] = (min(ratios), max(ratios))
+    res["torch_threads"] = torch.get_num_threads()
+    return res
+
+
+def print_compare(a, plan: Plan, res: dict) -> None:
+    flags = os.environ.get("XLA_FLAGS", "") or "(none)"
+    print(f"\n{a.model} w={a.width}{' pruned ' + plan.describe() if a.pruned else ''}, "
+          f"{a.input_size}px, batch {a.batch}, float32; CPU: {cpu_description()}")
+    print(f"jax {jax.__version__}, XLA_FLAGS {flags}; torch threads {res['torch_threads']}; "
+          f"medians of {a.rounds} interleaved rounds x {a.steps} steps")
+    print("| step | thinjax img/s | PyTorch img/s | thinjax/PyTorch (median, range) |")
+    print("|---|---|---|---|")
+    for what in ("train", "eval"):
+        r = res[what]
+        print(f"| {what} | {r['thinjax']:,.0f} | {r['pytorch']:,.0f} | {r['ratio']:.2f}x "
+              f"({r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}) |")
+
+
+def numerics_dump(a, path: str) -> None:
+    """`a.check_steps` training steps of the plain step on a fixed stream of random images
+    and labels (memorised, so the loss falls); saves the loss curve and eval-mode logits at
+    init and at the end to `path` (.npz). --perturb scales the inputs by 1 + 2^-23: a one-ulp
+    change that shows how far float noise alone moves the curve."""
+    from thinjax.models.resnet import build_model
+    plan = plan_from_width(a.model, a.width, 10)
+    model = build_model(plan)
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((4, a.batch, 32, 32, 3)).astype(np.float32)
+    xs = xs * np.float32(1 + 2**-23) if a.perturb else xs
+    ys = jax.nn.one_hot(rng.integers(0, 10, (4, a.batch)), 10)
+    v = jax.jit(model.init)(jax.random.PRNGKey(0), xs[0, :1])
+    tx = optax.sgd(0.05, momentum=0.9)
+
+    @jax.jit
+    def step(params, bs, opt, x, y):
+        def loss(p):
+            logits, upd = model.apply({"params": p, "batch_stats": bs}, x, train=True,
+                                      mutable=["batch_stats"])
+            return optax.softmax_cross_entropy(logits, optax.smooth_labels(y, 0.1)).mean(), upd
+        (l, upd), g = jax.value_and_grad(loss, has_aux=True)(params)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), upd["batch_stats"], opt, l
+
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    first = np.asarray(logits(v, xs[0]))
+    p, bs, opt, losses = v["params"], v["batch_stats"], tx.init(v["params"]), []
+    for i in range(a.check_steps):
+        p, bs, opt, l = step(p, bs, opt, xs[i % 4], ys[i % 4])
+        losses.append(float(l))
+    last = np.asarray(logits({"params": p, "batch_stats": bs}, xs[0]))
+    np.savez(path, losses=np.array(losses), first=first, last=last)
+
+
+def check_numerics(a) -> int:
+    """Runs numerics_dump three times in fresh processes (XLA reads XLA_FLAGS once):
+    thinjax's CPU flags on (THINJAX_CPU_FLAGS=1), the reference path
+    (THINJAX_NO_CPU_FLAGS=1), and the reference with one-ulp-perturbed inputs (the
+    float-noise yardstick), and compares."""
+    import subprocess
+    base = [sys.executable, os.path.abspath(__file__), f"--model={a.model}",
+            f"--width={a.width}", f"--batch={a.batch}", f"--check-steps={a.check_steps}"]
+    arms = {"flag on": ({"THINJAX_CPU_FLAGS": "1"}, []),
+            "reference": ({"THINJAX_NO_CPU_FLAGS": "1"}, []),
+            "reference, inputs +1 ulp": ({"THINJAX_NO_CPU_FLAGS": "1"}, ["--perturb"])}
+    res = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, (env, extra) in arms.items():
+            out = os.path.join(d, f"{len(res)}.npz")
+            subprocess.run(base + extra + [f"--dump-numerics={out}"], check=True,
+                           env={**os.environ, **env})
+            res[name] = dict(np.load(out))
+    ref = res["reference"]
+    print(f"\n{a.model} w={a.width}, batch {a.batch}, {a.check_steps} steps; CPU: "
+          f"{cpu_description()}; thinjax CPU flags: {CPU_FLAGS}")
+    print("| vs reference | max abs logit diff (init) | (after training) | max abs loss diff "
+          "| loss diff at last step | final loss |")
+    print("|---|---|---|---|---|---|")
+    for name in ("flag on", "reference, inputs +1 ulp"):
+        r = res[name]
+        dl = np.abs(r["losses"] - ref["losses"])
+        print(f"| {name} | {np.abs(r['first'] - ref['first']).max():.2e} | "
+              f"{np.abs(r['last'] - ref['last']).max():.2e} | {dl.max():.2e} | {dl[-1]:.2e} | "
+              f"{r['losses'][-1]:.4f} (reference {ref['losses'][-1]:.4f}) |")
+    ok = np.abs(res["flag on"]["first"] - ref["first"]).max() <= 1e-5
+    print("init logits within 1e-5:", ok)
+    return 0 if ok else 1
 
 
 def recipe_config(a, tiny_steps: int):
@@ -127,10 +320,18 @@ def full_loop_rate(a, plan, model) -> float:
     return float(np.median(rates[1:]))  # the first window holds compilation
 
 
-def main() -> int:
+def model_name(name: str, size: int) -> str:
+    """``resnet18`` at 32 px means the CIFAR-stem ResNet-18 (``resnet18_cifar``)."""
+    if size == 32 and not name.endswith("_cifar") and name + "_cifar" in ARCHS:
+        return name + "_cifar"
+    return name
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="resnet18_cifar")
+    ap.add_argument("--model", default="resnet18_cifar",
+                    help="resnet20, resnet56, resnet18 (CIFAR stem at 32 px), ...")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--input-size", type=int, default=32)
     ap.add_argument("--batch", type=int, default=128)
@@ -138,12 +339,48 @@ def main() -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--skip-loop", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compare-torch", action="store_true",
+                    help="only the train and eval steps, thinjax vs PyTorch, interleaved")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (--compare-torch)")
+    ap.add_argument("--pruned", action="store_true",
+                    help="irregular widths (a materialised pruned network) from the plan")
+    ap.add_argument("--check-numerics", action="store_true",
+                    help="thinjax's CPU flags vs the reference path: logits and a loss curve")
+    ap.add_argument("--check-steps", type=int, default=200)
+    ap.add_argument("--dump-numerics", help=argparse.SUPPRESS)
+    ap.add_argument("--perturb", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    from thinjax.cost import count
+    a.model = model_name(a.model, a.input_size)
+    return a
+
+
+def main() -> int:
+    a = parse_args()
+    if a.dump_numerics:
+        numerics_dump(a, a.dump_numerics)
+        return 0
+    if a.check_numerics:
+        return check_numerics(a)
     from thinjax.models.resnet import build_model
-    from thinjax.plan import plan_from_width
     plan = plan_from_width(a.model, a.width, 10)
+    if a.pruned:
+        plan = pruned_plan(plan)
     model = build_model(plan, dtype=a.dtype)
+    if a.compare_torch:
+        if a.dtype != "float32":
+            raise SystemExit("--compare-torch compares float32 steps")
+        res = compare_torch(a, plan, model)
+        print_compare(a, plan, res)
+        if a.json:
+            print(json.dumps({"model": a.model, "width": a.width, "pruned": a.pruned,
+                              "batch": a.batch, "cpu": cpu_description(),
+                              "xla_flags": os.environ.get("XLA_FLAGS", ""), **res}))
+        return 0
+    return report_rows(a, plan, model)
+
+
+def report_rows(a, plan: Plan, model) -> int:
+    from thinjax.cost import count
     macs = count(plan, a.input_size).macs
     dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
     peak = matmul_peak(dtype, 4096 if jax.default_backend() != "cpu" else 2048)
@@ -154,6 +391,7 @@ def main() -> int:
     rows["eval"] = eval_rate(model, a.batch, a.input_size, a.steps)
     dev = f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
     print(f"\n{a.model} w={a.width} at {a.input_size}px, batch {a.batch}, {a.dtype}, {dev}; "
+          f"CPU: {cpu_description()}; XLA_FLAGS {os.environ.get('XLA_FLAGS', '') or '(none)'}; "
           f"{macs / 1e6:.1f} M MACs/image; matmul peak {peak / 1e9:.1f} GFLOP/s")
     print("| what | images/s | GFLOP/s | of peak |")
     print("|---|---|---|---|")

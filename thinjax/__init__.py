@@ -5,4 +5,11 @@ import os as _os
 # TensorFlow is only the input pipeline here: keep its C++ logging quiet by default.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# XLA:CPU's fast paths (YNNPACK fusions), appended to XLA_FLAGS before JAX starts a backend
+# when THINJAX_CPU_FLAGS=1 (off by default: slow compiles of deep networks); see
+# thinjax/platform.py and docs/performance.md.
+from thinjax import platform as _platform  # noqa: E402
+
+_platform.apply_cpu_defaults()
+
 __version__ = "0.1.0"

@@ -1,0 +1,215 @@
+"""ImageNet training input pipeline, images/s per host core: thinjax (tf.data) vs PyTorch.
+
+    python benchmarks/input_pipeline.py                       # all cores of this process
+    taskset -c 0 python benchmarks/input_pipeline.py          # one core: the per-core rate
+
+Both pipelines read the same JPEGs (``../shared/data/imagenet-sample.zip``: 1,000 ImageNet
+images, unpacked once to a temporary folder and repeated epoch after epoch) and apply the
+training transform of ``configs/thin_r50.py``: decode, random-resized crop to 176 (scale
+0.08-1), horizontal flip, TrivialAugmentWide, normalise, random erasing (p=0.1), batch.
+
+* thinjax: ``thinjax.data.pipeline.train_batches`` (tf.data, AUTOTUNE over the process's
+  cores), no cache: every JPEG is read and decoded on every epoch.
+* PyTorch: a ``torch.utils.data.DataLoader`` with one worker per core over a Dataset that
+  applies torchvision's transforms. torchvision is not installed here (its 0.28.0 wheel
+  for torch 2.13 on this index is a CUDA build that does not load on CPU-only torch), so
+  the transforms are torchvision's PIL code paths written out with PIL (``Image.open``
+  + ``convert("RGB")``, ``resize`` on the crop box with bilinear filtering, PIL
+  ``ImageOps``/``ImageEnhance``/``transform`` for TrivialAugmentWide's ops with its
+  magnitude bins) and torch tensor ops for normalise and erasing.
+
+The two are timed in alternation (--rounds windows of --batches batches each) so that both
+see the same load on a shared machine; the median rate and the per-core rate (rate / cores
+the process may use) are printed with the CPU model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+from thinjax.platform import cpu_description
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ZIP = os.path.join(os.path.dirname(ROOT), "shared", "data", "imagenet-sample.zip")
+MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def unpack(zip_path: str, dest: str) -> str:
+    """The sample's image-folder root (class folders of JPEGs)."""
+    with zipfile.ZipFile(zip_path) as z:
+        z.extractall(dest)
+    for root, dirs, _ in os.walk(dest):
+        if dirs and all(d.startswith("n") for d in dirs):
+            return root
+    raise SystemExit(f"no class folders in {zip_path}")
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+# -- thinjax -----------------------------------------------------------------------------
+
+def thinjax_batches(root: str, batch: int, size: int):
+    from thinjax.config import base_config
+    from thinjax.data import get_source
+    from thinjax.data.pipeline import train_batches
+    c = base_config().data
+    folder = os.path.dirname(root)  # image folder: <folder>/<split>/<class>/*.JPEG
+    c.name, c.train_split = folder, os.path.basename(root)
+    c.augment, c.image_size, c.cache = "imagenet", size, "none"
+    c.trivial_augment, c.random_erasing, c.shuffle_buffer = True, 0.1, 1000
+    src = get_source(folder)
+    split = c.train_split
+    return train_batches(src, c, batch, 0, 0, src.num_examples(split) // batch)
+
+
+# -- PyTorch (torchvision's PIL paths, written out) ----------------------------------------
+
+def rrc_box(w: int, h: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision.transforms.RandomResizedCrop.get_params, returned as a PIL box."""
+    area = w * h
+    for _ in range(10):
+        a = area * random.uniform(*scale)
+        r = math.exp(random.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = int(round(math.sqrt(a * r))), int(round(math.sqrt(a / r)))
+        if 0 < cw <= w and 0 < ch <= h:
+            x, y = random.randint(0, w - cw), random.randint(0, h - ch)
+            return x, y, x + cw, y + ch
+    r = w / h
+    cw, ch = (w, int(round(w / ratio[1]))) if r > ratio[1] else \
+        (int(round(h * ratio[0])), h) if r < ratio[0] else (w, h)
+    x, y = (w - cw) // 2, (h - ch) // 2
+    return x, y, x + cw, y + ch
+
+
+def _affine(img, m):
+    return img.transform(img.size, Image.AFFINE, m, Image.NEAREST, fillcolor=(0, 0, 0))
+
+
+TA_OPS = [  # TrivialAugmentWide: (name, magnitude range over 31 bins, signed, op)
+    ("Identity", 0.0, False, lambda im, m: im),
+    ("ShearX", 0.99, True, lambda im, m: _affine(im, (1, m, 0, 0, 1, 0))),
+    ("ShearY", 0.99, True, lambda im, m: _affine(im, (1, 0, 0, m, 1, 0))),
+    ("TranslateX", 32.0, True, lambda im, m: _affine(im, (1, 0, -int(m), 0, 1, 0))),
+    ("TranslateY", 32.0, True, lambda im, m: _affine(im, (1, 0, 0, 0, 1, -int(m)))),
+    ("Rotate", 135.0, True, lambda im, m: im.rotate(m, Image.NEAREST, fillcolor=(0, 0, 0))),
+    ("Brightness", 0.99, True, lambda im, m: ImageEnhance.Brightness(im).enhance(1 + m)),
+    ("Color", 0.99, True, lambda im, m: ImageEnhance.Color(im).enhance(1 + m)),
+    ("Contrast", 0.99, True, lambda im, m: ImageEnhance.Contrast(im).enhance(1 + m)),
+    ("Sharpness", 0.99, True, lambda im, m: ImageEnhance.Sharpness(im).enhance(1 + m)),
+    ("Posterize", 6.0, False, lambda im, m: ImageOps.posterize(im, 8 - int(m))),
+    ("Solarize", 255.0, False, lambda im, m: ImageOps.solarize(im, 255 - int(m))),
+    ("AutoContrast", 0.0, False, lambda im, m: ImageOps.autocontrast(im)),
+    ("Equalize", 0.0, False, lambda im, m: ImageOps.equalize(im)),
+]
+
+
+def trivial_augment_wide(img, bins: int = 31):
+    _, top, signed, op = random.choice(TA_OPS)
+    m = top * random.randrange(bins) / (bins - 1)
+    return op(img, -m if signed and random.random() < 0.5 else m)
+
+
+def random_erasing(x, p: float = 0.1, scale=(0.02, 0.33), ratio=(0.3, 3.3)):
+    """torchvision.transforms.RandomErasing (value=0) on a CHW tensor."""
+    import torch
+    if random.random() >= p:
+        return x
+    _, h, w = x.shape
+    for _ in range(10):
+        a = h * w * random.uniform(*scale)
+        r = math.exp(random.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        eh, ew = int(round(math.sqrt(a * r))), int(round(math.sqrt(a / r)))
+        if eh < h and ew < w:
+            i, j = random.randint(0, h - eh), random.randint(0, w - ew)
+            x[:, i:i + eh, j:j + ew] = torch.zeros(())
+            return x
+    return x
+
+
+def torch_loader(root: str, batch: int, size: int, workers: int):
+    import torch
+
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                   if f.lower().endswith((".jpeg", ".jpg")))
+    classes = sorted({os.path.basename(os.path.dirname(f)) for f in files})
+    mean, std = torch.from_numpy(MEAN)[:, None, None], torch.from_numpy(STD)[:, None, None]
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            with open(files[i], "rb") as f:
+                img = Image.open(f).convert("RGB")
+            img = img.resize((size, size), Image.BILINEAR, box=rrc_box(*img.size))
+            if random.random() < 0.5:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            img = trivial_augment_wide(img)
+            x = torch.from_numpy(np.asarray(img, np.float32).transpose(2, 0, 1).copy())
+            x = random_erasing((x - mean) / std)
+            return x, classes.index(os.path.basename(os.path.dirname(files[i])))
+
+    loader = torch.utils.data.DataLoader(Images(), batch, shuffle=True, drop_last=True,
+                                         num_workers=workers, persistent_workers=True)
+
+    def endless():
+        while True:
+            yield from loader
+
+    return endless()
+
+
+def rate(it, batches: int, batch: int) -> float:
+    t = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - t)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--zip", default=ZIP)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=176)
+    ap.add_argument("--batches", type=int, default=16, help="batches per timed window")
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    n = cores()
+    with tempfile.TemporaryDirectory() as d:
+        root = unpack(a.zip, d)
+        its = {"thinjax (tf.data)": thinjax_batches(root, a.batch, a.size),
+               "PyTorch DataLoader (PIL, torchvision's ops)":
+                   torch_loader(root, a.batch, a.size, n)}
+        for it in its.values():
+            rate(it, 2, a.batch)  # start-up: workers, tf.data graph, first files
+        res = {k: [] for k in its}
+        for _ in range(a.rounds):
+            for k, it in its.items():
+                res[k].append(rate(it, a.batches, a.batch))
+    print(f"\nImageNet training transform at {a.size}px, batch {a.batch}, {n} core(s) for "
+          f"this process; CPU: {cpu_description()}; medians of {a.rounds} alternating windows "
+          f"of {a.batches} batches")
+    print("| pipeline | images/s | images/s per core | windows |")
+    print("|---|---|---|---|")
+    for k, v in res.items():
+        m = float(np.median(v))
+        print(f"| {k} | {m:,.0f} | {m / n:,.0f} | {', '.join(f'{x:.0f}' for x in v)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
