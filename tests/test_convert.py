@@ -39,16 +39,19 @@ def test_iterative_pruning_run_resumes_exactly_and_ends_materialised(tmp_path):
     plan, v, meta = load_model(str(tmp_path / "straight"))
     assert plan == Plan.from_dict(res["plan"]) and count(plan).macs == res["macs"]
     assert meta["materialized"] and "masks" not in meta
-    # killed after its first checkpoint (step >= 4), then resumed: the same network
+    # killed after its checkpoint at step 10, written after the network materialised (the
+    # last event is at step 8), then resumed: the same network
     wd = tmp_path / "killed"
-    p = subprocess.Popen(main_cmd(wd, *PRUNE), cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=sub_env())
-    step = wait_for_checkpoint(wd, p, 4)
+    p = subprocess.Popen(main_cmd(wd, *PRUNE, "--config.train.checkpoint_every=10"),
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=sub_env())
+    step = wait_for_checkpoint(wd, p, 10)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert step < 12
-    r2 = run(wd, *PRUNE)
-    assert "resumed from" in r2.stdout
+    assert step == 10 and not (wd / "results.json").exists()
+    assert load_model(str(wd / "checkpoints" / "10"))[2]["materialized"]
+    r2 = run(wd, *PRUNE, "--config.train.checkpoint_every=10")
+    assert "resumed from" in r2.stdout and "step 10" in r2.stdout
     plan2, v2, _ = load_model(str(wd))
     assert plan2 == plan
     assert_trees_close(v, v2, rtol=1e-5, atol=1e-6)
@@ -92,7 +95,8 @@ def test_convert_masked_run_then_evaluate_and_finetune_its_config(masked_run, tm
     assert s["after"]["params"] < s["before"]["params"] / 3
     # the masked wide network and the materialised one agree on real images
     assert s["masked_top1"] == pytest.approx(s["after"]["top1"], abs=1e-9)
-    assert sorted(os.listdir(out)) == ["config.py", "model", "plan.json", "summary.json"]
+    assert sorted(os.listdir(out)) == [".thinjax-output", "config.py", "model", "plan.json",
+                                       "summary.json"]
     ev = subprocess.run([sys.executable, "-m", "thinjax.main", f"--config={out}/config.py",
                          f"--workdir={tmp_path / 'ev'}", "--config.mode=evaluate", "--json"],
                         capture_output=True, text=True, cwd=ROOT, timeout=600)
