@@ -10,10 +10,9 @@ configs/thin_r50.py on a pod slice or GPU nodes, see launch/ and docs/scaling.md
 each is evaluated on the validation split, 232 -> 224); `base` is the ResNet-50 (w=64) to
 prune (a thinjax workdir or a torchvision .pth). The release's ThinResNet-50 w=16 is
 evaluated from ../shared as a fifth sweep point.
-Expected: the study's claim at ImageNet scale: ThinResNet-50s trained with the 600-epoch
-recipe at or above the pruned ResNet-50s at equal MACs, and above most published points
-(the published panel shows HRank, ABCPruner, GAL, ThiNet, DepGraph ... with their own
-baselines).
+Outcome: not measured yet (no ImageNet sweep has been trained); the report will say it.
+The release w=16 and a retrained w=16 have the same cost: the sweep curve takes their mean
+there (thinjax.report.interpolate).
 Cost: the evaluations (50,000 images x 5 networks) take minutes on an accelerator; each
 pruning fine-tune runs `finetune_epochs` epochs of thin_r50.py's recipe on the pruned net;
 the sweep trainings themselves are the cost of thin_r50.py (docs/scaling.md).
@@ -48,6 +47,8 @@ def get_config():
                        "--config.prune.every_epochs=2"]}]
     c.extra = []
     c.literature = {"network": "resnet50", "dataset": "ImageNet"}
+    c.domain = ("ImageNet-1k train / validation; the release ThinResNet-50 w=16 was trained "
+                "600 epochs by the release's authors, the other sweep members by thin_r50.py.")
     c.notes = ("Measured points: top-1 on the ImageNet validation split (resize 232, centre "
                "crop 224). Published results use their own baselines and recipes.")
     return c

@@ -2,6 +2,7 @@
 runs, failures reported, and the report on a tiny synthetic study (bundled sample)."""
 
 import csv
+import json
 import math
 import os
 
@@ -36,17 +37,89 @@ def test_pareto_front():
     assert report.pareto(pts) == [0, 1, 4, 5]
 
 
-def test_comparison_sentences():
-    rows = [dict(name="w8", method="ThinResNet", kind="thin", macs=100, params=10, top1=80.0),
-            dict(name="w16", method="ThinResNet", kind="thin", macs=400, params=40, top1=90.0),
-            dict(name="p", method="l1", kind="pruned", macs=200, params=20, top1=81.0),
-            dict(name="q", method="l1", kind="pruned", macs=50, params=5, top1=70.0),
-            dict(name="r", method="l1", kind="pruned", macs=99, params=5, top1=70.0)]
-    s = report.comparisons(rows, "macs")
-    assert s[0].startswith("At 200 MACs, p (l1) reaches 81.00%, 4.00 points below the "
-                           "ThinResNet curve (85.00%")
-    assert "outside the ThinResNet sweep's range" in s[1]
-    assert "9.93 points below" in s[2] and "extrapolated slightly" in s[2]
+def test_interpolation_with_two_points_of_equal_cost_and_a_non_monotone_sweep():
+    # two networks of one cost (a release checkpoint and its retrained copy): their mean
+    twin = [(100.0, 80.0), (100.0, 82.0)]
+    assert report.interpolate(twin, 100.0) == pytest.approx(81.0)
+    assert report.interpolate(twin, 105.0, extrapolate=0.15) == pytest.approx(81.0)
+    assert report.interpolate(twin + [(1000.0, 91.0)], 10 ** 2.5) == pytest.approx(86.0)
+    assert report.interpolate(twin + [(1000.0, 91.0)], 1100.0, extrapolate=0.15) is not None
+    # accuracy falling then rising with cost: each segment joins neighbours in cost
+    bumpy = [(1000.0, 90.0), (10.0, 80.0), (100.0, 70.0)]
+    assert report.interpolate(bumpy, math.sqrt(10 * 100)) == pytest.approx(75.0)
+    assert report.interpolate(bumpy, 10 ** 2.5) == pytest.approx(80.0)
+
+
+def test_within_noise_rule():
+    assert report.verdict(0.3, 0.5) == "within noise"
+    assert report.verdict(-0.5, 0.5) == "within noise"
+    assert report.verdict(-0.8, 0.5) == "below, beyond the seed spread"
+    assert report.verdict(0.8, 0.5) == "above, beyond the seed spread"
+    assert report.verdict(0.1, None) == "above, noise not measured"
+
+
+def _row(name, arm, macs, top1, init_epochs=600.0, epochs=1.0, seed=0, weights="ema",
+         recipe="R", kind="pruned"):
+    return dict(name=name, method=arm, kind=kind, arm=arm, criterion=None, target="w=8",
+                macs=macs, params=macs // 100, top1=top1, top5=None, init="x",
+                init_epochs=init_epochs, epochs=epochs, images_seen=int(epochs * 50000),
+                recipe=recipe, seed=seed, weights=weights, source=name)
+
+
+def test_equal_budget_sentences_seeds_noise_and_unequal_budget_labels():
+    rows = [_row("release w8", "release", 10_000_000, 81.0, epochs=0.0, kind="thin"),
+            _row("release w16", "release", 40_000_000, 87.0, epochs=0.0, kind="thin"),
+            _row("thin+ft w8", "thin+ft", 10_000_000, 84.0, seed=0, kind="thin"),
+            _row("thin+ft w8", "thin+ft", 10_000_000, 85.0, seed=1, kind="thin"),
+            _row("pruned+ft l1", "pruned+ft", 10_100_000, 84.2),
+            _row("pruned+ft bn", "pruned+ft", 10_050_000, 82.0),
+            _row("pruned+ft other recipe", "pruned+ft", 10_050_000, 70.0, recipe="S"),
+            _row("pruned l1", "pruned", 10_100_000, 20.0, epochs=0.0)]
+    groups = {g["name"]: g for g in report.aggregate(rows)}
+    assert groups["thin+ft w8"]["n"] == 2 and groups["thin+ft w8"]["top1"] == 84.5
+    assert groups["thin+ft w8"]["spread"] == pytest.approx(1.0)
+    eq, placed = report.equal_budget(rows)
+    by = {s.split(": ", 1)[1].split(" reaches")[0]: s for s in eq}
+    assert set(by) == {"pruned+ft l1", "pruned+ft bn", "pruned l1"}
+    assert by["pruned+ft l1"].startswith("At 10.10 M MACs and 600 + 1 epochs (recipe R, "
+                                         "ema weights): pruned+ft l1 reaches 84.20% (1 seed)")
+    assert "0.30 points below thin+ft w8 (84.50%, 2 seeds" in by["pruned+ft l1"]
+    assert "within noise (seed spread 1.00 points, thin+ft w8)" in by["pruned+ft l1"]
+    assert "below, beyond the seed spread" in by["pruned+ft bn"]
+    assert "600 + 0 epochs" in by["pruned l1"] and "release w8" in by["pruned l1"]
+    assert "noise not measured" in by["pruned l1"]
+    # the other-recipe row has no equal-budget partner: placed on the sweep, labelled
+    curve = report.comparisons(rows, "macs", placed)
+    assert len(curve) == 1 and "pruned+ft other recipe" in curve[0]
+    assert "UNEQUAL BUDGET" in curve[0] and "sweep: 600 + 0 epochs" in curve[0]
+
+
+def test_limits_section_names_budgets_domain_seeds_and_what_was_not_run():
+    rows = [_row("thin+ft w8", "thin+ft", 10_000_000, 84.0, seed=0, kind="thin"),
+            _row("thin+ft w8", "thin+ft", 10_000_000, 85.0, seed=1, kind="thin"),
+            _row("pruned+ft l1", "pruned+ft", 10_100_000, 84.2)]
+    text = "\n".join(report.limits(rows, "JPEG re-encodings cost 7 points", ["gradual"],
+                                    ["x: boom"]))
+    assert text.startswith("## Limits")
+    assert "- thin+ft (2 network(s)): init x, 600 epochs; 1 epochs here, 50,000 images " \
+           "seen; recipe R; seeds 0/1; ema weights." in text
+    assert "Data: JPEG re-encodings cost 7 points" in text
+    assert "thin+ft w8 (600 + 1 epochs): 2 seeds, spread 1.00 points" in text
+    assert "Not run: gradual; failed: x: boom" in text
+    md = report.markdown("t", rows, [], {}, [], domain="JPEG")
+    assert "## Limits" in md and "## At equal cost and equal budget" in md
+
+
+def test_old_results_get_budget_columns():
+    row = dict(name="l1 global @ ThinResNet-56 w=8 macs + 1 ep", method="l1 (global) + 1-epoch",
+               kind="pruned", epochs=1.0, source="s")
+    r = report.fill_budget(row, "/x/base.pt", 600, "own config", 50_000)
+    assert (r["arm"], r["init"], r["init_epochs"], r["epochs"], r["images_seen"],
+            r["criterion"], r["target"], r["weights"]) == (
+        "pruned+ft", "base.pt", 600, 1.0, 50_000, "l1", "ThinResNet-56 w=8", "raw")
+    thin = report.fill_budget(dict(name="w8", method="ThinResNet", kind="thin", epochs=600.0,
+                                   source="r.pt"), "b", 600, "-", 50_000)
+    assert (thin["arm"], thin["init_epochs"], thin["epochs"]) == ("release", 600.0, 0.0)
 
 
 def tiny_config(tmp_path):
@@ -118,7 +191,73 @@ def test_tiny_study_end_to_end_skips_finished_runs_and_reports_failures(tmp_path
     assert log.count("finished earlier, skipped") == 5 and "FAILED" in log
 
 
-@pytest.mark.parametrize("name,n_runs", [("study_cifar10_r56", 8), ("study_imagenet_r50", 14)])
+def budget_config(tmp_path):
+    c = tiny_config(tmp_path)
+    c.sweep = [{"name": "ThinResNet-20 w=2", "checkpoint": "{release}/w2", "epochs": 600},
+               {"name": "ThinResNet-20 w=4", "checkpoint": ASSET, "epochs": 600}]
+    c.pruning, c.schedule_runs, c.extra = {}, [], []
+    c.budget = ml_collections.ConfigDict(dict(
+        arch="resnet20", base_width=4, targets=(2,), criteria=("l1",), allocation="global",
+        finetune_epochs=0.5, scratch_epochs=2.0, recipe="configs/default.py",
+        recipe_name="R-test", sparse=({"name": "sfp", "schedule": "soft",
+                                       "criterion": "l2", "end": 0.5, "every": 0.1},),
+        seeds=(0,), noise_seeds=(0, 1), noise_arms=("thin+ft",), weights="ema"))
+    c.domain = "bundled sample"
+    return c
+
+
+def test_budget_arms_write_every_budget_column_and_compare_at_equal_budget(
+        tmp_path, monkeypatch):
+    """The arms' runs with thinjax.main stubbed (its command recorded, a results.json
+    invented), the one-shot pruning real: every row carries its budget."""
+    cfg = budget_config(tmp_path)
+    paths = {2: str(tmp_path / "w2"), 4: ASSET}
+    monkeypatch.setattr(Study, "release_path", lambda self, w: paths[w])
+    calls = {}
+
+    def fake_main(self, cmd):
+        wd = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
+        os.makedirs(wd)
+        with open(os.path.join(wd, "config.json"), "w") as f:
+            json.dump({"train": {"batch_size": 32}}, f)
+        calls[wd.split(os.sep)[-2]] = cmd
+        seed = int(next(a.split("=")[1] for a in cmd if a.startswith("--config.seed=")))
+        ep = float(next(a.split("=")[1] for a in cmd if a.startswith("--config.train.epochs")))
+        return {"params": 1, "macs": self.target_of("ThinResNet-20 w=2", "macs"),
+                "eval_top1": 40.0, "eval_top5": 80.0, "ema_eval_top1": 50.0 + seed,
+                "ema_eval_top5": 90.0, "epochs": ep, "steps": 10}
+
+    monkeypatch.setattr(Study, "subprocess", fake_main)
+    st = Study(cfg, str(tmp_path / "study"))
+    st.run_all()
+    assert not st.failures, st.failures
+    assert sorted(calls) == ["gradual-l1-w2-s0", "pruned-ft-l1-w2-s0", "scratch-l1-w2-s0",
+                             "scratch-uniform-w2-s0", "sparse-sfp-w2-s0", "thin-ft-w2-s0",
+                             "thin-ft-w2-s1"]
+    assert "--config.prune.schedule=gradual" in calls["gradual-l1-w2-s0"]
+    assert "--config.prune.schedule=soft" in calls["sparse-sfp-w2-s0"]
+    assert any(a.startswith("--config.model.plan_file=") for a in calls["scratch-l1-w2-s0"])
+    assert not any("init_from" in a for a in calls["scratch-l1-w2-s0"])
+    st.write_outputs()
+    rows = report.read_csv(str(tmp_path / "study" / "results.csv"))
+    by = {r["source"]: r for r in rows}
+    for r in rows:
+        assert all(r[k] not in (None, "") for k in report.BUDGET if k != "seed"), r
+    ft, sc = by["thin-ft-w2-s1"], by["scratch-l1-w2-s0"]
+    assert (ft["arm"], ft["init_epochs"], ft["epochs"], ft["images_seen"], ft["recipe"],
+            ft["seed"], ft["weights"]) == ("thin+ft", 600.0, 0.5, 320, "R-test", "1", "ema")
+    assert (sc["arm"], sc["init"], sc["init_epochs"], sc["epochs"]) == (
+        "scratch-pruned", "random init", 0.0, 2.0)
+    assert by["prune-l1-to-w2"]["epochs"] == 0.0 and by["prune-l1-to-w2"]["arm"] == "pruned"
+    md = (tmp_path / "study" / "report.md").read_text()
+    assert "and 0 + 2 epochs (recipe R-test, ema weights): scratch l1 plan -> w=2" in md
+    assert "and 600 + 0.5 epochs (recipe R-test, ema weights): pruned+ft l1 -> w=2" in md
+    assert "thin+ft w=2 (50.50%, 2 seeds" in md and "within noise" in md
+    assert "## Limits" in md and "Data: bundled sample" in md
+
+
+@pytest.mark.parametrize("name,n_runs", [("study_cifar10_r56", 22), ("study_imagenet_r50", 14),
+                                         ("study_cifar10_r20_budget", 62)])
 def test_study_configs_load_and_plan_their_runs(name, n_runs):
     import importlib.util
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,7 +265,8 @@ def test_study_configs_load_and_plan_their_runs(name, n_runs):
                                                                     name + ".py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert "Command" in mod.__doc__ and "Expected" in mod.__doc__ and "Cost" in mod.__doc__
+    assert "Command" in mod.__doc__ and "Cost" in mod.__doc__
+    assert "Expected" not in mod.__doc__  # no outcome stated before it is measured
     cfg = mod.get_config()
     runs = plan_runs(cfg)
     assert len(runs) == n_runs

@@ -18,12 +18,21 @@ The config lists
     starts from; ``match``: set its target to a sweep member's MACs or params);
   * ``extra``: networks from elsewhere (your own pruning method's checkpoints) placed on the
     same plot;
-  * ``literature``: which rows of thinjax/assets/literature.csv to show.
+  * ``sweep_range``: {arch, widths, dataset}: the release checkpoint of every width (a dense
+    sweep; files found in ``release_dir`` by the release's naming);
+  * ``budget``: arms of equal training budget per target cost (``budget_plan``): the
+    release ThinResNet fine-tuned E epochs (thin+ft), the wide release network pruned
+    one-shot then fine-tuned E epochs (pruned+ft), pruned gradually or by a sparse-training
+    schedule during E epochs (gradual, sparse), and each pruned plan against the uniform
+    ThinResNet, both trained B epochs from scratch; seeds per arm;
+  * ``literature``: which rows of thinjax/assets/literature.csv to show;
+  * ``domain``, ``not_run``: sentences for the report's Limits section.
 Every run keeps its result in DIR/runs/<run id>/row.json: a rerun skips finished runs; a run
 that fails is reported (DIR/runs/<id>/error.txt) and the others go on (exit status 1 at the
-end). Outputs: DIR/results.csv (name, method, kind, params, macs, top1, top5, epochs,
-source), DIR/literature.csv, DIR/acc_vs_macs.{png,svg}, DIR/acc_vs_params.{png,svg} and
-DIR/report.md (also written to --report_dir).
+end). Outputs: DIR/results.csv (report.COLUMNS: the network, its cost, its top-1 and its
+budget: init source and its epochs, epochs here, images seen, recipe, seed, EMA or raw),
+DIR/literature.csv, DIR/acc_vs_macs.{png,svg}, DIR/acc_vs_params.{png,svg} and DIR/report.md
+(also written to --report_dir). ``--from_csv=FILE`` rebuilds them from a results.csv alone.
 """
 
 from __future__ import annotations
@@ -41,11 +50,14 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from thinjax import cli
+from thinjax import cli, report
+from thinjax.errors import CheckpointError, ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "study config (configs/study_*.py)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory; rerun to continue")
 _REPORT_DIR = flags.DEFINE_string("report_dir", None, "also write the report and plots here")
+_FROM_CSV = flags.DEFINE_string("from_csv", None, "rebuild the report from this results.csv "
+                                 "(no runs; an older file gets its budget columns filled)")
 _JSON = cli.define_json()
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -66,9 +78,32 @@ def slug(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
 
 
+def release_file(cfg, arch: str, width: int, dataset: str) -> str:
+    """The release checkpoint of `arch` at `width`, by the release's file naming
+    (``{arch}_width{w}_{dataset}_ema.pt`` in ``release_dir``)."""
+    return "{release}/" + f"{arch}_width{width}_{dataset}_ema.pt"
+
+
+def member_name(arch: str, width: int) -> str:
+    return f"ThinResNet-{arch.removeprefix('resnet')} w={width}"
+
+
+def sweep_entries(cfg) -> list[dict]:
+    """``cfg.sweep`` plus ``cfg.sweep_range`` = {"arch", "widths", "dataset", "epochs"}: one
+    release checkpoint per width (a dense sweep)."""
+    out = [dict(s) for s in cfg.get("sweep", ())]
+    r = cfg.get("sweep_range")
+    if r:
+        for w in r["widths"]:
+            out.append({"name": member_name(r["arch"], w), "release": True,
+                        "checkpoint": release_file(cfg, r["arch"], w, r["dataset"]),
+                        "epochs": r.get("epochs", 600)})
+    return out
+
+
 def plan_runs(cfg) -> list[Run]:
     runs = []
-    for s in cfg.sweep:
+    for s in sweep_entries(cfg):
         runs.append(Run(f"thin-{slug(s['name'])}", "thin", s["name"], "ThinResNet", dict(s)))
     p = cfg.get("pruning")
     if p and p.get("base"):
@@ -89,11 +124,82 @@ def plan_runs(cfg) -> list[Run]:
                         {**dict(t), "scheduled": True}))
     for e in cfg.get("extra", ()):
         runs.append(Run(f"extra-{slug(e['name'])}", "extra", e["name"], e["method"], dict(e)))
+    if cfg.get("budget"):
+        runs += budget_plan(cfg)
     ids = [r.id for r in runs]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
-        raise ValueError(f"study runs need distinct names; repeated: {sorted(dup)}")
+        raise ConfigError(f"study runs need distinct names; repeated: {sorted(dup)} (rename "
+                          "the sweep, extra or schedule_runs entries)")
     return runs
+
+
+# -- arms of equal budget (config.budget) -----------------------------------------------
+ARMS = ("pruned", "thin+ft", "pruned+ft", "gradual", "sparse", "scratch")
+
+
+def _seeds(b, arm: str) -> tuple:
+    """budget.noise_seeds for the arms in budget.noise_arms (thin+ft, pruned+ft, gradual,
+    sparse, scratch-uniform, scratch), budget.seeds for the others."""
+    return tuple(b.get("noise_seeds", (0, 1))) if arm in b.get("noise_arms", ()) else \
+        tuple(b.get("seeds", (0,)))
+
+
+def _check_budget(b) -> None:
+    unknown = [a for a in b.get("arms", ARMS) if a not in ARMS]
+    missing = [c for c in list(b.get("gradual_criteria", ())) + list(
+        b.get("scratch_criteria", ())) if c not in b["criteria"]]
+    if unknown or missing:
+        raise ConfigError(f"config.budget: unknown arms {unknown} (use {', '.join(ARMS)}) / "
+                          f"gradual or scratch criteria {missing} not in budget.criteria "
+                          "(the one-shot pruning of each criterion gives the scratch plan)")
+
+
+def budget_plan(cfg) -> list[Run]:
+    """The runs of config.budget, arm by arm (each arm over every target before the next
+    arm, so a study stopped early has whole arms): one-shot pruning (the plans), thin+ft,
+    pruned+ft, gradual, sparse and scratch."""
+    b = cfg.budget
+    _check_budget(b)
+    arms, arch, E, B = b.get("arms", ARMS), b["arch"], b["finetune_epochs"], b["scratch_epochs"]
+    out = {a: [] for a in ARMS}
+    for w in b["targets"]:
+        tgt, t = member_name(arch, w), f"w={w}"
+        common = dict(target=tgt, width=w)
+        for c in b["criteria"]:
+            out["pruned"].append(Run(f"prune-{slug(c)}-to-w{w}", "pruned", f"pruned {c} -> {t}",
+                                     f"{c} ({b['allocation']}), one-shot, no fine-tune",
+                                     dict(common, arm="pruned", criterion=c)))
+            out["pruned+ft"] += [Run(f"pruned-ft-{slug(c)}-w{w}-s{s}", "pruned",
+                                     f"pruned+ft {c} -> {t}", f"{c} one-shot + {E:g} ep",
+                                     dict(common, arm="pruned+ft", criterion=c, seed=s,
+                                          plan_from=f"prune-{slug(c)}-to-w{w}"))
+                                 for s in _seeds(b, "pruned+ft")]
+        out["thin+ft"] += [Run(f"thin-ft-w{w}-s{s}", "thin", f"thin+ft {t}",
+                               f"ThinResNet {t} + {E:g} ep", dict(common, arm="thin+ft", seed=s))
+                           for s in _seeds(b, "thin+ft")]
+        for c in b.get("gradual_criteria", b["criteria"]):
+            out["gradual"] += [Run(f"gradual-{slug(c)}-w{w}-s{s}", "pruned", f"gradual {c} -> {t}",
+                                   f"{c} gradual over {E:g} ep",
+                                   dict(common, arm="gradual", criterion=c, seed=s))
+                               for s in _seeds(b, "gradual")]
+        for sp in b.get("sparse", ()):
+            out["sparse"] += [Run(f"sparse-{slug(sp['name'])}-w{w}-s{s}", "pruned",
+                                  f"{sp['name']} -> {t}", f"{sp['name']} over {E:g} ep",
+                                  dict(common, arm=sp["name"], criterion=sp["criterion"],
+                                       sparse=dict(sp), seed=s))
+                              for s in _seeds(b, "sparse")]
+        out["scratch"] += [Run(f"scratch-uniform-w{w}-s{s}", "thin", f"scratch uniform {t}",
+                               f"ThinResNet {t} from scratch, {B:g} ep",
+                               dict(common, arm="scratch-uniform", seed=s))
+                           for s in _seeds(b, "scratch-uniform")]
+        for c in b.get("scratch_criteria", b["criteria"]):
+            out["scratch"] += [Run(f"scratch-{slug(c)}-w{w}-s{s}", "pruned",
+                                   f"scratch {c} plan -> {t}", f"{c} plan from scratch, {B:g} ep",
+                                   dict(common, arm="scratch-pruned", criterion=c, seed=s,
+                                        plan_from=f"prune-{slug(c)}-to-w{w}"))
+                               for s in _seeds(b, "scratch")]
+    return [r for a in ARMS if a in arms or a == "pruned" for r in out[a]]
 
 
 class Study:
@@ -101,6 +207,7 @@ class Study:
         self.cfg, self.workdir = cfg, os.path.abspath(workdir)
         self.rows: dict[str, dict] = {}
         self.failures: list[str] = []
+        self.from_csv: str | None = None
 
     # -- the runs ---------------------------------------------------------------------
     def run_dir(self, run_id: str) -> str:
@@ -142,10 +249,41 @@ class Study:
         return path
 
     def execute(self, run: Run) -> dict:
+        """The run's row, with its budget columns (report.BUDGET)."""
+        if run.spec.get("arm"):
+            return self.execute_budget(run)
+        row = self.execute_plain(run)
+        if run.kind == "extra":
+            return {**row, "arm": "extra", "init": row["source"], "init_epochs":
+                    row.get("epochs"), "epochs": 0.0, "images_seen": 0, "recipe": "-",
+                    "weights": "?"}
+        if run.kind == "thin" and run.spec.get("checkpoint"):
+            release = run.spec.get("release", row["source"].endswith(".pt"))
+            return {**row, "arm": "release" if release else "thin", "init": row["source"],
+                    "init_epochs": row.get("epochs"), "epochs": 0.0, "images_seen": 0,
+                    "recipe": "-", "weights": "ema"}
+        if run.kind == "thin":  # trained here from scratch
+            return {**row, "arm": "thin", "init": "random init", "init_epochs": 0.0,
+                    "images_seen": None, "recipe": os.path.basename(run.spec["train"]),
+                    "weights": "ema"}
+        p = self.cfg.get("pruning") or {}
+        row = report.fill_budget(
+            row, self.resolve(run.spec.get("base") or p.get("base", "?")),
+            float(self.cfg.get("base_epochs", 600)),
+            self.cfg.get("finetune_recipe", "the converted network's own config"),
+            int(self.cfg.data.get("train_images", 50_000)))
+        if run.spec.get("scheduled"):
+            row.update(arm="scheduled", recipe=os.path.basename(run.spec["train"]))
+        return row
+
+    def execute_plain(self, run: Run) -> dict:
         s, rd = run.spec, self.run_dir(run.id)
         row = {"name": run.name, "method": run.method, "kind": run.kind, "source": run.id}
         if run.kind in ("thin", "extra") and s.get("checkpoint"):
             ck = self.resolve(s["checkpoint"])
+            if not os.path.exists(ck) and "://" not in ck:
+                raise CheckpointError(f"checkpoint {ck} (run {run.id}) not found; fix its "
+                                      "path in the study config or set --config.release_dir")
             r = self.evaluate(ck)
             return {**row, "params": r["params"], "macs": r["macs"], "top1": r["top1"],
                     "top5": r["top5"], "epochs": s.get("epochs"),
@@ -183,7 +321,8 @@ class Study:
             return {**row, "params": res["params"], "macs": res["macs"],
                     "top1": res["eval_top1"], "top5": res["eval_top5"],
                     "epochs": res["epochs"], "source": run.id + " (raw weights)"}
-        raise ValueError(f"run {run.id}: give a checkpoint or a train config")
+        raise ConfigError(f"run {run.id}: give a checkpoint or a train config in the study "
+                          "config")
 
     def target_of(self, member: str, on: str) -> float:
         row = self.rows.get(f"thin-{slug(member)}")
@@ -206,6 +345,105 @@ class Study:
         a = summ["after"]
         return {**row, "params": a["params"], "macs": a["macs"], "top1": a["top1"],
                 "top5": a["top5"], "epochs": 0, "source": run.id}
+
+    # -- arms of equal budget -----------------------------------------------------------
+    def release_path(self, width: int) -> str:
+        b = self.cfg.budget
+        path = self.resolve(release_file(self.cfg, b["arch"], width, b.get("dataset", "cifar10")))
+        if not os.path.exists(path):
+            raise CheckpointError(f"release checkpoint {path} not found (budget arm, width "
+                                  f"{width}); set --config.release_dir to the folder that "
+                                  "holds the release's *_ema.pt files (MANIFEST.tsv lists them)")
+        return path
+
+    def plan_dir(self, run_id: str) -> str:
+        d = os.path.join(self.run_dir(run_id), "pruned")
+        if not os.path.isdir(d):
+            raise CheckpointError(f"needs the pruned plan of run {run_id}, which did not finish "
+                               f"(see {self.run_dir(run_id)}/error.txt; rerun the study)")
+        return d
+
+    def arm_overrides(self, s: dict) -> tuple[list[str], str, float]:
+        """(--config flags, init source, init epochs) of a training arm."""
+        b, arm = self.cfg.budget, s["arm"]
+        rel = float(b.get("release_epochs", 600))
+        base_w = b.get("base_width", 16)
+        if arm == "thin+ft":
+            ck = self.release_path(s["width"])
+            return ([f"--config.model.width={s['width']}", f"--config.init_from={ck}"],
+                    os.path.basename(ck), rel)
+        if arm == "pruned+ft":
+            d = self.plan_dir(s["plan_from"])
+            return ([f"--config.model.plan_file={d}/plan.json", f"--config.init_from={d}/model"],
+                    f"{os.path.basename(self.release_path(base_w))} pruned ({s['plan_from']})",
+                    rel)
+        if arm == "scratch-uniform":
+            return [f"--config.model.width={s['width']}"], "random init", 0.0
+        if arm == "scratch-pruned":
+            d = self.plan_dir(s["plan_from"])
+            return [f"--config.model.plan_file={d}/plan.json"], "random init", 0.0
+        ck = self.release_path(base_w)  # gradual or a sparse-training method
+        return ([f"--config.model.width={base_w}", f"--config.init_from={ck}"]
+                + self.prune_flags(s), os.path.basename(ck), rel)
+
+    def prune_flags(self, s: dict) -> list[str]:
+        """Pruning inside the fine-tune: gradual (Zhu & Gupta) or a sparse-training entry of
+        budget.sparse (schedule, criterion, fractions of E, its own flags)."""
+        b, E = self.cfg.budget, float(self.cfg.budget["finetune_epochs"])
+        sp = s.get("sparse") or {"schedule": "gradual", "end": b.get("gradual_end", 0.5),
+                                 "every": b.get("gradual_every", 0.05)}
+        on = b.get("match_on", "macs")
+        return [f"--config.prune.schedule={sp['schedule']}",
+                f"--config.prune.criterion={s['criterion']}",
+                f"--config.prune.allocation={b['allocation']}",
+                f"--config.prune.round_to={b.get('round_to', 1)}",
+                f"--config.prune.target_kind={on}",
+                f"--config.prune.target={self.target_of(s['target'], on):.0f}",
+                "--config.prune.start_epoch=0",
+                f"--config.prune.end_epoch={sp['end'] * E:.6g}",
+                f"--config.prune.every_epochs={sp['every'] * E:.6g}"] + list(
+                    sp.get("overrides", ()))
+
+    def recipe_flags(self, epochs: float, seed: int) -> list[str]:
+        b = self.cfg.budget
+        return [f"--config.model.name={b['arch']}", f"--config.seed={seed}",
+                f"--config.train.epochs={epochs:g}", f"--config.train.eval_every_epochs={epochs:g}",
+                f"--config.optim.warmup_epochs={b.get('warmup_fraction', 0.05) * epochs:.6g}"
+                ] + list(b.get("recipe_overrides", ()))
+
+    def execute_budget(self, run: Run) -> dict:
+        s, b = run.spec, self.cfg.budget
+        row = {"name": run.name, "method": run.method, "kind": run.kind, "arm": s["arm"],
+               "target": s["target"], "criterion": s.get("criterion"), "source": run.id}
+        if s["arm"] == "pruned":
+            return self.prune_oneshot(run, row)
+        over, init, init_ep = self.arm_overrides(s)
+        ep = float(b["scratch_epochs"] if s["arm"].startswith("scratch") else
+                   b["finetune_epochs"])
+        wd = os.path.join(self.run_dir(run.id), "train")
+        res = self.subprocess(self.main_cmd(b["recipe"], wd, self.recipe_flags(ep, s["seed"])
+                                            + over))
+        with open(os.path.join(wd, "config.json")) as f:
+            batch = json.load(f)["train"]["batch_size"]
+        want_ema = b.get("weights", "ema") == "ema" and "ema_eval_top1" in res
+        return {**row, "params": res["params"], "macs": res["macs"],
+                "top1": res["ema_eval_top1" if want_ema else "eval_top1"],
+                "top5": res["ema_eval_top5" if want_ema else "eval_top5"],
+                "init": init, "init_epochs": init_ep, "epochs": res["epochs"],
+                "images_seen": int(res["steps"]) * int(batch), "recipe": b["recipe_name"],
+                "seed": s["seed"], "weights": "ema" if want_ema else "raw"}
+
+    def prune_oneshot(self, run: Run, row: dict) -> dict:
+        b = self.cfg.budget
+        base = self.release_path(b.get("base_width", 16))
+        spec = {"base": base, "criterion": run.spec["criterion"], "match": run.spec["target"],
+                "allocation": b["allocation"], "round_to": b.get("round_to", 1),
+                "match_on": b.get("match_on", "macs"),
+                "recalibrate_bn": b.get("recalibrate_bn", 0)}
+        r = self.prune(Run(run.id, run.kind, run.name, run.method, spec), row)
+        return {**r, "init": os.path.basename(base),
+                "init_epochs": float(b.get("release_epochs", 600)), "epochs": 0.0,
+                "images_seen": 0, "recipe": "-", "seed": None, "weights": "ema"}
 
     def run_all(self) -> None:
         runs = plan_runs(self.cfg)
@@ -251,7 +489,6 @@ class Study:
                 and r["dataset"] == lit["dataset"]]
 
     def write_outputs(self, report_dir: str | None = None) -> dict:
-        from thinjax import report
         rows = [dict(r) for r in self.rows.values()]
         lit = self.literature()
         report.write_csv(os.path.join(self.workdir, "results.csv"), rows)
@@ -266,18 +503,49 @@ class Study:
             for key, stem in (("macs", "acc_vs_macs"), ("params", "acc_vs_params")):
                 plots[key] = report.plot(rows, lit, os.path.join(self.workdir, stem), key,
                                          title, label)
-        md = report.markdown(title, rows, lit, plots, self.failures, self.cfg.get("notes", ""))
+        md = report.markdown(title, rows, lit, plots, self.failures, self.cfg.get("notes", ""),
+                             self.cfg.get("domain", ""), self.not_run())
         with open(os.path.join(self.workdir, "report.md"), "w") as f:
             f.write(md)
         if report_dir:
-            os.makedirs(report_dir, exist_ok=True)
-            for name in ["report.md", "results.csv", "literature.csv"] + \
-                    [os.path.basename(p) for ps in plots.values() for p in ps]:
-                src = os.path.join(self.workdir, name)
-                if os.path.exists(src):
-                    shutil.copy(src, os.path.join(report_dir, name))
+            self.copy_outputs(report_dir, plots)
         return {"rows": rows, "failures": self.failures, "report":
                 os.path.join(self.workdir, "report.md")}
+
+    def not_run(self) -> list[str]:
+        """The config's own list (cfg.not_run) and the planned runs that have no row and did
+        not fail (the study was stopped before them)."""
+        if self.from_csv:
+            return list(self.cfg.get("not_run", ()))
+        failed = {f.split(":", 1)[0] for f in self.failures}
+        left = [r.id for r in plan_runs(self.cfg) if r.id not in self.rows
+                and r.id not in failed]
+        out = list(self.cfg.get("not_run", ()))
+        if left:
+            out.append(f"{len(left)} planned run(s) not reached yet (rerun the command to "
+                       f"continue): {', '.join(left)}")
+        return out
+
+    def copy_outputs(self, report_dir: str, plots: dict) -> None:
+        os.makedirs(report_dir, exist_ok=True)
+        for name in ["report.md", "results.csv", "literature.csv"] + \
+                [os.path.basename(p) for ps in plots.values() for p in ps]:
+            src = os.path.join(self.workdir, name)
+            if os.path.exists(src):
+                shutil.copy(src, os.path.join(report_dir, name))
+
+    def load_csv(self, path: str) -> None:
+        """Rows from an earlier results.csv (budget columns filled for an older file), to
+        rebuild the report without running anything."""
+        self.from_csv = path
+        p = self.cfg.get("pruning") or {}
+        for r in report.read_csv(path):
+            r = report.fill_budget(r, self.resolve(p.get("base", "?")),
+                                   float(self.cfg.get("base_epochs", 600)),
+                                   self.cfg.get("finetune_recipe",
+                                                "the converted network's own config"),
+                                   int(self.cfg.data.get("train_images", 50_000)))
+            self.rows[r["source"] + "|" + r["name"]] = r
 
 
 def main(argv: list[str]) -> dict | cli.Finished:
@@ -289,7 +557,10 @@ def main(argv: list[str]) -> dict | cli.Finished:
     cfg, workdir = _CONFIG.value, _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     st = Study(cfg, workdir)
-    st.run_all()
+    if _FROM_CSV.value:
+        st.load_csv(_FROM_CSV.value)
+    else:
+        st.run_all()
     out = st.write_outputs(_REPORT_DIR.value)
     print(f"report: {out['report']}; {len(out['rows'])} networks, "
           f"{len(out['failures'])} failed run(s)")
