@@ -19,7 +19,7 @@ stopped run left off):
     python -m thinjax.study --config=configs/study_cifar10_r20_budget.py \
         --workdir=runs/study_r20_budget --config.data.name=DATA \
         --report_dir=docs/study_cifar10_r20_budget
-Cost. Measured (AMD EPYC 2-core CPU shared with 4 other agents, load 7-8): a tiny run of
+Cost. Measured (Intel Xeon 2-core CPU shared with 4 other agents, load 7-8): a tiny run of
 every arm (targets (6,), E = B = 0.03 epoch = 12 steps, sweep w=6/8/16) took 2,000 s for 23
 runs: sweep evaluations 25-60 s, one-shot prunings 40-70 s, training runs 75-350 s, almost
 all start-up, compilation and the final 10,000-image evaluations. ESTIMATE for the defaults
