@@ -171,7 +171,7 @@ def test_tiny_study_end_to_end_skips_finished_runs_and_reports_failures(tmp_path
     w2, w4 = by["thin w=2"], by["thin w=4"]
     assert float(w4["top1"]) > 60 and int(w2["macs"]) < int(w4["macs"])
     pr = by["prune-l1-global-to-thin-w-2"]
-    assert abs(int(pr["macs"]) / int(w2["macs"]) - 1) < 0.01 and pr["epochs"] == "0"
+    assert abs(int(pr["macs"]) / int(w2["macs"]) - 1) < 0.01 and float(pr["epochs"]) == 0
     ft = by["prune-l1-global-to-thin-w-2-ft0-1 (raw weights)"]
     assert ft["params"] == pr["params"]
     it = by["sched-iterative (raw weights)"]  # pruned inside training to w=2's MACs
