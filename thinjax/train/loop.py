@@ -36,7 +36,7 @@ from thinjax.prune.materialize import slice_tree, small_plan
 from thinjax.train import sharding
 from thinjax.train.keeper import CheckpointKeeper
 from thinjax.train.metrics import MetricWriter, Reporter
-from thinjax.train.pruning import PruningController
+from thinjax.train.pruning import PruningController, regularized
 from thinjax.train.run import Run, Setting, make_setting
 
 
@@ -185,6 +185,10 @@ def assemble(cfg, workdir: str, model, plan: Plan, init_variables=None) -> Parts
         if ck_meta.get("materialized"):
             run = s.run_for(model, Plan.from_dict(ck_meta["plan"]))
         print(f"resumed from {keeper.mngr.directory} step {start}", flush=True)
+    if not pruner.materialized:  # a pruning regulariser trains the dense network only
+        s, run = regularized(s, run, state, model, lambda st: _train_stream(s, source, st, 1),
+                             start)
+        pruner.setting = s
     pruner.writer = MetricWriter(workdir, main_process, resume_step=start)
     reporter = Reporter(pruner.writer, s.total, s.global_batch, s.steps_per_epoch, start,
                         main_process)

@@ -8,6 +8,7 @@ plan, and once pruning has materialised, the dense plan it came from and the eve
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -16,9 +17,11 @@ import numpy as np
 
 from thinjax.cost import count
 from thinjax.plan import Plan
-from thinjax.prune import groups as prune_groups, schedule as prune_schedule
+from thinjax.prune import (criteria, groups as prune_groups, regularize,
+                           schedule as prune_schedule)
 from thinjax.prune.materialize import slice_opt_state, slice_tree, small_plan
 from thinjax.prune.pruner import compute_masks, target_from_config
+from thinjax.prune.soft import soft_event
 from thinjax.train import sharding, state as state_lib
 from thinjax.train.run import Run, Setting
 from thinjax.train.step import apply_masks
@@ -78,35 +81,45 @@ class PruningController:
         return state, run
 
     def _event(self, state, run: Run, step: int, k: int, progress: float):
-        """Scores the current weights and shrinks the masks towards this event's target."""
+        """Scores the current weights and shrinks the masks towards this event's target; a
+        soft event (``schedule="soft"``, all but the last) zeroes the lowest channels'
+        filters instead and keeps no mask."""
         host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
         tgt = prune_schedule.step_target(self.target, progress, self.dense_cost.params,
                                          self.dense_cost.macs)
+        soft = prune_schedule.is_soft(self.cfg, k, len(self.events))
         batches = None
-        if self.cfg.criterion == "taylor":
+        if criteria.needs_data(self.cfg.criterion):
             it = self._batches_at(step)
             batches = (sharding.global_batch(next(it), self.setting.mesh)
                        for _ in range(10 ** 9))
-        alloc = compute_masks(run.plan, host, self.cfg, tgt, masks=jax.device_get(state.masks),
+        masks = None if soft or not state.masks else jax.device_get(state.masks)
+        alloc = compute_masks(run.plan, host, self.cfg, tgt, masks=masks,
                               model=run.model, batches=batches,
                               input_size=self.setting.image_size,
                               seed=self.setting.cfg.seed + step)
-        state = jax.jit(functools.partial(apply_masks, plan=run.plan),
-                        out_shardings=self.setting.repl)(
-            state.replace(masks=jax.tree.map(np.asarray, alloc.masks)))
-        self._record(step, k, tgt, alloc)
+        new_masks = jax.tree.map(np.asarray, alloc.masks)
+        if soft:  # the filters are zeroed, but train on: no mask is kept
+            params = jax.jit(functools.partial(soft_event, run.plan),
+                             out_shardings=self.setting.repl)(state.params, new_masks)
+            state = state.replace(params=params)
+        else:
+            state = jax.jit(functools.partial(apply_masks, plan=run.plan),
+                            out_shardings=self.setting.repl)(state.replace(masks=new_masks))
+        self._record(step, k, tgt, alloc, soft)
         return state
 
-    def _record(self, step: int, k: int, tgt, alloc) -> None:
+    def _record(self, step: int, k: int, tgt, alloc, soft: bool = False) -> None:
         d = self.dense_cost
-        self.log.append({"step": step, "event": k + 1, "of": len(self.events),
+        self.log.append({"step": step, "event": k + 1, "of": len(self.events), "soft": soft,
                          "params": alloc.params, "macs": alloc.macs,
                          "target": list(alloc.target), "rel_error": alloc.rel_error,
                          "plan": alloc.plan.describe()})
         if self.writer is not None:
             self.writer.write(step, {"prune_params": alloc.params, "prune_macs": alloc.macs})
         if self.verbose:
-            print(f"prune event {k + 1}/{len(self.events)} at step {step} "
+            kind = "soft prune" if soft else "prune"
+            print(f"{kind} event {k + 1}/{len(self.events)} at step {step} "
                   f"({self.cfg.criterion}, {self.cfg.allocation}, target "
                   f"{tgt.kind}={tgt.value:,.4g}): {alloc.params:,} params "
                   f"({100 * alloc.params / d.params:.1f}%), {alloc.macs / 1e6:.2f} M MACs "
@@ -134,3 +147,26 @@ class PruningController:
     def out_plan(self, state, plan: Plan) -> Plan:
         """The network the run ends with (materialised, even if masks remain)."""
         return small_plan(plan, jax.device_get(state.masks)) if state.masks else plan
+
+
+def regularized(setting: Setting, run: Run, state, template, batches_at,
+                start: int) -> tuple[Setting, Run]:
+    """(setting, run) with the ``prune.regularizer`` penalty in the train step
+    (``StepConfig.prune_reg``, `thinjax.prune.regularize.build`), built from the state's
+    weights at step `start` (GReg selects its channels from them); unchanged when the config
+    asks for none. For the dense plan only: a materialised run trains without it."""
+    cfg = setting.cfg.prune
+    if cfg.get("regularizer", "none") == "none":
+        return setting, run
+    host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    batches = None
+    if cfg.regularizer == "greg" and criteria.needs_data(cfg.criterion):
+        it = batches_at(start)
+        batches = (sharding.global_batch(next(it), setting.mesh) for _ in range(10 ** 9))
+    masks = jax.device_get(state.masks) if state.masks else None
+    reg = regularize.build(run.plan, cfg, host, masks=masks, model=run.model,
+                           batches=batches, input_size=setting.image_size,
+                           seed=setting.cfg.seed + start)
+    setting = dataclasses.replace(
+        setting, step_cfg=dataclasses.replace(setting.step_cfg, prune_reg=reg))
+    return setting, setting.run_for(template, run.plan)

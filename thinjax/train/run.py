@@ -56,14 +56,20 @@ class Setting:
         return sharding.replicated(self.mesh)
 
     def run_for(self, template: ResNet, plan: Plan) -> Run:
-        """(model, optimizer, jitted step) for `plan`; `template` carries model options."""
+        """(model, optimizer, jitted step) for `plan`; `template` carries model options. A
+        pruning regulariser (``step_cfg.prune_reg``) built for another plan (the dense one,
+        when `plan` is materialised) is left out of the step."""
         m = template.clone(plan=plan)
         size = self.image_size
         shapes = jax.eval_shape(lambda: m.init(self.rng, np.zeros((1, size, size, 3),
                                                                   np.float32)))
         tx = optim.make_optimizer(self.cfg.optim, self.schedule, shapes["params"])
+        step_cfg = self.step_cfg
+        reg = step_cfg.prune_reg
+        if reg is not None and getattr(reg, "plan", plan) != plan:  # the materialised network
+            step_cfg = dataclasses.replace(step_cfg, prune_reg=None)
         f = jax.jit(functools.partial(train_step, model=m, tx=tx, schedule=self.schedule,
-                                      cfg=self.step_cfg),
+                                      cfg=step_cfg),
                     in_shardings=(self.repl, sharding.batch_sharding(self.mesh)),
                     out_shardings=(self.repl, self.repl), donate_argnums=0)
         return Run(plan, m, tx, f)
