@@ -12,7 +12,7 @@ the last, hard, event keeps the masks and the network is materialised; fine-tuni
 epoch 30. Recipe: thinjax.conversion.FINETUNE (SGD Nesterov, lr 0.04 at batch 128, cosine,
 wd 5e-5, flip + crop, EMA 0.999).
 Expected: not measured yet; nothing is claimed. benchmarks/prune_methods_r56.py runs
-a 300-step version of this config (not the 30 epochs)
+a short version of this config (--reg_steps dense steps, then --steps; not the 30 epochs)
 beside every one-shot criterion, and prints the table for docs/pruning.md.
 Cost: 10 epochs on the 125.75 M-MAC dense network, then 20 on the 31.5 M-MAC one (about
 2 x the MACs of a 30-epoch fine-tune of the pruned network); one scoring per event.

@@ -15,7 +15,7 @@ channels), materialised, the penalty dropped; fine-tuning to epoch 30. Recipe:
 thinjax.conversion.FINETUNE (SGD Nesterov, lr 0.04 at batch 128, cosine, wd 5e-5, flip +
 crop, EMA 0.999).
 Expected: not measured yet; nothing is claimed. benchmarks/prune_methods_r56.py runs
-a 300-step version (the penalty scaled to it; not the 30 epochs)
+a short version (--reg_steps dense steps, then --steps; not the 30 epochs)
 beside every one-shot criterion, and prints the table for docs/pruning.md.
 Cost: 10 epochs on the 125.75 M-MAC dense network (the penalty: one pass over the
 parameters per step), then 20 on the 31.5 M-MAC one.

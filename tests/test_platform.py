@@ -13,8 +13,15 @@ TOKEN = f"--{FLAG}={VALUE}"
 known = pytest.mark.skipif(not platform.jaxlib_knows(FLAG), reason=f"jaxlib lacks --{FLAG}")
 
 
+@pytest.fixture
+def fresh(monkeypatch):
+    """As in a process whose JAX backend has not started (this test process's may have: the
+    suite runs other files first in the same worker)."""
+    monkeypatch.setattr(platform, "_backend_started", lambda: False)
+
+
 @known
-def test_appends_and_keeps_user_flags():
+def test_appends_and_keeps_user_flags(fresh):
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", platform.OPT_IN: "1"}
     assert platform.apply_cpu_defaults(env) == {FLAG: "set"}
     assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", TOKEN]
@@ -23,13 +30,13 @@ def test_appends_and_keeps_user_flags():
     assert env["XLA_FLAGS"] == TOKEN
 
 
-def test_off_by_default():
+def test_off_by_default(fresh):
     env = {"XLA_FLAGS": "--a=1"}
     assert "off by default" in platform.apply_cpu_defaults(env)[FLAG]
     assert env["XLA_FLAGS"] == "--a=1"
 
 
-def test_user_value_wins_and_opt_outs():
+def test_user_value_wins_and_opt_outs(fresh):
     env = {"XLA_FLAGS": f"--{FLAG}=dot", platform.OPT_IN: "1"}
     assert platform.apply_cpu_defaults(env)[FLAG] == "user set it"
     assert env["XLA_FLAGS"] == f"--{FLAG}=dot"
@@ -39,6 +46,14 @@ def test_user_value_wins_and_opt_outs():
     env = {"JAX_PLATFORMS": "tpu", platform.OPT_IN: "1"}
     assert "no cpu" in platform.apply_cpu_defaults(env)[FLAG]
     assert "XLA_FLAGS" not in env
+
+
+@known
+def test_too_late_once_a_backend_started(monkeypatch):
+    monkeypatch.setattr(platform, "_backend_started", lambda: True)
+    env = {"XLA_FLAGS": "--a=1", platform.OPT_IN: "1"}
+    assert "backend" in platform.apply_cpu_defaults(env)[FLAG]
+    assert env["XLA_FLAGS"] == "--a=1"
 
 
 def test_opt_out_removes_what_a_parent_appended():
