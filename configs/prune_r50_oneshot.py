@@ -6,7 +6,7 @@ Command (a torchvision ResNet-50 state dict or a thinjax checkpoint of it):
         --config.init_from=resnet50.pth --config.data.data_dir=gs://BUCKET/tfds
 Expected: compare with configs/thin_r50.py at the width of equal MACs: w=52 with the
 study's inner-width rule, or w=45 scaled linearly (--config.model.base_width=64); check with
-`python -m thinjax.cost --model=resnet50 --width=52 --input-size=224` (2.08 G vs 4.09 G).
+`python -m thinjax.cost --model=resnet50 --width=52 --input_size=224` (2.08 G vs 4.09 G).
 Cost: 100 epochs at 176 px, ~2.05 GMACs per 224-px image: about 1/6 of thin_r50.py's
 600-epoch run at w=64 (see docs/scaling.md).
 """

@@ -13,9 +13,10 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = {"thinjax-train": "main", "thinjax-evaluate": "evaluate", "thinjax-cost": "cost",
-            "thinjax-convert": "convert", "thinjax-import-torch": "import_torch",
-            "thinjax-study": "study", "thinjax-export": "export", "thinjax-zoo": "zoo"}
+COMMANDS = {"thinjax-train": "main", "thinjax-evaluate": "evaluate",
+            "thinjax-cost": "cost.__main__", "thinjax-convert": "convert",
+            "thinjax-import-torch": "import_torch", "thinjax-study": "study",
+            "thinjax-export": "export", "thinjax-zoo": "zoo.__main__"}
 # an absl/glog log line (I0101 12:00:00.000 ...), Python logging's default format, orbax
 LOG_LINE = re.compile(r"^([IWEF]\d{4} |(INFO|WARNING|ERROR):(absl|root|orbax|jax)|.*orbax)",
                       re.M)
@@ -26,9 +27,16 @@ def command(*args: str) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT, timeout=120)
 
 
+def source_of(module: str) -> str:
+    """The source of thinjax.<module> (dotted: cost.__main__; a package: its __init__)."""
+    path = os.path.join(ROOT, "thinjax", *module.split("."))
+    return open(path + ".py" if os.path.exists(path + ".py") else
+                os.path.join(path, "__init__.py")).read()
+
+
 def flag_names(module: str) -> list[str]:
     """The names given to absl DEFINE_* calls in thinjax/<module>.py."""
-    tree = ast.parse(open(os.path.join(ROOT, "thinjax", f"{module}.py")).read())
+    tree = ast.parse(source_of(module))
     return [n.args[0].value for n in ast.walk(tree)
             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
             and n.func.attr.startswith("DEFINE_") and n.args
@@ -41,7 +49,7 @@ def test_console_scripts_and_flag_spellings():
         scripts = tomllib.load(f)["project"]["scripts"]
     assert scripts == {name: f"thinjax.{mod}:cli_main" for name, mod in COMMANDS.items()}
     for mod in COMMANDS.values():
-        source = open(os.path.join(ROOT, "thinjax", f"{mod}.py")).read()
+        source = source_of(mod)
         assert "def cli_main() -> None:" in source and "argparse" not in source, mod
         assert 'if __name__ == "__main__":\n    cli_main()' in source, mod
         names = flag_names(mod)
@@ -74,3 +82,43 @@ def test_no_library_log_lines(args):
     assert r.returncode == 0, r.stderr
     assert "17,534 params" in r.stdout
     assert not LOG_LINE.search(r.stdout + r.stderr), r.stdout + r.stderr
+
+
+def library_modules() -> list[str]:
+    """Every thinjax module that is not a command (dotted, relative to thinjax)."""
+    commands = set(COMMANDS.values()) | {"cli"}
+    mods = []
+    for d, _, files in os.walk(os.path.join(ROOT, "thinjax")):
+        rel = os.path.relpath(d, os.path.join(ROOT, "thinjax"))
+        for f in files:
+            if f.endswith(".py"):
+                parts = ([] if rel == "." else rel.split(os.sep)) + [f[:-3]]
+                mods.append(".".join(parts).removesuffix(".__init__"))
+    return sorted(m for m in mods if m not in commands)
+
+
+def imported(module: str) -> set[str]:
+    """The thinjax modules that thinjax.<module> imports (any level of its source)."""
+    tree = ast.parse(source_of(module))
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            out |= {a.name for a in n.names}
+        elif isinstance(n, ast.ImportFrom) and n.module:
+            out |= {n.module} | {f"{n.module}.{a.name}" for a in n.names}
+    return {m.removeprefix("thinjax.") for m in out if m.startswith("thinjax.")}
+
+
+def test_the_library_imports_no_command_and_errors_is_a_leaf():
+    commands = set(COMMANDS.values()) | {"cli"}
+    bad = {m: imported(m) & commands for m in library_modules() if imported(m) & commands}
+    assert not bad, f"library modules importing commands: {bad}"
+    assert {"cost", "zoo", "train.loop", "checkpoint"} <= set(library_modules())
+    code = ("import sys, thinjax.errors; a = sorted(m for m in sys.modules if "
+            "m.startswith('thinjax')); import thinjax.prune.allocate, thinjax.zoo; "
+            "print(a, 'thinjax.cli' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["['thinjax',", "'thinjax.errors',", "'thinjax.platform']",
+                                "False"]

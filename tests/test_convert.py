@@ -88,7 +88,7 @@ def test_convert_masked_run_then_evaluate_and_finetune_its_config(masked_run, tm
     out = tmp_path / "pruned"
     r = subprocess.run([sys.executable, "-m", "thinjax.convert", f"--checkpoint={masked_run}",
                         f"--output={out}", "--data=sample:cifar10", "--json"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+                       capture_output=True, text=True, cwd=ROOT, timeout=600, env=sub_env())
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert "before" in r.stdout and "MACs" in r.stdout and "stage3" in r.stdout
@@ -99,14 +99,14 @@ def test_convert_masked_run_then_evaluate_and_finetune_its_config(masked_run, tm
                                        "summary.json"]
     ev = subprocess.run([sys.executable, "-m", "thinjax.main", f"--config={out}/config.py",
                          f"--workdir={tmp_path / 'ev'}", "--config.mode=evaluate", "--json"],
-                        capture_output=True, text=True, cwd=ROOT, timeout=600)
+                        capture_output=True, text=True, cwd=ROOT, timeout=600, env=sub_env())
     assert ev.returncode == 0, ev.stderr[-3000:]
     res = json.loads(ev.stdout.strip().splitlines()[-1])
     assert res["eval"]["top1"] == pytest.approx(s["after"]["top1"], abs=1e-9)
     ft = subprocess.run([sys.executable, "-m", "thinjax.main", f"--config={out}/config.py",
                          f"--workdir={tmp_path / 'ft'}", "--config.train.total_steps=3",
                          "--config.train.batch_size=32", "--json"],
-                        capture_output=True, text=True, cwd=ROOT, timeout=600)
+                        capture_output=True, text=True, cwd=ROOT, timeout=600, env=sub_env())
     assert ft.returncode == 0, ft.stderr[-3000:]
     assert json.loads(ft.stdout.strip().splitlines()[-1])["params"] == s["after"]["params"]
 

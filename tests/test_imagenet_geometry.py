@@ -13,7 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from thinjax.data import preprocess
-from thinjax.evaluate import evaluate_checkpoint
+from thinjax.evaluation import evaluate_checkpoint
 from tests.conftest import release_path
 
 # ../shared/checkpoints/README.md: resnet50_width16_imagenet_ema.pt on the 1,000-image

@@ -11,9 +11,11 @@ import pytest
 
 from thinjax import report
 from thinjax.checkpoint import export_model
+from thinjax.errors import CheckpointError
 from thinjax.models.resnet import random_variables
 from thinjax.plan import plan_from_width
 from thinjax.study import Study, plan_runs
+from tests.test_train import sub_env
 
 ASSET = os.path.join(os.path.dirname(report.__file__), "assets",
                      "resnet20_width4_cifar10_ema.safetensors")
@@ -153,7 +155,9 @@ def tiny_config(tmp_path):
     return c
 
 
-def test_tiny_study_end_to_end_skips_finished_runs_and_reports_failures(tmp_path, capsys):
+def test_tiny_study_end_to_end_skips_finished_runs_and_reports_failures(tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", sub_env()["XLA_FLAGS"])  # -O0 in its training runs
     cfg = tiny_config(tmp_path)
     assert [r.id for r in plan_runs(cfg)] == [
         "thin-thin-w-2", "thin-thin-w-4", "prune-l1-global-to-thin-w-2",
@@ -189,6 +193,19 @@ def test_tiny_study_end_to_end_skips_finished_runs_and_reports_failures(tmp_path
     st2.run_all()
     log = capsys.readouterr().out
     assert log.count("finished earlier, skipped") == 5 and "FAILED" in log
+
+
+def test_a_sweep_takes_zoo_names_and_reports_a_missing_file(tmp_path, offline):
+    cfg = tiny_config(tmp_path)
+    cfg.sweep = [{"name": "thin w=4", "checkpoint": "zoo:resnet20_w4_cifar10", "epochs": 600}]
+    cfg.pruning, cfg.schedule_runs, cfg.extra = {}, [], []
+    st = Study(cfg, str(tmp_path / "study"))
+    row = st.execute_plain(plan_runs(cfg)[0])
+    assert row["source"] == "zoo:resnet20_w4_cifar10" and row["params"] == 17_534
+    assert row["top1"] > 60  # the release's w=4 on the bundled sample
+    cfg.sweep = [{"name": "thin w=4", "checkpoint": str(tmp_path / "nope.pt"), "epochs": 600}]
+    with pytest.raises(CheckpointError, match="nope.pt .*not found; fix its path"):
+        st.execute_plain(plan_runs(cfg)[0])
 
 
 def budget_config(tmp_path):

@@ -82,7 +82,7 @@ def test_loss_decreases_on_real_data(tmp_path):
     e = subprocess.run([sys.executable, "-m", "thinjax.main", "--config=configs/default.py",
                         f"--workdir={tmp_path / 'eval'}", "--config.mode=evaluate",
                         "--config.model.width=4", f"--config.init_from={tmp_path}", "--json"],
-                       capture_output=True, text=True, cwd=ROOT)
+                       capture_output=True, text=True, cwd=ROOT, env=sub_env())
     assert e.returncode == 0, e.stderr[-2000:]
     ev = json.loads(e.stdout.strip().splitlines()[-1])
     assert ev["eval"]["top1"] == pytest.approx(res["eval_top1"], abs=1e-6)

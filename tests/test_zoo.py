@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import RELEASE, release_path
 from thinjax import cli, zoo
+from thinjax.zoo import __main__ as zoo_cmd
 from thinjax.checkpoint import load_model
 from thinjax.errors import CheckpointError
 from thinjax.interop.torch import import_checkpoint
@@ -21,22 +22,6 @@ from thinjax.plan import plan_from_width
 
 SMALL = ["resnet20_w1_cifar10", "resnet20_w2_cifar10", "resnet20_w3_cifar10",
          "resnet20_w5_cifar10"]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a URL fails the test."""
-    def refuse(*a, **k):
-        raise AssertionError(f"the zoo touched the network: {a}")
-    monkeypatch.setattr(zoo.urllib.request, "urlopen", refuse)
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path, no_network):
-    release_path("resnet20_width4_cifar10_ema.pt")
-    monkeypatch.setenv("THINJAX_ZOO_DIR", RELEASE)
-    monkeypatch.setenv("THINJAX_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -116,7 +101,8 @@ def test_the_bundled_manifest_is_the_release_manifest():
 
 
 def test_list_command_json(offline, capsys):
-    assert cli.call(zoo.main, ["list", "--dataset=cifar10", "--arch=resnet20", "--json"], zoo.FLAGS) == 0
+    assert cli.call(zoo_cmd.main, ["list", "--dataset=cifar10", "--arch=resnet20", "--json"],
+                    zoo_cmd.FLAGS) == 0
     out = capsys.readouterr().out.strip().splitlines()
     table = json.loads(out[-1])["networks"]
     assert [r["width"] for r in table] == list(range(1, 17))
@@ -152,7 +138,7 @@ def test_errors_unknown_name_and_missing_offline(offline, capsys):
     with pytest.raises(CheckpointError, match=r"not in \$THINJAX_ZOO_DIR.*offline"):
         load_model("zoo:resnet50_w8_imagenet")
     with pytest.raises(SystemExit) as ex:
-        cli.call(zoo.main, ["get", "resnet20_w4_cifar1O"], zoo.FLAGS)
+        cli.call(zoo_cmd.main, ["get", "resnet20_w4_cifar1O"], zoo_cmd.FLAGS)
     assert ex.value.code == 2 and "did you mean resnet20_w4_cifar10" in capsys.readouterr().err
 
 
@@ -171,7 +157,7 @@ def test_corrupt_local_file_is_refused_and_kept(monkeypatch, tmp_path, no_networ
 
 
 def test_download_checks_and_caches(server, capsys):
-    assert cli.call(zoo.main, ["get", SMALL[0], "--json"], zoo.FLAGS) == 0
+    assert cli.call(zoo_cmd.main, ["get", SMALL[0], "--json"], zoo_cmd.FLAGS) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     e = zoo.entry(SMALL[0])
     assert got["path"] == str(server["cache"] / e.filename)

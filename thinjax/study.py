@@ -281,7 +281,7 @@ class Study:
         row = {"name": run.name, "method": run.method, "kind": run.kind, "source": run.id}
         if run.kind in ("thin", "extra") and s.get("checkpoint"):
             ck = self.resolve(s["checkpoint"])
-            if not os.path.exists(ck) and "://" not in ck:
+            if not (os.path.exists(ck) or "://" in ck or ck.startswith("zoo:")):
                 raise CheckpointError(f"checkpoint {ck} (run {run.id}) not found; fix its "
                                       "path in the study config or set --config.release_dir")
             r = self.evaluate(ck)

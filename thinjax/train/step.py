@@ -49,15 +49,10 @@ def apply_masks(state: TrainState, plan) -> TrainState:
                          ema_batch_stats=m(state.ema_batch_stats))
 
 
-def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
-               schedule: Callable, cfg: StepConfig) -> tuple[TrainState, dict]:
-    rng = jax.random.wrap_key_data(state.rng)
-    rng, r_mix = jax.random.split(rng)
-    labels = batch["label"]
-    targets = optim.smooth_labels(labels, cfg.num_classes, cfg.label_smoothing)
-    images, targets = mix(r_mix, batch["image"], targets, cfg.mixup_alpha, cfg.cutmix_alpha)
+def _gradients(state: TrainState, images, targets, labels, *, model, cfg: StepConfig):
+    """Mean gradients over cfg.grad_accum micro-batches (a scan when > 1), the updated BN
+    statistics, the loss and the accuracy."""
     loss_fn = optim.binary_cross_entropy if cfg.loss == "bce" else optim.cross_entropy
-
     masks = state.masks or None
 
     def micro(params, batch_stats, x, t, y):
@@ -75,23 +70,45 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
         return g, new_bs, loss, acc
 
     if cfg.grad_accum == 1:
-        grads, batch_stats, loss, acc = micro(state.params, state.batch_stats, images, targets,
-                                              labels)
-    else:
-        k = cfg.grad_accum
-        split = lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:])  # noqa: E731
+        return micro(state.params, state.batch_stats, images, targets, labels)
+    k = cfg.grad_accum
+    split = lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:])  # noqa: E731
 
-        def body(carry, xs):
-            g_sum, bs = carry
-            g, bs, l, a = micro(state.params, bs, *xs)
-            return (jax.tree.map(jnp.add, g_sum, g), bs), (l, a)
+    def body(carry, xs):
+        g_sum, bs = carry
+        g, bs, l, a = micro(state.params, bs, *xs)
+        return (jax.tree.map(jnp.add, g_sum, g), bs), (l, a)
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (grads, batch_stats), (ls, accs) = jax.lax.scan(
-            body, (zeros, state.batch_stats), (split(images), split(targets), split(labels)))
-        grads = jax.tree.map(lambda g: g / k, grads)
-        loss, acc = jnp.mean(ls), jnp.mean(accs)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, batch_stats), (ls, accs) = jax.lax.scan(
+        body, (zeros, state.batch_stats), (split(images), split(targets), split(labels)))
+    return jax.tree.map(lambda g: g / k, grads), batch_stats, jnp.mean(ls), jnp.mean(accs)
 
+
+def _ema(state: TrainState, params, batch_stats, step, cfg: StepConfig):
+    """The EMA weights and statistics after `step`: a copy of the weights during the first
+    cfg.ema_copy_until steps, then an update every cfg.ema_every steps."""
+    ema_params, ema_bs = state.ema_params, state.ema_batch_stats
+    if not cfg.ema:
+        return ema_params, ema_bs
+    copy = step <= cfg.ema_copy_until
+    update = (step % cfg.ema_every) == 0
+    new_p = optim.ema_update(ema_params, params, cfg.ema_decay)
+    new_b = optim.ema_update(ema_bs, batch_stats, cfg.ema_decay)
+    pick = lambda c, u, old: jax.tree.map(  # noqa: E731
+        lambda a, b, o: jnp.where(copy, a, jnp.where(update, b, o)), c, u, old)
+    return pick(params, new_p, ema_params), pick(batch_stats, new_b, ema_bs)
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
+               schedule: Callable, cfg: StepConfig) -> tuple[TrainState, dict]:
+    rng = jax.random.wrap_key_data(state.rng)
+    rng, r_mix = jax.random.split(rng)
+    labels = batch["label"]
+    targets = optim.smooth_labels(labels, cfg.num_classes, cfg.label_smoothing)
+    images, targets = mix(r_mix, batch["image"], targets, cfg.mixup_alpha, cfg.cutmix_alpha)
+    grads, batch_stats, loss, acc = _gradients(state, images, targets, labels, model=model,
+                                               cfg=cfg)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
@@ -99,15 +116,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)]))  # a norm would overflow
     step = state.step + 1
-    ema_params, ema_bs = state.ema_params, state.ema_batch_stats
-    if cfg.ema:
-        copy = step <= cfg.ema_copy_until
-        update = (step % cfg.ema_every) == 0
-        new_p = optim.ema_update(ema_params, params, cfg.ema_decay)
-        new_b = optim.ema_update(ema_bs, batch_stats, cfg.ema_decay)
-        pick = lambda c, u, old: jax.tree.map(  # noqa: E731
-            lambda a, b, o: jnp.where(copy, a, jnp.where(update, b, o)), c, u, old)
-        ema_params, ema_bs = pick(params, new_p, ema_params), pick(batch_stats, new_b, ema_bs)
+    ema_params, ema_bs = _ema(state, params, batch_stats, step, cfg)
     new = TrainState(step=step, params=params, batch_stats=batch_stats, opt_state=opt_state,
                      ema_params=ema_params, ema_batch_stats=ema_bs,
                      rng=jax.random.key_data(rng), masks=state.masks)

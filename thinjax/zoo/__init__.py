@@ -27,6 +27,8 @@ blob of its pointer (``oid sha256:...``, ``size ...``): both forms are accepted.
 that does not match is refused (a downloaded one is deleted). Checks are remembered by
 (path, size, mtime) in the cache's ``verified.json``, so a file is hashed once. Files are
 loaded as data, never code (``torch.load(weights_only=True)``).
+
+This package is the library; the command is ``thinjax/zoo/__main__.py``.
 """
 
 from __future__ import annotations
@@ -41,18 +43,15 @@ import os
 import sys
 import tempfile
 import urllib.request
-from typing import Any, Iterator
+from typing import Any
 
-from absl import flags
 from tqdm import tqdm
 
-from thinjax import cli
-from thinjax.cli import UsageError
 from thinjax.cost import count
 from thinjax.errors import CheckpointError
 from thinjax.plan import Plan, default_input_size, plan_from_width
 
-MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
+MANIFEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                         "zoo_manifest.tsv")
 DEFAULT_URL = "https://github.com/brain-bzh/baseline-pruning/raw/main"
 DEFAULT_LFS_URL = "https://media.githubusercontent.com/media/brain-bzh/baseline-pruning/main"
@@ -60,13 +59,6 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0
-
-FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
-_DATASET = flags.DEFINE_string("dataset", None, "list: only this dataset (cifar10, "
-                               "cifar100, imagenet)", flag_values=FLAGS)
-_ARCH = flags.DEFINE_string("arch", None, "list: only this architecture (resnet20, ...)",
-                            flag_values=FLAGS)
-_JSON = cli.define_json(FLAGS)
 
 
 class ZooError(CheckpointError):
@@ -430,35 +422,3 @@ def format_table(table: builtins.list[dict]) -> str:
         return "  ".join(c.rjust(w[i]) if i in right else c.ljust(w[i])
                          for i, c in enumerate(cols)).rstrip()
     return "\n".join(fmt(x) for x in [head, *lines])
-
-
-def _datasets_help() -> Iterator[str]:
-    """'dataset: archs' lines for the list command's help."""
-    yield from (f"{d}: {', '.join(sorted({e.arch for e in manifest() if e.dataset == d}))}"
-                for d in sorted({e.dataset for e in manifest()}))
-
-
-def main(argv: builtins.list[str]) -> dict:
-    """``python -m thinjax.zoo list|get NAME``: the subcommand is the first positional."""
-    command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
-    if command == "list" and not args:
-        table = rows(_DATASET.value, _ARCH.value)
-        print(format_table(table))
-        return {"networks": table}
-    if command == "get" and len(args) == 1:
-        e = entry(args[0])
-        path = fetch(e, progress=sys.stderr.isatty())
-        print(path)
-        return {"name": e.name, "path": path, "bytes": os.path.getsize(path),
-                "release_path": e.path}
-    raise UsageError(f"expected 'list' or 'get NAME', got {' '.join(argv[1:])!r}; "
-                     f"the release has {'; '.join(_datasets_help())}")
-
-
-def cli_main() -> None:
-    """The ``thinjax-zoo`` console script and ``python -m thinjax.zoo``."""
-    cli.run(main, FLAGS)
-
-
-if __name__ == "__main__":
-    cli_main()
