@@ -19,7 +19,7 @@ run: install
 	$(PY) -m thinjax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -66,8 +66,9 @@ def rng():
 
 def _slow_files_first(items) -> None:
     """Orders the longest test files first (longest-processing-time first), so that the
-    pytest-xdist workers (--dist loadfile) run out of work together; the order within a
-    file is kept."""
+    pytest-xdist workers (--dist loadfile --no-loadscope-reorder: xdist keeps this order
+    instead of sorting files by their number of tests) run out of work together; the order
+    within a file is kept."""
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 

@@ -78,6 +78,7 @@ def test_loss_decreases_on_real_data(tmp_path):
     assert res["eval_loss"] < np.log(10), res
     assert os.path.isdir(tmp_path / "tensorboard") and os.path.isdir(tmp_path / "best")
     assert "img/s" in r.stdout and "ETA" in r.stdout
+    assert "orbax" not in (r.stdout + r.stderr).lower()  # quiet: absl at WARNING, no orbax INFO
     # eval mode on the finished run: raw and EMA weights, the same figures as the run's end
     e = subprocess.run([sys.executable, "-m", "thinjax.main", "--config=configs/default.py",
                         f"--workdir={tmp_path / 'eval'}", "--config.mode=evaluate",
