@@ -71,9 +71,11 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}
 WORLD=$((NNODES * NPROC))
 
-PIDS=()
-stop_all() {  # passes a signal on to every process still running
+PIDS=() STOPPING=0
+stop_all() {  # passes a signal on to every process still running, once
   local pid
+  ((!STOPPING)) || return 0
+  STOPPING=1
   for pid in "${PIDS[@]}"; do kill -"$1" "$pid" 2>/dev/null || true; done
 }
 trap 'stop_all TERM' TERM
@@ -103,8 +105,10 @@ while ((${#PIDS[@]})); do
   PIDS=("${left[@]}")
   if ((code != 0 && rc == 0)); then
     rc=$code
-    echo "[gpu_multinode] process $done_pid exited with $code: stopping the others" >&2
-    stop_all TERM
+    if ((!STOPPING)); then  # after a passed-on signal, 143s are expected: no second TERM
+      echo "[gpu_multinode] process $done_pid exited with $code: stopping the others" >&2
+      stop_all TERM
+    fi
   fi
 done
 exit "$rc"

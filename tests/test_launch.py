@@ -241,7 +241,9 @@ def test_multinode_dry_run_sets_the_jax_environment():
 FAKE_PYTHON = r"""
 # A fake interpreter: one "process"; JAX_PROCESS_ID 1 fails if FAKE_FAIL is set.
 echo "start $JAX_PROCESS_ID" >> "$FAKE/log"
-trap 'echo "term $JAX_PROCESS_ID" >> "$FAKE/log"; kill $! 2>/dev/null; exit 143' TERM
+# Process 1 takes a while to stop (as a checkpoint save does), so a second TERM would show.
+trap 'echo "term $JAX_PROCESS_ID" >> "$FAKE/log"; kill $! 2>/dev/null
+      if [[ $JAX_PROCESS_ID == 1 ]]; then sleep 0.5; fi; exit 143' TERM
 if [[ $JAX_PROCESS_ID == 1 && -n ${FAKE_FAIL:-} ]]; then sleep 0.3; exit 3; fi
 sleep 30 & wait
 """
