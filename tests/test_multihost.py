@@ -40,7 +40,7 @@ def start(workdir, num_processes: int, devices: int, *extra: str):
     through launch/gpu_multinode.sh (coordinator on 127.0.0.1), in a new process group;
     returns (Popen, log path)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    # XLA -O0: compiling the state's init takes 2 s instead of 12 (same flags in every run)
+    # XLA -O0: compiling the train step dominates these short runs (same flags in every run)
     env.update(JAX_PLATFORMS="cpu", PYTHON=sys.executable,
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
                "--xla_backend_optimization_level=0")
@@ -93,7 +93,7 @@ def test_two_processes_equal_one_and_checkpoints_move_between_them(tmp_path):
     two = tmp_path / "two"
     shutil.copytree(one / "checkpoints" / "2", two / "checkpoints" / "2")
     out = launch(two, 2, 4, "--config.train.total_steps=4")
-    assert len(re.findall(r"resumed from \S+/two/checkpoints step 2\n", out)) == 2
+    assert len(re.findall(r"resumed from \S+/two/checkpoints step 2\n", out)) == 2, out
     assert "8 devices (cpu), 2 process(es)" in out
     v1, m1 = final_params(one)
     v2, m2 = final_params(two)  # this (single) test process restores the 2-process checkpoint
@@ -133,5 +133,6 @@ def test_sigterm_to_one_process_stops_all_at_one_checkpoint(tmp_path):
     out = finish(p, log, expect=143)
     saved = [d for d in os.listdir(wd / "checkpoints") if d.isdigit()]
     assert len(saved) == 1 and out.count(f"saved step {saved[0]}") == 2
-    out = launch(wd, 1, 8, f"--config.train.total_steps={int(saved[0]) + 1}")
-    assert f"step {saved[0]}\n" in out and json.load(open(wd / "results.json"))["steps"]
+    # (test_two_processes_... resumes a 2-process checkpoint; here, it is whole and readable)
+    _, v, meta = load_model(str(wd / "checkpoints" / saved[0]))
+    assert meta["step"] == int(saved[0]) and v["params"]

@@ -131,9 +131,9 @@ def test_changed_config_is_refused_before_anything_is_written(tmp_path, capsys):
 
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     """A plain run killed (SIGKILL) after its checkpoint at step 8, its newest checkpoint
-    then made unreadable (case 2), resumed: it ends bit for bit where an uninterrupted run
-    (run beside it, in the same environment) ends, logs each step once (case 5), and keeps
-    the unreadable step aside."""
+    then made unreadable and a garbage one added after it (case 2), resumed: it ends bit
+    for bit where an uninterrupted run (run beside it, in the same environment) ends, logs
+    each step once (case 5), and keeps the unreadable steps aside."""
     ref, wd = tmp_path / "straight", tmp_path / "killed"
     pipes = dict(cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                  env=sub_env())
@@ -152,10 +152,17 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     newest = saved[-1]
     data = wd / "checkpoints" / str(newest) / "state" / "ocdbt.process_0" / "d"
     os.remove(max(data.iterdir(), key=lambda f: f.stat().st_size))  # the largest array file
+    garbage = wd / "checkpoints" / str(newest + 1)  # and a later one that is not orbax's
+    os.makedirs(garbage / "meta")
+    os.makedirs(garbage / "state")
+    (garbage / "state" / "garbage").write_bytes(b"\x00not a checkpoint")
+    (garbage / "commit_success.txt").write_text("ok")
     r = run(wd, *STEPS)
-    assert f"checkpoint step {newest} cannot be restored" in r.stderr, r.stderr[-3000:]
+    for step in (newest + 1, newest):
+        assert f"checkpoint step {step} cannot be restored" in r.stderr, r.stderr[-3000:]
     assert f"step {saved[-2]}" in r.stdout and "Traceback" not in r.stderr
     assert (wd / "checkpoints-unreadable" / str(newest) / "state").is_dir()
+    assert (wd / "checkpoints-unreadable" / str(newest + 1) / "state").is_dir()
     assert metric_steps(wd) == metric_steps(ref) == [4, 8, 12, 16]
     assert json.load(open(wd / "results.json"))["steps"] == 16
     for ema in (False, True):

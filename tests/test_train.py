@@ -30,18 +30,18 @@ def main_cmd(workdir, *extra):
     return [sys.executable, "-m", "thinjax.main", f"--workdir={workdir}", *TINY, *extra]
 
 
-def sub_env(devices: int = 1, fast: bool = True) -> dict:
+def sub_env(devices: int = 1) -> dict:
     """The environment of a training subprocess: `devices` CPU devices, and XLA's backend
-    optimisation off (-O0): these runs are a few steps long, so compiling dominates (the
-    train-state init compiles in 2 s instead of 12); the results agree to float tolerance."""
+    optimisation off (-O0): these runs are a few steps long, so compiling the train step
+    dominates; the results agree with optimised code's to float tolerance."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" + (
-        " --xla_backend_optimization_level=0" if fast else "")
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                        "--xla_backend_optimization_level=0")
     return env
 
 
-def run(workdir, *extra, devices=1, check=True, fast=True):
-    env = sub_env(devices, fast)
+def run(workdir, *extra, devices=1, check=True):
+    env = sub_env(devices)
     r = subprocess.run(main_cmd(workdir, *extra, "--json"), capture_output=True, text=True,
                        cwd=ROOT, env=env, timeout=600)
     (workdir / "log.txt").write_text(r.stdout + r.stderr) if workdir.exists() else None
@@ -91,23 +91,26 @@ def test_loss_decreases_on_real_data(tmp_path):
 
 
 def test_eight_devices_equal_one_device(tmp_path):
-    """Same global batch, 1 vs 8 devices: the same losses and weights to float tolerance.
+    """Same global batch, 1 vs 8 devices: the same first update and losses.
 
-    A single step agrees to ~3e-8; early training of so thin a network then amplifies
-    float-rounding differences (a 1e-6 perturbation of the weights on one device grows
-    the same way), so the comparison covers the first steps, at the recipe's warmup LR."""
-    extra = ["--config.train.total_steps=3", "--config.train.log_every=1",
-             "--config.train.checkpoint_every=3", "--config.optim.warmup_epochs=5"]
-    # full XLA optimisation here: -O0 code rounds differently enough on 8 devices to exceed
-    # the tolerance after 3 steps
-    run(tmp_path / "one", *extra, devices=1, fast=False)
-    run(tmp_path / "eight", *extra, devices=8, fast=False)
-    v1, m1 = final_params(tmp_path / "one")
-    v8, m8 = final_params(tmp_path / "eight")
-    assert m1["step"] == m8["step"] == 3
-    assert_trees_close(v1["params"], v8["params"], rtol=1e-4, atol=1e-5)
+    Step 1 runs at the full LR (no warmup): an update moves weights by up to 3e-2 (median
+    leaf 3e-3), so a gradient that is not the global-batch mean, or one device's data,
+    mixing or BatchNorm statistics, would show; rounding moves them by ~3e-5 (reduction
+    order; a ReLU kink crossed differently changes single gradient entries). Step 2's loss,
+    computed with the step-1 weights, checks the update end to end. Later steps are not
+    compared: at this width and batch, training amplifies those rounding differences
+    (step 3's loss differs by 3e-4 relative)."""
+    extra = ["--config.train.total_steps=2", "--config.train.log_every=1",
+             "--config.train.checkpoint_every=1", "--config.optim.warmup_epochs=0"]
+    run(tmp_path / "one", *extra, devices=1)
+    run(tmp_path / "eight", *extra, devices=8)
+    _, v1, m1 = load_model(str(tmp_path / "one" / "checkpoints" / "1"))
+    _, v8, m8 = load_model(str(tmp_path / "eight" / "checkpoints" / "1"))
+    assert m1["step"] == m8["step"] == 1
+    assert_trees_close(v1, v8, rtol=1e-4, atol=1e-4)
     l1 = [json.loads(x)["train_loss"] for x in open(tmp_path / "one" / "metrics.jsonl")]
     l8 = [json.loads(x)["train_loss"] for x in open(tmp_path / "eight" / "metrics.jsonl")]
+    assert len(l1) == 2 and l1[0] != l1[1]
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
     assert "8 devices" in open(tmp_path / "eight" / "log.txt").read()
 
@@ -124,7 +127,8 @@ def wait_for_checkpoint(workdir, proc, minimum_step):
     raise AssertionError("no checkpoint appeared")
 
 
-def test_sigterm_saves_and_exits_cleanly_and_corrupt_latest_falls_back(tmp_path):
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    """(Resuming, and falling back past unreadable checkpoints: tests/test_robust.py.)"""
     wd = tmp_path / "run"
     p = subprocess.Popen(main_cmd(wd, "--config.train.total_steps=400",
                                   "--config.train.checkpoint_every=1000"), cwd=ROOT,
@@ -140,15 +144,9 @@ def test_sigterm_saves_and_exits_cleanly_and_corrupt_latest_falls_back(tmp_path)
     assert p.returncode == 143, err[-2000:]
     saved = [int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit()]
     assert len(saved) == 1 and 4 <= saved[0] < 400 and f"saved step {saved[0]}" in out
-    # a later, corrupt checkpoint: reported, and the previous one is used
-    bad = wd / "checkpoints" / str(saved[0] + 1)
-    os.makedirs(bad / "state")
-    os.makedirs(bad / "meta")
-    (bad / "state" / "garbage").write_bytes(b"\x00not a checkpoint")
-    (bad / "commit_success.txt").write_text("ok")
-    r = run(wd, f"--config.train.total_steps={saved[0] + 4}")
-    assert "cannot be restored" in r.stderr and "resumed from" in r.stdout
-    assert json.load(open(wd / "results.json"))["steps"] == saved[0] + 4
+    _, v, meta = load_model(str(wd / "checkpoints" / str(saved[0])))
+    assert meta["step"] == saved[0] and v["params"]
+    assert not (wd / "results.json").exists()
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-from thinjax.data._tf import tf
+from thinjax.data._tf import graph_fn, tf
 
 from thinjax.data import preprocess
 from thinjax.data.sources import DataError, Source
@@ -44,8 +44,9 @@ class EvalBatches:
         if process_count > 1:
             ds = ds.shard(process_count, process_index)
         size = image_size or source.image_size
-        ds = ds.map(lambda ex: {"image": preprocess.eval_image(ex["image"], size, resize),
-                                "label": tf.cast(ex["label"], tf.int32)},
+        ds = ds.map(graph_fn(lambda ex: {
+            "image": preprocess.eval_image(ex["image"], size, resize),
+            "label": tf.cast(ex["label"], tf.int32)}),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if cache:
             ds = ds.cache()
@@ -107,11 +108,11 @@ def _shard_batches(source: Source, cfg_data, shard: int, num_shards: int, batch:
     split = cfg_data.train_split
     base = source.as_dataset(split).shard(num_shards, shard)
     if cfg_data.cache == "decoded" and cfg_data.augment != "imagenet":
-        base = base.map(lambda ex: {"image": preprocess.decode(ex["image"]),
-                                    "label": ex["label"]},
+        base = base.map(graph_fn(lambda ex: {"image": preprocess.decode(ex["image"]),
+                                             "label": ex["label"]}),
                         num_parallel_calls=tf.data.AUTOTUNE).cache()
     else:
-        base = base.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+        base = base.map(graph_fn(lambda ex: {"image": ex["image"], "label": ex["label"]}))
         if cfg_data.cache == "encoded":
             base = base.cache()
     n_shard = source.num_examples(split) // num_shards
@@ -123,7 +124,8 @@ def _shard_batches(source: Source, cfg_data, shard: int, num_shards: int, batch:
                           reshuffle_each_iteration=False)
         ds = ds.take(steps_per_epoch * batch).enumerate(start=epoch * n_shard)
         ds = ds.skip(offset * batch)
-        ds = ds.map(_train_example_fn(cfg_data, seed, shard), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(graph_fn(_train_example_fn(cfg_data, seed, shard)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(batch, drop_remainder=True).prefetch(4).with_options(options)
         it = ds.as_numpy_iterator()
         while True:

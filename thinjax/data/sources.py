@@ -16,7 +16,7 @@ import os
 import zipfile
 from typing import Callable
 
-from thinjax.data._tf import tf
+from thinjax.data._tf import graph_fn, tf
 from thinjax.errors import DataError
 import tensorflow_datasets as tfds
 
@@ -104,8 +104,8 @@ def _folder_source(path: str, name: str | None = None) -> Source:
         del seed  # ImageFolder orders files deterministically; shuffling is the pipeline's
         ds = builder.as_dataset(split=split, shuffle_files=False,
                                 decoders={"image": tfds.decode.SkipDecoding()})
-        return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"],
-                                  "filename": ex["image/filename"]},
+        return ds.map(graph_fn(lambda ex: {"image": ex["image"], "label": ex["label"],
+                                           "filename": ex["image/filename"]}),
                       num_parallel_calls=tf.data.AUTOTUNE)
 
     def files(split):
@@ -142,7 +142,8 @@ def _tfds_source(name: str, data_dir: str | None, download: bool) -> Source:
         rc = tfds.ReadConfig(shuffle_seed=seed) if shuffle_files else None
         ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=rc,
                                 decoders={"image": tfds.decode.SkipDecoding()})
-        return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"], "filename": ""},
+        return ds.map(graph_fn(lambda ex: {"image": ex["image"], "label": ex["label"],
+                                           "filename": ""}),
                       num_parallel_calls=tf.data.AUTOTUNE)
 
     return Source(name, splits, num_classes, size, make)

@@ -22,6 +22,10 @@ from thinjax.plan import Plan
 from thinjax.train import sharding, state as state_lib
 from thinjax.train.step import StepConfig, train_step
 
+# XLA options for code that runs once per run (the state's init): the backend's optimisation
+# passes would take ~10 s of compilation for a ResNet-20 on a CPU and save nothing.
+RUN_ONCE = {"xla_backend_optimization_level": 0}
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -80,9 +84,10 @@ class Setting:
         if init_variables is None:
             f = functools.partial(state_lib.create, run.model, run.tx, input_shape=shape,
                                   masks=masks)
-            return jax.jit(f, out_shardings=self.repl)(self.rng)
+            return jax.jit(f, out_shardings=self.repl, compiler_options=RUN_ONCE)(self.rng)
         f = functools.partial(state_lib.from_variables, tx=run.tx, masks=masks)
-        return jax.jit(f, out_shardings=self.repl)(init_variables, rng=self.rng)
+        return jax.jit(f, out_shardings=self.repl, compiler_options=RUN_ONCE)(
+            init_variables, rng=self.rng)
 
     def abstract_state(self, run: Run, masks: dict):
         """The state's shapes, placed on the mesh: a restore target."""
