@@ -54,7 +54,7 @@ from thinjax.cost import __main__ as cost_cmd
 from thinjax import evaluate as evaluate_command
 from thinjax.checkpoint import export_model, load_model
 from thinjax.config import base_config, check_rerun, validate
-from thinjax.errors import CheckpointError, ConfigError, NonFiniteLoss, OutputError
+from thinjax.errors import CheckpointError, ConfigError, NonFiniteLoss
 from thinjax.plan import plan_from_width
 from thinjax.train.keeper import CheckpointKeeper
 

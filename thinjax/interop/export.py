@@ -49,7 +49,7 @@ import numpy as np
 
 from thinjax import fs
 from thinjax.cost import count
-from thinjax.errors import OutputError, ThinjaxError
+from thinjax.errors import ThinjaxError
 from thinjax.plan import Plan, default_input_size
 
 FORMATS = ("onnx", "torch", "tflite")
