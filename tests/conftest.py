@@ -1,10 +1,19 @@
 import os
 import zipfile
 
-import numpy as np
-import pytest
+# XLA -O0 for what the tests compile, in this process and in the subprocesses that inherit
+# its environment (set before JAX starts a backend): the tests' programs run a few steps,
+# so compiling dominates; without the backend's optimisation passes it takes about half
+# as long, and the results agree with optimised code's to float tolerance (the suite
+# passes either way; `XLA_FLAGS=--xla_backend_optimization_level=3 pytest` checks that).
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
 
-from thinjax import zoo
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from thinjax import zoo  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("THINJAX_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))

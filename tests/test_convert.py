@@ -3,7 +3,6 @@ checkpoint-to-pruned conversion command, end to end on the bundled CIFAR-10 samp
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -12,51 +11,15 @@ import numpy as np
 import pytest
 
 import thinjax
-from tests.test_train import (ROOT, assert_trees_close, main_cmd, run, sub_env,
-                              wait_for_checkpoint)
+from tests.test_train import (ROOT, run, sub_env)
 from thinjax import cli, convert
 from thinjax.checkpoint import export_model, load_model
 from thinjax.cost import count
-from thinjax.plan import Plan, plan_from_width
+from thinjax.plan import plan_from_width
 from thinjax.prune.groups import mask_tree
 
 ASSET = os.path.join(os.path.dirname(thinjax.__file__), "assets",
                      "resnet20_width4_cifar10_ema.safetensors")
-PRUNE = ["--config.model.width=8", "--config.prune.schedule=iterative",
-         "--config.prune.num_events=2", "--config.prune.start_epoch=0.05",
-         "--config.prune.every_epochs=0.05", "--config.prune.target=0.5"]  # steps 4 and 8
-
-
-def test_iterative_pruning_run_resumes_exactly_and_ends_materialised(tmp_path):
-    """Also the training system's exact-resume test: a run killed with SIGKILL after a
-    checkpoint and rerun ends with the weights of an uninterrupted run."""
-    r = run(tmp_path / "straight", *PRUNE)
-    assert r.stdout.count("prune event") == 2 and "materialised: continuing on" in r.stdout
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    dense = count(plan_from_width("resnet20", 8), 32)
-    assert [e["step"] for e in res["prune_events"]] == [4, 8]
-    assert abs(res["macs"] / dense.macs - 0.5) < 0.01 and res["dense_macs"] == dense.macs
-    plan, v, meta = load_model(str(tmp_path / "straight"))
-    assert plan == Plan.from_dict(res["plan"]) and count(plan).macs == res["macs"]
-    assert meta["materialized"] and "masks" not in meta
-    # killed after its checkpoint at step 10, written after the network materialised (the
-    # last event is at step 8), then resumed: the same network
-    wd = tmp_path / "killed"
-    p = subprocess.Popen(main_cmd(wd, *PRUNE, "--config.train.checkpoint_every=10"),
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=sub_env())
-    step = wait_for_checkpoint(wd, p, 10)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert step == 10 and not (wd / "results.json").exists()
-    assert load_model(str(wd / "checkpoints" / "10"))[2]["materialized"]
-    r2 = run(wd, *PRUNE, "--config.train.checkpoint_every=10")
-    assert "resumed from" in r2.stdout and "step 10" in r2.stdout
-    plan2, v2, _ = load_model(str(wd))
-    assert plan2 == plan
-    assert_trees_close(v, v2, rtol=1e-5, atol=1e-6)
-
-
 @pytest.fixture(scope="module")
 def masked_run(tmp_path_factory):
     """A run pruned once at step 4 (taylor, uniform) that keeps its masks (no

@@ -14,7 +14,10 @@ since falling back would silently retrain it from scratch.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
 import os
 import signal
 import sys
@@ -76,8 +79,9 @@ class CheckpointKeeper:
             target = abstract_for(meta)
             self._check_same_network(step, stored, target)
             try:
-                state = self.mngr.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target))).state
+                with _quiet_failed_reads():
+                    state = self.mngr.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(target))).state
             except Exception as e:  # noqa: BLE001
                 self._set_aside(step, e)
                 continue
@@ -171,3 +175,21 @@ def _shapes(tree) -> list[tuple[str, tuple]]:
     flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
     return [(jax.tree_util.keystr(p, simple=True, separator="/"), tuple(np.shape(x)))
             for p, x in flat if hasattr(x, "shape")]
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+    """Silences the echoes of one unreadable array: orbax reads a checkpoint's arrays in
+    concurrent asyncio tasks, and when one fails the others' failures surface as asyncio's
+    "Task exception was never retrieved" and unraisable-coroutine tracebacks (dozens of
+    lines each). The failure itself is raised, and reported once by `_set_aside`."""
+    log = logging.getLogger("asyncio")
+    level, hook = log.level, sys.unraisablehook
+    log.setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda _: None
+    try:
+        yield
+    finally:
+        gc.collect()  # the failed tasks are reported when collected: here, while quiet
+        log.setLevel(level)
+        sys.unraisablehook = hook
