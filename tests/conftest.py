@@ -2,10 +2,11 @@ import os
 import zipfile
 
 # XLA -O0 for what the tests compile, in this process and in the subprocesses that inherit
-# its environment (set before JAX starts a backend): the tests' programs run a few steps,
-# so compiling dominates; without the backend's optimisation passes it takes about half
-# as long, and the results agree with optimised code's to float tolerance (the suite
-# passes either way; `XLA_FLAGS=--xla_backend_optimization_level=3 pytest` checks that).
+# its environment (set before JAX starts a backend; an optimisation level already in
+# XLA_FLAGS is kept): the tests' programs run a few steps, so compiling dominates.
+# Measured on the in-process files (test_optim, test_models, test_prune, test_core_gaps,
+# test_evaluate; 2-core Xeon VM): 103 tests pass at both levels, in 5 min 57 s of CPU at
+# -O0 against 7 min 55 s optimised.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_backend_optimization_level=0").strip()

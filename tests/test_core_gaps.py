@@ -48,21 +48,15 @@ def fresh_state(variables: dict, tx: optax.GradientTransformation, masks: dict) 
                       rng=jax.random.key_data(jax.random.PRNGKey(0)), masks=masks)
 
 
-def fast_jit(f):
-    """jax.jit at XLA -O0, as tests/test_train.py's subprocesses: one- or two-step programs,
-    so compiling dominates (-O0 halves it); results agree to float tolerance."""
-    return jax.jit(f, compiler_options={"xla_backend_optimization_level": 0})
-
-
 def jit_step(model, tx: optax.GradientTransformation = SGD, cfg: StepConfig = STEP_CFG):
     """The jitted train step of `model` with a constant learning rate."""
-    return fast_jit(functools.partial(train_step, model=model, tx=tx,
+    return jax.jit(functools.partial(train_step, model=model, tx=tx,
                                       schedule=optax.constant_schedule(0.1), cfg=cfg))
 
 
 def forward(plan: Plan):
     """The jitted eval forward pass of ResNet(plan): (variables, x, masks) -> logits."""
-    return fast_jit(lambda v, x, m: ResNet(plan).apply(v, x, masks=m))
+    return jax.jit(lambda v, x, m: ResNet(plan).apply(v, x, masks=m))
 
 
 def shallow(plan: Plan, blocks: tuple[int, ...]) -> Plan:

@@ -8,7 +8,6 @@ import tensorflow as tf  # noqa: E402
 tf.config.set_visible_devices([], "GPU")
 
 
-
 def graph_fn(fn):
     """`fn` for tf.data's map, traced as written: no AutoGraph rewrite of its Python (the
     data functions branch only on Python values; the rewrite took ~9 s per training run)."""

@@ -47,7 +47,7 @@ class EvalBatches:
         ds = ds.map(graph_fn(lambda ex: {
             "image": preprocess.eval_image(ex["image"], size, resize),
             "label": tf.cast(ex["label"], tf.int32)}),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if cache:
             ds = ds.cache()
         self._ds = ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
