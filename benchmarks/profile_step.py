@@ -191,7 +191,8 @@ def print_table(a, jx: dict, jwall: float, tc: dict, twall: float) -> None:
 
 def conv_variants(batch: int, hw: int, c: int):
     """A 3x3 conv (stride 1, pad 1, c -> c) and its input and weight gradients, three
-    ways: XLA's convolution, patches + dot (im2col), and PyTorch's conv2d. Callables."""
+    ways: XLA's convolution, patches + dot (im2col by conv_general_dilated_patches, or by
+    9 shifted slices), and PyTorch's conv2d. Callables."""
     import jax.numpy as jnp
     import torch
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, hw, hw, c)), jnp.float32)
@@ -206,9 +207,15 @@ def conv_variants(batch: int, hw: int, c: int):
                                                  dimension_numbers=dn)
         return p @ w.transpose(2, 0, 1, 3).reshape(9 * c, c)
 
+    def slices(x, w):  # im2col from 9 shifted slices (its gradient is pad + add, no conv)
+        n, h, wd, _ = x.shape
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        p = jnp.concatenate([xp[:, i:i + h, j:j + wd] for i in range(3) for j in range(3)], -1)
+        return p @ w.reshape(9 * c, c)
+
     out = {}
-    for name, f in (("XLA conv", conv), ("patches + dot", patches)):
-        g = jax.jit(jax.grad(lambda x, w: (f(x, w) ** 2).sum(), argnums=(0, 1)))
+    for name, f in (("XLA conv", conv), ("patches + dot", patches), ("slices + dot", slices)):
+        g = jax.jit(jax.grad(lambda x, w, f=f: (f(x, w) ** 2).sum(), argnums=(0, 1)))
         fw = jax.jit(f)
         out[name] = (lambda fw=fw: fw(x, w).block_until_ready(),
                      lambda g=g: jax.block_until_ready(g(x, w)))
@@ -232,9 +239,9 @@ def conv_micro(a) -> None:
     from train_throughput import timeit
     print(f"\n3x3 conv, batch {a.batch}, float32; CPU: {cpu_description()}; "
           f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '') or '(none)'}")
-    print("| input (HxWxC) | XLA conv fwd | patches+dot fwd | PyTorch fwd "
-          "| XLA conv fwd+bwd | patches+dot fwd+bwd | PyTorch fwd+bwd |")
-    print("|---|---|---|---|---|---|---|")
+    print("| input (HxWxC) | XLA conv fwd | patches+dot fwd | slices+dot fwd | PyTorch fwd "
+          "| XLA conv fwd+bwd | patches+dot fwd+bwd | slices+dot fwd+bwd | PyTorch fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for i, hw in enumerate((32, 16, 8)):
         c = a.width * 2**i
         v = conv_variants(a.batch, hw, c)
@@ -257,7 +264,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--conv-micro", action="store_true",
-                    help="only one 3x3 conv per stage: XLA conv vs patches+dot vs PyTorch")
+                    help="only one 3x3 conv per stage: XLA conv vs patches+dot vs slices+dot vs PyTorch")
     a = ap.parse_args()
     if a.conv_micro:
         conv_micro(a)
