@@ -11,7 +11,7 @@ zeroed but stay trainable (they may grow back and be kept at the next event); at
 the last, hard, event keeps the masks and the network is materialised; fine-tuning goes on to
 epoch 30. Recipe: thinjax.conversion.FINETUNE (SGD Nesterov, lr 0.04 at batch 128, cosine,
 wd 5e-5, flip + crop, EMA 0.999).
-Measured: the 30 epochs were not run. Only a short version was:
+Expected: the 30 epochs are not measured yet. Only a short version has been measured:
 benchmarks/prune_methods_r56.py, 100 soft steps + 200 steps of batch 64, 2-core Intel Xeon,
 2026-11-29. It collapsed (11.87% top-1; one-shot L1 with the same steps got 46.88%); see
 docs/pruning.md, "Every method on the release's ResNet-56". Why it collapses on a trained
