@@ -177,19 +177,27 @@ def pruned_plan(plan: Plan, seed: int = 0) -> Plan:
 
 
 def compare_torch(a, plan: Plan, model) -> dict:
-    """thinjax vs PyTorch on the same plan, batch and step, interleaved; medians."""
+    """thinjax vs PyTorch on the same plan, batch and step, interleaved; medians. With
+    --ablate, thinjax without the fusion barrier, and without it and with flax's
+    nn.BatchNorm (the path before either change), are timed too."""
     import torch
-    fns = {"train": {"thinjax": plain_step(model, a.batch, a.input_size, plan.num_classes),
-                     "pytorch": torch_step(plan, a.batch, a.input_size)},
-           "eval": {"thinjax": eval_fn(model, a.batch, a.input_size),
-                    "pytorch": torch_eval(plan, a.batch, a.input_size)}}
-    res = {}
-    for what, pair in fns.items():
-        sec = interleaved(pair, a.steps, a.rounds)
-        ratios = [t / j for j, t in zip(sec["thinjax"], sec["pytorch"])]
+    variants = {"thinjax": model}
+    if a.ablate:
+        variants["no fusion barrier"] = model.clone(fusion_barrier=False)
+        variants["no barrier, nn.BatchNorm"] = model.clone(fusion_barrier=False, fused_bn=False)
+    fns = {"train": {k: plain_step(m, a.batch, a.input_size, plan.num_classes)
+                     for k, m in variants.items()},
+           "eval": {k: eval_fn(m, a.batch, a.input_size) for k, m in variants.items()}}
+    fns["train"]["pytorch"] = torch_step(plan, a.batch, a.input_size)
+    fns["eval"]["pytorch"] = torch_eval(plan, a.batch, a.input_size)
+    res = {"variants": list(variants)}
+    for what, group in fns.items():
+        sec = interleaved(group, a.steps, a.rounds)
         res[what] = {k: a.batch / float(np.median(v)) for k, v in sec.items()}
-        res[what]["ratio"] = float(np.median(ratios))
-        res[what]["ratio_range"] = (min(ratios), max(ratios))
+        for k in variants:
+            ratios = [t / j for j, t in zip(sec[k], sec["pytorch"])]
+            res[what][f"{k} ratio"] = float(np.median(ratios))
+            res[what][f"{k} ratio_range"] = (min(ratios), max(ratios))
     res["torch_threads"] = torch.get_num_threads()
     return res
 
@@ -200,22 +208,26 @@ def print_compare(a, plan: Plan, res: dict) -> None:
           f"{a.input_size}px, batch {a.batch}, float32; CPU: {cpu_description()}")
     print(f"jax {jax.__version__}, XLA_FLAGS {flags}; torch threads {res['torch_threads']}; "
           f"medians of {a.rounds} interleaved rounds x {a.steps} steps")
-    print("| step | thinjax img/s | PyTorch img/s | thinjax/PyTorch (median, range) |")
-    print("|---|---|---|---|")
+    print("| step | variant | thinjax img/s | PyTorch img/s | thinjax/PyTorch (median, range) |")
+    print("|---|---|---|---|---|")
     for what in ("train", "eval"):
         r = res[what]
-        print(f"| {what} | {r['thinjax']:,.0f} | {r['pytorch']:,.0f} | {r['ratio']:.2f}x "
-              f"({r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}) |")
+        for k in res["variants"]:
+            lo, hi = r[f"{k} ratio_range"]
+            print(f"| {what} | {k} | {r[k]:,.0f} | {r['pytorch']:,.0f} | "
+                  f"{r[f'{k} ratio']:.2f}x ({lo:.2f}-{hi:.2f}) |")
 
 
 def numerics_dump(a, path: str) -> None:
     """`a.check_steps` training steps of the plain step on a fixed stream of random images
     and labels (memorised, so the loss falls); saves the loss curve and eval-mode logits at
     init and at the end to `path` (.npz). --perturb scales the inputs by 1 + 2^-23: a one-ulp
-    change that shows how far float noise alone moves the curve."""
+    change that shows how far float noise alone moves the curve; --reference-model uses
+    nn.BatchNorm and no fusion barrier."""
     from thinjax.models.resnet import build_model
     plan = plan_from_width(a.model, a.width, 10)
-    model = build_model(plan)
+    ref = a.reference_model
+    model = build_model(plan, fused_bn=not ref, fusion_barrier=not ref)
     rng = np.random.default_rng(0)
     xs = rng.standard_normal((4, a.batch, 32, 32, 3)).astype(np.float32)
     xs = xs * np.float32(1 + 2**-23) if a.perturb else xs
@@ -243,20 +255,28 @@ def numerics_dump(a, path: str) -> None:
     np.savez(path, losses=np.array(losses), first=first, last=last)
 
 
+NUMERICS_ARMS = {  # name -> (environment, extra arguments)
+    "thinjax (barrier, fused BN), flag off": ({"THINJAX_NO_CPU_FLAGS": "1"}, []),
+    "thinjax (barrier, fused BN), flag on": ({"THINJAX_CPU_FLAGS": "1"}, []),
+    "reference model, flag on": ({"THINJAX_CPU_FLAGS": "1"}, ["--reference-model"]),
+    "reference": ({"THINJAX_NO_CPU_FLAGS": "1"}, ["--reference-model"]),
+    "reference, inputs +1 ulp": ({"THINJAX_NO_CPU_FLAGS": "1"},
+                                 ["--reference-model", "--perturb"]),
+}
+
+
 def check_numerics(a) -> int:
-    """Runs numerics_dump three times in fresh processes (XLA reads XLA_FLAGS once):
-    thinjax's CPU flags on (THINJAX_CPU_FLAGS=1), the reference path
-    (THINJAX_NO_CPU_FLAGS=1), and the reference with one-ulp-perturbed inputs (the
-    float-noise yardstick), and compares."""
+    """Runs numerics_dump in fresh processes (XLA reads XLA_FLAGS once) for each of
+    NUMERICS_ARMS: thinjax's model (fusion barrier, fused BatchNorm) with the YNN flag off
+    and on, and the reference model (nn.BatchNorm, no barrier) with the flag on, against
+    the reference path (reference model, flag off), and the reference with
+    one-ulp-perturbed inputs (the float-noise yardstick); compares."""
     import subprocess
     base = [sys.executable, os.path.abspath(__file__), f"--model={a.model}",
             f"--width={a.width}", f"--batch={a.batch}", f"--check-steps={a.check_steps}"]
-    arms = {"flag on": ({"THINJAX_CPU_FLAGS": "1"}, []),
-            "reference": ({"THINJAX_NO_CPU_FLAGS": "1"}, []),
-            "reference, inputs +1 ulp": ({"THINJAX_NO_CPU_FLAGS": "1"}, ["--perturb"])}
     res = {}
     with tempfile.TemporaryDirectory() as d:
-        for name, (env, extra) in arms.items():
+        for name, (env, extra) in NUMERICS_ARMS.items():
             out = os.path.join(d, f"{len(res)}.npz")
             subprocess.run(base + extra + [f"--dump-numerics={out}"], check=True,
                            env={**os.environ, **env})
@@ -264,17 +284,17 @@ def check_numerics(a) -> int:
     ref = res["reference"]
     print(f"\n{a.model} w={a.width}, batch {a.batch}, {a.check_steps} steps; CPU: "
           f"{cpu_description()}; thinjax CPU flags: {CPU_FLAGS}")
-    print("| vs reference | max abs logit diff (init) | (after training) | max abs loss diff "
-          "| loss diff at last step | final loss |")
+    print("| vs reference (nn.BatchNorm, no barrier, flag off) | max abs logit diff (init) "
+          "| (after training) | max abs loss diff | loss diff at last step | final loss |")
     print("|---|---|---|---|---|---|")
-    for name in ("flag on", "reference, inputs +1 ulp"):
+    for name in (n for n in NUMERICS_ARMS if n != "reference"):
         r = res[name]
         dl = np.abs(r["losses"] - ref["losses"])
         print(f"| {name} | {np.abs(r['first'] - ref['first']).max():.2e} | "
               f"{np.abs(r['last'] - ref['last']).max():.2e} | {dl.max():.2e} | {dl[-1]:.2e} | "
               f"{r['losses'][-1]:.4f} (reference {ref['losses'][-1]:.4f}) |")
-    ok = np.abs(res["flag on"]["first"] - ref["first"]).max() <= 1e-5
-    print("init logits within 1e-5:", ok)
+    ok = all(np.abs(res[n]["first"] - ref["first"]).max() <= 1e-5 for n in NUMERICS_ARMS)
+    print("init logits of every arm within 1e-5:", ok)
     return 0 if ok else 1
 
 
@@ -342,6 +362,11 @@ def parse_args():
     ap.add_argument("--compare-torch", action="store_true",
                     help="only the train and eval steps, thinjax vs PyTorch, interleaved")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (--compare-torch)")
+    ap.add_argument("--ablate", action="store_true",
+                    help="--compare-torch also times thinjax without its CPU changes "
+                    "(fusion barrier, fused BatchNorm)")
+    ap.add_argument("--reference-model", action="store_true",
+                    help="(--dump-numerics) nn.BatchNorm, no fusion barrier")
     ap.add_argument("--pruned", action="store_true",
                     help="irregular widths (a materialised pruned network) from the plan")
     ap.add_argument("--check-numerics", action="store_true",

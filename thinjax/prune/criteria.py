@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from thinjax.models.batchnorm import BatchNorm
 from thinjax.models.resnet import Block, ConvBN
 from thinjax.plan import Plan
 from thinjax.prune.groups import Group, channel_groups, flatten, init_masks
@@ -223,7 +224,7 @@ def _rank_fn(model):
     def wanted(mdl, method: str) -> bool:
         return method == "__call__" and (
             isinstance(mdl, Block) or (isinstance(mdl, ConvBN) and mdl.name == "stem")
-            or (isinstance(mdl, nn.BatchNorm) and isinstance(mdl.parent, Block)
+            or (isinstance(mdl, (nn.BatchNorm, BatchNorm)) and isinstance(mdl.parent, Block)
                 and int(mdl.name[2:]) <= len(mdl.parent.inner)))
 
     def ranks(variables, x, masks):
