@@ -72,7 +72,9 @@ def category(op: str, op_name: str, inner: list[str]) -> str:
     """The category of one top-level XLA instruction."""
     bwd = "transpose(" in op_name
     if op == "convolution" or "convolution" in inner:
-        return "conv bwd" if bwd else "conv fwd"
+        # forward convs carry their jvp(...) source path; the kernel-gradient convs that
+        # XLA rewrites (transposes + a YNN dot fusion) carry none
+        return "conv bwd" if bwd or not op_name else "conv fwd"
     if not op_name and ("transpose" in inner or "copy" in inner or op in ("transpose", "copy")):
         return "conv bwd layout (transpose/copy)"
     if "jvp(" not in op_name and "transpose(" not in op_name:

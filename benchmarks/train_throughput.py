@@ -278,8 +278,10 @@ def check_numerics(a) -> int:
     with tempfile.TemporaryDirectory() as d:
         for name, (env, extra) in NUMERICS_ARMS.items():
             out = os.path.join(d, f"{len(res)}.npz")
+            clean = {k: v for k, v in os.environ.items()
+                     if k not in ("THINJAX_CPU_FLAGS", "THINJAX_NO_CPU_FLAGS")}
             subprocess.run(base + extra + [f"--dump-numerics={out}"], check=True,
-                           env={**os.environ, **env})
+                           env={**clean, **env})
             res[name] = dict(np.load(out))
     ref = res["reference"]
     print(f"\n{a.model} w={a.width}, batch {a.batch}, {a.check_steps} steps; CPU: "
