@@ -6,7 +6,7 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # XLA:CPU's fast paths (YNNPACK fusions), appended to XLA_FLAGS before JAX starts a backend
-# when THINJAX_CPU_FLAGS=1 (off by default: slow compiles of deep networks); see
+# when THINJAX_CPU_FLAGS=1 (off by default: not faster than the default path); see
 # thinjax/platform.py and docs/performance.md.
 from thinjax import platform as _platform  # noqa: E402
 

@@ -1,11 +1,12 @@
 """Fast XLA:CPU flags, applied when thinjax is imported (before JAX starts a backend).
 
 XLA's CPU compiler can hand dots, elementwise ops and reductions to its YNNPACK fusions
-(``--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce``); in ``docs/performance.md``
-that makes a ResNet-56 training step up to 1.45x faster, with logits and loss curves that
-agree with XLA's default path to float32 noise. It is **off by default**: with it, jaxlib
-0.10.2 compiles a ResNet-152 (CIFAR stem, width 16) for more than 5 minutes instead of
-25 s, which stalls ``tests/test_models.py``. ``THINJAX_CPU_FLAGS=1`` turns it on; thinjax
+(``--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce``). Before thinjax's model put
+a fusion barrier on every residual block (`thinjax.models.resnet.fusion_barrier`), the flag
+made a ResNet-56 training step up to 2.2x faster; with the barrier, the default path is as
+fast or faster (``docs/performance.md``), so the flag is **off by default**. (A ResNet-152
+compile stall seen with it once, >5 min, did not reproduce on Intel or AMD VMs later.)
+``THINJAX_CPU_FLAGS=1`` turns it on; thinjax
 then appends the flag to ``XLA_FLAGS`` when:
 
 * the user has not set ``THINJAX_NO_CPU_FLAGS=1`` (the opt-out, which wins),
@@ -81,7 +82,8 @@ def _skip_reason(env) -> str | None:
     if env.get(OPT_OUT, "").strip() not in ("", "0"):
         return f"{OPT_OUT} is set"
     if env.get(OPT_IN, "").strip() in ("", "0"):
-        return f"off by default (slow compiles of deep networks); {OPT_IN}=1 turns it on"
+        return (f"off by default (not faster than the default path, docs/performance.md); "
+                f"{OPT_IN}=1 turns it on")
     platforms = env.get("JAX_PLATFORMS", "").strip()
     if platforms and "cpu" not in [p.strip() for p in platforms.split(",")]:
         return f"JAX_PLATFORMS={platforms} has no cpu"
