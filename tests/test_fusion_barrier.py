@@ -17,6 +17,8 @@ def test_identity_for_every_value_including_inf_and_nan():
     for first in (np.nan, np.inf, 7.0, -2.0):  # the divisor is read from x's first element
         y = fusion_barrier(x.at[0, 0].set(first))
         np.testing.assert_array_equal(np.asarray(y), np.asarray(x.at[0, 0].set(first)))
+        ref = jnp.full((3,), first, jnp.float32)  # the divisor read from another array
+        np.testing.assert_array_equal(np.asarray(fusion_barrier(x, ref)), np.asarray(x))
     xb = x.astype(jnp.bfloat16)
     assert fusion_barrier(xb).dtype == jnp.bfloat16
     g = jax.grad(lambda x: jnp.sum(fusion_barrier(x) * jnp.arange(6.0).reshape(2, 3)))(
@@ -69,3 +71,35 @@ def test_default_is_on_for_the_cpu_backend():
     v = ResNet(plan).init(jax.random.PRNGKey(0), x)
     text = jax.jit(lambda v, x: ResNet(plan).apply(v, x)).lower(v, x).as_text()
     assert (text.count("divide") >= 9) == (jax.default_backend() == "cpu")
+
+
+def test_no_collective_added_on_a_batch_sharded_mesh(tmp_path):
+    """The blocks take the divisor from a replicated parameter, so a data-parallel training
+    step has exactly the all-reduces it has without the barrier (4 CPU devices)."""
+    import subprocess
+    import sys
+    code = """
+import collections, re, jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from thinjax.models.resnet import ResNet
+from thinjax.plan import plan_from_width
+mesh = Mesh(jax.devices(), ("data",))
+x = jax.device_put(jnp.zeros((8, 32, 32, 3)), NamedSharding(mesh, P("data")))
+for b in (False, True):
+    m = ResNet(plan_from_width("resnet20", 4, 10), fusion_barrier=b)
+    v = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    f = jax.jit(lambda p, x: jax.grad(lambda p: m.apply(
+        {"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
+        mutable=["batch_stats"])[0].sum())(p))
+    t = f.lower(v["params"], x).compile().as_text()
+    print(len(jax.devices()), len(re.findall(r"= [^ ]+ all-reduce", t)))
+"""
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (d1, without), (d2, with_barrier) = [map(int, line.split())
+                                         for line in out.stdout.split("\n")[:2]]
+    assert d1 == d2 == 4 and without > 0  # BatchNorm statistics need all-reduces
+    assert with_barrier == without

@@ -37,7 +37,7 @@ def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
                    name=name)
 
 
-def fusion_barrier(x):
+def fusion_barrier(x, ref=None):
     """``x / 1``: an exact identity (also for inf and NaN) that XLA:CPU computes once.
 
     A residual stage is a chain of cheap elementwise ops (BN affine, add, ReLU) between
@@ -47,11 +47,14 @@ def fusion_barrier(x):
     transposes that recomputed the chain). Division is an op XLA will not duplicate, so
     dividing each block's output by a 1 that is only known at run time makes XLA compute
     it once and read it everywhere (ResNet-56 w=16 training step on one core: 47 -> 80
-    img/s). The 1 is computed from ``x``'s first element (clamped to a finite value, times
-    0, plus 1: exactly 1 whatever ``x`` holds) and carries no gradient, so values and
-    gradients are unchanged.
+    img/s). The 1 is computed at run time from the first element of ``ref`` (default
+    ``x``; blocks pass their last BatchNorm scale, a replicated parameter, so that a
+    batch-sharded ``x`` costs no collective): clamped to a finite value, times 0, plus 1,
+    so exactly 1 whatever it holds. It carries no gradient, so values and gradients are
+    unchanged.
     """
-    first = jax.lax.slice(x, (0,) * x.ndim, (1,) * x.ndim)
+    src = x if ref is None else ref
+    first = jax.lax.slice(src, (0,) * src.ndim, (1,) * src.ndim)
     # a finite run-time scalar times 0; a reduction, so XLA keeps the divide in the
     # backward pass too (a broadcast (1,1,1,1) divisor loses it there)
     one = jnp.sum(jnp.where(jnp.abs(first) < 1, first, 0)) * 0 + 1
@@ -115,7 +118,11 @@ class Block(nn.Module):
             alive = jnp.all(jnp.stack([jnp.any(m > 0) for m in inner_masks]))
             y = y * alive.astype(y.dtype)
         out = nn.relu(y + shortcut)
-        return fusion_barrier(out) if self.fusion_barrier else out
+        if not self.fusion_barrier:
+            return out
+        # the divisor from a (replicated) parameter: no collective on a sharded batch
+        last = self.variables["params"][f"bn{len(self.inner) + 1}"]["scale"]
+        return fusion_barrier(out, last)
 
 
 class Stage(nn.Module):
