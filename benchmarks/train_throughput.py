@@ -274,12 +274,12 @@ def check_numerics(a) -> int:
     import subprocess
     base = [sys.executable, os.path.abspath(__file__), f"--model={a.model}",
             f"--width={a.width}", f"--batch={a.batch}", f"--check-steps={a.check_steps}"]
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("THINJAX_CPU_FLAGS", "THINJAX_NO_CPU_FLAGS")}
     res = {}
     with tempfile.TemporaryDirectory() as d:
         for name, (env, extra) in NUMERICS_ARMS.items():
             out = os.path.join(d, f"{len(res)}.npz")
-            clean = {k: v for k, v in os.environ.items()
-                     if k not in ("THINJAX_CPU_FLAGS", "THINJAX_NO_CPU_FLAGS")}
             subprocess.run(base + extra + [f"--dump-numerics={out}"], check=True,
                            env={**clean, **env})
             res[name] = dict(np.load(out))

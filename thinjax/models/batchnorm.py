@@ -47,17 +47,18 @@ def batch_norm_train(x, scale, bias, epsilon: float):
     return _forward(x, scale, bias, epsilon)[0]
 
 
+def _normalize(x32, mean, inv, scale, bias, dtype):
+    """(x - mean) * scale * inv + bias in float32, cast to `dtype`."""
+    a = scale.astype(jnp.float32) * inv
+    return ((x32 - mean) * a + bias.astype(jnp.float32)).astype(dtype)
+
+
 def _forward(x, scale, bias, epsilon):
     x32 = x.astype(jnp.float32)
     mean, var = _stats(x32)
     inv = jax.lax.rsqrt(var + epsilon)
-    a = scale.astype(jnp.float32) * inv
-    y = ((x32 - mean) * a + bias.astype(jnp.float32)).astype(x.dtype)
+    y = _normalize(x32, mean, inv, scale, bias, x.dtype)
     return (y, mean, var), (x, mean, inv, scale)
-
-
-def _fwd(x, scale, bias, epsilon):
-    return _forward(x, scale, bias, epsilon)
 
 
 def _bwd(epsilon, res, cts):
@@ -80,7 +81,7 @@ def _bwd(epsilon, res, cts):
     return dx, dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 
 
-batch_norm_train.defvjp(_fwd, _bwd)
+batch_norm_train.defvjp(_forward, _bwd)
 
 
 class BatchNorm(nn.Module):
@@ -107,9 +108,8 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", self.bias_init, (c,), self.param_dtype)
         dtype = self.dtype or jnp.result_type(x, scale)
         if use_ra:
-            a = scale.astype(jnp.float32) * jax.lax.rsqrt(ra_var.value + self.epsilon)
-            return ((x.astype(jnp.float32) - ra_mean.value) * a
-                    + bias.astype(jnp.float32)).astype(dtype)
+            inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
+            return _normalize(x.astype(jnp.float32), ra_mean.value, inv, scale, bias, dtype)
         y, mean, var = batch_norm_train(x.astype(dtype), scale, bias, self.epsilon)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean

@@ -156,7 +156,7 @@ class ResNet(nn.Module):
     bfloat16); parameters and BatchNorm statistics stay float32. `fused_bn` (default)
     uses `thinjax.models.batchnorm.BatchNorm`, whose hand-written backward pass is faster
     on XLA:CPU; ``fused_bn=False`` is ``nn.BatchNorm`` (same variables and numerics).
-    `fusion_barrier` puts `fusion_barrier` on every block's output (same values); None
+    `fusion_barrier` applies `fusion_barrier` to every block's output (same values); None
     (default) means: when JAX's default backend is the CPU.
     """
     plan: Plan
