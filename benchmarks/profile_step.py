@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_throughput import model_name, plain_step  # noqa: E402
 
+from thinjax.allocator import malloc_status  # noqa: E402
 from thinjax.models.resnet import build_model  # noqa: E402
 from thinjax.plan import plan_from_width  # noqa: E402
 from thinjax.platform import cpu_description  # noqa: E402
@@ -177,7 +178,7 @@ def torch_profile(plan, a) -> tuple[dict, float]:
 def print_table(a, jx: dict, jwall: float, tc: dict, twall: float) -> None:
     print(f"\n{a.model} w={a.width}, batch {a.batch}, float32, one training step; "
           f"CPU: {cpu_description()}; jax {jax.__version__}, "
-          f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '') or '(none)'}")
+          f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '') or '(none)'}; malloc tuning {malloc_status()}")
     print("| category | thinjax ms/step | share | PyTorch ms/step | share | thinjax/PyTorch time |")
     print("|---|---|---|---|---|---|")
     js, ts = sum(jx.values()), sum(tc.values())
@@ -240,7 +241,7 @@ def conv_micro(a) -> None:
     stage shapes of width a.width, interleaved, medians of 3 rounds."""
     from train_throughput import timeit
     print(f"\n3x3 conv, batch {a.batch}, float32; CPU: {cpu_description()}; "
-          f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '') or '(none)'}")
+          f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '') or '(none)'}; malloc tuning {malloc_status()}")
     print("| input (HxWxC) | XLA conv fwd | patches+dot fwd | slices+dot fwd | PyTorch fwd "
           "| XLA conv fwd+bwd | patches+dot fwd+bwd | slices+dot fwd+bwd | PyTorch fwd+bwd |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from thinjax.allocator import malloc_status
 from thinjax.plan import ARCHS, Plan, plan_from_width
 from thinjax.platform import CPU_FLAGS, cpu_description
 
@@ -206,7 +207,8 @@ def print_compare(a, plan: Plan, res: dict) -> None:
     flags = os.environ.get("XLA_FLAGS", "") or "(none)"
     print(f"\n{a.model} w={a.width}{' pruned ' + plan.describe() if a.pruned else ''}, "
           f"{a.input_size}px, batch {a.batch}, float32; CPU: {cpu_description()}")
-    print(f"jax {jax.__version__}, XLA_FLAGS {flags}; torch threads {res['torch_threads']}; "
+    print(f"jax {jax.__version__}, XLA_FLAGS {flags}; malloc tuning {malloc_status()} (both "
+          f"libraries, one process); torch threads {res['torch_threads']}; "
           f"medians of {a.rounds} interleaved rounds x {a.steps} steps")
     print("| step | variant | thinjax img/s | PyTorch img/s | thinjax/PyTorch (median, range) |")
     print("|---|---|---|---|---|")
@@ -401,7 +403,8 @@ def main() -> int:
         if a.json:
             print(json.dumps({"model": a.model, "width": a.width, "pruned": a.pruned,
                               "batch": a.batch, "cpu": cpu_description(),
-                              "xla_flags": os.environ.get("XLA_FLAGS", ""), **res}))
+                              "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                              "malloc_tuning": malloc_status(), **res}))
         return 0
     return report_rows(a, plan, model)
 
