@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -149,15 +150,22 @@ def torch_eval(plan, batch: int, size: int):
     return run
 
 
-def interleaved(fns: dict, steps: int, rounds: int) -> dict[str, list[float]]:
+def interleaved(fns: dict, steps: int, rounds: int,
+                faults: dict | None = None) -> dict[str, list[float]]:
     """Seconds per call of each callable, timed in turn, `rounds` times: on a shared machine
-    the load drifts, and a ratio within one round sees the same load on both sides."""
+    the load drifts, and a ratio within one round sees the same load on both sides. If
+    `faults` is a dict, it receives each callable's minor page faults per call (median)."""
     for f in fns.values():
         f(), f()  # compile / warm up
-    out = {k: [] for k in fns}
+    out, flt = {k: [] for k in fns}, {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             out[k].append(timeit(f, steps))
+            flt[k].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+                          / (steps + 1))
+    if faults is not None:
+        faults.update({k: float(np.median(v)) for k, v in flt.items()})
     return out
 
 
@@ -193,8 +201,10 @@ def compare_torch(a, plan: Plan, model) -> dict:
     fns["eval"]["pytorch"] = torch_eval(plan, a.batch, a.input_size)
     res = {"variants": list(variants)}
     for what, group in fns.items():
-        sec = interleaved(group, a.steps, a.rounds)
+        faults: dict = {}
+        sec = interleaved(group, a.steps, a.rounds, faults)
         res[what] = {k: a.batch / float(np.median(v)) for k, v in sec.items()}
+        res[what]["faults"] = faults
         for k in variants:
             ratios = [t / j for j, t in zip(sec[k], sec["pytorch"])]
             res[what][f"{k} ratio"] = float(np.median(ratios))
@@ -210,14 +220,16 @@ def print_compare(a, plan: Plan, res: dict) -> None:
     print(f"jax {jax.__version__}, XLA_FLAGS {flags}; malloc tuning {malloc_status()} (both "
           f"libraries, one process); torch threads {res['torch_threads']}; "
           f"medians of {a.rounds} interleaved rounds x {a.steps} steps")
-    print("| step | variant | thinjax img/s | PyTorch img/s | thinjax/PyTorch (median, range) |")
-    print("|---|---|---|---|---|")
+    print("| step | variant | thinjax img/s | PyTorch img/s | thinjax/PyTorch (median, range) "
+          "| page faults per step, thinjax / PyTorch |")
+    print("|---|---|---|---|---|---|")
     for what in ("train", "eval"):
         r = res[what]
         for k in res["variants"]:
             lo, hi = r[f"{k} ratio_range"]
             print(f"| {what} | {k} | {r[k]:,.0f} | {r['pytorch']:,.0f} | "
-                  f"{r[f'{k} ratio']:.2f}x ({lo:.2f}-{hi:.2f}) |")
+                  f"{r[f'{k} ratio']:.2f}x ({lo:.2f}-{hi:.2f}) | "
+                  f"{r['faults'][k]:,.0f} / {r['faults']['pytorch']:,.0f} |")
 
 
 def numerics_dump(a, path: str) -> None:
