@@ -12,7 +12,8 @@ glibc = pytest.mark.skipif(allocator._glibc() is None or not sys.platform.starts
                            reason="needs Linux with glibc")
 
 # Two convolutions whose intermediate activations (2 x 32 MB) live in XLA's temporary
-# buffer, allocated at every call as a training step's is; prints the page faults per call.
+# buffer, allocated at every call as a training step's is; prints the page faults of each
+# of 8 calls after 2 warm-up calls.
 FAULTS = """
 import resource, thinjax, jax, jax.numpy as jnp
 from thinjax.allocator import malloc_status
@@ -23,20 +24,22 @@ f = jax.jit(lambda x, k: conv(jax.nn.relu(conv(x, k)), k).sum())
 x, k = jnp.ones((128, 64, 64, 16)), jnp.ones((3, 3, 16, 16)) / 100
 for _ in range(2):
     f(x, k).block_until_ready()
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+faults = []
+for _ in range(8):
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x, k).block_until_ready()
-print(malloc_status(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 4)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+print(malloc_status())
+print(*faults)
 """
 
 
-def _faults(opt_out: str) -> tuple[str, float]:
+def _faults(opt_out: str) -> tuple[str, list[int]]:
     env = {**os.environ, allocator.OPT_OUT: opt_out, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     out = subprocess.run([sys.executable, "-c", FAULTS], env=env, capture_output=True,
-                         text=True, check=True, timeout=120).stdout.strip().splitlines()[-1]
-    status, faults = out.rsplit(" ", 1)
-    return status, float(faults)
+                         text=True, check=True, timeout=120).stdout.strip().splitlines()
+    return out[-2], [int(v) for v in out[-1].split()]
 
 
 @glibc
@@ -44,9 +47,12 @@ def test_tuning_removes_the_page_faults_of_a_fresh_buffer_per_call():
     status, tuned = _faults("0")
     off_status, untuned = _faults("1")
     assert status == "applied" and off_status == f"{allocator.OPT_OUT} is set"
-    # 64 MB of fresh pages is ~16,400 faults of 4 KiB; the tuned process reuses its heap
-    assert untuned > 8_000, untuned
-    assert tuned < untuned / 20, (tuned, untuned)
+    # without: every call maps 64 MB afresh, ~16,400 faults of 4 KiB each time
+    assert min(untuned) > 8_000, untuned
+    # with: calls reuse heap pages. On a loaded machine a buffer can still be in use when
+    # the next call allocates, so the heap may grow for a few calls before it settles;
+    # calls with (almost) no faults show the reuse
+    assert min(tuned) < min(untuned) / 20, (tuned, untuned)
 
 
 def test_skipped_where_jax_may_not_run_on_the_cpu(monkeypatch):

@@ -120,5 +120,5 @@ def test_the_library_imports_no_command_and_errors_is_a_leaf():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                        timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["['thinjax',", "'thinjax.errors',", "'thinjax.platform']",
-                                "False"]
+    assert r.stdout.split() == ["['thinjax',", "'thinjax.allocator',", "'thinjax.errors',",
+                                "'thinjax.platform']", "False"]

@@ -17,7 +17,9 @@ mmap threshold says.
 * ``M_TRIM_THRESHOLD=2**31-1``: up to 2 GiB of free memory at the top of the heap is kept
   rather than handed back to the kernel after every step.
 
-The next step then reuses the same, already-mapped pages (0 page faults per step). The cost:
+The next step then reuses the same, already-mapped pages (0 page faults per step once the
+heap has settled: when a buffer is still in use as the next step allocates, the heap grows
+for a few steps first). The cost:
 memory a process has freed stays in the process (its peak, not its current use, is what it
 holds), and threads share one arena lock. Both matter little when JAX computes on the CPU,
 and the tuning is only applied then: on Linux with glibc, when ``JAX_PLATFORMS`` is ``cpu``,
