@@ -87,9 +87,9 @@ def rrc_box(w: int, h: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
         if 0 < cw <= w and 0 < ch <= h:
             x, y = random.randint(0, w - cw), random.randint(0, h - ch)
             return x, y, x + cw, y + ch
-    r = w / h
-    cw, ch = (w, int(round(w / ratio[1]))) if r > ratio[1] else \
-        (int(round(h * ratio[0])), h) if r < ratio[0] else (w, h)
+    r = w / h  # torchvision's fallback: a central crop at the nearest allowed ratio
+    cw, ch = (w, int(round(w / ratio[0]))) if r < ratio[0] else \
+        (int(round(h * ratio[1])), h) if r > ratio[1] else (w, h)
     x, y = (w - cw) // 2, (h - ch) // 2
     return x, y, x + cw, y + ch
 
@@ -179,6 +179,41 @@ def rate(it, batches: int, batch: int) -> float:
     return batches * batch / (time.perf_counter() - t)
 
 
+STAGES = {  # name -> (trivial_augment, random_erasing) of thinjax's transform
+    "decode + random-resized crop + flip + normalise": (False, 0.0),
+    "+ TrivialAugmentWide": (True, 0.0),
+    "+ random erasing p=0.1 (the full transform)": (True, 0.1),
+}
+
+
+def stage_costs(root: str, a) -> None:
+    """ms per image of thinjax's transform, stage by stage (one map call at a time, batches
+    of 1, files read from memory): where tf.data's time goes."""
+    import glob
+    from thinjax.config import base_config
+    from thinjax.data._tf import tf
+    from thinjax.data.pipeline import _train_example_fn
+    data = [open(f, "rb").read() for f in sorted(glob.glob(os.path.join(root, "*", "*")))]
+    ds0 = tf.data.Dataset.from_tensor_slices(data).cache().enumerate()
+    print(f"\nthinjax's transform at {a.size}px, one map call at a time, ms per image "
+          f"(median of {a.rounds} passes over {len(data)} images); CPU: {cpu_description()}")
+    print("| stages | ms per image |\n|---|---|")
+    for name, (ta, erasing) in STAGES.items():
+        c = base_config().data
+        c.augment, c.image_size, c.trivial_augment, c.random_erasing = "imagenet", a.size, ta, erasing
+        fn = _train_example_fn(c, 0, 0)
+        ds = ds0.map(lambda i, b: fn(i, {"image": b, "label": 0}), num_parallel_calls=1)
+        for _ in ds.take(20):
+            pass
+        ms = []
+        for _ in range(a.rounds):
+            t = time.perf_counter()
+            for _ in ds:
+                pass
+            ms.append((time.perf_counter() - t) / len(data) * 1e3)
+        print(f"| {name} | {np.median(ms):.2f} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,13 +222,24 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=176)
     ap.add_argument("--batches", type=int, default=16, help="batches per timed window")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", choices=["thinjax", "pytorch"],
+                    help="time one pipeline alone (in alternation, each one's background "
+                         "prefetching runs while the other is timed)")
+    ap.add_argument("--stages", action="store_true",
+                    help="thinjax's per-image cost, stage by stage, instead")
     a = ap.parse_args()
     n = cores()
     with tempfile.TemporaryDirectory() as d:
         root = unpack(a.zip, d)
-        its = {"thinjax (tf.data)": thinjax_batches(root, a.batch, a.size),
-               "PyTorch DataLoader (PIL, torchvision's ops)":
-                   torch_loader(root, a.batch, a.size, n)}
+        if a.stages:
+            stage_costs(root, a)
+            return 0
+        its = {}
+        if a.only != "pytorch":
+            its["thinjax (tf.data)"] = thinjax_batches(root, a.batch, a.size)
+        if a.only != "thinjax":
+            its["PyTorch DataLoader (PIL, torchvision's ops)"] = torch_loader(
+                root, a.batch, a.size, n)
         for it in its.values():
             rate(it, 2, a.batch)  # start-up: workers, tf.data graph, first files
         res = {k: [] for k in its}
@@ -201,8 +247,8 @@ def main() -> int:
             for k, it in its.items():
                 res[k].append(rate(it, a.batches, a.batch))
     print(f"\nImageNet training transform at {a.size}px, batch {a.batch}, {n} core(s) for "
-          f"this process; CPU: {cpu_description()}; medians of {a.rounds} alternating windows "
-          f"of {a.batches} batches")
+          f"this process; CPU: {cpu_description()}; medians of {a.rounds} "
+          f"{'alternating ' if len(its) > 1 else ''}windows of {a.batches} batches")
     print("| pipeline | images/s | images/s per core | windows |")
     print("|---|---|---|---|")
     for k, v in res.items():
