@@ -61,18 +61,23 @@ def cores() -> int:
 
 # -- thinjax -----------------------------------------------------------------------------
 
-def thinjax_batches(root: str, batch: int, size: int):
+def data_config(root: str, size: int, trivial_augment: bool = True, erasing: float = 0.1):
+    """thinjax's data config for the ImageNet training transform on the unpacked sample."""
     from thinjax.config import base_config
-    from thinjax.data import get_source
-    from thinjax.data.pipeline import train_batches
     c = base_config().data
     folder = os.path.dirname(root)  # image folder: <folder>/<split>/<class>/*.JPEG
     c.name, c.train_split = folder, os.path.basename(root)
     c.augment, c.image_size, c.cache = "imagenet", size, "none"
-    c.trivial_augment, c.random_erasing, c.shuffle_buffer = True, 0.1, 1000
-    src = get_source(folder)
-    split = c.train_split
-    return train_batches(src, c, batch, 0, 0, src.num_examples(split) // batch)
+    c.trivial_augment, c.random_erasing, c.shuffle_buffer = trivial_augment, erasing, 1000
+    return c
+
+
+def thinjax_batches(root: str, batch: int, size: int):
+    from thinjax.data import get_source
+    from thinjax.data.pipeline import train_batches
+    c = data_config(root, size)
+    src = get_source(c.name)
+    return train_batches(src, c, batch, 0, 0, src.num_examples(c.train_split) // batch)
 
 
 # -- PyTorch (torchvision's PIL paths, written out) ----------------------------------------
@@ -190,7 +195,6 @@ def stage_costs(root: str, a) -> None:
     """ms per image of thinjax's transform, stage by stage (one map call at a time, batches
     of 1, files read from memory): where tf.data's time goes."""
     import glob
-    from thinjax.config import base_config
     from thinjax.data._tf import tf
     from thinjax.data.pipeline import _train_example_fn
     data = [open(f, "rb").read() for f in sorted(glob.glob(os.path.join(root, "*", "*")))]
@@ -199,9 +203,7 @@ def stage_costs(root: str, a) -> None:
           f"(median of {a.rounds} passes over {len(data)} images); CPU: {cpu_description()}")
     print("| stages | ms per image |\n|---|---|")
     for name, (ta, erasing) in STAGES.items():
-        c = base_config().data
-        c.augment, c.image_size, c.trivial_augment, c.random_erasing = "imagenet", a.size, ta, erasing
-        fn = _train_example_fn(c, 0, 0)
+        fn = _train_example_fn(data_config(root, a.size, ta, erasing), 0, 0)
         ds = ds0.map(lambda i, b: fn(i, {"image": b, "label": 0}), num_parallel_calls=1)
         for _ in ds.take(20):
             pass
@@ -223,8 +225,8 @@ def main() -> int:
     ap.add_argument("--batches", type=int, default=16, help="batches per timed window")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=["thinjax", "pytorch"],
-                    help="time one pipeline alone (in alternation, each one's background "
-                         "prefetching runs while the other is timed)")
+                    help="time one pipeline alone (timed in alternation, each pipeline's "
+                         "background prefetching runs while the other one is timed)")
     ap.add_argument("--stages", action="store_true",
                     help="thinjax's per-image cost, stage by stage, instead")
     a = ap.parse_args()

@@ -175,10 +175,16 @@ def torch_profile(plan, a) -> tuple[dict, float]:
     return dict(out), wall
 
 
+def process_setup() -> str:
+    """XLA_FLAGS and the malloc tuning of this process, for table headers."""
+    return (f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '') or '(none)'}; "
+            f"malloc tuning {malloc_status()}")
+
+
 def print_table(a, jx: dict, jwall: float, tc: dict, twall: float) -> None:
     print(f"\n{a.model} w={a.width}, batch {a.batch}, float32, one training step; "
           f"CPU: {cpu_description()}; jax {jax.__version__}, "
-          f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '') or '(none)'}; malloc tuning {malloc_status()}")
+          f"{process_setup()}")
     print("| category | thinjax ms/step | share | PyTorch ms/step | share | thinjax/PyTorch time |")
     print("|---|---|---|---|---|---|")
     js, ts = sum(jx.values()), sum(tc.values())
@@ -241,7 +247,7 @@ def conv_micro(a) -> None:
     stage shapes of width a.width, interleaved, medians of 3 rounds."""
     from train_throughput import timeit
     print(f"\n3x3 conv, batch {a.batch}, float32; CPU: {cpu_description()}; "
-          f"XLA_FLAGS {os.environ.get('XLA_FLAGS', '') or '(none)'}; malloc tuning {malloc_status()}")
+          f"{process_setup()}")
     print("| input (HxWxC) | XLA conv fwd | patches+dot fwd | slices+dot fwd | PyTorch fwd "
           "| XLA conv fwd+bwd | patches+dot fwd+bwd | slices+dot fwd+bwd | PyTorch fwd+bwd |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -267,7 +273,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--conv-micro", action="store_true",
-                    help="only one 3x3 conv per stage: XLA conv vs patches+dot vs slices+dot vs PyTorch")
+                    help="only one 3x3 conv per stage: XLA conv vs patches+dot vs "
+                         "slices+dot vs PyTorch")
     a = ap.parse_args()
     if a.conv_micro:
         conv_micro(a)

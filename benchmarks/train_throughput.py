@@ -163,7 +163,7 @@ def interleaved(fns: dict, steps: int, rounds: int,
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             out[k].append(timeit(f, steps))
             flt[k].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-                          / (steps + 1))
+                          / (steps + 1))  # timeit calls f once more, to warm up
     if faults is not None:
         faults.update({k: float(np.median(v)) for k, v in flt.items()})
     return out

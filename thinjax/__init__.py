@@ -13,7 +13,7 @@ from thinjax import platform as _platform  # noqa: E402
 _platform.apply_cpu_defaults()
 
 # XLA:CPU frees and re-maps each step's temporary buffer; glibc settings that keep it mapped
-# (a third of a small CPU training step was page faults): thinjax/allocator.py.
+# (page faults cost a small CPU training step 20-27% of its time): thinjax/allocator.py.
 from thinjax import allocator as _allocator  # noqa: E402
 
 _allocator.tune_malloc()

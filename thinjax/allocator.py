@@ -5,10 +5,10 @@ training step: 167 MB for ResNet-20 w=8 at batch 128) when the execution starts 
 it when it ends. glibc serves an allocation that large with a fresh ``mmap`` and returns it
 with ``munmap``: the buffer is new, unmapped memory at every step, so each of its pages
 costs a page fault and a zeroing the first time the step writes it (ResNet-20 w=8:
-~41,000 page faults per step, a third of the step on the 2-core VM of
-``docs/performance.md``). The allocation happens on one of XLA's worker threads, whose
-malloc arena cannot grow past 64 MB and so maps any larger block directly, whatever the
-mmap threshold says.
+~41,000 page faults per step; without them its training step is 1.25-1.37x faster on one
+core of the 2-core VM of ``docs/performance.md``, which gives the commands). The
+allocation happens on one of XLA's worker threads, whose malloc arena cannot grow past
+64 MB and so maps any larger block directly, whatever the mmap threshold says.
 
 `tune_malloc` sets three ``mallopt`` parameters, process-wide, when thinjax is imported:
 
@@ -19,11 +19,11 @@ mmap threshold says.
 
 The next step then reuses the same, already-mapped pages (0 page faults per step once the
 heap has settled: when a buffer is still in use as the next step allocates, the heap grows
-for a few steps first). The cost:
-memory a process has freed stays in the process (its peak, not its current use, is what it
-holds), and threads share one arena lock. Both matter little when JAX computes on the CPU,
-and the tuning is only applied then: on Linux with glibc, when ``JAX_PLATFORMS`` is ``cpu``,
-or is unset and no accelerator plugin (``libtpu``, ``jax_plugins``) is installed.
+for a few steps first). The cost: memory a process has freed stays in the process (its
+peak, not its current use, is what it holds), and threads share one arena lock. Both
+matter little when JAX computes on the CPU, and the tuning is only applied then: on Linux
+with glibc, when ``JAX_PLATFORMS`` is ``cpu``, or is unset and no accelerator plugin
+(``libtpu``, ``jax_plugins``) is installed.
 ``THINJAX_NO_MALLOC_TUNING=1`` turns it off. Numerics are untouched (only where buffers
 live changes). Measured in ``docs/performance.md``.
 """
@@ -80,7 +80,8 @@ def tune_malloc(env=None) -> str:
     if reason is None and libc is None:
         reason = "the C library is not glibc"
     if reason is None:
-        failed = [k for k, v in MALLOPT.items() if libc.mallopt(ctypes.c_int(k), ctypes.c_int(v)) != 1]
+        failed = [k for k, v in MALLOPT.items()
+                  if libc.mallopt(ctypes.c_int(k), ctypes.c_int(v)) != 1]
         reason = f"mallopt refused parameters {failed}" if failed else None
     _STATUS[0] = reason or "applied"
     return _STATUS[0]
