@@ -2,7 +2,6 @@
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +11,7 @@ from flax import traverse_util
 
 from tests.test_models import n_params, random_variables
 from thinjax.cost import count
-from thinjax.models.resnet import ResNet
+from thinjax.models.resnet import Conv, ResNet
 from thinjax.plan import plan_from_width
 from thinjax.prune import schedule
 from thinjax.prune.allocate import Target, TargetError, allocate
@@ -38,7 +37,7 @@ def random_masks(plan, rng, p_keep=0.6, p_drop_block=0.15):
 def conv_macs(plan, variables, size):
     """MACs measured from the tree and the actual conv outputs (not from the counter)."""
     _, state = ResNet(plan).apply(variables, jnp.zeros((1, size, size, 3)),
-                                  capture_intermediates=lambda m, _: isinstance(m, nn.Conv),
+                                  capture_intermediates=lambda m, _: isinstance(m, Conv),
                                   mutable=["intermediates"])
     params = traverse_util.flatten_dict(variables["params"], sep="/")
     macs = 0

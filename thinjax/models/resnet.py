@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from thinjax.models.batchnorm import BatchNorm
+from thinjax.ops.conv import conv2d
 from thinjax.plan import Plan, stream_of
 
 ModuleDef = Any
@@ -30,11 +31,26 @@ ModuleDef = Any
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
-    pad = (kernel - 1) // 2
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad)] * 2,
-                   use_bias=False, kernel_init=conv_init, dtype=dtype, param_dtype=jnp.float32,
-                   name=name)
+class Conv(nn.Module):
+    """A bias-free square convolution with PyTorch's symmetric padding; the same parameter
+    (``kernel``, HWIO) and numerics as ``nn.Conv``, computed by `thinjax.ops.conv.conv2d`
+    (oneDNN on XLA:CPU when `impl` is "auto" and it can be used, else XLA's convolution)."""
+    features: int
+    kernel: int
+    stride: int = 1
+    dtype: Any = jnp.float32
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (self.kernel, self.kernel, x.shape[-1], self.features)
+        kernel = self.param("kernel", conv_init, shape, jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        return conv2d(x, kernel, self.stride, (self.kernel - 1) // 2, self.impl)
+
+
+def _conv(features: int, kernel: int, stride: int, name: str, dtype, impl: str) -> Conv:
+    return Conv(features, kernel, stride, dtype, impl, name=name)
 
 
 def fusion_barrier(x, ref=None):
@@ -72,10 +88,11 @@ class ConvBN(nn.Module):
     stride: int
     norm: ModuleDef
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, mask=None):
-        x = _conv(self.features, self.kernel, self.stride, "conv", self.dtype)(x)
+        x = _conv(self.features, self.kernel, self.stride, "conv", self.dtype, self.conv_impl)(x)
         return _masked(self.norm(name="bn")(x), mask)
 
 
@@ -89,29 +106,30 @@ class Block(nn.Module):
     zero_init_last: bool = False
     dtype: Any = jnp.float32
     fusion_barrier: bool = False
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, out_mask=None, inner_masks=None):
         inner_masks = inner_masks or (None,) * len(self.inner)
         shortcut = x
         if self.proj:
-            shortcut = ConvBN(self.out, 1, self.stride, self.norm, self.dtype,
+            shortcut = ConvBN(self.out, 1, self.stride, self.norm, self.dtype, self.conv_impl,
                               name="proj")(x, out_mask)
         if all(c == 0 for c in self.inner):  # branch removed: the block is the identity
             return nn.relu(shortcut)
         last_norm = functools.partial(self.norm, scale_init=nn.initializers.zeros) \
             if self.zero_init_last else self.norm
         if len(self.inner) == 1:  # basic
-            y = _conv(self.inner[0], 3, self.stride, "conv1", self.dtype)(x)
+            y = _conv(self.inner[0], 3, self.stride, "conv1", self.dtype, self.conv_impl)(x)
             y = nn.relu(_masked(self.norm(name="bn1")(y), inner_masks[0]))
-            y = _conv(self.out, 3, 1, "conv2", self.dtype)(y)
+            y = _conv(self.out, 3, 1, "conv2", self.dtype, self.conv_impl)(y)
             y = last_norm(name="bn2")(y)
         else:  # bottleneck, stride on the 3x3 conv (v1.5)
-            y = _conv(self.inner[0], 1, 1, "conv1", self.dtype)(x)
+            y = _conv(self.inner[0], 1, 1, "conv1", self.dtype, self.conv_impl)(x)
             y = nn.relu(_masked(self.norm(name="bn1")(y), inner_masks[0]))
-            y = _conv(self.inner[1], 3, self.stride, "conv2", self.dtype)(y)
+            y = _conv(self.inner[1], 3, self.stride, "conv2", self.dtype, self.conv_impl)(y)
             y = nn.relu(_masked(self.norm(name="bn2")(y), inner_masks[1]))
-            y = _conv(self.out, 1, 1, "conv3", self.dtype)(y)
+            y = _conv(self.out, 1, 1, "conv3", self.dtype, self.conv_impl)(y)
             y = last_norm(name="bn3")(y)
         y = _masked(y, out_mask)
         if inner_masks[0] is not None:  # every inner channel masked: no branch at all
@@ -132,6 +150,7 @@ class Stage(nn.Module):
     zero_init_last: bool = False
     dtype: Any = jnp.float32
     fusion_barrier: bool = False
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, masks=None):
@@ -144,7 +163,7 @@ class Stage(nn.Module):
                     block = f"stage{self.index + 1}/block{bi}"
                     inner = tuple(masks[f"{block}/conv{k + 1}"] for k in range(len(b.inner)))
             x = Block(b.inner, s.width, s.stride if bi == 0 else 1, b.proj, self.norm,
-                      self.zero_init_last, self.dtype, self.fusion_barrier,
+                      self.zero_init_last, self.dtype, self.fusion_barrier, self.conv_impl,
                       name=f"block{bi}")(x, out_mask, inner)
         return x
 
@@ -157,7 +176,9 @@ class ResNet(nn.Module):
     uses `thinjax.models.batchnorm.BatchNorm`, whose hand-written backward pass is faster
     on XLA:CPU; ``fused_bn=False`` is ``nn.BatchNorm`` (same variables and numerics).
     `fusion_barrier` applies `fusion_barrier` to every block's output (same values); None
-    (default) means: when JAX's default backend is the CPU.
+    (default) means: when JAX's default backend is the CPU. `conv_impl` ("auto", "xla",
+    "onednn") picks the convolution (`thinjax.ops.conv`): "auto" is oneDNN on a
+    single-device CPU in float32 when its kernels load, XLA's convolution otherwise.
     """
     plan: Plan
     zero_init_last_bn: bool = False
@@ -166,6 +187,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     fused_bn: bool = True
     fusion_barrier: bool | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False, masks=None):
@@ -179,15 +201,15 @@ class ResNet(nn.Module):
         p = self.plan
         x = x.astype(self.dtype)
         stem_mask = None if masks is None else masks[stream_of(p)["stem"]]
+        kernel, stride = (7, 2) if p.stem == "imagenet" else (3, 1)
+        stem = ConvBN(p.stem_width, kernel, stride, norm, self.dtype, self.conv_impl, name="stem")
+        x = nn.relu(stem(x, stem_mask))
         if p.stem == "imagenet":
-            x = nn.relu(ConvBN(p.stem_width, 7, 2, norm, self.dtype, name="stem")(x, stem_mask))
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-        else:
-            x = nn.relu(ConvBN(p.stem_width, 3, 1, norm, self.dtype, name="stem")(x, stem_mask))
         barrier = jax.default_backend() == "cpu" if self.fusion_barrier is None \
             else self.fusion_barrier
         for si in range(len(p.stages)):
-            x = Stage(p, si, norm, self.zero_init_last_bn, self.dtype, barrier,
+            x = Stage(p, si, norm, self.zero_init_last_bn, self.dtype, barrier, self.conv_impl,
                       name=f"stage{si + 1}")(x, masks)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(p.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)

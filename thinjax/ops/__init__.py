@@ -1,0 +1,1 @@
+"""Compute kernels thinjax adds to XLA: `thinjax.ops.conv.conv2d` (oneDNN on XLA:CPU)."""

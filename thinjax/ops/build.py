@@ -1,0 +1,166 @@
+"""Build and load thinjax's oneDNN convolution kernels (``onednn_conv.cc``) for XLA:CPU.
+
+The kernels are an XLA FFI library compiled on first use with the C++ compiler (``$CXX``,
+else ``g++``) against the headers of jaxlib (``jax.ffi.include_dir()``) and of oneDNN (the
+``onednn-devel-cpu-gomp`` wheel, a thinjax dependency on Linux x86-64), linked with the
+``onednn-cpu-gomp`` wheel's ``libdnnl.so.3``. The library goes to a cache folder
+(``$THINJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/thinjax``, else ``~/.cache/thinjax``) under
+a name that hashes the source, the compiler command and the library versions, so a build
+happens once per machine and environment (about 5 s). Concurrent processes take a file
+lock; the library is written to a temporary file and renamed, so a half-written library is
+never loaded, and a cached file that does not load is rebuilt once.
+
+`load()` returns the loaded library with its handlers registered with JAX, or raises
+`KernelUnavailable` saying what is missing and how to get it; `thinjax.ops.conv` then uses
+XLA's own convolution.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+__all__ = ["HANDLERS", "KernelUnavailable", "cache_dir", "load", "onednn_paths"]
+
+SOURCE = Path(__file__).with_name("onednn_conv.cc")
+# FFI target name -> symbol in the library
+HANDLERS = {"thinjax_onednn_conv_fwd": "ThinjaxConvForward",
+            "thinjax_onednn_conv_bwd_data": "ThinjaxConvBackwardData",
+            "thinjax_onednn_conv_bwd_weights": "ThinjaxConvBackwardWeights"}
+RUNTIME_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
+INSTALL_HINT = f"pip install {RUNTIME_DIST} {HEADERS_DIST}"
+
+log = logging.getLogger(__name__)
+_LOADED: dict[str, ctypes.CDLL] = {}
+_FAILED: list[str] = []
+
+
+class KernelUnavailable(RuntimeError):
+    """thinjax's oneDNN kernels cannot be built or loaded here (the message says why)."""
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept (see the module docstring)."""
+    if os.environ.get("THINJAX_CACHE_DIR"):
+        return Path(os.environ["THINJAX_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "thinjax"
+
+
+def _dist_file(dist: str, name: str) -> Path | None:
+    try:
+        files = importlib.metadata.distribution(dist).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).replace("\\", "/").endswith(name):
+            return Path(f.locate()).resolve()
+    return None
+
+
+def onednn_paths() -> tuple[Path, Path]:
+    """(folder holding ``libdnnl.so.3``, include folder holding ``oneapi/dnnl/dnnl.hpp``)."""
+    if not (sys.platform.startswith("linux") and os.uname().machine == "x86_64"):
+        raise KernelUnavailable(f"oneDNN kernels are built on Linux x86-64 only "
+                                f"(this is {sys.platform} {os.uname().machine})")
+    lib = _dist_file(RUNTIME_DIST, "/libdnnl.so.3")
+    header = _dist_file(HEADERS_DIST, "/oneapi/dnnl/dnnl.hpp")
+    if lib is None or header is None:
+        missing = RUNTIME_DIST if lib is None else HEADERS_DIST
+        raise KernelUnavailable(f"oneDNN not found: the {missing} wheel is not installed "
+                                f"({INSTALL_HINT})")
+    return lib.parent, header.parent.parent.parent
+
+
+def _command(out: Path) -> list[str]:
+    libdir, include = onednn_paths()
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        raise KernelUnavailable(f"no C++ compiler: {cxx!r} is not on PATH (install g++, or set "
+                                "CXX), so thinjax's oneDNN kernels cannot be built")
+    return [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-I", jax.ffi.include_dir(),
+            "-I", str(include), str(SOURCE), "-o", str(out), "-L", str(libdir),
+            "-l:libdnnl.so.3", f"-Wl,-rpath,{libdir}"]
+
+
+def _library_path() -> Path:
+    """The cached library's path: a hash of the source, the command and the versions."""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    h.update(" ".join(_command(Path("OUT"))).encode())
+    for dist in ("jaxlib", RUNTIME_DIST, HEADERS_DIST):
+        h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
+    return cache_dir() / "ops" / f"libthinjax_onednn-{h.hexdigest()[:16]}.so"
+
+
+def _build(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same library
+        if path.exists():
+            return
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        os.close(fd)
+        t0 = time.perf_counter()
+        log.info("building thinjax's oneDNN convolution kernels into %s", path)
+        try:
+            res = subprocess.run(_command(Path(tmp)), capture_output=True, text=True)
+            if res.returncode != 0:
+                raise KernelUnavailable(f"building {SOURCE.name} failed ({res.returncode}):\n"
+                                        f"{res.stderr[-2000:]}")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        log.info("built in %.1f s", time.perf_counter() - t0)
+
+
+def load() -> ctypes.CDLL:
+    """The kernel library, built if needed, its handlers registered with JAX for the CPU."""
+    if "lib" in _LOADED:
+        return _LOADED["lib"]
+    if _FAILED:  # do not retry a failed build in every call
+        raise KernelUnavailable(_FAILED[0])
+    try:
+        _LOADED["lib"] = _load()
+    except KernelUnavailable as e:
+        _FAILED.append(str(e))
+        raise
+    return _LOADED["lib"]
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    """The library at `path`, built first if missing; a file that does not load (truncated,
+    corrupt, built for another machine) is rebuilt once."""
+    if not path.exists():
+        _build(path)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as first:
+        log.warning("thinjax: %s does not load (%s); rebuilding it", path, first)
+        path.unlink(missing_ok=True)
+        _build(path)
+        try:
+            return ctypes.CDLL(str(path))
+        except OSError as e:
+            raise KernelUnavailable(f"cannot load {path} even after rebuilding it: {e}") from e
+
+
+def _load() -> ctypes.CDLL:
+    lib = _open(_library_path())
+    for target, symbol in HANDLERS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform="cpu")
+    lib.ThinjaxOneDnnVersion.restype = ctypes.c_char_p
+    return lib

@@ -1,0 +1,138 @@
+"""The 2-D convolution of thinjax's models: oneDNN on XLA:CPU, XLA's convolution elsewhere.
+
+XLA:CPU's own convolutions (Eigen's patch-packing kernels) are its slowest part for the thin
+layers of ThinResNets, and it turns every kernel gradient into two transposes and a
+convolution. oneDNN, the library behind PyTorch's CPU convolutions, computes all three
+(forward, input gradient, kernel gradient) on NHWC data directly.
+``conv2d(..., impl="auto")`` (what `thinjax.models.resnet.ResNet` uses) therefore calls
+oneDNN through XLA FFI custom calls (``thinjax/ops/onednn_conv.cc``) when
+
+* JAX's default backend is the CPU and the process sees one device (``jax.device_count()
+  == 1``; the custom calls carry no sharding rule, so a batch sharded over several CPU
+  devices keeps XLA's convolution),
+* the computation is float32, and
+* the kernels build and load here (`thinjax.ops.build`: Linux x86-64, a C++ compiler, the
+  oneDNN wheels that thinjax depends on there).
+
+Otherwise, and always with ``THINJAX_CONV=xla`` (or ``impl="xla"``), it is
+``jax.lax.conv_general_dilated``. ``THINJAX_CONV=onednn`` (or ``impl="onednn"``) demands
+oneDNN and raises if it cannot be used. The results agree with XLA's to float32 rounding
+(different summation order); ``docs/performance.md`` has the measurements and
+`status()` says which one ``auto`` picks here and why. The custom calls have a custom VJP
+(first derivatives only: no ``jax.jvp``/``jax.hessian`` through them).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from thinjax.ops import build
+
+__all__ = ["ENV", "IMPLS", "conv2d", "resolve", "status", "xla_conv2d"]
+
+ENV = "THINJAX_CONV"
+IMPLS = ("auto", "xla", "onednn")
+DIMS = ("NHWC", "HWIO", "NHWC")
+
+log = logging.getLogger(__name__)
+_WARNED: list[str] = []
+
+
+def xla_conv2d(x, kernel, stride: int, padding: int):
+    """XLA's convolution: NHWC `x`, HWIO `kernel`, square `stride`, symmetric `padding`."""
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
+                                        dimension_numbers=DIMS)
+
+
+def _attrs(stride: int, padding: int) -> dict:
+    s, p = np.int64(stride), np.int64(padding)
+    return dict(sh=s, sw=s, pt=p, pb=p, pl=p, pr=p)
+
+
+def _call(target: str, out_like, *args, stride: int, padding: int):
+    out = jax.ShapeDtypeStruct(out_like.shape, out_like.dtype)
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args,
+                                                                   **_attrs(stride, padding))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def onednn_conv2d(x, kernel, stride: int, padding: int):
+    """oneDNN's convolution (float32, CPU): same arguments and result as `xla_conv2d`."""
+    out = jax.eval_shape(functools.partial(xla_conv2d, stride=stride, padding=padding),
+                         x, kernel)
+    return _call("thinjax_onednn_conv_fwd", out, x, kernel, stride=stride, padding=padding)
+
+
+def _fwd(x, kernel, stride, padding):
+    return onednn_conv2d(x, kernel, stride, padding), (x, kernel)
+
+
+def _bwd(stride, padding, residuals, dy):
+    x, kernel = residuals
+    dx = _call("thinjax_onednn_conv_bwd_data", x, dy, kernel, stride=stride, padding=padding)
+    dk = _call("thinjax_onednn_conv_bwd_weights", kernel, x, dy, stride=stride,
+               padding=padding)
+    return dx, dk
+
+
+onednn_conv2d.defvjp(_fwd, _bwd)
+
+
+def _auto_reason(dtype) -> str | None:
+    """Why ``auto`` cannot use oneDNN for `dtype` here, or None if it can."""
+    if jax.default_backend() != "cpu":
+        return f"the default backend is {jax.default_backend()}"
+    if jax.device_count() != 1:
+        return f"{jax.device_count()} devices (the custom calls have no sharding rule)"
+    if jnp.dtype(dtype) != jnp.float32:
+        return f"compute dtype {jnp.dtype(dtype).name} (the kernels are float32)"
+    try:
+        build.load()
+    except build.KernelUnavailable as e:
+        if str(e) not in _WARNED:  # once per reason: the user expected the fast path
+            _WARNED.append(str(e))
+            log.warning("thinjax: XLA's convolutions, not oneDNN's: %s", e)
+        return str(e)
+    return None
+
+
+def resolve(impl: str = "auto", dtype=jnp.float32) -> str:
+    """The implementation `conv2d` uses: "xla" or "onednn" (see the module docstring)."""
+    if impl == "auto":
+        impl = os.environ.get(ENV, "").strip() or "auto"
+    if impl not in IMPLS:
+        raise ValueError(f"unknown convolution implementation {impl!r} (from impl= or ${ENV}); "
+                         f"choose one of {', '.join(IMPLS)}")
+    if impl != "auto":
+        if impl == "onednn":
+            reason = _auto_reason(dtype)
+            if reason:
+                raise build.KernelUnavailable(f"oneDNN convolutions were asked for but cannot "
+                                              f"be used: {reason}")
+        return impl
+    return "xla" if _auto_reason(dtype) else "onednn"
+
+
+def conv2d(x, kernel, stride: int = 1, padding: int = 0, impl: str = "auto"):
+    """NHWC `x` convolved with HWIO `kernel` (square stride, symmetric zero padding)."""
+    if 0 in x.shape or 0 in kernel.shape or resolve(impl, x.dtype) == "xla":
+        return xla_conv2d(x, kernel, stride, padding)
+    return onednn_conv2d(x, kernel, stride, padding)
+
+
+def status() -> str:
+    """Which implementation ``auto`` picks for float32 here, and why."""
+    reason = _auto_reason(jnp.float32)
+    env = os.environ.get(ENV, "").strip()
+    if env and env != "auto":
+        return f"{env} (${ENV}={env})"
+    if reason:
+        return f"xla ({reason})"
+    version = build.load().ThinjaxOneDnnVersion().decode()
+    return f"onednn (oneDNN {version})"
