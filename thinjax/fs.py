@@ -13,6 +13,7 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 from typing import Callable, Iterable, Iterator
 
 from thinjax.errors import OutputError
@@ -161,8 +162,18 @@ def atomic_dir(output: str) -> Iterator[str]:
         if old:
             shutil.rmtree(old)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
         raise
+
+
+def _remove_tree(path: str, tries: int = 10) -> None:
+    """rmtree that outlasts a writer still finishing (a library's I/O thread may add a file
+    while the tree is being removed; seen once under load with orbax)."""
+    for _ in range(tries):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager
