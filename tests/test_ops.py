@@ -137,3 +137,22 @@ def test_several_cpu_devices_keep_xla_convolutions():
     out = subprocess.run([sys.executable, "-c", MULTI_DEVICE], env=env, check=True,
                          capture_output=True, text=True).stdout
     assert out.startswith("xla | xla (2 devices")
+
+
+UNWRITABLE = """
+import logging, jax.numpy as jnp
+from thinjax.ops import conv
+print(conv.resolve("auto", jnp.float32), "|", conv.status())
+"""
+
+
+@needs_onednn
+def test_an_unwritable_cache_falls_back_to_xla_with_the_reason(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "THINJAX_CACHE_DIR": str(blocker / "cache"), "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, "-c", UNWRITABLE], env=env, check=True,
+                         capture_output=True, text=True)
+    assert res.stdout.startswith("xla | xla (cannot build into")
+    assert "THINJAX_CACHE_DIR" in res.stdout
+    assert "XLA's convolutions, not oneDNN's" in res.stderr  # said once, as a warning

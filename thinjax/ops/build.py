@@ -134,6 +134,10 @@ def load() -> ctypes.CDLL:
         raise KernelUnavailable(_FAILED[0])
     try:
         _LOADED["lib"] = _load()
+    except OSError as e:  # e.g. an unwritable cache folder
+        _FAILED.append(f"cannot build into {cache_dir()}: {e} (set THINJAX_CACHE_DIR to a "
+                       "writable folder)")
+        raise KernelUnavailable(_FAILED[0]) from e
     except KernelUnavailable as e:
         _FAILED.append(str(e))
         raise
