@@ -61,6 +61,8 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
         if not m or cur is None:
             continue
         name, _, op, rest = m.groups()
+        target = re.search(r'custom_call_target="([^"]+)"', rest)
+        op = f"{op}:{target.group(1)}" if target else op
         comps[cur].append(op)
         if is_entry:
             meta = re.search(r'op_name="([^"]*)"', rest)
@@ -72,6 +74,8 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
 def category(op: str, op_name: str, inner: list[str]) -> str:
     """The category of one top-level XLA instruction."""
     bwd = "transpose(" in op_name
+    if op.startswith("custom-call:thinjax_onednn_conv"):  # thinjax.ops' oneDNN convolutions
+        return "conv fwd" if op.endswith("_fwd") else "conv bwd"
     if op == "convolution" or "convolution" in inner:
         # forward convs carry their jvp(...) source path; the kernel-gradient convs that
         # XLA rewrites (transposes + a YNN dot fusion) carry none
@@ -199,9 +203,11 @@ def print_table(a, jx: dict, jwall: float, tc: dict, twall: float) -> None:
 
 
 def conv_variants(batch: int, hw: int, c: int):
-    """A 3x3 conv (stride 1, pad 1, c -> c) and its input and weight gradients, three
-    ways: XLA's convolution, patches + dot (im2col by conv_general_dilated_patches, or by
-    9 shifted slices), and PyTorch's conv2d. Callables."""
+    """A 3x3 conv (stride 1, pad 1, c -> c) and its input and weight gradients, five
+    ways: XLA's convolution, thinjax's (oneDNN through XLA FFI, when it loads here),
+    patches + dot (im2col by conv_general_dilated_patches, or by 9 shifted slices), and
+    PyTorch's conv2d. Callables."""
+    from thinjax.ops import conv as ops_conv
     import jax.numpy as jnp
     import torch
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, hw, hw, c)), jnp.float32)
@@ -222,8 +228,11 @@ def conv_variants(batch: int, hw: int, c: int):
         p = jnp.concatenate([xp[:, i:i + h, j:j + wd] for i in range(3) for j in range(3)], -1)
         return p @ w.reshape(9 * c, c)
 
+    variants = {"XLA conv": conv, "patches + dot": patches, "slices + dot": slices}
+    if ops_conv.resolve() == "onednn":
+        variants["thinjax oneDNN conv"] = lambda x, w: ops_conv.onednn_conv2d(x, w, 1, 1)
     out = {}
-    for name, f in (("XLA conv", conv), ("patches + dot", patches), ("slices + dot", slices)):
+    for name, f in variants.items():
         g = jax.jit(jax.grad(lambda x, w, f=f: (f(x, w) ** 2).sum(), argnums=(0, 1)))
         fw = jax.jit(f)
         out[name] = (lambda fw=fw: fw(x, w).block_until_ready(),
@@ -248,12 +257,13 @@ def conv_micro(a) -> None:
     from train_throughput import timeit
     print(f"\n3x3 conv, batch {a.batch}, float32; CPU: {cpu_description()}; "
           f"{process_setup()}")
-    print("| input (HxWxC) | XLA conv fwd | patches+dot fwd | slices+dot fwd | PyTorch fwd "
-          "| XLA conv fwd+bwd | patches+dot fwd+bwd | slices+dot fwd+bwd | PyTorch fwd+bwd |")
-    print("|---|---|---|---|---|---|---|---|---|")
     for i, hw in enumerate((32, 16, 8)):
         c = a.width * 2**i
         v = conv_variants(a.batch, hw, c)
+        if i == 0:
+            cols = [f"{k} {what}" for what in ("fwd", "fwd+bwd") for k in v]
+            print("| input (HxWxC) | " + " | ".join(cols) + " |")
+            print("|---" * (len(cols) + 1) + "|")
         for f, b in v.values():
             f(), b()
         ms = {k: ([], []) for k in v}
@@ -273,8 +283,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--conv-micro", action="store_true",
-                    help="only one 3x3 conv per stage: XLA conv vs patches+dot vs "
-                         "slices+dot vs PyTorch")
+                    help="only one 3x3 conv per stage: XLA conv vs thinjax's oneDNN conv "
+                         "vs patches+dot vs slices+dot vs PyTorch")
     a = ap.parse_args()
     if a.conv_micro:
         conv_micro(a)

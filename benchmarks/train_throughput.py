@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 from thinjax.allocator import malloc_status
+from thinjax.ops.conv import status as conv_status
 from thinjax.plan import ARCHS, Plan, plan_from_width
 from thinjax.platform import CPU_FLAGS, cpu_description
 
@@ -186,11 +187,14 @@ def pruned_plan(plan: Plan, seed: int = 0) -> Plan:
 
 
 def compare_torch(a, plan: Plan, model) -> dict:
-    """thinjax vs PyTorch on the same plan, batch and step, interleaved; medians. With
+    """thinjax vs PyTorch on the same plan, batch and step, interleaved; medians. When
+    thinjax's convolutions are oneDNN's, the step with XLA's convolutions is timed too. With
     --ablate, thinjax without the fusion barrier, and without it and with flax's
     nn.BatchNorm (the path before either change), are timed too."""
     import torch
     variants = {"thinjax": model}
+    if conv_status().startswith("onednn"):  # the same step with XLA's own convolutions
+        variants["XLA conv"] = model.clone(conv_impl="xla")
     if a.ablate:
         variants["no fusion barrier"] = model.clone(fusion_barrier=False)
         variants["no barrier, nn.BatchNorm"] = model.clone(fusion_barrier=False, fused_bn=False)
@@ -220,6 +224,7 @@ def print_compare(a, plan: Plan, res: dict) -> None:
     print(f"jax {jax.__version__}, XLA_FLAGS {flags}; malloc tuning {malloc_status()} (both "
           f"libraries, one process); torch threads {res['torch_threads']}; "
           f"medians of {a.rounds} interleaved rounds x {a.steps} steps")
+    print(f"thinjax convolutions: {conv_status()}")
     print("| step | variant | thinjax img/s | PyTorch img/s | thinjax/PyTorch (median, range) "
           "| page faults per step, thinjax / PyTorch |")
     print("|---|---|---|---|---|---|")
@@ -269,27 +274,28 @@ def numerics_dump(a, path: str) -> None:
     np.savez(path, losses=np.array(losses), first=first, last=last)
 
 
+XLA_CONV = {"THINJAX_CONV": "xla"}
 NUMERICS_ARMS = {  # name -> (environment, extra arguments)
-    "thinjax (barrier, fused BN), flag off": ({"THINJAX_NO_CPU_FLAGS": "1"}, []),
-    "thinjax (barrier, fused BN), flag on": ({"THINJAX_CPU_FLAGS": "1"}, []),
-    "reference model, flag on": ({"THINJAX_CPU_FLAGS": "1"}, ["--reference-model"]),
-    "reference": ({"THINJAX_NO_CPU_FLAGS": "1"}, ["--reference-model"]),
-    "reference, inputs +1 ulp": ({"THINJAX_NO_CPU_FLAGS": "1"},
+    "thinjax default (oneDNN conv, barrier, fused BN)": ({"THINJAX_NO_CPU_FLAGS": "1"}, []),
+    "thinjax, XLA conv, flag off": ({"THINJAX_NO_CPU_FLAGS": "1", **XLA_CONV}, []),
+    "thinjax, XLA conv, flag on": ({"THINJAX_CPU_FLAGS": "1", **XLA_CONV}, []),
+    "reference": ({"THINJAX_NO_CPU_FLAGS": "1", **XLA_CONV}, ["--reference-model"]),
+    "reference, inputs +1 ulp": ({"THINJAX_NO_CPU_FLAGS": "1", **XLA_CONV},
                                  ["--reference-model", "--perturb"]),
 }
 
 
 def check_numerics(a) -> int:
     """Runs numerics_dump in fresh processes (XLA reads XLA_FLAGS once) for each of
-    NUMERICS_ARMS: thinjax's model (fusion barrier, fused BatchNorm) with the YNN flag off
-    and on, and the reference model (nn.BatchNorm, no barrier) with the flag on, against
-    the reference path (reference model, flag off), and the reference with
-    one-ulp-perturbed inputs (the float-noise yardstick); compares."""
+    NUMERICS_ARMS: thinjax's default model (oneDNN convolutions, fusion barrier, fused
+    BatchNorm), the same with XLA's convolutions with the YNN flag off and on, against the
+    reference path (XLA's convolutions, nn.BatchNorm, no barrier, flag off), and the
+    reference with one-ulp-perturbed inputs (the float-noise yardstick); compares."""
     import subprocess
     base = [sys.executable, os.path.abspath(__file__), f"--model={a.model}",
             f"--width={a.width}", f"--batch={a.batch}", f"--check-steps={a.check_steps}"]
     clean = {k: v for k, v in os.environ.items()
-             if k not in ("THINJAX_CPU_FLAGS", "THINJAX_NO_CPU_FLAGS")}
+             if k not in ("THINJAX_CPU_FLAGS", "THINJAX_NO_CPU_FLAGS", "THINJAX_CONV")}
     res = {}
     with tempfile.TemporaryDirectory() as d:
         for name, (env, extra) in NUMERICS_ARMS.items():
@@ -300,7 +306,8 @@ def check_numerics(a) -> int:
     ref = res["reference"]
     print(f"\n{a.model} w={a.width}, batch {a.batch}, {a.check_steps} steps; CPU: "
           f"{cpu_description()}; thinjax CPU flags: {CPU_FLAGS}")
-    print("| vs reference (nn.BatchNorm, no barrier, flag off) | max abs logit diff (init) "
+    print("| vs reference (XLA conv, nn.BatchNorm, no barrier, flag off) "
+          "| max abs logit diff (init) "
           "| (after training) | max abs loss diff | loss diff at last step | final loss |")
     print("|---|---|---|---|---|---|")
     for name in (n for n in NUMERICS_ARMS if n != "reference"):
