@@ -193,10 +193,10 @@ STAGES = {  # name -> (trivial_augment, random_erasing) of thinjax's transform
 
 def stage_costs(root: str, a) -> None:
     """ms per image of thinjax's transform, stage by stage (one map call at a time, batches
-    of 1, files read from memory): where tf.data's time goes."""
+    of 1, files read from memory, thinjax's tf.data options): where tf.data's time goes."""
     import glob
     from thinjax.data._tf import tf
-    from thinjax.data.pipeline import _train_example_fn
+    from thinjax.data.pipeline import _train_example_fn, pipeline_options
     data = [open(f, "rb").read() for f in sorted(glob.glob(os.path.join(root, "*", "*")))]
     ds0 = tf.data.Dataset.from_tensor_slices(data).cache().enumerate()
     print(f"\nthinjax's transform at {a.size}px, one map call at a time, ms per image "
@@ -205,6 +205,7 @@ def stage_costs(root: str, a) -> None:
     for name, (ta, erasing) in STAGES.items():
         fn = _train_example_fn(data_config(root, a.size, ta, erasing), 0, 0)
         ds = ds0.map(lambda i, b: fn(i, {"image": b, "label": 0}), num_parallel_calls=1)
+        ds = ds.with_options(pipeline_options())
         for _ in ds.take(20):
             pass
         ms = []

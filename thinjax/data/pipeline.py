@@ -103,39 +103,52 @@ def _train_example_fn(cfg_data, seed: int, shard: int):
     return fn
 
 
+def _base(source: Source, cfg_data, shard: int, num_shards: int) -> tf.data.Dataset:
+    """This shard's examples, decoded and cached, or encoded (cached or not) per `cache`."""
+    base = source.as_dataset(cfg_data.train_split).shard(num_shards, shard)
+    if cfg_data.cache == "decoded" and cfg_data.augment != "imagenet":
+        return base.map(graph_fn(lambda ex: {"image": preprocess.decode(ex["image"]),
+                                             "label": ex["label"]}),
+                        num_parallel_calls=tf.data.AUTOTUNE).cache()
+    base = base.map(graph_fn(lambda ex: {"image": ex["image"], "label": ex["label"]}))
+    return base.cache() if cfg_data.cache == "encoded" else base
+
+
+def pipeline_options() -> tf.data.Options:
+    """Deterministic order; each map call runs its ops on one thread: the parallelism is
+    across examples (the parallel map), and hand-offs to TF's intra-op pool inside one call
+    cost more than they gain (docs/performance.md, "ImageNet input pipeline per core")."""
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
 def _shard_batches(source: Source, cfg_data, shard: int, num_shards: int, batch: int,
                    seed: int, start_step: int, steps_per_epoch: int):
     split = cfg_data.train_split
-    base = source.as_dataset(split).shard(num_shards, shard)
-    if cfg_data.cache == "decoded" and cfg_data.augment != "imagenet":
-        base = base.map(graph_fn(lambda ex: {"image": preprocess.decode(ex["image"]),
-                                             "label": ex["label"]}),
-                        num_parallel_calls=tf.data.AUTOTUNE).cache()
-    else:
-        base = base.map(graph_fn(lambda ex: {"image": ex["image"], "label": ex["label"]}))
-        if cfg_data.cache == "encoded":
-            base = base.cache()
+    base = _base(source, cfg_data, shard, num_shards)
     n_shard = source.num_examples(split) // num_shards
     epoch, offset = divmod(start_step, steps_per_epoch)
-    options = tf.data.Options()
-    options.deterministic = True
-    while True:
-        ds = base.shuffle(min(cfg_data.shuffle_buffer, n_shard), seed=seed * 100_003 + epoch,
+
+    def epoch_examples(e):  # epoch e: a shuffle seeded by (seed, e), example indices e * N + i
+        ds = base.shuffle(min(cfg_data.shuffle_buffer, n_shard), seed=seed * 100_003 + e,
                           reshuffle_each_iteration=False)
-        ds = ds.take(steps_per_epoch * batch).enumerate(start=epoch * n_shard)
-        ds = ds.skip(offset * batch)
-        ds = ds.map(graph_fn(_train_example_fn(cfg_data, seed, shard)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.batch(batch, drop_remainder=True).prefetch(4).with_options(options)
-        it = ds.as_numpy_iterator()
-        while True:
-            try:
-                yield next(it)
-            except StopIteration:
-                break
-            except tf.errors.InvalidArgumentError as e:
-                reraise_bad_file(source, split, e)
-        epoch, offset = epoch + 1, 0
+        return ds.take(steps_per_epoch * batch).enumerate(start=e * n_shard)
+
+    # one dataset over all epochs, so that the parallel map and the prefetch run on across
+    # epoch boundaries (rebuilt per epoch, each epoch started with an empty pipeline)
+    later = tf.data.Dataset.range(epoch + 1, 2**62).flat_map(epoch_examples)
+    ds = epoch_examples(tf.constant(epoch, tf.int64)).skip(offset * batch).concatenate(later)
+    ds = ds.map(graph_fn(_train_example_fn(cfg_data, seed, shard)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(4).with_options(pipeline_options())
+    it = ds.as_numpy_iterator()
+    while True:
+        try:
+            yield next(it)
+        except tf.errors.InvalidArgumentError as e:
+            reraise_bad_file(source, split, e)
 
 
 def train_batches(source: Source, cfg_data, global_batch: int, seed: int, start_step: int,
