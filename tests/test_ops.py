@@ -70,10 +70,7 @@ def test_resnet_logits_and_gradients_match_xla_convolutions():
         outs[impl] = (logits, jax.jit(jax.grad(loss))(v["params"]))
     (la, ga), (lb, gb) = outs["onednn"], outs["xla"]
     assert float(jnp.max(jnp.abs(la - lb))) < 1e-5
-    k = ("stage1", "block0", "conv1", "kernel")
-    ka, kb = ga, gb
-    for key in k:
-        ka, kb = ka[key], kb[key]
+    ka, kb = (g["stage1"]["block0"]["conv1"]["kernel"] for g in (ga, gb))
     assert float(jnp.max(jnp.abs(ka - kb))) <= 1e-4 * float(jnp.max(jnp.abs(kb)))
 
 

@@ -49,10 +49,6 @@ class Conv(nn.Module):
         return conv2d(x, kernel, self.stride, (self.kernel - 1) // 2, self.impl)
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, dtype, impl: str) -> Conv:
-    return Conv(features, kernel, stride, dtype, impl, name=name)
-
-
 def fusion_barrier(x, ref=None):
     """``x / 1``: an exact identity (also for inf and NaN) that XLA:CPU computes once.
 
@@ -92,7 +88,9 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask=None):
-        x = _conv(self.features, self.kernel, self.stride, "conv", self.dtype, self.conv_impl)(x)
+        conv = Conv(self.features, self.kernel, self.stride, self.dtype, self.conv_impl,
+                    name="conv")
+        x = conv(x)
         return _masked(self.norm(name="bn")(x), mask)
 
 
@@ -119,17 +117,18 @@ class Block(nn.Module):
             return nn.relu(shortcut)
         last_norm = functools.partial(self.norm, scale_init=nn.initializers.zeros) \
             if self.zero_init_last else self.norm
+        conv = functools.partial(Conv, dtype=self.dtype, impl=self.conv_impl)
         if len(self.inner) == 1:  # basic
-            y = _conv(self.inner[0], 3, self.stride, "conv1", self.dtype, self.conv_impl)(x)
+            y = conv(self.inner[0], 3, self.stride, name="conv1")(x)
             y = nn.relu(_masked(self.norm(name="bn1")(y), inner_masks[0]))
-            y = _conv(self.out, 3, 1, "conv2", self.dtype, self.conv_impl)(y)
+            y = conv(self.out, 3, 1, name="conv2")(y)
             y = last_norm(name="bn2")(y)
         else:  # bottleneck, stride on the 3x3 conv (v1.5)
-            y = _conv(self.inner[0], 1, 1, "conv1", self.dtype, self.conv_impl)(x)
+            y = conv(self.inner[0], 1, 1, name="conv1")(x)
             y = nn.relu(_masked(self.norm(name="bn1")(y), inner_masks[0]))
-            y = _conv(self.inner[1], 3, self.stride, "conv2", self.dtype, self.conv_impl)(y)
+            y = conv(self.inner[1], 3, self.stride, name="conv2")(y)
             y = nn.relu(_masked(self.norm(name="bn2")(y), inner_masks[1]))
-            y = _conv(self.out, 1, 1, "conv3", self.dtype, self.conv_impl)(y)
+            y = conv(self.out, 1, 1, name="conv3")(y)
             y = last_norm(name="bn3")(y)
         y = _masked(y, out_mask)
         if inner_masks[0] is not None:  # every inner channel masked: no branch at all

@@ -16,7 +16,6 @@
 #include <mutex>
 #include <string>
 #include <tuple>
-#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -46,17 +45,6 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-// One cached primitive: the convolution, the kernel layout it wants, and the reorder
-// between that layout and HWIO (empty when they are the same).
-struct Entry {
-  dnnl::primitive conv;
-  memory::desc kernel_user;
-  memory::desc kernel_prim;
-  bool needs_reorder = false;
-  dnnl::reorder reorder;
-  size_t scratch_bytes = 0;
-};
-
 struct Descs {
   memory::desc src, dst, kernel_user, kernel_any;
   memory::dims strides, pad_l, pad_r;
@@ -71,6 +59,17 @@ Descs DescsOf(const Geometry& g) {
           {g.sh, g.sw}, {g.pt, g.pl}, {g.pb, g.pr}};
 }
 
+// One cached primitive: its memory descriptions, the convolution, the kernel layout it
+// wants, and the reorder between that layout and HWIO (empty when they are the same).
+struct Entry {
+  Descs d;
+  dnnl::primitive conv;
+  memory::desc kernel_prim;
+  bool needs_reorder = false;
+  dnnl::reorder reorder;
+  size_t scratch_bytes = 0;
+};
+
 dnnl::convolution_forward::primitive_desc ForwardPd(const Descs& d,
                                                      const dnnl::primitive_attr& attr) {
   return dnnl::convolution_forward::primitive_desc(
@@ -78,40 +77,39 @@ dnnl::convolution_forward::primitive_desc ForwardPd(const Descs& d,
       d.kernel_any, d.dst, d.strides, d.pad_l, d.pad_r, attr);
 }
 
-void SetKernel(Entry& e, const memory::desc& prim, bool to_user) {
+// Fills `e` from a primitive description: the primitive, its scratchpad size, and the
+// reorder of the kernel (`prim` layout) from HWIO, or to HWIO for a kernel gradient.
+template <typename Conv>
+void Finish(Entry& e, const typename Conv::primitive_desc& pd, const memory::desc& prim,
+            bool to_user) {
+  e.conv = Conv(pd);
+  e.scratch_bytes = pd.scratchpad_desc().get_size();
   e.kernel_prim = prim;
-  e.needs_reorder = prim != e.kernel_user;
+  e.needs_reorder = prim != e.d.kernel_user;
   if (!e.needs_reorder) return;
-  const memory::desc& from = to_user ? prim : e.kernel_user;
-  const memory::desc& to = to_user ? e.kernel_user : prim;
+  const memory::desc& from = to_user ? prim : e.d.kernel_user;
+  const memory::desc& to = to_user ? e.d.kernel_user : prim;
   e.reorder = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), from, Engine(), to));
 }
 
 std::shared_ptr<Entry> Build(int kind, const Geometry& g) {
-  const Descs d = DescsOf(g);
+  auto e = std::make_shared<Entry>();
+  e->d = DescsOf(g);
+  const Descs& d = e->d;
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto fwd = ForwardPd(d, attr);
-  auto e = std::make_shared<Entry>();
-  e->kernel_user = d.kernel_user;
+  const auto algo = dnnl::algorithm::convolution_direct;
   if (kind == kForward) {
-    e->conv = dnnl::convolution_forward(fwd);
-    e->scratch_bytes = fwd.scratchpad_desc().get_size();
-    SetKernel(*e, fwd.weights_desc(), /*to_user=*/false);
+    Finish<dnnl::convolution_forward>(*e, fwd, fwd.weights_desc(), false);
   } else if (kind == kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, d.src, d.kernel_any, d.dst, d.strides,
-        d.pad_l, d.pad_r, fwd, attr);
-    e->conv = dnnl::convolution_backward_data(pd);
-    e->scratch_bytes = pd.scratchpad_desc().get_size();
-    SetKernel(*e, pd.weights_desc(), /*to_user=*/false);
+        Engine(), algo, d.src, d.kernel_any, d.dst, d.strides, d.pad_l, d.pad_r, fwd, attr);
+    Finish<dnnl::convolution_backward_data>(*e, pd, pd.weights_desc(), false);
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, d.src, d.kernel_any, d.dst, d.strides,
-        d.pad_l, d.pad_r, fwd, attr);
-    e->conv = dnnl::convolution_backward_weights(pd);
-    e->scratch_bytes = pd.scratchpad_desc().get_size();
-    SetKernel(*e, pd.diff_weights_desc(), /*to_user=*/true);
+        Engine(), algo, d.src, d.kernel_any, d.dst, d.strides, d.pad_l, d.pad_r, fwd, attr);
+    Finish<dnnl::convolution_backward_weights>(*e, pd, pd.diff_weights_desc(), true);
   }
   return e;
 }
@@ -137,7 +135,7 @@ struct Aligned {
 // gradient; for the kernel gradient a = input, k = output gradient, out = kernel gradient.
 void Run(int kind, const Geometry& g, void* a, void* k, void* out) {
   auto e = Lookup(kind, g);
-  const Descs d = DescsOf(g);
+  const Descs& d = e->d;
   dnnl::stream stream(Engine());
   Aligned scratch(e->scratch_bytes);
   Aligned kernel(e->needs_reorder ? e->kernel_prim.get_size() : 0);
