@@ -556,6 +556,14 @@ def main(argv: list[str]) -> dict | cli.Finished:
                              "--config.KEY=VALUE)")
     cfg, workdir = _CONFIG.value, _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
+    if cfg.get("protocol"):  # paired seeds, LR selection, one data domain (thinjax.protocol)
+        from thinjax.protocol import run_study
+        out = run_study(cfg, workdir, _REPORT_DIR.value, _FROM_CSV.value,
+                        log=lambda m: print(m, flush=True))
+        print(f"report: {out['report']}; {len(out['rows'])} runs, "
+              f"{len(out['comparisons'])} comparisons, {len(out['failures'])} failed run(s)")
+        res = {"report": out["report"], "failures": out["failures"]}
+        return cli.Finished(res, 1) if out["failures"] else res
     st = Study(cfg, workdir)
     if _FROM_CSV.value:
         st.load_csv(_FROM_CSV.value)

@@ -23,7 +23,8 @@ def find_undecodable(files: list[str]) -> str | None:
 
 
 def reraise_bad_file(source: Source, split: str, err: Exception):
-    bad = find_undecodable(source.files(split)) if source.files else None
+    files = source.split_files(split)
+    bad = find_undecodable(files) if files else None
     if bad:
         raise DataError(f"{bad}: not a decodable image ({str(err).splitlines()[0]}); remove "
                         "or replace the file") from err

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import zipfile
 from typing import Callable
 
@@ -34,18 +35,49 @@ class Source:
     files: Callable[[str], list[str]] | None = None   # per split, in the dataset's order
 
     def num_examples(self, split: str) -> int:
-        self._check_split(split)
-        return self.splits[split]
+        base, lo, hi = self._range(split)
+        return hi - lo
 
     def as_dataset(self, split: str, shuffle_files: bool = False,
                    seed: int | None = None) -> tf.data.Dataset:
-        self._check_split(split)
-        return self._make(split, shuffle_files, seed)
+        base, lo, hi = self._range(split)
+        ds = self._make(base, shuffle_files and (lo, hi) == (0, self.splits[base]), seed)
+        return ds if (lo, hi) == (0, self.splits[base]) else ds.skip(lo).take(hi - lo)
 
-    def _check_split(self, split: str) -> None:
-        if split not in self.splits:
-            raise DataError(f"dataset {self.name!r} has no split {split!r}; available: "
+    def split_files(self, split: str) -> list[str] | None:
+        """The image files of `split` (a slice too), in the dataset's order; None for TFDS."""
+        if self.files is None:
+            return None
+        base, lo, hi = self._range(split)
+        return self.files(base)[lo:hi]
+
+    def _range(self, split: str) -> tuple[str, int, int]:
+        """(base split, first, end) of ``name`` or a slice ``name[a:b]`` of the dataset's
+        fixed example order (a held-out validation split: ``train[45000:]``)."""
+        base, lo, hi = parse_split(split)
+        if base not in self.splits:
+            raise DataError(f"dataset {self.name!r} has no split {base!r}; available: "
                             f"{', '.join(sorted(self.splits))}")
+        n = self.splits[base]
+        lo, hi = (0 if lo is None else lo), (n if hi is None else hi)
+        lo, hi = (lo + n if lo < 0 else lo), (hi + n if hi < 0 else hi)
+        if not 0 <= lo < hi <= n:
+            raise DataError(f"split {split!r} of {self.name!r} selects no examples or more "
+                            f"than the {n} of {base!r}; give {base}[a:b] with 0 <= a < b <= {n}")
+        return base, lo, hi
+
+
+_SLICE = re.compile(r"^([\w.-]+)(?:\[(-?\d*):(-?\d*)\])?$")
+
+
+def parse_split(split: str) -> tuple[str, int | None, int | None]:
+    """``'train'`` -> ('train', None, None); ``'train[:45000]'`` -> ('train', None, 45000)."""
+    m = _SLICE.match(split.strip())
+    if not m:
+        raise DataError(f"split {split!r} is not a split name or a slice such as "
+                        "train[:45000] / train[45000:]")
+    to_int = lambda v: int(v) if v not in (None, "") else None  # noqa: E731
+    return m.group(1), to_int(m.group(2)), to_int(m.group(3))
 
 
 def sample_dir(name: str = "cifar10", cache_dir: str | None = None) -> str:

@@ -1,0 +1,206 @@
+"""Running one protocol run: a training subprocess (thinjax.main), a one-shot pruning
+(thinjax.conversion) or an evaluation, and the row it leaves.
+
+Every training run reads only the training part of the split (``train_split``) and is
+evaluated on the validation part (``val_split``) at its end; the test split is read by
+`evaluate_test` alone, which the runner calls for a row once its LR is final.
+
+Row fields: run, arm, target, target_macs, criterion, seed, E, T, lr, epochs_total
+(the arm's epochs from random init), images (seen in training over every phase),
+train_flops (3 x MACs x images per phase; gradual's masked steps at dense MACs; BN
+recalibration 1 x MACs x images), params, macs, val_top1, top1, top5 (test; None until
+final), selection (a grid run), wall_s, commit, key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+from thinjax.cost import count
+from thinjax.errors import ThinjaxError
+from thinjax.plan import Plan, plan_from_width
+from thinjax.protocol import plan as planning
+from thinjax.protocol.spec import FROM_SCRATCH, Protocol, RunSpec
+
+
+class RunFailed(ThinjaxError, RuntimeError):
+    """A protocol run whose subprocess or pruning failed (its folder keeps the log)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Where and on what the protocol runs."""
+    workdir: str
+    data: str
+    data_dir: str | None
+    eval_batch_size: int
+    commit: str
+
+    def run_dir(self, spec: RunSpec) -> str:
+        return os.path.join(self.workdir, "runs", spec.id)
+
+
+def macs_of_width(p: Protocol, width: int) -> int:
+    return count(plan_from_width(p.arch, width)).macs
+
+
+def train(ctx: Context, p: Protocol, spec: RunSpec, epochs: float, flags: list[str]) -> dict:
+    """thinjax.main with the recipe, seed, LR and splits of `spec`; its results.json."""
+    wd = os.path.join(ctx.run_dir(spec), "train")
+    lr = p.dense_lr if spec.arm == "dense" else spec.lr
+    cmd = [sys.executable, "-m", "thinjax.main", f"--config={p.recipe}", f"--workdir={wd}",
+           f"--config.data.name={ctx.data}", f"--config.data.train_split={p.train_split}",
+           f"--config.data.eval_split={p.val_split}", f"--config.model.name={p.arch}",
+           f"--config.seed={spec.seed}", f"--config.train.epochs={epochs:g}",
+           f"--config.train.eval_every_epochs={epochs:g}",
+           f"--config.train.batch_size={p.batch_size}",
+           f"--config.optim.lr={lr:g}", f"--config.optim.lr_batch={p.batch_size}",
+           f"--config.optim.warmup_epochs={p.warmup_fraction * epochs:.6g}",
+           "--config.ema.enabled=False"]
+    if ctx.data_dir:
+        cmd.append(f"--config.data.data_dir={ctx.data_dir}")
+    cmd += list(p.recipe_overrides) + flags
+    os.makedirs(ctx.run_dir(spec), exist_ok=True)
+    with open(os.path.join(ctx.run_dir(spec), "train.log"), "a") as log:
+        print("+", " ".join(cmd[1:]), file=log, flush=True)
+        r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        raise RunFailed(f"{spec.id}: thinjax.main exited {r.returncode}; see "
+                        f"{os.path.join(ctx.run_dir(spec), 'train.log')}")
+    with open(os.path.join(wd, "results.json")) as f:
+        return json.load(f)
+
+
+def dense_dir(ctx: Context, seed: int) -> str:
+    return os.path.join(ctx.run_dir(RunSpec("dense", seed)), "train")
+
+
+def oneshot_dir(ctx: Context, spec: RunSpec) -> str:
+    src = RunSpec("oneshot", spec.seed, spec.target, spec.criterion)
+    d = os.path.join(ctx.run_dir(src), "pruned")
+    if not os.path.isdir(d):
+        raise RunFailed(f"{spec.id} needs the one-shot pruning {src.id}, which has not "
+                        "finished; rerun the study")
+    return d
+
+
+def _flags_and_epochs(ctx, p, spec, rows) -> tuple[list[str], float]:
+    """(--config flags, epochs) of a trained arm."""
+    a, T = spec.arm, p.dense_epochs
+    if a == "dense":
+        return [f"--config.model.width={p.base_width}"], T
+    if a == "thin":
+        return [f"--config.model.width={spec.target}"], T + spec.E
+    if a == "dense+ft":
+        return [f"--config.model.width={p.base_width}",
+                f"--config.init_from={dense_dir(ctx, spec.seed)}"], spec.E
+    if a == "pruned+ft":
+        d = oneshot_dir(ctx, spec)
+        return [f"--config.model.plan_file={d}/plan.json", f"--config.init_from={d}/model"], spec.E
+    if a in ("scratch-E", "scratch-B"):
+        d = oneshot_dir(ctx, spec)
+        ep = T + spec.E
+        if a == "scratch-B":
+            plan_macs = count(Plan.load(f"{d}/plan.json")).macs
+            ep = planning.scratch_b_epochs(p, macs_of_width(p, p.base_width), plan_macs)
+        return [f"--config.model.plan_file={d}/plan.json"], ep
+    if a == "gradual":
+        E = spec.E
+        return [f"--config.model.width={p.base_width}",
+                f"--config.init_from={dense_dir(ctx, spec.seed)}",
+                "--config.prune.schedule=gradual", f"--config.prune.criterion={spec.criterion}",
+                f"--config.prune.allocation={p.allocation}",
+                f"--config.prune.round_to={p.round_to}", "--config.prune.target_kind=macs",
+                f"--config.prune.target={macs_of_width(p, spec.target)}",
+                "--config.prune.start_epoch=0",
+                f"--config.prune.end_epoch={p.gradual_end * E:.6g}",
+                f"--config.prune.every_epochs={p.gradual_every * E:.6g}"], E
+    raise ValueError(f"not a trained arm: {a}")
+
+
+def _base_row(ctx: Context, p: Protocol, spec: RunSpec) -> dict:
+    return {"run": spec.id, "arm": spec.arm,
+            "target": f"w={spec.target}" if spec.target else f"w={p.base_width} (dense)",
+            "target_macs": macs_of_width(p, spec.target or p.base_width),
+            "criterion": spec.criterion, "seed": spec.seed, "E": spec.E, "lr": spec.lr,
+            "T": 0.0 if spec.arm in FROM_SCRATCH + ("dense",) else p.dense_epochs,
+            "selection": planning.is_selection(p, spec), "commit": ctx.commit,
+            "key": spec.key(p, ctx.data), "top1": None, "top5": None}
+
+
+def _dense_row(rows: dict, spec: RunSpec) -> dict:
+    d = rows.get(RunSpec("dense", spec.seed).id)
+    if d is None:
+        raise RunFailed(f"{spec.id} needs the dense run of seed {spec.seed}, which has not "
+                        "finished; rerun the study")
+    return d
+
+
+def execute_trained(ctx: Context, p: Protocol, spec: RunSpec, rows: dict) -> dict:
+    """A trained arm (dense included): train, then the row with its budget and cost."""
+    flags, epochs = _flags_and_epochs(ctx, p, spec, rows)
+    res = train(ctx, p, spec, epochs, flags)
+    images = int(res["steps"]) * p.batch_size
+    macs, M = int(res["macs"]), macs_of_width(p, p.base_width)
+    row = {**_base_row(ctx, p, spec), "epochs_here": float(res["epochs"]),
+           "params": int(res["params"]), "macs": macs, "val_top1": float(res["eval_top1"]),
+           "wall_s": float(res.get("wall_s", 0.0))}
+    here = 3 * macs * images
+    if spec.arm == "gradual":  # masked steps until the last event compute the dense network
+        before = int(images * p.gradual_end)
+        here = 3 * (M * before + macs * (images - before))
+    if spec.arm in ("dense+ft", "gradual", "pruned+ft"):
+        d = _dense_row(rows, spec)
+        prior_images, prior_flops = d["images"], d["train_flops"]
+        if spec.arm == "pruned+ft":
+            o = rows[RunSpec("oneshot", spec.seed, spec.target, spec.criterion).id]
+            prior_flops = o["train_flops"]
+        row.update(images=prior_images + images, train_flops=prior_flops + here,
+                   epochs_total=d["epochs_here"] + float(res["epochs"]))
+    else:
+        row.update(images=images, train_flops=here, epochs_total=float(res["epochs"]))
+    return row
+
+
+def execute_oneshot(ctx: Context, p: Protocol, spec: RunSpec, rows: dict) -> dict:
+    """The seed's dense network (raw weights) pruned one-shot to the target's MACs, BN
+    recalibrated on `recalibrate_bn` training batches, evaluated on the validation split."""
+    from thinjax.conversion import convert
+    d = _dense_row(rows, spec)
+    out = os.path.join(ctx.run_dir(spec), "pruned")
+    summ = convert(dense_dir(ctx, spec.seed), out, criterion=spec.criterion,
+                   target_kind="macs", target=float(macs_of_width(p, spec.target)),
+                   allocation=p.allocation, round_to=p.round_to, data=ctx.data,
+                   data_dir=ctx.data_dir, split=p.val_split, train_split=p.train_split,
+                   batch_size=ctx.eval_batch_size, use_ema=False, overwrite=True,
+                   recalibrate_bn=p.recalibrate_bn, evaluate_before=False, seed=spec.seed)
+    a = summ["after"]
+    recal = p.recalibrate_bn * 128
+    return {**_base_row(ctx, p, spec), "epochs_here": 0.0, "params": int(a["params"]),
+            "macs": int(a["macs"]), "val_top1": float(a["top1"]),
+            "val_top1_no_recal": a.get("top1_before_recalibration"),
+            "images": d["images"], "epochs_total": d["epochs_here"],
+            "train_flops": d["train_flops"] + int(a["macs"]) * recal, "wall_s": 0.0}
+
+
+def checkpoint_of(ctx: Context, spec: RunSpec) -> str:
+    sub = "pruned" if spec.arm == "oneshot" else "train"
+    return os.path.join(ctx.run_dir(spec), sub)
+
+
+def evaluate_test(ctx: Context, p: Protocol, spec: RunSpec) -> tuple[float, float]:
+    """(top-1, top-5) of the run's final network (raw weights) on the test split."""
+    from thinjax.evaluation import evaluate_checkpoint
+    r = evaluate_checkpoint(checkpoint_of(ctx, spec), ctx.data, p.test_split,
+                            ctx.eval_batch_size, ctx.data_dir, use_ema=False, progress=False)
+    return float(r["top1"]), float(r["top5"])
+
+
+def execute(ctx: Context, p: Protocol, spec: RunSpec, rows: dict) -> dict:
+    if spec.arm == "oneshot":
+        return execute_oneshot(ctx, p, spec, rows)
+    return execute_trained(ctx, p, spec, rows)

@@ -1,0 +1,215 @@
+"""The protocol's outputs: results.csv, the forest plot, the difference-against-E plot,
+published drops beside the measured differences, and report.md.
+
+The report prints, for every comparison, n, the mean paired difference (arm - thin, top-1
+points on the test split), its 95% t-interval, the Holm-adjusted p and the verdict
+(`thinjax.stats`); then each arm's mean, LR and budget; the LR selection on the validation
+split; the one-shot rows before and after BN recalibration; the cost; the Limits.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+from thinjax.protocol import analysis
+from thinjax.protocol.spec import Protocol
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, stem: str) -> list[str]:
+    paths = [f"{stem}.png", f"{stem}.svg"]
+    fig.savefig(paths[0], dpi=110, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    _plt().close(fig)
+    return paths
+
+
+def forest_plot(comps, delta: float, stem: str, title: str) -> list[str]:
+    """Each comparison's mean difference and 95% interval, with the +-delta band."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(comps) + 1.6))
+    ax.axvspan(-delta, delta, color="0.88", label=f"equivalence margin +-{delta:g}")
+    ax.axvline(0, color="0.4", lw=0.8)
+    colors = {"equivalent": "C2", "inconclusive": "0.45"}
+    for i, c in enumerate(reversed(comps)):
+        col = colors.get(c.verdict, "C3" if c.verdict.startswith("thin") else "C0")
+        iv = c.interval
+        ax.errorbar(iv.mean, i, xerr=[[iv.mean - iv.lo], [iv.hi - iv.mean]], fmt="o",
+                    color=col, capsize=3)
+    ax.set_yticks(range(len(comps)))
+    ax.set_yticklabels([f"{c.x} | {c.family} ({c.verdict})" for c in reversed(comps)],
+                       fontsize=8)
+    ax.set_xlabel("top-1 difference, arm - thin (points, test split; 95% t-interval)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, stem)
+
+
+def e_curve_plot(comps, delta: float, stem: str, title: str) -> list[str]:
+    """The paired difference against the fine-tune budget E, per target and arm."""
+    plt = _plt()
+    targets = sorted({c.family.split(", E=")[0] for c in comps})
+    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(5.2 * max(1, len(targets)), 3.8),
+                             squeeze=False)
+    for ax, t in zip(axes[0], targets):
+        ax.axhspan(-delta, delta, color="0.88")
+        ax.axhline(0, color="0.4", lw=0.8)
+        arms = sorted({c.x for c in comps if c.family.startswith(t + ",")})
+        for i, a in enumerate(arms):
+            pts = sorted((float(c.family.split("E=")[1]), c.interval) for c in comps
+                         if c.family.startswith(t + ",") and c.x == a)
+            if len(pts) < 2:
+                continue
+            xs = [e for e, _ in pts]
+            ax.errorbar(xs, [iv.mean for _, iv in pts],
+                        yerr=[[iv.mean - iv.lo for _, iv in pts],
+                              [iv.hi - iv.mean for _, iv in pts]],
+                        fmt="-o", capsize=3, color=f"C{i}", label=a)
+        ax.set_xscale("log")
+        ax.set_xlabel("fine-tune epochs E (log)")
+        ax.set_ylabel("top-1 difference, arm - thin (points)")
+        ax.set_title(f"target {t}", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, stem)
+
+
+def literature_plot(points, literature: list[dict], stem: str, title: str) -> list[str]:
+    """Published drops (pruned - own baseline) against the MACs kept, beside this study's
+    paired differences (pruned arm - thin) at their targets."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for net, m in (("resnet20", "o"), ("resnet56", "s")):
+        pts = [(1 - float(r["macs_reduction"]), float(r["pruned_top1"]) -
+                float(r["baseline_top1"])) for r in literature if r["network"] == net
+               and r.get("macs_reduction") and r.get("pruned_top1") and r.get("baseline_top1")]
+        if pts:
+            ax.plot(*zip(*pts), m, mfc="none", color="0.35",
+                    label=f"published {net}: pruned - own baseline")
+    arms = sorted({c.x for _, c in points})
+    for i, a in enumerate(arms):
+        pts = [(f, c) for f, c in points if c.x == a]
+        ax.errorbar([f for f, _ in pts], [c.interval.mean for _, c in pts],
+                    yerr=[[c.interval.mean - c.interval.lo for _, c in pts],
+                          [c.interval.hi - c.interval.mean for _, c in pts]],
+                    fmt="D", capsize=3, color=f"C{i}",
+                    label=f"this study: {a} - thin ({pts[0][1].family.split(', ')[1]})")
+    ax.axhline(0, color="0.4", lw=0.8)
+    ax.set_xlabel("fraction of the dense network's MACs kept")
+    ax.set_ylabel("top-1 difference (points)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, stem)
+
+
+def _fmt_iv(c) -> str:
+    iv = c.interval
+    if math.isnan(iv.lo):
+        return f"{iv.mean:+.2f} | - | -"
+    return f"{iv.mean:+.2f} | [{iv.lo:+.2f}, {iv.hi:+.2f}] | {c.p_holm:.3g}"
+
+
+def comparison_table(comps) -> list[str]:
+    out = ["| target, E | arm (vs thin) | n | mean diff | 95% interval | Holm p | verdict |",
+           "|---|---|---|---|---|---|---|"]
+    for c in comps:
+        out.append(f"| {c.family} | {c.x} | {c.interval.n} | {_fmt_iv(c)} | "
+                   f"**{c.verdict}** |")
+    return out
+
+
+def arm_table(summary: list[dict]) -> list[str]:
+    out = ["| target | E | arm | n | test top-1 mean (sd) | val top-1 | LR | epochs from "
+           "init | images seen | training FLOPs | params | MACs | wall per run |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        lr = "-" if s["lr"] is None else f"{s['lr']:g}"
+        sd = "-" if math.isnan(s["sd"]) else f"{s['sd']:.2f}"
+        out.append(f"| {s['target']} | {s['E']:g} | {s['arm']} | {s['n']} | {s['mean']:.2f} "
+                   f"({sd}) | {s['val']:.2f} | {lr} | {s['epochs_total']:.2f} | "
+                   f"{s['images']:,} | {s['train_flops'] / 1e12:.2f} T | {s['params']:,.0f} | "
+                   f"{s['macs'] / 1e6:.2f} M | {s['wall_s']:.0f} s |")
+    return out
+
+
+def selection_table(rows: list[dict]) -> list[str]:
+    sel = sorted((r for r in rows if r.get("selection")),
+                 key=lambda r: (analysis.arm_name(r), r["lr"]))
+    out = ["| arm | LR | val top-1 (seed 0, first target, ref E) | chosen |", "|---|---|---|---|"]
+    for r in sel:
+        out.append(f"| {analysis.arm_name(r)} | {r['lr']:g} | {r['val_top1']:.2f} | "
+                   f"{'yes' if r.get('top1') is not None else ''} |")
+    return out
+
+
+def oneshot_table(rows: list[dict]) -> list[str]:
+    out = ["| target | criterion | seeds | val top-1 before BN recalibration | after | test "
+           "top-1 after |", "|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["arm"] == "oneshot":
+            groups.setdefault((r["target"], r["criterion"]), []).append(r)
+    mean = lambda v: sum(v) / len(v) if v else math.nan  # noqa: E731
+    for (t, c), g in sorted(groups.items()):
+        before = [r["val_top1_no_recal"] for r in g if r.get("val_top1_no_recal") is not None]
+        test = [r["top1"] for r in g if r.get("top1") is not None]
+        out.append(f"| {t} | {c} | {len(g)} | {mean(before):.2f} | "
+                   f"{mean([r['val_top1'] for r in g]):.2f} | {mean(test):.2f} |")
+    return out
+
+
+def read_literature(path: str, networks=("resnet20", "resnet56")) -> list[dict]:
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r["network"] in networks
+                and r["dataset"] == "CIFAR-10"]
+
+
+def _lit_points(comps, rows: list[dict], p: Protocol) -> list:
+    dense = {r["target"]: r["target_macs"] for r in rows}
+    base = max(dense.values()) if dense else 1
+    return [(dense[c.family.split(", E=")[0]] / base, c) for c in comps
+            if c.x.startswith("pruned+ft") and c.family.endswith(f"E={p.ref_epochs:g}")
+            and c.family.split(", E=")[0] in dense]
+
+
+def markdown(p: Protocol, rows: list[dict], comps, plots: dict, text: dict) -> str:
+    """report.md: the verdicts first, then the arms, selection, one-shot rows, cost, limits."""
+    summary = analysis.arm_summary(rows)
+    commits = sorted({r["commit"] for r in rows if r.get("commit")})
+    wall = sum(r.get("wall_s") or 0 for r in rows)
+    lines = [f"# {text['title']}", "", text.get("data", ""), "",
+             f"Protocol: n = {p.seeds} paired seeds per arm (seed s: the same batches and the "
+             f"same dense network in every arm), equivalence margin delta = {p.delta:g} "
+             f"top-1 points (declared in the config before any run), 95% t-intervals of the "
+             "mean paired difference, Holm correction over the arms compared at one target "
+             "and E (`thinjax.stats`). Dense network: "
+             f"{p.arch} w={p.base_width}, T = {p.dense_epochs:g} epochs in-domain; thin: the "
+             f"uniform network at the target width trained from scratch for T + E epochs; "
+             f"pruned+ft: the dense network pruned one-shot ({p.allocation} allocation, BN "
+             f"recalibrated on {p.recalibrate_bn} batches) then fine-tuned E epochs. Recipe: "
+             f"{p.recipe_name or p.recipe}; weights: raw (no EMA). LRs chosen per arm on the "
+             f"validation split ({p.val_split}); the test split ({p.test_split}) is read only "
+             "for the reported numbers.", "",
+             f"Code: commit(s) {', '.join(commits) or '?'}; {len(rows)} runs, "
+             f"{wall / 3600:.1f} h of run time in all.", "",
+             "## Verdicts: each arm against thin at equal cost and equal epochs", ""]
+    lines += comparison_table(comps) or ["(no comparison has paired seeds yet)"]
+    for key, title in (("forest", "Forest plot"), ("curve", "Difference against E"),
+                       ("literature", "Published drops beside this study")):
+        if plots.get(key):
+            lines += ["", f"## {title}", "", f"![{title}]({os.path.basename(plots[key][0])})"]
+    lines += ["", "## Arms (test split unless marked val)", ""] + arm_table(summary)
+    lines += ["", "## LR selection (validation split)", ""] + selection_table(rows)
+    lines += ["", "## One-shot pruning, 0 epochs (BN recalibration)", ""] + oneshot_table(rows)
+    lines += ["", "## Cost", "", text.get("cost", ""), "", "## Limits", ""]
+    lines += [f"- {x}" for x in text.get("limits", ())]
+    lines += ["", "## Rerunning one row", "", text.get("rerun", "")]
+    return "\n".join(lines) + "\n"
