@@ -1,0 +1,247 @@
+"""The study protocol (thinjax.stats, thinjax.protocol): interval and Holm arithmetic on
+hand-made numbers, LR selection on the validation split only, the FLOPs column, scratch-B's
+budget, BN-recalibrated one-shot rows, a tiny end-to-end run, and every committed protocol
+report's verdicts recomputed from its results.csv."""
+
+import glob
+import math
+import os
+import re
+
+import ml_collections
+import pytest
+
+from thinjax import stats
+from thinjax.errors import ConfigError
+from thinjax.protocol import analysis, execute, from_config, plan as planning, run_study
+from thinjax.protocol.runner import finalise_tests
+from thinjax.protocol.spec import RunSpec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- statistics, by hand ---------------------------------------------------------------
+def test_paired_interval_by_hand():
+    # d = (1, 2, 3): mean 2, sd 1; t_{0.975, 2} = 4.302653 (tables); with 2 degrees of
+    # freedom the t distribution has the closed form sf(t) = 1/2 - t / (2 sqrt(2 + t^2))
+    iv = stats.paired_interval([11.0, 12.0, 13.0], [10.0, 10.0, 10.0])
+    half = 4.302653 / math.sqrt(3)
+    assert (iv.n, iv.mean, iv.sd) == (3, 2.0, 1.0)
+    assert iv.lo == pytest.approx(2 - half, abs=1e-5) and iv.hi == pytest.approx(2 + half,
+                                                                                  abs=1e-5)
+    t = 2 / (1 / math.sqrt(3))
+    assert iv.p == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    assert math.isnan(stats.paired_interval([1.0], [0.0]).lo)  # one seed: no interval
+    with pytest.raises(ValueError, match="one value per seed"):
+        stats.paired_interval([1.0, 2.0], [1.0])
+
+
+def test_holm_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4x, 3x, 2x, 1x = 0.02, 0.03, 0.06, 0.04 -> monotone
+    adj = stats.holm([0.01, 0.04, 0.03, 0.005])
+    assert adj == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adj = stats.holm([0.02, math.nan, 0.5])  # nan neither counts nor changes
+    assert adj[0] == pytest.approx(0.04) and math.isnan(adj[1]) and adj[2] == pytest.approx(0.5)
+    assert stats.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+
+
+def test_verdicts():
+    eq = stats.paired_interval([10.1, 10.0, 9.9], [10.0, 10.0, 10.0])  # [-0.25, +0.25]
+    assert stats.verdict(eq, eq.p, delta=0.5) == "equivalent"
+    assert stats.verdict(eq, eq.p, delta=0.2) == "inconclusive"
+    lo = stats.paired_interval([7.0, 7.1, 6.9], [10.0, 10.0, 10.0])  # -3 +- 0.25
+    assert stats.verdict(lo, lo.p, 0.5, "pruned") == "thin better"
+    hi = stats.paired_interval([13.0, 13.1, 12.9], [10.0, 10.0, 10.0])
+    assert stats.verdict(hi, hi.p, 0.5, "pruned") == "pruned better"
+    # significant alone (p ~ 0.0003), not after Holm in a family where it is multiplied
+    assert stats.verdict(lo, 0.06, 0.5) == "inconclusive"
+    fam = stats.compare_family("w=8, E=3", {"a": ([7.0, 7.1, 6.9], [10.0] * 3),
+                                            "b": ([10.1, 10.0, 9.9], [10.0] * 3)}, 0.5)
+    assert [c.verdict for c in fam] == ["thin better", "equivalent"]
+    assert fam[0].p_holm == pytest.approx(2 * fam[0].interval.p)
+
+
+# -- planning: LR selection on the validation split ------------------------------------
+def _protocol(**kw):
+    d = dict(arch="resnet20", base_width=4, targets=(2, 3), seeds=3, delta=1.0,
+             dense_epochs=2.0, finetune_epochs=(1.0, 2.0), ref_epochs=2.0,
+             criteria=("l1", "random"), curve_criteria=1, curve_targets=(2,),
+             control_targets=(2,), arms=("dense", "oneshot", "thin", "pruned+ft",
+                                         "gradual", "scratch-B"),
+             lr_grid={"thin": (0.1, 0.2), "pruned+ft": (0.01, 0.05), "gradual": (0.05,),
+                      "scratch-B": (0.1,)}, dense_lr=0.1)
+    d.update(kw)
+    return from_config(ml_collections.ConfigDict(d))
+
+
+class ValOnly(dict):
+    """Rows that raise if anything reads a test-split number while planning."""
+    def __getitem__(self, k):
+        row = dict.__getitem__(self, k)
+        return {key: v for key, v in row.items() if key not in ("top1", "top5")}
+
+
+def test_lr_and_criteria_are_chosen_on_validation_rows_only():
+    p = _protocol()
+    val = {0.1: 50.0, 0.2: 52.0, 0.01: 40.0, 0.05: 45.0}
+    rows = ValOnly()
+    while True:
+        todo = planning.next_runs(p, rows)
+        if not todo:
+            break
+        r = todo[0]
+        bonus = 5.0 if r.criterion == "random" else 0.0
+        dict.__setitem__(rows, r.id, {"val_top1": val.get(r.lr, 30.0) + bonus})
+    assert planning.chosen_lr(p, rows, "thin") == 0.2
+    assert planning.chosen_lr(p, rows, "pruned+ft", "l1") == 0.05
+    assert planning.ranked_criteria(p, rows) == ["random", "l1"]
+    ids = set(rows)
+    # E curve only for the best criterion at the curve target; controls use it too
+    assert "pruned-ft-random-w2-E1-lr0.05-s2" in ids and "pruned-ft-l1-w2-E1-lr0.05-s0" not in ids
+    assert "thin-w3-E1-lr0.2-s0" not in ids and "thin-w3-E2-lr0.2-s2" in ids
+    assert "gradual-random-w2-E2-lr0.05-s1" in ids and "scratch-B-random-w2-E2-lr0.1-s2" in ids
+    assert not any(i.startswith("gradual-l1") for i in ids)
+    # ties go to the smaller LR
+    dict.__setitem__(rows, "thin-w2-E2-lr0.1-s0", {"val_top1": 52.0})
+    assert planning.chosen_lr(p, rows, "thin") == 0.1
+
+
+def test_only_final_rows_are_evaluated_on_the_test_split(monkeypatch, tmp_path):
+    p = _protocol(arms=("dense", "oneshot", "thin"), criteria=("l1",), curve_criteria=0,
+                  control_targets=())
+    rows = {"dense-s0": {"run": "dense-s0", "val_top1": 1.0, "top1": None},
+            "thin-w2-E2-lr0.1-s0": {"run": "thin-w2-E2-lr0.1-s0", "val_top1": 50.0,
+                                    "top1": None},
+            "thin-w2-E2-lr0.2-s0": {"run": "thin-w2-E2-lr0.2-s0", "val_top1": 60.0,
+                                    "top1": None}}
+    seen = []
+    monkeypatch.setattr(execute, "evaluate_test", lambda ctx, p, spec: seen.append(spec.id)
+                        or (1.0, 2.0))
+    ctx = execute.Context(str(tmp_path), "d", None, 100, "c")
+    finalise_tests(ctx, p, rows, lambda m: None)
+    assert sorted(seen) == ["dense-s0", "thin-w2-E2-lr0.2-s0"]
+    assert rows["thin-w2-E2-lr0.1-s0"]["top1"] is None
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"protocol.seeds: 2: paired"):
+        _protocol(seeds=2)
+    with pytest.raises(ConfigError, match=r"protocol.lr_grid.*scratch-B"):
+        _protocol(lr_grid={"thin": (0.1,), "pruned+ft": (0.1,), "gradual": (0.1,)})
+    with pytest.raises(ConfigError, match="ref_epochs"):
+        _protocol(ref_epochs=5.0)
+    with pytest.raises(ConfigError, match="unknown field"):
+        _protocol(sedes=3)
+
+
+# -- the budget columns --------------------------------------------------------------
+def test_training_flops_and_scratch_b_budget(monkeypatch, tmp_path):
+    p = _protocol()
+    M16, M2 = execute.macs_of_width(p, 4), execute.macs_of_width(p, 2)
+    ctx = execute.Context(str(tmp_path), "sample:cifar10", None, 100, "c")
+    calls = []
+
+    def fake_train(ctx, p, spec, epochs, flags):
+        calls.append((spec.arm, epochs, flags))
+        macs = {"dense": M16, "gradual": 700_000}.get(spec.arm, M2)
+        return {"steps": 10, "epochs": epochs, "macs": macs, "params": 1, "eval_top1": 1.0}
+
+    monkeypatch.setattr(execute, "train", fake_train)
+    rows = {}
+    d = execute.execute(ctx, p, RunSpec("dense", 0), rows)
+    assert d["train_flops"] == 3 * M16 * 10 * 128 and d["images"] == 1280
+    rows["dense-s0"] = d
+    t = execute.execute(ctx, p, RunSpec("thin", 0, 2, None, 2.0, 0.1), rows)
+    assert calls[-1][1] == 4.0  # T + E from scratch
+    assert t["train_flops"] == 3 * M2 * 1280 and t["T"] == 0.0
+    g = execute.execute(ctx, p, RunSpec("gradual", 0, 2, "l1", 2.0, 0.05), rows)
+    assert g["train_flops"] == d["train_flops"] + 3 * (M16 * 640 + 700_000 * 640)
+    assert g["images"] == 2560
+    oneshot = {"train_flops": d["train_flops"] + 5, "images": 1280}
+    rows["oneshot-l1-w2-s0"] = oneshot
+    os.makedirs(tmp_path / "runs" / "oneshot-l1-w2-s0" / "pruned")
+    from thinjax.plan import plan_from_width
+    plan_from_width("resnet20", 2).save(str(tmp_path / "runs/oneshot-l1-w2-s0/pruned/plan.json"))
+    f = execute.execute(ctx, p, RunSpec("pruned+ft", 0, 2, "l1", 2.0, 0.01), rows)
+    assert f["train_flops"] == oneshot["train_flops"] + 3 * M2 * 1280
+    execute.execute(ctx, p, RunSpec("scratch-B", 0, 2, "l1", 2.0, 0.1), rows)
+    want = math.ceil(100 * (2.0 * M16 / M2 + 2.0)) / 100
+    assert calls[-1][1] == want  # same training FLOPs as pruned+ft, up to 1/100 epoch
+    assert abs(3 * M2 * want - 3 * (M16 * 2.0 + M2 * 2.0)) <= 3 * M2 * 0.01
+
+
+# -- a tiny run, end to end ----------------------------------------------------------
+def tiny(tmp_path):
+    c = ml_collections.ConfigDict()
+    c.title = "tiny protocol"
+    c.data = ml_collections.ConfigDict({"name": "sample:cifar10", "data_dir": "",
+                                        "split": "test", "eval_batch_size": 250})
+    c.protocol = ml_collections.ConfigDict({
+        "arch": "resnet20", "base_width": 4, "targets": (2,), "seeds": 3, "delta": 5.0,
+        "dense_epochs": 0.25, "finetune_epochs": (0.25,), "ref_epochs": 0.25,
+        "criteria": ("l1",), "curve_criteria": 0, "curve_targets": (), "control_targets": (),
+        "arms": ("dense", "oneshot", "thin", "pruned+ft"),
+        "lr_grid": {"thin": (0.05, 0.2), "pruned+ft": (0.05,)}, "dense_lr": 0.1,
+        "recalibrate_bn": 3, "train_split": "train[:2000]", "val_split": "train[2000:]",
+        "recipe": os.path.join(ROOT, "configs", "quick_cifar10.py"), "batch_size": 64,
+        "recipe_overrides": ("--config.train.log_every=10",)})
+    return c
+
+
+def check_report(csv_path: str, report_path: str, delta: float) -> int:
+    """Recomputes every verdict from the CSV (plain paired t-intervals, Holm per family,
+    the margin) and compares with the report's table row by row; the number compared."""
+    comps = analysis.comparisons(analysis.read_csv(csv_path), delta)
+    table = [ln for ln in open(report_path).read().splitlines()
+             if re.match(r"\| w=\d+, E=", ln)]
+    assert len(table) == len(comps)
+    for ln, c in zip(table, comps):
+        cells = [x.strip() for x in ln.strip("|").split("|")]
+        assert cells[0] == c.family and cells[1] == c.x and int(cells[2]) == c.interval.n
+        assert float(cells[3]) == pytest.approx(c.interval.mean, abs=0.006)
+        assert cells[6].strip("*") == c.verdict
+    return len(comps)
+
+
+def test_tiny_protocol_end_to_end(tmp_path):
+    cfg = tiny(tmp_path)
+    out = run_study(cfg, str(tmp_path / "wd"), log=lambda m: None)
+    rows = {r["run"]: r for r in out["rows"]}
+    assert out["failures"] == []
+    assert {"dense-s0", "dense-s1", "dense-s2", "oneshot-l1-w2-s2", "thin-w2-E0.25-lr0.05-s0",
+            "thin-w2-E0.25-lr0.2-s0", "pruned-ft-l1-w2-E0.25-lr0.05-s2"} <= set(rows)
+    chosen = planning.chosen_lr(from_config(cfg.protocol), rows, "thin")
+    other = 0.05 if chosen == 0.2 else 0.2
+    assert rows[f"thin-w2-E0.25-lr{other:g}-s0"]["top1"] is None   # never on test
+    assert rows[f"thin-w2-E0.25-lr{chosen:g}-s2"]["top1"] is not None
+    for s in range(3):  # BN recalibration: forward passes only, counted, and they matter
+        o = rows[f"oneshot-l1-w2-s{s}"]
+        assert o["val_top1_no_recal"] is not None
+        assert o["train_flops"] == rows[f"dense-s{s}"]["train_flops"] + o["macs"] * 3 * 128
+        assert o["images"] == rows[f"dense-s{s}"]["images"]
+    # seeds pair: same seed, same dense network for every arm of that seed
+    assert len({rows[f"dense-s{s}"]["val_top1"] for s in range(3)}) > 1
+    assert check_report(str(tmp_path / "wd" / "results.csv"),
+                        str(tmp_path / "wd" / "report.md"), 5.0) == 1
+    assert os.path.exists(tmp_path / "wd" / "forest.png")
+    # a rerun runs nothing; a changed setting makes the rows stale
+    again = run_study(cfg, str(tmp_path / "wd"), log=lambda m: None)
+    assert {r["run"]: r["val_top1"] for r in again["rows"]} == {
+        k: r["val_top1"] for k, r in rows.items()}
+
+
+@pytest.mark.parametrize("report_dir", sorted(glob.glob(os.path.join(
+    ROOT, "docs", "study_*_protocol*", ""))))
+def test_committed_protocol_reports_recompute(report_dir):
+    cfg_name = os.path.basename(report_dir.rstrip("/")).replace("study_", "study_", 1)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("c", os.path.join(
+        ROOT, "configs", cfg_name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    delta = mod.get_config().protocol.delta
+    n = check_report(os.path.join(report_dir, "results.csv"),
+                     os.path.join(report_dir, "report.md"), delta)
+    rows = analysis.final(analysis.read_csv(os.path.join(report_dir, "results.csv")))
+    trained = [r for r in rows if r["arm"] not in ("dense", "oneshot")]
+    assert n >= 1 and all(r["commit"] for r in rows) and trained
