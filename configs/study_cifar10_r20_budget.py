@@ -10,7 +10,9 @@ Arms, per target (see docs/study.md):
   scratch     each criterion's pruned plan trained from random init for B epochs, against
               the uniform ThinResNet of the same MACs trained B epochs (Liu et al. 2019);
   pruned      (one-shot, no training: 600 + 0 epochs, against the release sweep).
-thin+ft and the scratch arms run 2 seeds (the noise the report judges differences against).
+thin+ft and scratch-uniform ran 2 seeds, every other arm (the scratch-pruned plans included)
+one; no difference here is decided (that needs >= 3 paired seeds: the protocol study,
+configs/study_cifar10_r20_protocol.py).
 The release sweep (ThinResNet-20 w=1..16, 600 epochs on the original CIFAR-10) is evaluated
 on the same JPEG test split.
 

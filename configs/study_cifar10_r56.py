@@ -58,8 +58,9 @@ def get_config():
                  "gradual pruning and pruned-plan-from-scratch arms", "more than one seed")
     c.notes = ("Measured points: top-1 on the 10,000-image CIFAR-10 JPEG test split (the "
                "release's ThinResNets score 96.76% (w=16) on the original test set; JPEG "
-               "costs about 7 points). Pruned networks are evaluated with their raw weights; "
-               "fine-tuning uses the converted network's own config (SGD Nesterov lr 0.04 at "
+               "costs about 7 points). The one-shot pruned rows are the release's EMA weights "
+               "pruned (no training here); the fine-tuned rows are scored on the raw weights "
+               "of the fine-tune, which uses the converted network's own config (SGD Nesterov lr 0.04 at "
                "batch 128, cosine, flip + crop). Published results are on the original "
                "test sets and are shown in their own panel.")
     return c

@@ -52,12 +52,17 @@ def test_interpolation_with_two_points_of_equal_cost_and_a_non_monotone_sweep():
     assert report.interpolate(bumpy, 10 ** 2.5) == pytest.approx(80.0)
 
 
-def test_within_noise_rule():
-    assert report.verdict(0.3, 0.5) == "within noise"
-    assert report.verdict(-0.5, 0.5) == "within noise"
-    assert report.verdict(-0.8, 0.5) == "below, beyond the seed spread"
-    assert report.verdict(0.8, 0.5) == "above, beyond the seed spread"
-    assert report.verdict(0.1, None) == "above, noise not measured"
+def test_verdicts_need_three_paired_seeds():
+    g = lambda vals, seeds: {"rows": [{"seed": s, "top1": v} for s, v in zip(seeds, vals)]}  # noqa: E731
+    assert report.verdict(g([1, 2], [0, 1]), g([0, 0], [0, 1])).startswith(
+        "undecided: 2 paired seed(s)")
+    # three seeds, but only two in common: still undecided
+    assert "undecided: 2" in report.verdict(g([1, 2, 3], [0, 1, 2]), g([0, 0, 0], [0, 1, 5]))
+    # d = (3, 3.1, 2.9): mean 3, sd 0.1, half-width 4.3027 * 0.1 / sqrt(3) = 0.248
+    v = report.verdict(g([13, 13.1, 12.9], [0, 1, 2]), g([10, 10, 10], [0, 1, 2]))
+    assert v == "paired over 3 seeds +3.00 points, 95% interval [+2.75, +3.25] excludes 0: differs"
+    v = report.verdict(g([11, 9, 10.5], [0, 1, 2]), g([10, 10, 10], [0, 1, 2]))
+    assert v.endswith("includes 0: undecided")
 
 
 def _row(name, arm, macs, top1, init_epochs=600.0, epochs=1.0, seed=0, weights="ema",
@@ -86,10 +91,10 @@ def test_equal_budget_sentences_seeds_noise_and_unequal_budget_labels():
     assert by["pruned+ft l1"].startswith("At 10.10 M MACs and 600 + 1 epochs (recipe R, "
                                          "ema weights): pruned+ft l1 reaches 84.20% (1 seed)")
     assert "0.30 points below thin+ft w8 (84.50%, 2 seeds" in by["pruned+ft l1"]
-    assert "within noise (seed spread 1.00 points, thin+ft w8)" in by["pruned+ft l1"]
-    assert "below, beyond the seed spread" in by["pruned+ft bn"]
+    assert "undecided: 1 paired seed(s)" in by["pruned+ft l1"]
+    assert "2.50 points below thin+ft w8" in by["pruned+ft bn"]
     assert "600 + 0 epochs" in by["pruned l1"] and "release w8" in by["pruned l1"]
-    assert "noise not measured" in by["pruned l1"]
+    assert "undecided: 1 paired seed(s)" in by["pruned l1"]
     # the other-recipe row has no equal-budget partner: placed on the sweep, labelled
     curve = report.comparisons(rows, "macs", placed)
     assert len(curve) == 1 and "pruned+ft other recipe" in curve[0]
@@ -269,7 +274,7 @@ def test_budget_arms_write_every_budget_column_and_compare_at_equal_budget(
     md = (tmp_path / "study" / "report.md").read_text()
     assert "and 0 + 2 epochs (recipe R-test, ema weights): scratch l1 plan -> w=2" in md
     assert "and 600 + 0.5 epochs (recipe R-test, ema weights): pruned+ft l1 -> w=2" in md
-    assert "thin+ft w=2 (50.50%, 2 seeds" in md and "within noise" in md
+    assert "thin+ft w=2 (50.50%, 2 seeds" in md and "undecided: 1 paired seed(s)" in md
     assert "## Limits" in md and "Data: bundled sample" in md
 
 

@@ -6,8 +6,8 @@ training budget that produced it (`BUDGET`: init source and its epochs, epochs h
 seen, recipe, seed, EMA or raw weights). The report compares two networks only when their
 budgets are equal (`budget_key`) and their costs agree within `COST_TOLERANCE`; a network
 with no equal-budget partner is placed against the interpolated ThinResNet sweep, and the
-sentence says the budgets differ. Several seeds of one network give a spread (max - min);
-a difference no larger than the spread is "within noise" (`verdict`).
+sentence says the budgets differ. Several seeds of one network give a spread (max - min),
+drawn as error bars; a difference is decided only from >= 3 paired seeds (`verdict`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import math
 import os
 import re
 import statistics
+
+from thinjax import stats
 
 BUDGET = ("init", "init_epochs", "epochs", "images_seen", "recipe", "seed", "weights")
 COLUMNS = ("name", "method", "kind", "arm", "target", "criterion", "params", "macs", "top1",
@@ -168,28 +170,21 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-def verdict(diff: float, spread: float | None) -> str:
-    """The rule: a difference no larger than the seed spread is "within noise"; a larger
-    one is "above" or "below"; with no spread measured, the direction and "noise not
-    measured"."""
-    if spread is not None and abs(diff) <= spread:
-        return "within noise"
-    word = "above" if diff > 0 else "below" if diff < 0 else "level with"
-    return word + (", beyond the seed spread" if spread is not None else
-                   ", noise not measured")
-
-
-def noise(a: dict, ref: dict, groups: list[dict]) -> tuple[float | None, str]:
-    """The spread a difference between groups `a` and `ref` is judged against: the larger
-    of their own spreads, else the largest spread measured at the same budget."""
-    own = [(g["spread"], g["name"]) for g in (a, ref) if g["spread"] is not None]
-    if not own:
-        own = [(g["spread"], g["name"]) for g in groups
-               if g["spread"] is not None and g["key"] == a["key"]]
-    if not own:
-        return None, ""
-    s, name = max(own, key=lambda t: t[0])
-    return s, f"{s:.2f} points, {name}"
+def verdict(a: dict, ref: dict) -> str:
+    """Whether two groups differ: decided only from >= 3 paired seeds (the seeds both ran),
+    by the 95% t-interval of the mean paired difference (`thinjax.stats`); otherwise
+    "undecided". No equivalence is claimed here: that needs a margin declared in advance,
+    which a protocol study has (thinjax.protocol)."""
+    ra = {r.get("seed"): r["top1"] for r in a.get("rows", [a])}
+    rb = {r.get("seed"): r["top1"] for r in ref.get("rows", [ref])}
+    seeds = sorted(s for s in set(ra) & set(rb) if s is not None)
+    if len(seeds) < 3:
+        return (f"undecided: {len(seeds)} paired seed(s), a verdict needs >= 3 "
+                "(docs/study.md, the protocol)")
+    iv = stats.paired_interval([ra[s] for s in seeds], [rb[s] for s in seeds])
+    where = "excludes 0: differs" if iv.lo > 0 or iv.hi < 0 else "includes 0: undecided"
+    return (f"paired over {iv.n} seeds {iv.mean:+.2f} points, 95% interval "
+            f"[{iv.lo:+.2f}, {iv.hi:+.2f}] {where}")
 
 
 def _seeds(g: dict) -> str:
@@ -216,13 +211,10 @@ def equal_budget(rows: list[dict], key: str = "macs") -> tuple[list[str], set]:
             continue
         ref = min(refs, key=lambda h: abs(h[key] - g[key]))
         d = g["top1"] - ref["top1"]
-        s, about = noise(g, ref, groups)
-        v = verdict(d, s)
         out.append(f"At {_fmt(g[key])} {unit} and {budget_long(g)}: {g['name']} reaches "
                    f"{g['top1']:.2f}% ({_seeds(g)}), {abs(d):.2f} points "
                    f"{'above' if d >= 0 else 'below'} {ref['name']} ({ref['top1']:.2f}%, "
-                   f"{_seeds(ref)}, {_fmt(ref[key])} {unit}): {v}"
-                   + (f" (seed spread {about})." if s is not None else "."))
+                   f"{_seeds(ref)}, {_fmt(ref[key])} {unit}): {verdict(g, ref)}.")
         placed.add(g["name"])
     return out, placed
 
@@ -381,10 +373,10 @@ def limits(rows: list[dict], domain: str = "", not_run=(), failures=()) -> list[
     spreads = [g for g in aggregate(rows) if g["spread"] is not None]
     lines.append("- Seeds: " + ("; ".join(
         f"{g['name']} ({budget_text(g)}): {g['n']} seeds, spread {g['spread']:.2f} points"
-        for g in spreads) + ". Every other network ran one seed; a difference is called "
-        "'within noise' when it is no larger than the spread of the two networks compared, "
-        "or else the largest spread measured at the same budget." if spreads else
-        "every network ran one seed, so no difference here is known to exceed the noise."))
+        for g in spreads) + ". Every other network ran one seed. A spread of a few seeds is "
+        "not a statistic: a difference is decided only from >= 3 paired seeds (a 95% "
+        "t-interval of the paired differences); every other comparison is undecided."
+        if spreads else "every network ran one seed, so no difference here is decided."))
     lines.append(f"- Equal cost means within {COST_TOLERANCE:.0%} of the MACs; comparisons "
                  "are made only between rows of equal budget, others are labelled.")
     left = list(not_run) + [f"failed: {f}" for f in failures]
