@@ -245,3 +245,31 @@ def test_committed_protocol_reports_recompute(report_dir):
     rows = analysis.final(analysis.read_csv(os.path.join(report_dir, "results.csv")))
     trained = [r for r in rows if r["arm"] not in ("dense", "oneshot")]
     assert n >= 1 and all(r["commit"] for r in rows) and trained
+
+
+@pytest.mark.parametrize("name,n_runs", [("study_cifar10_r20_protocol", 105),
+                                         ("study_cifar10_r20_protocol_gpu", None)])
+def test_protocol_configs_load_and_plan(name, n_runs):
+    """Both committed protocol configs validate and plan to the end (with made-up
+    validation numbers), every trained arm with >= 3 seeds."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("c", os.path.join(ROOT, "configs",
+                                                                    name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    p = from_config(mod.get_config().protocol)
+    rows = {}
+    while True:
+        todo = planning.next_runs(p, rows)
+        if not todo:
+            break
+        rows[todo[0].id] = {"val_top1": float(len(rows) % 7)}
+    if n_runs is not None:
+        assert len(rows) == n_runs
+    seeds: dict = {}
+    for rid in rows:
+        head, s = rid.rsplit("-s", 1)
+        if "-lr" in head:
+            seeds.setdefault(head, set()).add(int(s))
+    finals = [h for h, ss in seeds.items() if len(ss) > 1]
+    assert finals and all(seeds[h] == set(range(p.seeds)) for h in finals)
