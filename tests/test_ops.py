@@ -113,7 +113,8 @@ def test_build_is_cached_atomic_and_recovers_from_a_corrupt_library(tmp_path):
                                  capture_output=True, text=True).stdout.split()
     path, mtime, *status = run()
     assert status[0] == "onednn" and os.path.exists(path)
-    assert sorted(os.listdir(os.path.dirname(path))) == [".build.lock", os.path.basename(path)]
+    assert sorted(os.listdir(os.path.dirname(path))) == [
+        ".build.lock", os.path.basename(path), os.path.basename(path) + ".sha256"]
     assert run()[1] == mtime  # the second process loads the cached library
     with open(path, "wb") as f:
         f.write(b"\x7fELF truncated")

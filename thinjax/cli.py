@@ -24,12 +24,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging as pylogging
 import sys
+import threading
 from typing import Any, Callable, Sequence
 
 from absl import app, flags, logging
 
-from thinjax.errors import ThinjaxError, user_errors
+from thinjax.errors import ThinjaxError, environment_fault, user_errors
 
 JSON_HELP = "print the result as one JSON object on the last line"
 
@@ -98,6 +100,10 @@ def _parse(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as e:
         _flag_error(e)
+    except SyntaxError as e:  # a --config file that is not valid Python
+        print(f"error: --config={e.filename}:{e.lineno}: {e.msg}: the config file is not "
+              "valid Python; fix that line", file=sys.stderr)
+        sys.exit(2)
     except SystemExit as e:
         if e.code == 1 and HELP_FLAGS.intersection(argv[1:]):
             sys.exit(0)
@@ -138,7 +144,24 @@ def run(main: Main, command_flags: flags.FlagValues | None = None) -> None:
     `main(argv)` gets the positional arguments (``argv[0]`` the program) and returns the
     result to print with ``--json`` (or None, or a :class:`Finished` to exit non-zero)."""
     _adopt(main, command_flags)
+    threading.excepthook = _quiet_environment_faults
+    pylogging.getLogger("absl").addFilter(_not_an_environment_fault)
     app.run(functools.partial(_absl_main, main, command_flags), flags_parser=_parse)
+
+
+def _not_an_environment_fault(record) -> bool:
+    """Drops a library's log record of a write that failed on a full disk or a limit (the
+    main thread's 'error:' line says it once)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return environment_fault(exc or Exception(record.getMessage())) is None
+
+
+def _quiet_environment_faults(args) -> None:
+    """A library's writer thread that fails on a full disk (or a file-size or open-file
+    limit) has its error re-raised in the main thread, which prints the one 'error:'
+    line; its own traceback is not printed. Anything else is, as by default."""
+    if environment_fault(args.exc_value) is None:
+        threading.__excepthook__(args)
 
 
 def call(main: Main, args: Sequence[str], command_flags: flags.FlagValues) -> int:

@@ -9,6 +9,7 @@ recorded: only `SAFE_KEYS` and the run's length (`LENGTH_KEYS`) may change on a 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -183,6 +184,12 @@ def _check_ranges(cfg: ml_collections.ConfigDict) -> None:
     for key in NON_NEGATIVE:
         if get(key) is None or get(key) < 0:
             raise ConfigError(f"config.{key}={get(key)}: must be >= 0; set --config.{key}")
+    if not 0.0 <= cfg.ema.decay < 1.0:
+        raise ConfigError(f"config.ema.decay={cfg.ema.decay:g}: must be in [0, 1) (e.g. 0.9999); "
+                          "set --config.ema.decay")
+    if not math.isfinite(float(cfg.train.epochs)):
+        raise ConfigError(f"config.train.epochs={cfg.train.epochs}: must be a finite number; "
+                          "set --config.train.epochs")
     if cfg.mode == "train" and not cfg.train.total_steps and not cfg.train.epochs > 0:
         raise ConfigError(f"config.train.epochs={cfg.train.epochs:g} trains for no step; set "
                           "--config.train.epochs (or train.total_steps) to a positive number")

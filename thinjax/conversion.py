@@ -240,8 +240,8 @@ def _overrides(meta: dict, plan: Plan, data: str | None, input_size: int) -> dic
         base = base_config()
         for sec in ("data", "train", "optim", "ema", "model"):
             for k, v in (src_cfg.get(sec) or {}).items():
-                if k in base[sec] and k not in ("plan_file", "name", "width", "base_width") \
-                        and v != base[sec][k] and v is not None:
+                model_key = sec == "model" and k in ("plan_file", "name", "width", "base_width")
+                if k in base[sec] and not model_key and v != base[sec][k] and v is not None:
                     out[f"{sec}.{k}"] = tuple(v) if isinstance(v, list) else v
         out["train.epochs"] = min(float(src_cfg.get("train", {}).get("epochs", 10)), 10.0)
         out["train.total_steps"] = 0

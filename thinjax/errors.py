@@ -13,6 +13,9 @@ The subclasses also derive from the built-in exception they refine (``ValueError
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import re
 import sys
 from typing import Iterator
 
@@ -53,11 +56,56 @@ class NonFiniteLoss(ThinjaxError, RuntimeError):
     """A training step produced a non-finite loss or gradient."""
 
 
+# environment faults: errno -> how to fix it (exit status 1)
+ENVIRONMENT = {
+    errno.ENOSPC: "free disk space there (or choose a folder on another disk), then rerun: "
+                  "a run resumes from its last checkpoint",
+    errno.EDQUOT: "free space in your quota there, then rerun",
+    errno.EFBIG: "a file would exceed the file-size limit (ulimit -f); raise the limit or "
+                 "write to another filesystem",
+    errno.EMFILE: "too many open files in this process; raise the limit (ulimit -n)",
+    errno.ENFILE: "too many open files on this machine; close some programs or raise the "
+                  "system's limit",
+    errno.EROFS: "the filesystem is read-only; choose a folder you can write to",
+    errno.EACCES: "permission denied; choose a folder you can write to, or fix its "
+                  "permissions",
+}
+
+
+def environment_fault(e: BaseException) -> OSError | None:
+    """The OSError with an ENVIRONMENT errno behind `e` (itself, or a cause or context:
+    libraries such as orbax re-raise I/O failures from their writer threads), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT:
+            return e
+        m = _TENSORSTORE.search(str(e))  # tensorstore (orbax's writer) reports errno so
+        if m and int(m.group(2)) in ENVIRONMENT:
+            return OSError(int(m.group(2)), os.strerror(int(m.group(2))), m.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+_TENSORSTORE = re.compile(r'(?:writing|to) local file "([^"]+)".*os_error_code=.(\d+)', re.S)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turns a ThinjaxError into 'error: ...' on stderr and exit status 2."""
+    """Turns a ThinjaxError into 'error: ...' on stderr and exit status 2, and an
+    environment fault (disk full, file-size or open-file limit, read-only filesystem:
+    `ENVIRONMENT`) into one 'error:' line naming the path and the fix, exit status 1."""
     try:
         yield
     except ThinjaxError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # noqa: BLE001 (anything else is a bug: re-raised below)
+        fault = environment_fault(e)
+        if fault is None:
+            raise
+        where = fault.filename or "an output"
+        print(f"error: {where}: {fault.strerror or os.strerror(fault.errno)}; "
+              f"{ENVIRONMENT[fault.errno]}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # not sys.exit: writer threads of a failed save would print at shutdown

@@ -60,9 +60,29 @@ def write_text(path: str, text: str) -> None:
         _p(path).write_text(text)
         return
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a file-size limit: no half-written file left
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def read_row(path: str) -> dict:
+    """A finished run's record (a study's row.json); a file that is not a JSON object is one
+    OutputError naming it and the fix."""
+    import json
+    try:
+        with open(path) as f:
+            row = json.load(f)
+        if isinstance(row, dict):
+            return row
+        raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise OutputError(f"{path}: a finished run's record cannot be read ({e}); delete the "
+                          f"folder {os.path.dirname(path)} to run it again") from None
 
 
 def rmtree(path: str) -> None:
@@ -132,11 +152,78 @@ def check_replaceable(output: str, sources: Iterable[str] = (), overwrite: bool 
                           "yourself")
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange(a: str, b: str) -> bool:
+    """Swaps two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False
+    where the system or filesystem cannot (then nothing was changed)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD = -100
+    rc = fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+def _step(name: str) -> None:
+    """A point between two filesystem operations of `atomic_dir` (tests stop a process
+    here to check that every instant leaves the old or the new output whole)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(output: str) -> list[str]:
+    """Removes what an interrupted `atomic_dir` of `output` left beside it (hidden
+    ``.NAME.tmp-PID-*`` folders of processes that no longer run; never another process's
+    unfinished write); if `output` itself is missing and a finished new copy was left,
+    it is moved into place first. Returns what was removed or restored."""
+    parent, base = os.path.split(os.path.abspath(output))
+    prefix, done = f".{base}.tmp-", []
+    if not os.path.isdir(parent):
+        return done
+    for name in sorted(os.listdir(parent)):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        path = os.path.join(parent, name)
+        complete = os.path.exists(os.path.join(path, MARKER)) and not name.endswith(".old")
+        if complete and not os.path.lexists(output):
+            os.replace(path, output)  # the new output was whole; only its rename was left
+            done.append(f"restored {output}")
+            continue
+        _remove_tree(path)
+        done.append(f"removed {path}")
+    return done
+
+
 @contextlib.contextmanager
 def atomic_dir(output: str) -> Iterator[str]:
     """Yields a new directory beside `output` to fill; when the block succeeds it is marked
-    as thinjax's and renamed to `output` (an old `output` is removed only once the new one
-    is in place); when it fails it is removed. Remote (gs://): written in place."""
+    as thinjax's and put in place of `output` in one atomic step (an exchange of the two
+    names where the system has one; the old output is removed after). At every instant
+    `output` is the old or the new directory, whole; a folder left by a killed process is
+    cleaned up (or, if it was the finished new output and `output` is missing, moved into
+    place) by the next `atomic_dir` of the same output. On failure the new directory is
+    removed. Remote (gs://): written in place."""
     if is_remote(output):
         if exists(output):
             rmtree(output)
@@ -144,26 +231,125 @@ def atomic_dir(output: str) -> Iterator[str]:
         yield output
         _p(os.path.join(output, MARKER)).write_text("thinjax\n")
         return
-    parent = os.path.dirname(os.path.abspath(output))
+    output = os.path.abspath(output)
+    parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    clean_leftovers(output)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-{os.getpid()}-",
+                           dir=parent)
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
+        _step("created")
         yield tmp
         with open(os.path.join(tmp, MARKER), "w") as f:
             f.write("thinjax\n")
-        old = None
-        if os.path.lexists(output):
-            old = tmp + ".old"
-            os.replace(output, old)
-        os.replace(tmp, output)
-        if old:
-            shutil.rmtree(old)
+        _step("filled")
+        _put_in_place(tmp, output)
     except BaseException:
         _remove_tree(tmp)
         raise
+
+
+def _put_in_place(tmp: str, output: str) -> None:
+    """`tmp` becomes `output` atomically; the old `output` (now at `tmp`) is removed."""
+    if os.path.lexists(output) and exchange(tmp, output):
+        _step("exchanged")
+        _remove_tree(tmp)
+        return
+    if os.path.lexists(output):  # no atomic exchange here: the old one aside, briefly
+        old = tmp + ".old"
+        os.replace(output, old)
+        _step("old aside")
+        os.replace(tmp, output)
+        _step("renamed")
+        shutil.rmtree(old)
+        return
+    os.replace(tmp, output)
+    _step("renamed")
+
+
+def remove_unfinished_checkpoints(directory: str) -> list[str]:
+    """Removes the temporary folders of checkpoint writes that did not finish (orbax's
+    ``*.orbax-checkpoint-tmp*``) in a run's checkpoint folder: after a failed run they
+    only take space (a full disk's worth, after a disk-full error)."""
+    if is_remote(directory) or not os.path.isdir(directory):
+        return []
+    gone = [os.path.join(directory, n) for n in os.listdir(directory)
+            if ".orbax-checkpoint-tmp" in n]
+    for p in gone:
+        _remove_tree(p)
+    return gone
+
+
+WORKDIR_MARKER = ".thinjax-workdir"   # in every training/evaluation workdir
+LOCK = ".thinjax-lock"                # the workdir lock's file (flock; pid inside)
+_RUN_KEYS = {"model", "data", "train", "optim"}  # a thinjax config.json has these
+
+
+def _is_thinjax_config(path: str) -> bool:
+    import json
+    try:
+        with open(path) as f:
+            return _RUN_KEYS <= set(json.load(f))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_workdir(path: str, flag: str = "--workdir") -> None:
+    """Refuses a workdir that is a file, or a non-empty folder that thinjax did not make
+    (no workdir marker, no thinjax config.json): training there would replace a user's
+    files. Nothing is written."""
+    if is_remote(path):
+        return
+    if not path:
+        raise OutputError(f"{flag} is empty; give a folder for the run's outputs")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OutputError(f"{flag}={path} is a file, not a folder; choose a new {flag}")
+    names = set(os.listdir(path)) if os.path.isdir(path) else set()
+    if not names or WORKDIR_MARKER in names:
+        return
+    if "config.json" in names and _is_thinjax_config(os.path.join(path, "config.json")):
+        return  # a workdir made before the marker existed
+    if "checkpoints" in names and is_thinjax_output(os.path.join(path, "checkpoints")):
+        return  # thinjax checkpoints copied into a new folder (to resume them elsewhere)
+    what = ", ".join(sorted(names)[:4]) + (" ..." if len(names) > 4 else "")
+    raise OutputError(f"{flag}={path} is a folder thinjax did not make (it holds {what}); "
+                      f"nothing was written. Choose a new or empty {flag}")
+
+
+def mark_workdir(path: str) -> None:
+    if not is_remote(path) and not os.path.exists(os.path.join(path, WORKDIR_MARKER)):
+        with open(os.path.join(path, WORKDIR_MARKER), "w") as f:
+            f.write("thinjax\n")
+
+
+@contextlib.contextmanager
+def locked(directory: str, flag: str = "--workdir") -> Iterator[None]:
+    """An exclusive lock on `directory` for the block (one process per workdir): a second
+    process gets one OutputError naming the holder's pid. The kernel releases it when the
+    holder exits, however it exits, so a dead process's lock is never in the way."""
+    if is_remote(directory):
+        yield
+        return
+    import fcntl
+    path = os.path.join(directory, LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise OutputError(f"{flag}={directory} is in use by another thinjax process (pid "
+                          f"{holder}); one process per {flag}: wait for it to end, stop it, "
+                          "or choose another folder") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _remove_tree(path: str, tries: int = 10) -> None:

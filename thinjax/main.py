@@ -25,6 +25,7 @@ written is one ``error:`` line naming it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -43,6 +44,7 @@ from thinjax.evaluation import evaluate_on
 from thinjax.models.resnet import build_model
 from thinjax.plan import Plan, plan_from_width
 from thinjax.train.loop import train_and_evaluate
+from thinjax.train.sharding import initialize_distributed
 
 _FLAGS: dict = {}  # name -> flag holder, once define_flags has run
 
@@ -152,17 +154,31 @@ def main(argv: list[str]) -> dict:
                              "--config.KEY=VALUE)")
     cfg, workdir = _config(), _FLAGS["workdir"].value
     validate(cfg)
+    fs.check_workdir(workdir)
     plan = plan_from_config(cfg)
-    check_rerun(workdir, cfg, plan)
+    initialize_distributed()  # before the lock: process 0 of a multi-process job takes it
     keep = lambda: _has_progress(workdir) or not _first_process()  # noqa: E731
     with fs.writing(workdir, "choose a --workdir you can write to"), \
             fs.undo_created(workdir, keep=keep):
         fs.makedirs(workdir)
-        fs.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=1))
-        plan.save(os.path.join(workdir, "plan.json"))
-        result = MODES[cfg.mode](cfg, workdir, plan, model_from_config(cfg, plan))
-        if jax.process_index() == 0:
-            fs.write_text(os.path.join(workdir, "results.json"), json.dumps(result, indent=1))
+        with fs.locked(workdir) if _first_process() else contextlib.nullcontext():
+            try:
+                return _run(cfg, workdir, plan)
+            except BaseException:
+                fs.remove_unfinished_checkpoints(os.path.join(workdir, "checkpoints"))
+                raise
+
+
+def _run(cfg, workdir: str, plan) -> dict:
+    """The run itself, under the workdir's lock: the rerun check, the records, the mode."""
+    check_rerun(workdir, cfg, plan)
+    if _first_process():
+        fs.mark_workdir(workdir)
+    fs.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=1))
+    plan.save(os.path.join(workdir, "plan.json"))
+    result = MODES[cfg.mode](cfg, workdir, plan, model_from_config(cfg, plan))
+    if jax.process_index() == 0:
+        fs.write_text(os.path.join(workdir, "results.json"), json.dumps(result, indent=1))
     return result
 
 

@@ -50,7 +50,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from thinjax import cli, report
+from thinjax import cli, fs, report
 from thinjax.errors import CheckpointError, ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "study config (configs/study_*.py)")
@@ -452,7 +452,7 @@ class Study:
             done = os.path.join(self.run_dir(run.id), "row.json")
             head = f"[{i + 1}/{len(runs)}] {run.id}"
             if os.path.exists(done):
-                self.rows[run.id] = json.load(open(done))
+                self.rows[run.id] = fs.read_row(done)
                 print(f"{head}: finished earlier, skipped", flush=True)
                 continue
             os.makedirs(self.run_dir(run.id), exist_ok=True)
@@ -555,6 +555,8 @@ def main(argv: list[str]) -> dict | cli.Finished:
         raise cli.UsageError(f"unexpected argument {argv[1]!r} (config values go in "
                              "--config.KEY=VALUE)")
     cfg, workdir = _CONFIG.value, _WORKDIR.value
+    if os.path.lexists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir={workdir} is a file, not a folder; choose a new --workdir")
     os.makedirs(workdir, exist_ok=True)
     if cfg.get("protocol"):  # paired seeds, LR selection, one data domain (thinjax.protocol)
         from thinjax.protocol import run_study

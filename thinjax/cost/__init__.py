@@ -33,11 +33,15 @@ class Cost:
                 "input_size": self.input_size}
 
 
+MAX_INPUT_SIZE = 4096  # pixels a side: a 4096^2 ResNet input already needs GBs per image
+
+
 def check_input_size(size: int | None, flag: str = "--input_size") -> None:
-    """Refuses an input size below one pixel (None: the plan's default)."""
-    if size is not None and size < 1:
-        raise ConfigError(f"{flag}={size}: an input size is a positive number of pixels, "
-                          "e.g. 32 (CIFAR) or 224 (ImageNet)")
+    """Refuses an input size below one pixel or above MAX_INPUT_SIZE (None: the plan's
+    default), before anything is allocated."""
+    if size is not None and not 1 <= size <= MAX_INPUT_SIZE:
+        raise ConfigError(f"{flag}={size}: an input size is a number of pixels from 1 to "
+                          f"{MAX_INPUT_SIZE}, e.g. 32 (CIFAR) or 224 (ImageNet)")
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:

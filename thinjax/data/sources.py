@@ -92,6 +92,9 @@ def sample_dir(name: str = "cifar10", cache_dir: str | None = None) -> str:
     with open(zpath, "rb") as f:
         stamp = hashlib.sha1(f.read()).hexdigest()[:12]
     root = os.path.join(cache_dir, f"{name}_sample-{stamp}")
+    if os.path.lexists(cache_dir) and not os.path.isdir(cache_dir):
+        raise DataError(f"THINJAX_CACHE={cache_dir} is a file; the sample is unpacked into a "
+                        "folder there: point THINJAX_CACHE at a folder (or unset it)")
     if not os.path.isdir(root):
         os.makedirs(cache_dir, exist_ok=True)
         tmp = root + f".tmp{os.getpid()}"

@@ -49,7 +49,7 @@ import numpy as np
 
 from thinjax import fs
 from thinjax.cost import count
-from thinjax.errors import ThinjaxError
+from thinjax.errors import OutputError, ThinjaxError
 from thinjax.plan import Plan, default_input_size
 
 FORMATS = ("onnx", "torch", "tflite")
@@ -79,43 +79,78 @@ def require(module: str, fmt: str) -> Any:
 
 
 def output_paths(fmt: str, output: str) -> list[str]:
-    """The files an export to `output` writes (torch: the state dict and its plan)."""
+    """The files an export to `output` writes: the export and its plan beside it
+    (``NAME.plan.json``: what a torch export is rebuilt from, and for every format the
+    signature that it is thinjax's, which ``--overwrite`` requires)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if fmt == "torch":
-        from_plan = os.path.splitext(output)[0] + ".plan.json"  # = torch_module.plan_file_for
-        return [output, from_plan]
-    return [output]
+    return [output, os.path.splitext(output)[0] + ".plan.json"]  # = torch_module.plan_file_for
+
+
+def _is_plan_file(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return "stages" in json.load(f)
+    except (ValueError, OSError, TypeError):
+        return False
 
 
 def looks_like(fmt: str, path: str) -> bool:
-    """Whether the existing file `path` is recognisably an export in `fmt` (or, for a
-    ``.plan.json``, a plan): what ``--overwrite`` may replace."""
+    """Whether the existing file `path` is an export in `fmt` that thinjax wrote (its
+    format's signature and its plan beside it), or such an export's ``.plan.json``: what
+    ``--overwrite`` may replace. A user's zip, .pt or document carries neither."""
     if not os.path.isfile(path) or os.path.islink(path):
+        return False
+    if path.endswith(".plan.json"):
+        return _is_plan_file(path)
+    if not _is_plan_file(os.path.splitext(path)[0] + ".plan.json"):
         return False
     with open(path, "rb") as f:
         head = f.read(8)
-    if path.endswith(".plan.json"):
-        try:
-            with open(path) as f:
-                return "stages" in json.load(f)
-        except (ValueError, OSError):
-            return False
     if fmt == "tflite":
         return head[4:8] == b"TFL3"
     if fmt == "torch":
-        return zipfile.is_zipfile(path)
+        try:
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith("/data.pkl") for n in z.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False
     return head[:1] == b"\x08"  # onnx: a ModelProto starts with its ir_version field
 
 
+def _zoo_dirs() -> list[str]:
+    from thinjax import zoo
+    return [d for d in (zoo.cache_dir(), zoo.local_dir()) if d and os.path.isdir(d)]
+
+
+def _input_path(source: str | None) -> list[str]:
+    """The input as a path (a zoo name resolved to its file, when it has one here)."""
+    if not source:
+        return []
+    if source.startswith("zoo:"):
+        from thinjax import zoo
+        try:
+            kind, where = zoo.location(zoo.entry(source[4:]))
+        except Exception:  # an unknown name is refused where it is loaded
+            return []
+        return [where] if kind in ("local", "cached") else []
+    return [source]
+
+
 def check_output(fmt: str, output: str, overwrite: bool, source: str | None = None) -> list[str]:
-    """The absolute output paths; OutputError if one is the input (or inside it), exists
-    and not `overwrite`, or exists but is no export in `fmt` (never replaced)."""
+    """The absolute output paths; OutputError if one is the input (or inside it) or lies
+    in the zoo's folders, exists and not `overwrite`, or exists but is no thinjax export in
+    `fmt` (never replaced)."""
     paths = [os.path.abspath(p) for p in output_paths(fmt, output)]
     for p in paths:
-        fs.check_replaceable(p, [source] if source else [], overwrite,
+        for d in _zoo_dirs():
+            real = os.path.realpath(d)
+            if os.path.commonpath([os.path.realpath(p), real]) == real:
+                raise OutputError(f"--output={output} lies in the model zoo's folder {d}; "
+                                  "exports never write there. Choose an --output elsewhere")
+        fs.check_replaceable(p, _input_path(source), overwrite,
                              recognise=functools.partial(looks_like, fmt),
-                             kind=f"a thinjax {fmt} export")
+                             kind=f"a thinjax {fmt} export (with its .plan.json beside it)")
     return paths
 
 
@@ -299,8 +334,10 @@ def export(plan: Plan, variables: Mapping, fmt: str, output: str, *,
             write_torch(plan, variables, tmps[0], tmps[1])
         elif fmt == "onnx":
             write_onnx(plan, variables, tmps[0], batch_size, size)
+            plan.save(tmps[1])
         else:
             write_tflite(plan, variables, tmps[0], batch_size, size)
+            plan.save(tmps[1])
         err = check(fmt, tmps[0], plan, variables, size, batch_size, check_images)
         if not err <= tolerance:
             raise ExportError(f"the {fmt} export computes other logits than thinjax: relative "

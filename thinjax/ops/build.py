@@ -32,6 +32,8 @@ from pathlib import Path
 
 import jax
 
+from thinjax.errors import ThinjaxError
+
 __all__ = ["HANDLERS", "KernelUnavailable", "cache_dir", "load", "onednn_paths"]
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
@@ -42,12 +44,13 @@ HANDLERS = {"thinjax_onednn_conv_fwd": "ThinjaxConvForward",
 RUNTIME_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
 INSTALL_HINT = f"pip install {RUNTIME_DIST} {HEADERS_DIST}"
 
+
 log = logging.getLogger(__name__)
 _LOADED: dict[str, ctypes.CDLL] = {}
 _FAILED: list[str] = []
 
 
-class KernelUnavailable(RuntimeError):
+class KernelUnavailable(ThinjaxError, RuntimeError):
     """thinjax's oneDNN kernels cannot be built or loaded here (the message says why)."""
 
 
@@ -119,6 +122,7 @@ def _build(path: Path) -> None:
             if res.returncode != 0:
                 raise KernelUnavailable(f"building {SOURCE.name} failed ({res.returncode}):\n"
                                         f"{res.stderr[-2000:]}")
+            _record(Path(tmp), path)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -144,21 +148,62 @@ def load() -> ctypes.CDLL:
     return _LOADED["lib"]
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _record(built: Path, path: Path) -> None:
+    """Writes ``LIB.sha256`` (size and checksum of the library about to be put at `path`)."""
+    rec = path.with_name(path.name + ".sha256")
+    tmp = rec.with_name(rec.name + f".tmp-{os.getpid()}")
+    tmp.write_text(f"{built.stat().st_size} {_digest(built)}\n")
+    os.replace(tmp, rec)
+
+
+def _intact(path: Path) -> bool:
+    """Whether the library at `path` is the one built here: its size and checksum match
+    the record written at build time (checked before dlopen: a truncated or replaced file
+    can crash the process inside dlopen, with no exception to catch)."""
+    rec = path.with_name(path.name + ".sha256")
+    try:
+        size, digest = rec.read_text().split()
+        return path.stat().st_size == int(size) and _digest(path) == digest
+    except (OSError, ValueError):
+        return False
+
+
 def _open(path: Path) -> ctypes.CDLL:
-    """The library at `path`, built first if missing; a file that does not load (truncated,
-    corrupt, built for another machine) is rebuilt once."""
+    """The library at `path`, built first if missing; a file that is not the one recorded
+    at build time, does not load, or lacks the handlers, is rebuilt once."""
+    if path.exists() and not _intact(path):
+        log.warning("thinjax: %s is not the library built here (size or checksum differ); "
+                    "rebuilding it", path)
+        path.unlink(missing_ok=True)
     if not path.exists():
         _build(path)
     try:
-        return ctypes.CDLL(str(path))
+        return _checked(ctypes.CDLL(str(path)), path)
+    except AttributeError as e:  # loaded, so this process cannot load a rebuilt copy
+        path.unlink(missing_ok=True)
+        raise KernelUnavailable(f"{e}: not thinjax's library (removed; the next run "
+                                "rebuilds it)") from e
     except OSError as first:
         log.warning("thinjax: %s does not load (%s); rebuilding it", path, first)
         path.unlink(missing_ok=True)
         _build(path)
         try:
-            return ctypes.CDLL(str(path))
-        except OSError as e:
-            raise KernelUnavailable(f"cannot load {path} even after rebuilding it: {e}") from e
+            return _checked(ctypes.CDLL(str(path)), path)
+        except (OSError, AttributeError) as e:
+            raise KernelUnavailable(f"cannot load {path} even after rebuilding it: {e}; "
+                                    "set THINJAX_CONV=xla to use XLA's convolution") from e
+
+
+def _checked(lib: ctypes.CDLL, path: Path) -> ctypes.CDLL:
+    missing = [s for s in list(HANDLERS.values()) + ["ThinjaxOneDnnVersion"]
+               if not hasattr(lib, s)]
+    if missing:
+        raise AttributeError(f"{path} lacks {', '.join(missing)}")
+    return lib
 
 
 def _load() -> ctypes.CDLL:

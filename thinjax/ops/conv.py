@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from thinjax.errors import ConfigError
 from thinjax.ops import build
 
 __all__ = ["ENV", "IMPLS", "conv2d", "resolve", "status", "xla_conv2d"]
@@ -107,8 +108,8 @@ def resolve(impl: str = "auto", dtype=jnp.float32) -> str:
     if impl == "auto":
         impl = os.environ.get(ENV, "").strip() or "auto"
     if impl not in IMPLS:
-        raise ValueError(f"unknown convolution implementation {impl!r} (from impl= or ${ENV}); "
-                         f"choose one of {', '.join(IMPLS)}")
+        raise ConfigError(f"unknown convolution implementation {impl!r} (from impl= or "
+                          f"${ENV}); choose one of {', '.join(IMPLS)}")
     if impl != "auto":
         if impl == "onednn":
             reason = _auto_reason(dtype)

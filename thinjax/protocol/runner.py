@@ -14,6 +14,7 @@ import os
 import subprocess
 import time
 
+from thinjax import fs
 from thinjax.protocol import execute as ex
 from thinjax.protocol import plan as planning
 from thinjax.protocol.spec import Protocol, RunSpec
@@ -52,8 +53,7 @@ def load_rows(ctx: ex.Context, p: Protocol, specs: dict[str, RunSpec]) -> tuple[
         path = _row_path(ctx, rid)
         if ".stale-" in rid or not os.path.exists(path):
             continue
-        with open(path) as f:
-            row = json.load(f)
+        row = fs.read_row(path)
         spec = specs.get(rid)
         if spec is not None and row.get("key") != spec.key(p, ctx.data):
             stale.append(rid)

@@ -227,7 +227,7 @@ def _remember(path: str, d: dict[str, Any]) -> None:
     only means hashing again next time)."""
     st = os.stat(path)
     db = _read_db()
-    db[os.path.realpath(path)] = {**d, "mtime_ns": st.st_mtime_ns}
+    db[os.path.realpath(path)] = {**d, **_stamp(st)}
     try:
         os.makedirs(cache_dir(), exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="verified.json.tmp-", dir=cache_dir())
@@ -238,11 +238,19 @@ def _remember(path: str, d: dict[str, Any]) -> None:
         pass
 
 
+def _stamp(st: os.stat_result) -> dict[str, int]:
+    """What must not change for a cached digest to hold: size, mtime, inode and ctime (a
+    file rewritten in place with its old mtime restored still gets a new ctime)."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
+            "ctime_ns": st.st_ctime_ns}
+
+
 def digests(path: str) -> dict[str, Any]:
-    """`file_digests(path)`, from the verification cache while size and mtime agree."""
+    """`file_digests(path)`, from the verification cache while the file's size, mtime,
+    inode and ctime are those recorded when it was hashed; else hashed again."""
     st = os.stat(path)
     rec = _read_db().get(os.path.realpath(path))
-    if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+    if rec and all(rec.get(k) == v for k, v in _stamp(st).items()):
         return {k: rec[k] for k in ("size", "sha256", "blob")}
     d = file_digests(path)
     _remember(path, d)
@@ -262,19 +270,30 @@ def verify(e: Entry, path: str) -> None:
 # -- downloads -------------------------------------------------------------------------
 
 
+UNKNOWN_SIZE_CAP = 512 * 2**20  # bytes a download of unknown size may take
+
+
 def _stream(url: str, dst, total: int | None, progress: bool, label: str) -> int:
     """Copies `url` into the open file `dst` with a progress bar; returns the byte count.
+    At most `total` bytes (the manifest's size; UNKNOWN_SIZE_CAP when unknown) are taken:
+    a longer or endless answer is cut off there and refused, whatever its Content-Length.
     Raises OSError-like errors (URLError, HTTPError, IncompleteRead) as they come."""
+    cap = total if total is not None else UNKNOWN_SIZE_CAP
     req = urllib.request.Request(url, headers={"User-Agent": "thinjax-zoo"})
     with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
         length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > cap:
+            raise OSError(f"the server announces {int(length):,} bytes, more than the "
+                          f"{cap:,} expected")
         expected = int(length) if length and length.isdigit() else total
         n = 0
         with tqdm(total=expected, unit="B", unit_scale=True, desc=label, leave=False,
                   disable=not progress, file=sys.stderr) as bar:
-            for chunk in iter(lambda: resp.read(CHUNK), b""):
-                dst.write(chunk)
+            for chunk in iter(lambda: resp.read(min(CHUNK, cap + 1 - n)), b""):
                 n += len(chunk)
+                if n > cap:
+                    raise OSError(f"the server sent more than the {cap:,} bytes expected")
+                dst.write(chunk)
                 bar.update(len(chunk))
     if length and length.isdigit() and n != int(length):
         raise OSError(f"connection closed after {n} of {length} bytes")
