@@ -85,6 +85,13 @@ def launch(workdir, num_processes: int, devices: int, *extra: str) -> str:
     return finish(*start(workdir, num_processes, devices, *extra))
 
 
+def max_abs_diff(a, b) -> float:
+    import jax
+    import numpy as np
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def test_two_processes_equal_one_and_checkpoints_move_between_them(tmp_path):
     # 1 process x 8 devices, steps 1-4, checkpoints at 2 and 4: the reference
     one = tmp_path / "one"
@@ -98,8 +105,21 @@ def test_two_processes_equal_one_and_checkpoints_move_between_them(tmp_path):
     v1, m1 = final_params(one)
     v2, m2 = final_params(two)  # this (single) test process restores the 2-process checkpoint
     assert m1["step"] == m2["step"] == 4
-    assert_trees_close(v1["params"], v2["params"], rtol=1e-4, atol=1e-5)
-    assert_trees_close(v1["batch_stats"], v2["batch_stats"], rtol=1e-4, atol=1e-5)
+    # The noise band: the same steps 3-4 on 1 process x 4 devices (the same global batches,
+    # another reduction order of gradients and BN statistics). 2 processes reduce across
+    # the processes (gloo) in yet another order; rounding differences that a BatchNorm
+    # amplifies on a near-zero parameter of this width-4 network reach 5e-5 on one CPU type
+    # (issue 25, Intel Xeon with AMX), 0.9% of that parameter: float noise, measured here on
+    # this machine rather than assumed.
+    band = tmp_path / "band"
+    shutil.copytree(one / "checkpoints" / "2", band / "checkpoints" / "2")
+    launch(band, 1, 4, "--config.train.total_steps=4")
+    vb, _ = final_params(band)
+    for part in ("params", "batch_stats"):
+        noise, diff = max_abs_diff(v1[part], vb[part]), max_abs_diff(v1[part], v2[part])
+        print(f"{part}: 2 processes vs 1: {diff:.3g}; noise band (1x8 vs 1x4): {noise:.3g}")
+        assert diff <= 4 * noise + 1e-7, (part, diff, noise)
+    assert_trees_close(v1["params"], v2["params"], rtol=1e-2, atol=1e-4)  # and no real gap
     l1, l2 = ([json.loads(x)["train_loss"] for x in open(wd / "metrics.jsonl")]
               for wd in (one, two))
     assert len(l2) == 2 and abs(l2[-1] - l1[-1]) < 1e-5 * l1[-1]

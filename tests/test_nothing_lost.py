@@ -400,3 +400,72 @@ def test_case9_bad_input_is_one_error_line(tmp_path, case):
         return
     assert words in _error_line(r), r.stderr[-1500:]
     assert "Traceback" not in r.stderr
+
+
+def test_case6_a_changed_study_entry_reruns_its_row(tmp_path, capsys, monkeypatch):
+    import ml_collections
+    from thinjax.study import Study
+    a, b = tmp_path / "w4.pt", tmp_path / "w1.pt"
+    a.write_bytes(b"width 4")
+    b.write_bytes(b"width 1")
+    cfg = ml_collections.ConfigDict({"title": "t", "data": {"name": "sample:cifar10",
+                                                             "split": "test"},
+                                     "sweep": [{"name": "thin", "checkpoint": str(a)}]})
+    seen = []
+    monkeypatch.setattr(Study, "execute", lambda self, run: seen.append(
+        run.spec["checkpoint"]) or {"name": run.name, "top1": 1.0, "source": run.id})
+    Study(cfg, str(tmp_path / "s")).run_all()
+    Study(cfg, str(tmp_path / "s")).run_all()  # unchanged: skipped
+    assert seen == [str(a)]
+    cfg.sweep = [{"name": "thin", "checkpoint": str(b)}]  # same name, another network
+    Study(cfg, str(tmp_path / "s")).run_all()
+    assert seen == [str(a), str(b)]
+    assert "made with another config entry" in capsys.readouterr().out
+    b.write_bytes(b"width 1, retrained")  # same path, other content: reruns too
+    Study(cfg, str(tmp_path / "s")).run_all()
+    assert seen == [str(a), str(b), str(b)]
+    stale = [n for n in os.listdir(tmp_path / "s" / "runs") if ".stale-" in n]
+    assert len(stale) >= 1
+
+
+# -- case 8 ------------------------------------------------------------------------------
+def test_case8_a_corrupt_evaluation_image_loses_no_training(tmp_path):
+    import shutil
+    from thinjax.data.sources import sample_dir
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir("cifar10"), data)
+    cat = data / "test" / sorted(os.listdir(data / "test"))[0]
+    victim = cat / sorted(os.listdir(cat))[0]
+    victim.write_bytes(b"\xff\xd8\xff not a jpeg any more")
+    wd = tmp_path / "run"
+    r = _main(wd, f"--config.data.name={data}", "--config.train.total_steps=3",
+              "--config.train.checkpoint_every=100", "--config.data.cache=none")
+    line = _error_line(r)
+    assert str(victim) in line and "not a decodable image" in line
+    steps = sorted(int(n) for n in os.listdir(wd / "checkpoints") if n.isdigit())
+    assert steps == [3]  # the checkpoint due at the failed evaluation's step was written
+
+
+# -- case 10 (which convolution a run used is recorded; a resume with another says so) ----
+def test_case10_the_convolution_is_recorded_and_a_changed_one_is_reported(tmp_path):
+    import json
+    from thinjax.ops import build
+    try:
+        build.onednn_paths()
+    except build.KernelUnavailable as e:
+        pytest.skip(str(e))
+    wd = tmp_path / "run"
+
+    def go(impl, steps):
+        r = subprocess.run(main_cmd(wd, f"--config.train.total_steps={steps}",
+                                    "--config.train.checkpoint_every=2"),
+                           capture_output=True, text=True, cwd=ROOT,
+                           env={**sub_env(1), "THINJAX_CONV": impl}, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r, json.loads((wd / "results.json").read_text())
+
+    r, res = go("xla", 2)
+    assert res["convolution"] == "xla" and "warning: this run computed" not in r.stderr
+    r, res = go("onednn", 4)
+    assert res["convolution"] == "onednn"
+    assert "computed its convolutions with xla until step 2 and goes on with onednn" in r.stderr

@@ -70,6 +70,12 @@ def write_text(path: str, text: str) -> None:
         raise
 
 
+def stale_name(path: str) -> str:
+    """Where a run folder made with other settings is kept when it is rerun (never
+    deleted): ``PATH.stale-<time>-<ns>``, unique."""
+    return f"{path}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}"
+
+
 def read_row(path: str) -> dict:
     """A finished run's record (a study's row.json); a file that is not a JSON object is one
     OutputError naming it and the fix."""

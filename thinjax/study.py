@@ -451,10 +451,17 @@ class Study:
         for i, run in enumerate(runs):
             done = os.path.join(self.run_dir(run.id), "row.json")
             head = f"[{i + 1}/{len(runs)}] {run.id}"
+            key = self.run_key(run)
             if os.path.exists(done):
-                self.rows[run.id] = fs.read_row(done)
-                print(f"{head}: finished earlier, skipped", flush=True)
-                continue
+                row = fs.read_row(done)
+                if row.get("key", key) == key:
+                    self.rows[run.id] = row
+                    print(f"{head}: finished earlier, skipped", flush=True)
+                    continue
+                aside = fs.stale_name(self.run_dir(run.id))
+                os.replace(self.run_dir(run.id), aside)
+                print(f"{head}: its row was made with another config entry (kept in {aside}); "
+                      "rerunning", flush=True)
             os.makedirs(self.run_dir(run.id), exist_ok=True)
             t = time.perf_counter()
             print(f"{head}: running", flush=True)
@@ -467,6 +474,7 @@ class Study:
                     f.write(msg + "\n")
                 print(f"{head}: FAILED: {msg}", flush=True)
                 continue
+            row["key"] = key
             self.rows[run.id] = row
             with open(done + ".tmp", "w") as f:
                 json.dump(row, f, indent=1)
@@ -477,6 +485,23 @@ class Study:
             el = time.perf_counter() - t0
             print(f"{head}: top-1 {row['top1']:.2f}% in {time.perf_counter() - t:.0f} s "
                   f"(elapsed {el:.0f} s)", flush=True)
+
+    def run_key(self, run: Run) -> str:
+        """A hash of everything that determines a run's row: its entry (paths resolved),
+        the checkpoint it reads (by content), the data's name and split, and the config
+        sections it reads; a changed entry reruns the run."""
+        import hashlib
+        spec = {k: self.resolve(v) if isinstance(v, str) else v for k, v in run.spec.items()}
+        ck = spec.get("checkpoint") or spec.get("base")
+        digest = None
+        if isinstance(ck, str) and os.path.isfile(ck):
+            from thinjax import zoo
+            digest = zoo.digests(ck)["sha256"]
+        d = self.cfg.data
+        blob = json.dumps([run.kind, run.name, spec, digest, os.path.basename(
+            str(d.name).rstrip("/")), d.get("split"), self.cfg.get("budget") and
+            self.cfg.budget.to_dict(), self.cfg.get("pruning")], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # -- outputs ----------------------------------------------------------------------
     def literature(self) -> list[dict]:

@@ -89,7 +89,7 @@ def run_all(ctx: ex.Context, p: Protocol, log=print) -> tuple[dict, list[str]]:
         rows, stale = load_rows(ctx, p, _specs(p, load_rows(ctx, p, {})[0]))
         for rid in stale:
             old = os.path.join(ctx.workdir, "runs", rid)
-            aside = f"{old}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside = fs.stale_name(old)
             os.replace(old, aside)
             log(f"{rid}: its row was made with other settings; kept in {aside}, rerunning")
         todo = planning.next_runs(p, rows, set(failed))

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 
 import jax
+import jax.numpy as jnp
 
 from thinjax import optim
 from thinjax.cost import count
@@ -31,6 +33,7 @@ from thinjax.data import get_source, train_batches
 from thinjax.data.pipeline import EvalBatches
 from thinjax.errors import NonFiniteLoss
 from thinjax.evaluation import evaluate
+from thinjax.ops import conv
 from thinjax.plan import Plan
 from thinjax.prune.materialize import slice_tree, small_plan
 from thinjax.train import sharding
@@ -90,7 +93,13 @@ def _bookkeeping(p: Parts, step: int) -> dict | None:
     _raise_if_non_finite(p.reporter.fetch(), step, p.keeper)
     ev, t_eval = None, time.perf_counter()
     if do_eval:
-        ev = p.evaluator(p.state, p.run)
+        try:
+            ev = p.evaluator(p.state, p.run)
+        except BaseException:  # e.g. an undecodable evaluation image: keep the training first
+            if do_ckpt:
+                _save(p, step, None)
+                p.keeper.mngr.wait_until_finished()
+            raise
     if log or do_eval:
         p.reporter.log(step, ev, time.perf_counter() - t_eval)
     if do_ckpt:
@@ -109,7 +118,8 @@ def _save(p: Parts, step: int, ev: dict | None) -> None:
     top1 = ev["ema_eval_top1" if ema else "eval_top1"] if ev else None
     metrics = {"top1": top1, "phase": p.pruner.phase} if ev else None
     meta = {**p.pruner.meta(p.run.plan), "config": json.loads(
-        p.setting.cfg.to_json_best_effort()), "step": step}
+        p.setting.cfg.to_json_best_effort()), "step": step,
+        "convolution": convolution_of(p.run.model)}
     p.keeper.save(step, p.state, meta, metrics)
     if ev and p.keeper.is_new_best(top1, p.pruner.phase):
         plan, v = p.run.plan, jax.device_get(p.state.variables(ema))  # replicated: on host
@@ -185,6 +195,12 @@ def assemble(cfg, workdir: str, model, plan: Plan, init_variables=None) -> Parts
         if ck_meta.get("materialized"):
             run = s.run_for(model, Plan.from_dict(ck_meta["plan"]))
         print(f"resumed from {keeper.mngr.directory} step {start}", flush=True)
+        was, now = ck_meta.get("convolution"), convolution_of(run.model)
+        if was and was != now:
+            print(f"warning: this run computed its convolutions with {was} until step {start} "
+                  f"and goes on with {now} (THINJAX_CONV, the device count or the dtype "
+                  "changed); the results agree to float rounding, not bit for bit",
+                  file=sys.stderr, flush=True)
     if not pruner.materialized:  # a pruning regulariser trains the dense network only
         s, run = regularized(s, run, state, model, lambda st: _train_stream(s, source, st, 1),
                              start)
@@ -213,6 +229,11 @@ def _header(s: Setting, plan: Plan, cfg) -> str:
             f"({jax.default_backend()}), {jax.process_count()} process(es)")
 
 
+def convolution_of(model) -> str:
+    """'xla' or 'onednn': the convolution `model`'s layers use here (thinjax.ops.conv)."""
+    return conv.resolve(getattr(model, "conv_impl", "auto"), jnp.dtype(model.dtype))
+
+
 def _results(p: Parts, workdir: str, final: dict) -> dict:
     s, pruner = p.setting, p.pruner
     out_plan = pruner.out_plan(p.state, p.run.plan)
@@ -220,7 +241,8 @@ def _results(p: Parts, workdir: str, final: dict) -> dict:
            **count(out_plan, s.image_size).to_dict(), **final, "best": p.keeper.best,
            "train_images_per_s": (s.total - p.start) * s.global_batch / max(p.reporter.wall(),
                                                                            1e-9),
-           "wall_s": p.reporter.wall(), "plan": out_plan.to_dict()}
+           "wall_s": p.reporter.wall(), "plan": out_plan.to_dict(),
+           "convolution": convolution_of(p.run.model)}
     if pruner.events:
         out.update(prune_events=pruner.log, dense_params=pruner.dense_cost.params,
                    dense_macs=pruner.dense_cost.macs)
