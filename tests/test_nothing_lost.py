@@ -469,3 +469,19 @@ def test_case10_the_convolution_is_recorded_and_a_changed_one_is_reported(tmp_pa
     r, res = go("onednn", 4)
     assert res["convolution"] == "onednn"
     assert "computed its convolutions with xla until step 2 and goes on with onednn" in r.stderr
+
+
+# -- case 5 (also a study's workdir) ------------------------------------------------------
+def test_case5_one_study_process_per_workdir(tmp_path):
+    wd = tmp_path / "study"
+    wd.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(wd)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = _cmd(["thinjax.study", "--config=configs/study_cifar10_r20_protocol.py",
+                  f"--workdir={wd}"])
+        assert f"in use by another thinjax process (pid {holder.pid})" in _error_line(r)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from thinjax import cli
+from thinjax import cli, fs
 from thinjax.checkpoint import load_model
 from thinjax.cli import UsageError
 from thinjax.cost import check_input_size
@@ -62,9 +62,10 @@ def main(argv: list[str]) -> dict:
     check_output(fmt, out, _OVERWRITE.value, source=ck)  # before loading anything
     check_input_size(_INPUT_SIZE.value)
     plan, variables, _ = load_model(ck, use_ema=_EMA.value)
-    s = export(plan, variables, fmt, out, batch_size=_BATCH_SIZE.value,
-               input_size=_INPUT_SIZE.value, overwrite=_OVERWRITE.value,
-               tolerance=_TOLERANCE.value)
+    with fs.writing(out, "choose an --output you can write to"):
+        s = export(plan, variables, fmt, out, batch_size=_BATCH_SIZE.value,
+                   input_size=_INPUT_SIZE.value, overwrite=_OVERWRITE.value,
+                   tolerance=_TOLERANCE.value)
     s["checkpoint"] = ck
     print(f"{ck} -> {' + '.join(s['files'])} ({fmt}, {s['bytes']:,} bytes, "
           f"{s['params']:,} params, {s['macs'] / 1e6:.2f} M MACs at {s['input_size']}px, "

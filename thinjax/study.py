@@ -583,6 +583,11 @@ def main(argv: list[str]) -> dict | cli.Finished:
     if os.path.lexists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir={workdir} is a file, not a folder; choose a new --workdir")
     os.makedirs(workdir, exist_ok=True)
+    with fs.locked(workdir):  # one study process per workdir
+        return _main(cfg, workdir)
+
+
+def _main(cfg, workdir: str) -> dict | cli.Finished:
     if cfg.get("protocol"):  # paired seeds, LR selection, one data domain (thinjax.protocol)
         from thinjax.protocol import run_study
         out = run_study(cfg, workdir, _REPORT_DIR.value, _FROM_CSV.value,
