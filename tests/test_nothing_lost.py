@@ -485,3 +485,23 @@ def test_case5_one_study_process_per_workdir(tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+@pytest.mark.parametrize("command", ["convert", "export"])
+def test_case9_file_size_limit_in_convert_and_export_names_the_output(tmp_path, command):
+    import resource
+    asset = os.path.join(ROOT, "thinjax", "assets", "resnet20_width4_cifar10_ema.safetensors")
+    out = tmp_path / ("pruned" if command == "convert" else "m.onnx")
+    args = ([f"--checkpoint={asset}", f"--output={out}", "--target_kind=macs_fraction",
+             "--target=0.5"] if command == "convert" else
+            [f"--checkpoint={asset}", "--format=onnx", f"--output={out}"])
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    r = _cmd([f"thinjax.{command}", *args], preexec_fn=limit)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 1 and errors == [f"error: {out}: File too large; a file would "
+                                            "exceed the file-size limit (ulimit -f); raise "
+                                            "the limit or write to another filesystem"], \
+        r.stderr[-1500:]
+    assert os.listdir(tmp_path) == []  # no partial output, no temporary folder

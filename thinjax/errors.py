@@ -87,7 +87,7 @@ def environment_fault(e: BaseException) -> OSError | None:
     return None
 
 
-_TENSORSTORE = re.compile(r'(?:writing|to) local file "([^"]+)".*os_error_code=.(\d+)', re.S)
+_TENSORSTORE = re.compile(r'local file "([^"]+)".*?os_error_code=.(\d+)', re.S)
 
 
 @contextlib.contextmanager
@@ -104,7 +104,8 @@ def user_errors() -> Iterator[None]:
         fault = environment_fault(e)
         if fault is None:
             raise
-        where = fault.filename or "an output"
+        where = re.sub(r"/\.([^/]+)\.tmp-[^/]*(/.*)?$", r"/\1", str(fault.filename or
+                                                                  "an output"))
         print(f"error: {where}: {fault.strerror or os.strerror(fault.errno)}; "
               f"{ENVIRONMENT[fault.errno]}", file=sys.stderr, flush=True)
         sys.stdout.flush()

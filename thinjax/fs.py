@@ -375,6 +375,8 @@ def writing(path: str, fix: str = "choose an output you can write to") -> Iterat
     try:
         yield
     except OSError as e:
+        if e.filename is None and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise OSError(e.errno, e.strerror, path) from e  # name the output it was for
         if not (isinstance(e, PermissionError) or e.errno == errno.EROFS):
             raise
         where = str(e.filename or path)
