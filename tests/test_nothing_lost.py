@@ -232,7 +232,6 @@ _LOAD = textwrap.dedent("""
 
 
 def test_case7_a_truncated_or_foreign_kernel_library_is_rebuilt_not_loaded(tmp_path):
-    from tests.test_ops import needs_onednn  # noqa: F401  (skips where oneDNN is absent)
     from thinjax.ops import build
     try:
         build.onednn_paths()
@@ -278,7 +277,6 @@ def test_case7_a_truncated_or_foreign_kernel_library_is_rebuilt_not_loaded(tmp_p
 
 # -- case 4 ------------------------------------------------------------------------------
 def test_case4_downloads_are_capped_at_the_manifest_size(tmp_path, monkeypatch):
-    import functools
     import http.server
     import threading
     from thinjax import zoo

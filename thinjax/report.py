@@ -32,13 +32,14 @@ _INTS = ("params", "macs", "images_seen")
 _FLOATS = ("top1", "top5", "init_epochs", "epochs")
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
+def write_csv(path: str, rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> None:
+    """`rows` as a CSV with `columns` (None as empty), written atomically."""
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in COLUMNS})
+            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
     os.replace(tmp, path)
 
 

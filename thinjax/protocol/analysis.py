@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import statistics
 
-from thinjax import stats
+from thinjax import report, stats
 
 COLUMNS = ("run", "arm", "target", "target_macs", "criterion", "seed", "E", "T", "lr",
            "selection", "epochs_here", "epochs_total", "images", "train_flops", "params",
@@ -23,13 +22,7 @@ COMPARED = ("pruned+ft", "gradual", "scratch-E", "scratch-B")
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in sorted(rows, key=lambda r: r["run"]):
-            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in COLUMNS})
-    os.replace(tmp, path)
+    report.write_csv(path, sorted(rows, key=lambda r: r["run"]), COLUMNS)
 
 
 def read_csv(path: str) -> list[dict]:
