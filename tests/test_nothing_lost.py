@@ -503,3 +503,36 @@ def test_case9_file_size_limit_in_convert_and_export_names_the_output(tmp_path, 
                                             "the limit or write to another filesystem"], \
         r.stderr[-1500:]
     assert os.listdir(tmp_path) == []  # no partial output, no temporary folder
+
+
+_FAULT = textwrap.dedent("""
+    import errno, sys
+    from thinjax.errors import user_errors
+    kind = sys.argv[1]
+    with user_errors():
+        if kind == "enospc":  # as orbax's writer (tensorstore) reports a full disk
+            try:
+                raise ValueError('DATA_LOSS: Error writing "params/0" in OCDBT database at '
+                                 'local file "/runs/a/checkpoints/.run.tmp-1-x/8.orbax-'
+                                 'checkpoint-tmp/d/x": No space left on device '
+                                 "[os_error_code='28']")
+            except ValueError as e:
+                raise RuntimeError("save failed") from e
+        if kind == "emfile":
+            raise OSError(errno.EMFILE, "Too many open files", "/runs/a/checkpoints/9")
+        raise OSError(errno.EIO, "Input/output error", "/x")  # not an environment fault
+    """)
+
+
+@pytest.mark.parametrize("kind,line", [
+    ("enospc", "error: /runs/a/checkpoints/run: No space left on device; free disk space"),
+    ("emfile", "error: /runs/a/checkpoints/9: Too many open files; too many open files in "
+               "this process; raise the limit (ulimit -n)")])
+def test_case9_disk_full_and_open_file_limit_are_one_line(kind, line):
+    r = subprocess.run([sys.executable, "-c", _FAULT, kind], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith(line) and r.stderr.count("\n") == 1, \
+        r.stderr
+    other = subprocess.run([sys.executable, "-c", _FAULT, "eio"], capture_output=True,
+                           text=True, cwd=ROOT, timeout=120)
+    assert other.returncode == 1 and "Traceback" in other.stderr  # a bug stays visible
