@@ -294,7 +294,7 @@ def test_nonsense_is_refused_before_any_work(tmp_path):
             validate(cfg)
     for size in ("0", "-32"):
         code, err = call(cost_cmd, ["--model=resnet20", f"--input_size={size}"])
-        assert code == 2 and f"--input_size={size}: an input size is a positive" in err
+        assert code == 2 and f"--input_size={size}: an input size is a number of pixels" in err
     out = tmp_path / "o"
     for kind, target in [("macs", 1e12), ("macs", 2_633_888), ("params", 17_534),
                          ("macs_fraction", 1.0), ("ratio", 0.0)]:
