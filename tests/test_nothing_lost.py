@@ -1,8 +1,18 @@
 """Issue 25 ("nothing lost, round two"): one test per numbered case, named after it.
 
-case 1  a folder thinjax did not make is never taken over as a workdir
-case 3  replacing an output is atomic at every instant (fault injection at every step)
-case 5  one process per workdir (a lock naming its holder; a dead holder's lock is free)
+case 1   a folder thinjax did not make is never taken over as a workdir
+case 2   export --overwrite replaces only thinjax's exports, never into the zoo's folders
+case 3   replacing an output is atomic at every instant (fault injection at every step)
+case 4   downloads capped at the manifest size
+case 5   one process per workdir and per study workdir (a lock naming its holder)
+case 6   study rows keyed by what determines them; convert keeps the dataset; the zoo's
+         verification cache sees a file changed in place
+case 7   a truncated or foreign kernel library is rebuilt, never dlopen'ed blindly
+case 8   the checkpoint due at a failed evaluation is written first
+case 9   faults and bad input end in one 'error:' line
+case 10  values range-checked; the convolution used is recorded
+case 11  tests/test_multihost.py::test_two_processes_equal_one_and_checkpoints_move_between_them
+         (2 processes against 1, within a noise band measured in the same test)
 """
 
 import os
@@ -360,8 +370,9 @@ def test_case9_file_size_limit_in_training_is_one_line_and_leaves_no_partial_fil
     assert left == []
 
 
-@pytest.mark.parametrize("case", ["conv", "syntax", "input_size", "cache_file", "study_file",
-                                  "row_json"])
+@pytest.mark.parametrize("case", ["conv", "conv_unbuildable", "syntax", "input_size",
+                                  "export_input_size", "empty_workdir", "cache_file",
+                                  "study_file", "row_json"])
 def test_case9_bad_input_is_one_error_line(tmp_path, case):
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -371,6 +382,18 @@ def test_case9_bad_input_is_one_error_line(tmp_path, case):
         r = _cmd(["thinjax.main", "--config=configs/default.py", f"--workdir={wd}",
                   "--config.train.total_steps=1"], env={"THINJAX_CONV": "garbage"})
         words = "unknown convolution implementation 'garbage'"
+    elif case == "conv_unbuildable":  # oneDNN demanded, but its library cannot be built
+        r = _cmd(["thinjax.main", "--config=configs/default.py", f"--workdir={wd}",
+                  "--config.train.total_steps=1"],
+                 env={"THINJAX_CONV": "onednn", "THINJAX_CACHE_DIR": str(afile / "x")})
+        words = "oneDNN convolutions were asked for but cannot be used"
+    elif case == "export_input_size":
+        r = _cmd(["thinjax.export", f"--checkpoint={asset}", "--format=onnx",
+                  f"--output={tmp_path / 'm.onnx'}", "--input_size=100000"])
+        words = "--input_size=100000: an input size"
+    elif case == "empty_workdir":
+        r = _cmd(["thinjax.main", "--config=configs/default.py", "--workdir="])
+        words = "--workdir is empty"
     elif case == "syntax":
         bad = tmp_path / "bad_config.py"
         bad.write_text("def get_config(:\n    pass\n")
