@@ -26,6 +26,7 @@ import pytest
 
 from tests.test_train import ROOT, main_cmd, sub_env
 from thinjax import fs
+from thinjax import workdir as wdir
 from thinjax.errors import OutputError
 
 
@@ -66,16 +67,16 @@ def test_case1_a_users_folder_is_not_taken_over_as_a_workdir(tmp_path):
     afile.write_text("x")
     assert "is a file" in _error_line(_main(afile))
     with pytest.raises(OutputError, match="is empty"):
-        fs.check_workdir("")
+        wdir.check_workdir("")
     # thinjax's own workdirs pass: marked, or (made before the marker) with its config.json
     (tmp_path / "ours").mkdir()
-    fs.mark_workdir(str(tmp_path / "ours"))
+    wdir.mark_workdir(str(tmp_path / "ours"))
     (tmp_path / "ours" / "x").write_text("")
-    fs.check_workdir(str(tmp_path / "ours"))
+    wdir.check_workdir(str(tmp_path / "ours"))
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.json").write_text(
         '{"model": {}, "data": {}, "train": {}, "optim": {}}')
-    fs.check_workdir(str(tmp_path / "old"))
+    wdir.check_workdir(str(tmp_path / "old"))
 
 
 # -- case 3 ------------------------------------------------------------------------------
@@ -144,9 +145,9 @@ def test_case3_an_unfinished_write_of_a_live_process_is_left_alone(tmp_path):
 # -- case 5 ------------------------------------------------------------------------------
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from thinjax import fs
-    fs.mark_workdir(sys.argv[1])
-    with fs.locked(sys.argv[1]):
+    from thinjax import workdir as wdir
+    wdir.mark_workdir(sys.argv[1])
+    with wdir.locked(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(600)
     """)
@@ -161,17 +162,17 @@ def test_case5_one_process_per_workdir(tmp_path):
         assert holder.stdout.readline().strip() == "locked"
         line = _error_line(_main(wd))
         assert f"in use by another thinjax process (pid {holder.pid})" in line
-        assert sorted(os.listdir(wd)) == sorted([fs.WORKDIR_MARKER, fs.LOCK])
+        assert sorted(os.listdir(wd)) == sorted([wdir.WORKDIR_MARKER, wdir.LOCK])
         with pytest.raises(OutputError, match=f"pid {holder.pid}"):
-            with fs.locked(str(wd)):
+            with wdir.locked(str(wd)):
                 pass
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # the holder died without releasing anything by hand: the lock is free again
     t = time.perf_counter()
-    with fs.locked(str(wd)):
-        assert open(wd / fs.LOCK).read().strip() == str(os.getpid())
+    with wdir.locked(str(wd)):
+        assert open(wd / wdir.LOCK).read().strip() == str(os.getpid())
     assert time.perf_counter() - t < 5
 
 

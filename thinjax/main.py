@@ -45,6 +45,7 @@ from thinjax.models.resnet import build_model
 from thinjax.plan import Plan, plan_from_width
 from thinjax.train.loop import train_and_evaluate
 from thinjax.train.sharding import initialize_distributed
+from thinjax.workdir import check_workdir, locked, mark_workdir
 
 _FLAGS: dict = {}  # name -> flag holder, once define_flags has run
 
@@ -154,14 +155,14 @@ def main(argv: list[str]) -> dict:
                              "--config.KEY=VALUE)")
     cfg, workdir = _config(), _FLAGS["workdir"].value
     validate(cfg)
-    fs.check_workdir(workdir)
+    check_workdir(workdir)
     plan = plan_from_config(cfg)
     initialize_distributed()  # before the lock: process 0 of a multi-process job takes it
     keep = lambda: _has_progress(workdir) or not _first_process()  # noqa: E731
     with fs.writing(workdir, "choose a --workdir you can write to"), \
             fs.undo_created(workdir, keep=keep):
         fs.makedirs(workdir)
-        with fs.locked(workdir) if _first_process() else contextlib.nullcontext():
+        with locked(workdir) if _first_process() else contextlib.nullcontext():
             try:
                 return _run(cfg, workdir, plan)
             except BaseException:
@@ -173,7 +174,7 @@ def _run(cfg, workdir: str, plan) -> dict:
     """The run itself, under the workdir's lock: the rerun check, the records, the mode."""
     check_rerun(workdir, cfg, plan)
     if _first_process():
-        fs.mark_workdir(workdir)
+        mark_workdir(workdir)
     fs.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=1))
     plan.save(os.path.join(workdir, "plan.json"))
     result = MODES[cfg.mode](cfg, workdir, plan, model_from_config(cfg, plan))

@@ -52,6 +52,7 @@ from ml_collections import config_flags
 
 from thinjax import cli, fs, report
 from thinjax.errors import CheckpointError, ConfigError
+from thinjax.workdir import locked
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "study config (configs/study_*.py)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory; rerun to continue")
@@ -583,7 +584,7 @@ def main(argv: list[str]) -> dict | cli.Finished:
     if os.path.lexists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir={workdir} is a file, not a folder; choose a new --workdir")
     os.makedirs(workdir, exist_ok=True)
-    with fs.locked(workdir):  # one study process per workdir
+    with locked(workdir):  # one study process per workdir
         return _main(cfg, workdir)
 
 
