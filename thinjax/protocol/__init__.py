@@ -68,7 +68,7 @@ def write_outputs(cfg, p: Protocol, rows: list[dict], workdir: str, report_dir: 
         lit_file = cfg.get("literature_file")
         if lit_file:
             lit = report.read_literature(lit_file)
-            pts = report._lit_points(comps, rows, p)
+            pts = report.lit_points(comps, rows, p)
             if lit and pts:
                 plots["literature"] = report.literature_plot(pts, lit, stem("literature"),
                                                              cfg.title)

@@ -88,7 +88,7 @@ def oneshot_dir(ctx: Context, spec: RunSpec) -> str:
     return d
 
 
-def _flags_and_epochs(ctx, p, spec, rows) -> tuple[list[str], float]:
+def _flags_and_epochs(ctx, p, spec) -> tuple[list[str], float]:
     """(--config flags, epochs) of a trained arm."""
     a, T = spec.arm, p.dense_epochs
     if a == "dense":
@@ -142,7 +142,7 @@ def _dense_row(rows: dict, spec: RunSpec) -> dict:
 
 def execute_trained(ctx: Context, p: Protocol, spec: RunSpec, rows: dict) -> dict:
     """A trained arm (dense included): train, then the row with its budget and cost."""
-    flags, epochs = _flags_and_epochs(ctx, p, spec, rows)
+    flags, epochs = _flags_and_epochs(ctx, p, spec)
     res = train(ctx, p, spec, epochs, flags)
     images = int(res["steps"]) * p.batch_size
     macs, M = int(res["macs"]), macs_of_width(p, p.base_width)

@@ -172,7 +172,7 @@ def read_literature(path: str, networks=("resnet20", "resnet56")) -> list[dict]:
                 and r["dataset"] == "CIFAR-10"]
 
 
-def _lit_points(comps, rows: list[dict], p: Protocol) -> list:
+def lit_points(comps, rows: list[dict], p: Protocol) -> list:
     dense = {r["target"]: r["target_macs"] for r in rows}
     base = max(dense.values()) if dense else 1
     return [(dense[c.family.split(", E=")[0]] / base, c) for c in comps
