@@ -4,9 +4,11 @@ budget, BN-recalibrated one-shot rows, a tiny end-to-end run, and every committe
 report's verdicts recomputed from its results.csv."""
 
 import glob
+import json
 import math
 import os
 import re
+import subprocess
 
 import ml_collections
 import pytest
@@ -170,6 +172,50 @@ def test_training_flops_and_scratch_b_budget(monkeypatch, tmp_path):
     assert abs(3 * M2 * want - 3 * (M16 * 2.0 + M2 * 2.0)) <= 3 * M2 * 0.01
 
 
+def test_a_diverged_grid_run_is_a_row_at_chance_and_the_grid_still_decides(monkeypatch,
+                                                                             tmp_path):
+    p = _protocol(arms=("dense", "oneshot", "thin"), criteria=("l1",), curve_criteria=0,
+                  control_targets=())
+    ctx = execute.Context(str(tmp_path), "d", None, 100, "c")
+    dense = tmp_path / "runs" / "dense-s0" / "train"
+    dense.mkdir(parents=True)
+    (dense / "config.json").write_text(json.dumps({"model": {"num_classes": 10}}))
+    rows = {"dense-s0": {"run": "dense-s0", "images": 4500, "epochs_here": 2.0}}
+    from thinjax.plan import plan_from_width
+
+    def fake_run(cmd, stdout, stderr):  # thinjax.main as NonFiniteLoss leaves it
+        wd = next(c.split("=", 1)[1] for c in cmd if c.startswith("--workdir="))
+        os.makedirs(wd, exist_ok=True)
+        plan_from_width("resnet20", 2).save(os.path.join(wd, "plan.json"))
+        stdout.write("error: non-finite loss at step 5; the run stops ...\n")
+        return subprocess.CompletedProcess(cmd, 2)
+
+    monkeypatch.setattr(execute.subprocess, "run", fake_run)
+    spec = RunSpec("thin", 0, 2, None, 2.0, 0.2)
+    row = execute.execute(ctx, p, spec, rows)
+    assert row["diverged"] and row["val_top1"] == 10.0 and row["chance_top5"] == 50.0
+    steps = round(4500 / 2.0 * 4.0 / 128)  # T + E epochs at the dense run's images/epoch
+    assert row["images"] == steps * 128
+    assert row["macs"] == execute.macs_of_width(p, 2)
+    rows[spec.id] = row
+    rows["thin-w2-E2-lr0.1-s0"] = {"run": "thin-w2-E2-lr0.1-s0", "val_top1": 30.0, "top1": None}
+    assert planning.chosen_lr(p, rows, "thin") == 0.1
+    # a diverged dense run, or any other failure, stays a failure
+    with pytest.raises(execute.Diverged):
+        execute.execute(ctx, p, RunSpec("dense", 1), rows)
+    monkeypatch.setattr(execute.subprocess, "run",
+                        lambda cmd, stdout, stderr: subprocess.CompletedProcess(cmd, 1))
+    with pytest.raises(execute.RunFailed) as e:
+        execute.execute(ctx, p, RunSpec("thin", 1, 2, None, 2.0, 0.1), rows)
+    assert not isinstance(e.value, execute.Diverged)
+    # chosen, a diverged row's test numbers are chance too (its weights are not finite)
+    p1 = _protocol(arms=("dense", "oneshot", "thin"), criteria=("l1",), curve_criteria=0,
+                   control_targets=(), lr_grid={"thin": (0.2,), "pruned+ft": (0.01,)})
+    monkeypatch.setattr(execute, "evaluate_test", lambda *a: pytest.fail("evaluated"))
+    finalise_tests(ctx, p1, {spec.id: row}, lambda m: None)
+    assert (row["top1"], row["top5"]) == (10.0, 50.0)
+
+
 # -- a tiny run, end to end ----------------------------------------------------------
 def tiny(tmp_path):
     c = ml_collections.ConfigDict()
@@ -247,7 +293,7 @@ def test_committed_protocol_reports_recompute(report_dir):
     assert n >= 1 and all(r["commit"] for r in rows) and trained
 
 
-@pytest.mark.parametrize("name,n_runs", [("study_cifar10_r20_protocol", 108),
+@pytest.mark.parametrize("name,n_runs", [("study_cifar10_r20_protocol", 117),
                                          ("study_cifar10_r20_protocol_gpu", None)])
 def test_protocol_configs_load_and_plan(name, n_runs):
     """Both committed protocol configs validate and plan to the end (with made-up

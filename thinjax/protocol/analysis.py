@@ -14,7 +14,8 @@ from thinjax import report, stats
 
 COLUMNS = ("run", "arm", "target", "target_macs", "criterion", "seed", "E", "T", "lr",
            "selection", "epochs_here", "epochs_total", "images", "train_flops", "params",
-           "macs", "val_top1", "val_top1_no_recal", "top1", "top5", "wall_s", "commit", "key")
+           "macs", "val_top1", "val_top1_no_recal", "top1", "top5", "diverged", "wall_s", "commit",
+           "key")
 _INTS = ("target_macs", "seed", "images", "train_flops", "params", "macs")
 _FLOATS = ("E", "T", "lr", "epochs_here", "epochs_total", "val_top1", "val_top1_no_recal",
            "top1", "top5", "wall_s")
@@ -34,6 +35,7 @@ def read_csv(path: str) -> list[dict]:
         for k in _FLOATS:
             r[k] = float(r[k]) if r.get(k) not in (None, "") else None
         r["selection"] = r.get("selection") == "True"
+        r["diverged"] = r.get("diverged") == "True"
         r["criterion"] = r.get("criterion") or None
     return rows
 

@@ -31,6 +31,15 @@ class RunFailed(ThinjaxError, RuntimeError):
     """A protocol run whose subprocess or pruning failed (its folder keeps the log)."""
 
 
+class Diverged(RunFailed):
+    """A training run stopped by a non-finite loss or weights (`NonFiniteLoss`): a result
+    of its LR, recorded as a row at chance accuracy, not a failure."""
+
+
+# what thinjax.main's error line says when NonFiniteLoss stopped it (train/loop.py, keeper.py)
+_DIVERGED = ("error: non-finite loss at step", "the weights are no longer finite")
+
+
 @dataclasses.dataclass(frozen=True)
 class Context:
     """Where and on what the protocol runs."""
@@ -69,6 +78,10 @@ def train(ctx: Context, p: Protocol, spec: RunSpec, epochs: float, flags: list[s
         print("+", " ".join(cmd[1:]), file=log, flush=True)
         r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     if r.returncode != 0:
+        with open(os.path.join(ctx.run_dir(spec), "train.log"), errors="replace") as f:
+            tail = f.read()[-4000:]
+        if r.returncode == 2 and any(m in tail for m in _DIVERGED):
+            raise Diverged(f"{spec.id}: diverged (non-finite loss) at lr {lr:g}")
         raise RunFailed(f"{spec.id}: thinjax.main exited {r.returncode}; see "
                         f"{os.path.join(ctx.run_dir(spec), 'train.log')}")
     with open(os.path.join(wd, "results.json")) as f:
@@ -140,15 +153,41 @@ def _dense_row(rows: dict, spec: RunSpec) -> dict:
     return d
 
 
+def _num_classes(ctx: Context, seed: int) -> int:
+    with open(os.path.join(dense_dir(ctx, seed), "config.json")) as f:
+        return int(json.load(f)["model"]["num_classes"])
+
+
+def _diverged_result(ctx: Context, p: Protocol, spec: RunSpec, rows: dict,
+                     epochs: float) -> dict:
+    """What a diverged run stands for: its planned steps, the network it trained (plan.json
+    of its workdir) and chance accuracy."""
+    d = _dense_row(rows, spec)
+    steps = round(d["images"] / d["epochs_here"] * epochs / p.batch_size)
+    plan = Plan.load(os.path.join(ctx.run_dir(spec), "train", "plan.json"))
+    c = count(plan)
+    return {"steps": steps, "epochs": epochs, "macs": c.macs, "params": c.params,
+            "eval_top1": 100.0 / _num_classes(ctx, spec.seed), "diverged": True}
+
+
 def execute_trained(ctx: Context, p: Protocol, spec: RunSpec, rows: dict) -> dict:
-    """A trained arm (dense included): train, then the row with its budget and cost."""
+    """A trained arm (dense included): train, then the row with its budget and cost. A run
+    other than dense that diverges is a row at chance accuracy (``diverged``: True), so
+    that an LR grid still decides."""
     flags, epochs = _flags_and_epochs(ctx, p, spec)
-    res = train(ctx, p, spec, epochs, flags)
+    try:
+        res = train(ctx, p, spec, epochs, flags)
+    except Diverged:
+        if spec.arm == "dense":
+            raise
+        res = _diverged_result(ctx, p, spec, rows, epochs)
     images = int(res["steps"]) * p.batch_size
     macs, M = int(res["macs"]), macs_of_width(p, p.base_width)
     row = {**_base_row(ctx, p, spec), "epochs_here": float(res["epochs"]),
            "params": int(res["params"]), "macs": macs, "val_top1": float(res["eval_top1"]),
            "wall_s": float(res.get("wall_s", 0.0))}
+    if res.get("diverged"):
+        row.update(diverged=True, chance_top5=min(100.0, 5 * res["eval_top1"]))
     here = 3 * macs * images
     if spec.arm == "gradual":  # masked steps until the last event compute the dense network
         before = int(images * p.gradual_end)

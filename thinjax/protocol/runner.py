@@ -3,7 +3,8 @@
 Each run keeps ``DIR/runs/<id>/row.json`` (written atomically); a rerun skips rows whose
 key (a hash of the run and the settings it reads, `RunSpec.key`) still matches, and
 reruns the ones whose settings changed (reported as stale). A run that fails writes
-``error.txt`` and the others go on. A row's test top-1 is measured once its LR is final
+``error.txt`` and the others go on; a trained run (not dense) that diverges (NonFiniteLoss)
+is a result, a row at chance accuracy marked ``diverged``. A row's test top-1 is measured once its LR is final
 (a grid run that was not chosen is never evaluated on the test split).
 """
 
@@ -76,7 +77,10 @@ def finalise_tests(ctx: ex.Context, p: Protocol, rows: dict, log) -> None:
             continue
         if spec.arm in ("dense", "oneshot") or spec.lr == planning.chosen_lr(
                 p, rows, spec.arm, spec.criterion if spec.arm != "dense+ft" else None):
-            row["top1"], row["top5"] = ex.evaluate_test(ctx, p, spec)
+            if row.get("diverged"):  # non-finite weights: chance, as on the validation split
+                row["top1"], row["top5"] = row["val_top1"], row["chance_top5"]
+            else:
+                row["top1"], row["top5"] = ex.evaluate_test(ctx, p, spec)
             _write_row(ctx, row)
             log(f"{rid}: test top-1 {row['top1']:.2f}%")
 
@@ -112,4 +116,5 @@ def run_all(ctx: ex.Context, p: Protocol, log=print) -> tuple[dict, list[str]]:
             continue
         row["wall_s"] = round(time.perf_counter() - t, 1)
         _write_row(ctx, row)
-        log(f"{spec.id}: val top-1 {row['val_top1']:.2f}% in {row['wall_s']:.0f} s")
+        how = " (diverged: chance)" if row.get("diverged") else ""
+        log(f"{spec.id}: val top-1 {row['val_top1']:.2f}%{how} in {row['wall_s']:.0f} s")
