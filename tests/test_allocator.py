@@ -44,15 +44,24 @@ def _faults(opt_out: str) -> tuple[str, list[int]]:
 
 @glibc
 def test_tuning_removes_the_page_faults_of_a_fresh_buffer_per_call():
-    status, tuned = _faults("0")
     off_status, untuned = _faults("1")
-    assert status == "applied" and off_status == f"{allocator.OPT_OUT} is set"
+    assert off_status == f"{allocator.OPT_OUT} is set"
     # without: every call maps 64 MB afresh, ~16,400 faults of 4 KiB each time
     assert min(untuned) > 8_000, untuned
-    # with: calls reuse heap pages. On a loaded machine a buffer can still be in use when
-    # the next call allocates, so the heap may grow for a few calls before it settles;
-    # calls with (almost) no faults show the reuse
-    assert min(tuned) < min(untuned) / 20, (tuned, untuned)
+    # with: calls reuse heap pages (0-3 faults a call once the heap has settled). On a loaded
+    # machine a buffer can still be in use when the next call allocates, so the heap may grow
+    # for a few calls first. Once in CI (2 test workers on a 2-core AMD EPYC) all 8 tuned calls
+    # faulted ~16,384 times (not reproduced in isolation or beside the running CPU study,
+    # cause unknown; every earlier CI run passed): a fresh process measures again, up to 3 in all; a tuning that does not
+    # work fails all 3
+    tries = []
+    for _ in range(3):
+        status, tuned = _faults("0")
+        assert status == "applied", status
+        tries.append(tuned)
+        if min(tuned) < min(untuned) / 20:
+            return
+    pytest.fail(f"no call reused the heap in 3 processes: {tries}; untuned {untuned}")
 
 
 def test_skipped_where_jax_may_not_run_on_the_cpu(monkeypatch):
