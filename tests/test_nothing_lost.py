@@ -366,6 +366,7 @@ def test_case9_file_size_limit_in_training_is_one_line_and_leaves_no_partial_fil
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 1 and len(errors) == 1, r.stderr[-2000:]
     assert "file-size limit" in errors[0] and r.stderr.rstrip().endswith(errors[0])
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]  # no writer thread's 'loop closed'
     left = [os.path.join(d, n) for d, ds, fs_ in os.walk(wd) for n in ds + fs_
             if ".orbax-checkpoint-tmp" in n or ".tmp-" in n]
     assert left == []

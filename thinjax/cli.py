@@ -145,6 +145,7 @@ def run(main: Main, command_flags: flags.FlagValues | None = None) -> None:
     result to print with ``--json`` (or None, or a :class:`Finished` to exit non-zero)."""
     _adopt(main, command_flags)
     threading.excepthook = _quiet_environment_faults
+    sys.unraisablehook = _quiet_closed_event_loop
     pylogging.getLogger("absl").addFilter(_not_an_environment_fault)
     app.run(functools.partial(_absl_main, main, command_flags), flags_parser=_parse)
 
@@ -162,6 +163,16 @@ def _quiet_environment_faults(args) -> None:
     line; its own traceback is not printed. Anything else is, as by default."""
     if environment_fault(args.exc_value) is None:
         threading.__excepthook__(args)
+
+
+def _quiet_closed_event_loop(unraisable) -> None:
+    """Drops 'Event loop is closed' raised in tensorstore's callback threads after orbax
+    closed its event loop, as happens when a save fails (full disk, file-size limit): one
+    traceback per pending write, before the 'error:' line. Anything else prints as by
+    default."""
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)
 
 
 def call(main: Main, args: Sequence[str], command_flags: flags.FlagValues) -> int:
