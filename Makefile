@@ -19,6 +19,7 @@ run: install
 	$(PY) -m thinjax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 clean:

@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import thinjax.commands  # noqa: E402,F401  (tunes the process as the commands do: first)
 from thinjax.cost import count  # noqa: E402
 from thinjax.models.resnet import ResNet, random_variables  # noqa: E402
 from thinjax.plan import plan_from_width  # noqa: E402
@@ -155,6 +156,7 @@ def main(argv=None):
     if "r50eval" not in skip:
         try:
             from pruned_speed import images_per_s, thin_of_equal_macs
+
             from thinjax.prune.allocate import Target, allocate
             from thinjax.prune.criteria import ScoreInputs, score_groups
             from thinjax.prune.materialize import materialize

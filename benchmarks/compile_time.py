@@ -1,14 +1,15 @@
-"""XLA:CPU compile time with and without thinjax's CPU flag (the YNN fusions), per network.
+"""XLA:CPU compile time with and without XLA's YNN fusion flag, per network.
 
     python benchmarks/compile_time.py [--cases=resnet152_cifar:16:eval:32,...] [--timeout=600]
 
-Each case compiles in a fresh process (so each sees its own XLA_FLAGS), once with
-``THINJAX_NO_CPU_FLAGS=1`` (XLA's default path) and once with ``THINJAX_CPU_FLAGS=1``
-(`thinjax.platform.CPU_FLAGS` appended), and prints the seconds of ``lower().compile()``:
+Each case compiles in a fresh process (so each sees its own XLA_FLAGS), once with XLA's
+default path and once with `YNN_FLAG` in ``XLA_FLAGS`` (thinjax set it by default once,
+later behind ``THINJAX_CPU_FLAGS=1``, and dropped it when it was no longer faster), and
+prints the seconds of ``lower().compile()``:
 the jitted eval forward (``train=False``, batch 2) or the gradient of a training forward
-(BN in training mode, batch 8). A case that runs past --timeout is reported as such. The
-flag is opt-in because one session measured a ResNet-152 (CIFAR, w=16) compile of more
-than 5 minutes with it; this is the check to rerun on another CPU or jaxlib.
+(BN in training mode, batch 8). A case that runs past --timeout is reported as such. One
+session measured a ResNet-152 (CIFAR, w=16) compile of more than 5 minutes with it; this is
+the check to rerun on another CPU or jaxlib.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import sys
 
 import jaxlib
 
-from thinjax.platform import CPU_FLAGS, cpu_description
+import thinjax.commands  # noqa: F401  (tunes the process as the commands do: first)
+from thinjax.cpu import cpu_description
+
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
 
 CASES = ("resnet152_cifar:16:eval:32", "resnet152_cifar:16:train:32", "resnet56:16:train:32",
          "resnet50:64:train:176")
@@ -50,9 +54,9 @@ print(f"{time.perf_counter() - t:.1f}")
 
 
 def compile_seconds(case: str, flag_on: bool, timeout: float) -> str:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("THINJAX_CPU_FLAGS", "THINJAX_NO_CPU_FLAGS", "XLA_FLAGS")}
-    env["THINJAX_CPU_FLAGS" if flag_on else "THINJAX_NO_CPU_FLAGS"] = "1"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if flag_on:
+        env["XLA_FLAGS"] = YNN_FLAG
     try:
         r = subprocess.run([sys.executable, "-c", CHILD, *case.split(":")], env=env,
                            capture_output=True, text=True, timeout=timeout)
@@ -69,8 +73,7 @@ def main(argv=None) -> None:
     ap.add_argument("--cases", default=",".join(CASES), help="name:width:eval|train:size,...")
     ap.add_argument("--timeout", type=float, default=600.0)
     a = ap.parse_args(argv)
-    print(f"CPU: {cpu_description()}; jaxlib {jaxlib.__version__}; flag: "
-          + " ".join(f"--{k}={v}" for k, v in CPU_FLAGS.items()))
+    print(f"CPU: {cpu_description()}; jaxlib {jaxlib.__version__}; flag: {YNN_FLAG}")
     print("| network | width | function | input | compile s, default | compile s, flag on |")
     print("|---|---|---|---|---|---|")
     for case in a.cases.split(","):

@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import thinjax.commands  # noqa: E402,F401  (tunes the process as the commands do: first)
 from thinjax import zoo  # noqa: E402
 from thinjax.cost import count  # noqa: E402
-from thinjax.interop.export import (export, jitted_forward, onnx_session,  # noqa: E402
-                                    sample_images)
+from thinjax.interop.export import export, jitted_forward, onnx_session, sample_images  # noqa: E402
 from thinjax.models.resnet import random_variables  # noqa: E402
 from thinjax.plan import plan_from_width  # noqa: E402
 from thinjax.prune.allocate import Target, allocate  # noqa: E402

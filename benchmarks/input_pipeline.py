@@ -37,7 +37,8 @@ import zipfile
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from thinjax.platform import cpu_description
+import thinjax.commands  # noqa: F401  (tunes the process as the commands do: first)
+from thinjax.cpu import cpu_description
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZIP = os.path.join(os.path.dirname(ROOT), "shared", "data", "imagenet-sample.zip")
@@ -195,6 +196,7 @@ def stage_costs(root: str, a) -> None:
     """ms per image of thinjax's transform, stage by stage (one map call at a time, batches
     of 1, files read from memory, thinjax's tf.data options): where tf.data's time goes."""
     import glob
+
     from thinjax.data._tf import tf
     from thinjax.data.pipeline import _train_example_fn, pipeline_options
     data = [open(f, "rb").read() for f in sorted(glob.glob(os.path.join(root, "*", "*")))]
@@ -204,7 +206,8 @@ def stage_costs(root: str, a) -> None:
     print("| stages | ms per image |\n|---|---|")
     for name, (ta, erasing) in STAGES.items():
         fn = _train_example_fn(data_config(root, a.size, ta, erasing), 0, 0)
-        ds = ds0.map(lambda i, b: fn(i, {"image": b, "label": 0}), num_parallel_calls=1)
+        ds = ds0.map(lambda i, b: fn(i, {"image": b, "label": 0}),  # noqa: B023 (used now)
+                     num_parallel_calls=1)
         ds = ds.with_options(pipeline_options())
         for _ in ds.take(20):
             pass

@@ -5,7 +5,8 @@
     python benchmarks/profile_step.py --conv-micro --width=16 --steps=5
     XLA_FLAGS=--xla_cpu_multi_thread_eigen=false taskset -c 0 python benchmarks/profile_step.py
         # one core each (torch follows the affinity): the per-core profile of docs/performance.md
-    THINJAX_CPU_FLAGS=1 python benchmarks/profile_step.py ...   # with the YNN fusions
+    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce \
+        python benchmarks/profile_step.py ...   # with the YNN fusions
 
 thinjax: the step of ``train_throughput.py`` (SGD momentum, label smoothing, BN training
 mode) traced with ``jax.profiler`` (one event per XLA thunk, i.e. per top-level HLO
@@ -37,10 +38,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_throughput import model_name, plain_step  # noqa: E402
 
+import thinjax.commands  # noqa: E402,F401  (tunes the process as the commands do: first)
 from thinjax.allocator import malloc_status  # noqa: E402
+from thinjax.cpu import cpu_description  # noqa: E402
 from thinjax.models.resnet import build_model  # noqa: E402
 from thinjax.plan import plan_from_width  # noqa: E402
-from thinjax.platform import cpu_description  # noqa: E402
 
 INST = re.compile(r"^\s*(?:ROOT )?%([\w.-]+) = (.+?) ([a-z][\w-]*)\((.*)$")
 COMP = re.compile(r"^(ENTRY )?%([\w.-]+) ")
@@ -146,6 +148,7 @@ def torch_profile(plan, a) -> tuple[dict, float]:
     """{category: ms per step} of PyTorch's step (leaf operators' self time), wall ms."""
     import torch
     from torch.autograd.profiler import record_function
+
     from thinjax.interop.torch_module import TorchResNet
     torch.manual_seed(0)
     model = TorchResNet(plan).train()
@@ -207,9 +210,10 @@ def conv_variants(batch: int, hw: int, c: int):
     ways: XLA's convolution, thinjax's (oneDNN through XLA FFI, when it loads here),
     patches + dot (im2col by conv_general_dilated_patches, or by 9 shifted slices), and
     PyTorch's conv2d. Callables."""
-    from thinjax.ops import conv as ops_conv
     import jax.numpy as jnp
     import torch
+
+    from thinjax.ops import conv as ops_conv
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, hw, hw, c)), jnp.float32)
     w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, c, c)), jnp.float32)
     dn = ("NHWC", "HWIO", "NHWC")

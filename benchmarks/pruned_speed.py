@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import thinjax.commands  # noqa: E402,F401  (tunes the process as the commands do: first)
 from thinjax.cost import count  # noqa: E402
 from thinjax.models.resnet import ResNet, random_variables  # noqa: E402
 from thinjax.plan import plan_from_width  # noqa: E402

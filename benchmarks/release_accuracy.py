@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+import thinjax.commands  # noqa: F401  (tunes the process as the commands do: first)
 from thinjax.evaluation import evaluate_checkpoint
 
 PYTORCH = {  # top-1 on the JPEG test split, from the release's own PyTorch code

@@ -11,8 +11,9 @@ its w=8 by L2 filter norms (global allocation), 100 steps of 64 images (SGD Nest
   * ``oneshot``: the same L2 masks applied hard at step 0, then 100 steps.
 Prints, per channel group, the mean L2 norm of the filters kept by the first event and of
 those it zeroed, at steps 0 (before zeroing), 5, 10, 25; inside blocks, how many zeroed
-filters are still exactly 0 at step 25, how many had a negative BN shift, and both; how many channels the second
-event (scored on step 25's weights) swaps; and both runs' top-1 on the test split.
+filters are still exactly 0 at step 25, how many had a negative BN shift, and both; how many
+channels the second event (scored on step 25's weights) swaps; and both runs' top-1 on the
+test split.
 """
 
 from __future__ import annotations

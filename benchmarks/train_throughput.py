@@ -6,7 +6,7 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/train_throughput.py ...
     python benchmarks/train_throughput.py --model=resnet20 --width=8 --compare-torch
     python benchmarks/train_throughput.py --model=resnet56 --width=16 --compare-torch --pruned
-    THINJAX_CPU_FLAGS=1 python benchmarks/train_throughput.py ...  # with thinjax's XLA:CPU flags
+    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce python ...  # YNN
 
 Rows (images/s):
   plain step   an unsharded jax.jit SGD step (momentum 0.9, cross-entropy with label
@@ -42,10 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import thinjax.commands  # noqa: F401  (tunes the process as the commands do: first)
 from thinjax.allocator import malloc_status
+from thinjax.cpu import cpu_description
 from thinjax.ops.conv import status as conv_status
 from thinjax.plan import ARCHS, Plan, plan_from_width
-from thinjax.platform import CPU_FLAGS, cpu_description
 
 
 def timeit(fn, n: int) -> float:
@@ -118,6 +119,7 @@ def torch_step(plan, batch: int, size: int, smoothing: float = 0.1):
     """The same training step in PyTorch (TorchResNet from the same plan, NCHW float32, SGD
     momentum 0.9, cross-entropy with label smoothing, BN in training mode): a callable."""
     import torch
+
     from thinjax.interop.torch_module import TorchResNet
     torch.manual_seed(0)
     model = TorchResNet(plan).train()
@@ -139,6 +141,7 @@ def torch_step(plan, batch: int, size: int, smoothing: float = 0.1):
 def torch_eval(plan, batch: int, size: int):
     """PyTorch's evaluation forward (eval mode, inference_mode) on the same plan."""
     import torch
+
     from thinjax.interop.torch_module import TorchResNet
     torch.manual_seed(0)
     model = TorchResNet(plan).eval()
@@ -275,13 +278,13 @@ def numerics_dump(a, path: str) -> None:
 
 
 XLA_CONV = {"THINJAX_CONV": "xla"}
+YNN = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"}
 NUMERICS_ARMS = {  # name -> (environment, extra arguments)
-    "thinjax default (oneDNN conv, barrier, fused BN)": ({"THINJAX_NO_CPU_FLAGS": "1"}, []),
-    "thinjax, XLA conv, flag off": ({"THINJAX_NO_CPU_FLAGS": "1", **XLA_CONV}, []),
-    "thinjax, XLA conv, flag on": ({"THINJAX_CPU_FLAGS": "1", **XLA_CONV}, []),
-    "reference": ({"THINJAX_NO_CPU_FLAGS": "1", **XLA_CONV}, ["--reference-model"]),
-    "reference, inputs +1 ulp": ({"THINJAX_NO_CPU_FLAGS": "1", **XLA_CONV},
-                                 ["--reference-model", "--perturb"]),
+    "thinjax default (oneDNN conv, barrier, fused BN)": ({}, []),
+    "thinjax, XLA conv, flag off": ({**XLA_CONV}, []),
+    "thinjax, XLA conv, flag on": ({**YNN, **XLA_CONV}, []),
+    "reference": ({**XLA_CONV}, ["--reference-model"]),
+    "reference, inputs +1 ulp": ({**XLA_CONV}, ["--reference-model", "--perturb"]),
 }
 
 
@@ -295,17 +298,19 @@ def check_numerics(a) -> int:
     base = [sys.executable, os.path.abspath(__file__), f"--model={a.model}",
             f"--width={a.width}", f"--batch={a.batch}", f"--check-steps={a.check_steps}"]
     clean = {k: v for k, v in os.environ.items()
-             if k not in ("THINJAX_CPU_FLAGS", "THINJAX_NO_CPU_FLAGS", "THINJAX_CONV")}
+             if k != "THINJAX_CONV"}
     res = {}
     with tempfile.TemporaryDirectory() as d:
         for name, (env, extra) in NUMERICS_ARMS.items():
             out = os.path.join(d, f"{len(res)}.npz")
-            subprocess.run(base + extra + [f"--dump-numerics={out}"], check=True,
-                           env={**clean, **env})
+            e = {**clean, **env}
+            if "XLA_FLAGS" in env:  # appended to the caller's (device count, ...)
+                e["XLA_FLAGS"] = f"{clean.get('XLA_FLAGS', '')} {env['XLA_FLAGS']}".strip()
+            subprocess.run(base + extra + [f"--dump-numerics={out}"], check=True, env=e)
             res[name] = dict(np.load(out))
     ref = res["reference"]
     print(f"\n{a.model} w={a.width}, batch {a.batch}, {a.check_steps} steps; CPU: "
-          f"{cpu_description()}; thinjax CPU flags: {CPU_FLAGS}")
+          f"{cpu_description()}; the YNN flag: {YNN['XLA_FLAGS']}")
     print("| vs reference (XLA conv, nn.BatchNorm, no barrier, flag off) "
           "| max abs logit diff (init) "
           "| (after training) | max abs loss diff | loss diff at last step | final loss |")

@@ -34,7 +34,7 @@ def get_config():
     c.eval_label = "ImageNet validation, 224 px"
     c.sweep = [{"name": "ThinResNet-50 w=16 (release)",
                 "checkpoint": "{release}/resnet50_width16_imagenet_ema.pt", "epochs": 600}] + [
-        {"name": f"ThinResNet-50 w={w}", "checkpoint": "{sweep_dir}/r50_w%d" % w,
+        {"name": f"ThinResNet-50 w={w}", "checkpoint": "{sweep_dir}/r50_w" + str(w),
          "epochs": 600} for w in (16, 32, 48, 64)]
     c.pruning = {"base": "{base}", "criteria": ("l1", "taylor"), "allocation": "global",
                  "match": ("ThinResNet-50 w=32", "ThinResNet-50 w=48"), "match_on": "macs",

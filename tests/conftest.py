@@ -14,7 +14,10 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from thinjax import zoo  # noqa: E402
+from thinjax import cpu, zoo  # noqa: E402
+
+# the tests compute as the commands do: malloc settings, oneDNN's convolutions for "auto"
+cpu.enable()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("THINJAX_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))

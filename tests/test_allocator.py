@@ -15,7 +15,10 @@ glibc = pytest.mark.skipif(allocator._glibc() is None or not sys.platform.starts
 # buffer, allocated at every call as a training step's is; prints the page faults of each
 # of 8 calls after 2 warm-up calls.
 FAULTS = """
-import resource, thinjax, jax, jax.numpy as jnp
+import resource
+from thinjax import cpu
+cpu.enable()
+import jax, jax.numpy as jnp
 from thinjax.allocator import malloc_status
 def conv(x, k):
     return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
@@ -52,8 +55,8 @@ def test_tuning_removes_the_page_faults_of_a_fresh_buffer_per_call():
     # machine a buffer can still be in use when the next call allocates, so the heap may grow
     # for a few calls first. Once in CI (2 test workers on a 2-core AMD EPYC) all 8 tuned calls
     # faulted ~16,384 times (not reproduced in isolation or beside the running CPU study,
-    # cause unknown; every earlier CI run passed): a fresh process measures again, up to 3 in all; a tuning that does not
-    # work fails all 3
+    # cause unknown; every earlier CI run passed): a fresh process measures again, up to 3 in
+    # all; a tuning that does not work fails all 3
     tries = []
     for _ in range(3):
         status, tuned = _faults("0")

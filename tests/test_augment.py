@@ -142,7 +142,7 @@ def test_magnitude_tables_are_torchvisions():
     # multiply-add; its plain fallback ("DEFAULT") rounds twice and differs in a few bins.
     exact = torch.backends.cpu.get_cpu_capability() != "DEFAULT"
     for n in (31, 5, 10, 14, 51):
-        def lin(a, b):
+        def lin(a, b, n=n):
             return torch.linspace(a, b, n).numpy()
         # torchvision's TrivialAugmentWide._augmentation_space (0 for ops without one).
         space = {"Identity": 0, "ShearX": lin(0.0, 0.99), "ShearY": lin(0.0, 0.99),
@@ -250,7 +250,8 @@ def test_tf_data_parallel_map_equals_eager(jpegs, images):
     for name, fn in augmenters(jpegs, images):
         eager = [fn(i % 6, s).numpy() for i, s in enumerate(seed_list)]
         ds = tf.data.Dataset.from_tensor_slices((tf.range(n), tf.stack(seed_list)))
-        ds = ds.map(lambda i, s: (i, fn(i % 6, s)), num_parallel_calls=4, deterministic=False)
+        ds = ds.map(lambda i, s: (i, fn(i % 6, s)),  # noqa: B023 (iterated right here)
+                    num_parallel_calls=4, deterministic=False)
         for i, out in ds.as_numpy_iterator():
             np.testing.assert_array_equal(out, eager[i], err_msg=name)
 

@@ -1,9 +1,9 @@
 """thinjax's BatchNorm (hand-written backward) against flax's nn.BatchNorm (autodiff)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 import pytest
 
 from thinjax.models.batchnorm import BatchNorm, batch_norm_train

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.test_models import irregular_plan
 from thinjax.cost import count
 from thinjax.models.resnet import ResNet, variable_shapes
 from thinjax.plan import Plan, plan_from_width
-from tests.test_models import irregular_plan
 
 # (model, width, input size) -> (params, published MACs as printed, or None)
 REFERENCE = {

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import RELEASE_TABLE, release_path
 from thinjax.data import DataError, eval_batches, get_source, sample_dir
 from thinjax.evaluation import evaluate_checkpoint
-from tests.conftest import RELEASE_TABLE, release_path
 
 # two of the five on the full split (time); tests/test_interop.py checks every release
 # file's logits against PyTorch, and benchmarks/release_accuracy.py gives all five accuracies

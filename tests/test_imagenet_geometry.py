@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests.conftest import release_path
 from thinjax.data import preprocess
 from thinjax.evaluation import evaluate_checkpoint
-from tests.conftest import release_path
 
 # ../shared/checkpoints/README.md: resnet50_width16_imagenet_ema.pt on the 1,000-image
 # ImageNet sample in PyTorch (release model code, Resize(232) + CenterCrop(224)).

@@ -1,13 +1,12 @@
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from thinjax.cost import count
-import flax.linen as nn
-
 from thinjax.models.resnet import Block, ResNet, random_variables, variable_shapes
 from thinjax.plan import ARCHS, BlockPlan, Plan, StagePlan, plan_from_width
 

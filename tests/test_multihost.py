@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 
-
 from tests.test_train import ROOT, TINY, assert_trees_close, final_params
 from thinjax.checkpoint import load_model
 

@@ -179,6 +179,7 @@ def test_case5_one_process_per_workdir(tmp_path):
 # -- case 2 ------------------------------------------------------------------------------
 def test_case2_export_overwrite_replaces_only_thinjax_exports(tmp_path, monkeypatch):
     import zipfile
+
     from thinjax.interop import export as ex
     from thinjax.plan import plan_from_width
     gan, thesis = tmp_path / "my_gan.pt", tmp_path / "thesis.docx"
@@ -236,7 +237,9 @@ def test_case10_out_of_range_values_are_refused_before_any_work(tmp_path, flag, 
 
 # -- case 7 ------------------------------------------------------------------------------
 _LOAD = textwrap.dedent("""
+    from thinjax import cpu
     from thinjax.ops import build, conv
+    cpu.enable()
     build.load()
     print(build._library_path(), "|", conv.status())
     """)
@@ -277,9 +280,10 @@ def test_case7_a_truncated_or_foreign_kernel_library_is_rebuilt_not_loaded(tmp_p
     subprocess.run(["g++", "-shared", "-fPIC", "-o", str(path), str(src)], check=True)
     open(path + ".sha256", "w").write(
         f"{os.path.getsize(path)} {build._digest(build.Path(path))}\n")
-    r = subprocess.run([sys.executable, "-c", "from thinjax.ops import conv; "
-                        "import jax.numpy as jnp; print(conv.resolve('auto', jnp.float32), "
-                        "'|', conv.status())"], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", "from thinjax import cpu; cpu.enable(); "
+                        "from thinjax.ops import conv; import jax.numpy as jnp; "
+                        "print(conv.resolve('auto', jnp.float32), '|', conv.status())"],
+                       env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("xla |"), r.stdout + r.stderr[-1500:]
     assert "not thinjax's library" in r.stdout + r.stderr and not os.path.exists(path)
@@ -290,6 +294,7 @@ def test_case7_a_truncated_or_foreign_kernel_library_is_rebuilt_not_loaded(tmp_p
 def test_case4_downloads_are_capped_at_the_manifest_size(tmp_path, monkeypatch):
     import http.server
     import threading
+
     from thinjax import zoo
     sent = {"bytes": 0}
 
@@ -413,8 +418,8 @@ def test_case9_bad_input_is_one_error_line(tmp_path, case):
                          f"--workdir={afile}"]), "is a file, not a folder"
     else:
         from tests.test_protocol import tiny
-        from thinjax.protocol import run_study
         from thinjax.errors import OutputError as OE
+        from thinjax.protocol import run_study
         row = tmp_path / "study" / "runs" / "dense-s0" / "row.json"
         row.parent.mkdir(parents=True)
         row.write_text('{"run": "dense-s0", "val_top1": ')  # cut off mid-write by hand
@@ -427,6 +432,7 @@ def test_case9_bad_input_is_one_error_line(tmp_path, case):
 
 def test_case6_a_changed_study_entry_reruns_its_row(tmp_path, capsys, monkeypatch):
     import ml_collections
+
     from thinjax.study import Study
     a, b = tmp_path / "w4.pt", tmp_path / "w1.pt"
     a.write_bytes(b"width 4")
@@ -454,6 +460,7 @@ def test_case6_a_changed_study_entry_reruns_its_row(tmp_path, capsys, monkeypatc
 # -- case 8 ------------------------------------------------------------------------------
 def test_case8_a_corrupt_evaluation_image_loses_no_training(tmp_path):
     import shutil
+
     from thinjax.data.sources import sample_dir
     data = tmp_path / "data"
     shutil.copytree(sample_dir("cifar10"), data)
@@ -472,6 +479,7 @@ def test_case8_a_corrupt_evaluation_image_loses_no_training(tmp_path):
 # -- case 10 (which convolution a run used is recorded; a resume with another says so) ----
 def test_case10_the_convolution_is_recorded_and_a_changed_one_is_reported(tmp_path):
     import json
+
     from thinjax.ops import build
     try:
         build.onednn_paths()

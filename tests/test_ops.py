@@ -99,6 +99,8 @@ def test_choice_and_bad_input(monkeypatch):
 
 BUILD_TWICE = """
 import os, sys, time
+from thinjax import cpu
+cpu.enable()
 from thinjax.ops import build, conv
 lib = build.load()
 path = build._library_path()
@@ -124,7 +126,9 @@ def test_build_is_cached_atomic_and_recovers_from_a_corrupt_library(tmp_path):
 
 MULTI_DEVICE = """
 import jax.numpy as jnp
+from thinjax import cpu
 from thinjax.ops import conv
+cpu.enable()
 print(conv.resolve("auto", jnp.float32), "|", conv.status())
 """
 
@@ -139,7 +143,9 @@ def test_several_cpu_devices_keep_xla_convolutions():
 
 UNWRITABLE = """
 import logging, jax.numpy as jnp
+from thinjax import cpu
 from thinjax.ops import conv
+cpu.enable()
 print(conv.resolve("auto", jnp.float32), "|", conv.status())
 """
 

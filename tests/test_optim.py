@@ -7,9 +7,9 @@ from flax import traverse_util
 
 from thinjax import optim
 from thinjax.config import base_config, validate
-from thinjax.train.mix import mix
 from thinjax.models.resnet import variable_shapes
 from thinjax.plan import plan_from_width
+from thinjax.train.mix import mix
 
 
 def optim_cfg(**kw):
@@ -112,6 +112,7 @@ def test_config_schema_refuses_unknown_keys():
 
 def test_gradient_accumulation_averages_micro_batch_gradients():
     import functools
+
     from thinjax.models.resnet import ResNet
     from thinjax.train import state as state_lib
     from thinjax.train.step import StepConfig, train_step

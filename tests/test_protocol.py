@@ -15,7 +15,8 @@ import pytest
 
 from thinjax import stats
 from thinjax.errors import ConfigError
-from thinjax.protocol import analysis, execute, from_config, plan as planning, run_study
+from thinjax.protocol import analysis, execute, from_config, run_study
+from thinjax.protocol import plan as planning
 from thinjax.protocol.runner import finalise_tests
 from thinjax.protocol.spec import RunSpec
 

@@ -85,10 +85,11 @@ def test_masked_equals_materialised_for_random_masks(name, width, size):
 
 
 def test_masked_equals_materialised_on_real_images_after_l1_pruning():
+    import os
+
+    import thinjax
     from thinjax.checkpoint import load_model
     from thinjax.data import eval_batches, get_source
-    import thinjax
-    import os
     asset = os.path.join(os.path.dirname(thinjax.__file__), "assets",
                          "resnet20_width4_cifar10_ema.safetensors")
     plan, variables, _ = load_model(asset)

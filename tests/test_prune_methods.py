@@ -19,8 +19,7 @@ from thinjax.models.resnet import ResNet, random_variables
 from thinjax.plan import BlockPlan, Plan, StagePlan, plan_from_width
 from thinjax.prune import regularize, schedule
 from thinjax.prune.allocate import Target
-from thinjax.prune.criteria import (CRITERIA, DATA_CRITERIA, ScoreInputs, needs_data,
-                                    score_groups)
+from thinjax.prune.criteria import CRITERIA, DATA_CRITERIA, ScoreInputs, needs_data, score_groups
 from thinjax.prune.groups import channel_groups, init_masks, keep_counts, leaf_axes
 from thinjax.prune.materialize import materialize
 from thinjax.prune.pruner import compute_masks

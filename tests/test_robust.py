@@ -50,11 +50,11 @@ import pytest
 import thinjax
 from tests.test_train import ROOT, main_cmd, run, sub_env, wait_for_checkpoint
 from thinjax import cli, convert, export, fs, import_torch
-from thinjax.cost import __main__ as cost_cmd
-from thinjax.cost import count
 from thinjax import evaluate as evaluate_command
 from thinjax.checkpoint import export_model, load_model
 from thinjax.config import base_config, check_rerun, validate
+from thinjax.cost import __main__ as cost_cmd
+from thinjax.cost import count
 from thinjax.errors import CheckpointError, ConfigError, NonFiniteLoss
 from thinjax.plan import Plan, plan_from_width
 from thinjax.train.keeper import CheckpointKeeper
@@ -321,6 +321,7 @@ def user_checks(base: str) -> dict:
     """The command-line checks that `test_commands_as_a_user` runs in a subprocess as user
     nobody: {name: [exit status, stderr]} and directory listings, printed as JSON."""
     from absl import flags
+
     from thinjax import main as train_main
     train_main.define_flags()
     ro, out = os.path.join(base, "ro"), {}

@@ -14,11 +14,11 @@ import pytest
 
 from tests.conftest import RELEASE, release_path
 from thinjax import cli, zoo
-from thinjax.zoo import __main__ as zoo_cmd
 from thinjax.checkpoint import load_model
 from thinjax.errors import CheckpointError
 from thinjax.interop.torch import import_checkpoint
 from thinjax.plan import plan_from_width
+from thinjax.zoo import __main__ as zoo_cmd
 
 SMALL = ["resnet20_w1_cifar10", "resnet20_w2_cifar10", "resnet20_w3_cifar10",
          "resnet20_w5_cifar10"]

@@ -10,7 +10,8 @@ core of the 2-core VM of ``docs/performance.md``, which gives the commands). The
 allocation happens on one of XLA's worker threads, whose malloc arena cannot grow past
 64 MB and so maps any larger block directly, whatever the mmap threshold says.
 
-`tune_malloc` sets three ``mallopt`` parameters, process-wide, when thinjax is imported:
+`tune_malloc` sets three ``mallopt`` parameters, process-wide, when `thinjax.cpu.enable()`
+is called (the commands call it; importing thinjax changes nothing):
 
 * ``M_ARENA_MAX=1``: every thread allocates from the main arena, which grows with ``brk``;
 * ``M_MMAP_MAX=0``: no allocation is served by ``mmap``, so freed blocks return to the heap;
@@ -88,5 +89,5 @@ def tune_malloc(env=None) -> str:
 
 
 def malloc_status() -> str:
-    """What `tune_malloc` did when thinjax was imported: "applied", or why not."""
+    """What `tune_malloc` did ("applied", or why not); "not applied" before it ran."""
     return _STATUS[0]

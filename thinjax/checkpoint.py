@@ -144,6 +144,7 @@ def _to_numpy(tree):
 def check_shapes(plan: Plan, variables: dict, where: str = "variables") -> None:
     """Raises CheckpointError naming the first leaf whose shape disagrees with `plan`."""
     from flax import traverse_util
+
     from thinjax.models.resnet import variable_shapes
     want = variable_shapes(plan)
     for col in ("params", "batch_stats"):

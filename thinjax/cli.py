@@ -27,7 +27,8 @@ import json
 import logging as pylogging
 import sys
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from absl import app, flags, logging
 

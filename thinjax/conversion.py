@@ -26,9 +26,9 @@ from thinjax.errors import ConfigError, TargetError
 from thinjax.evaluation import IMAGENET_RESIZE, evaluate_on
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
+from thinjax.prune.allocate import Target
 from thinjax.prune.criteria import needs_data
 from thinjax.prune.groups import init_masks
-from thinjax.prune.allocate import Target
 from thinjax.prune.materialize import materialize, small_plan
 from thinjax.prune.pruner import compute_masks
 from thinjax.prune.recalibrate import recalibrate_bn as recalibrate

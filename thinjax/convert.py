@@ -19,6 +19,9 @@ The table gives params, MACs, per-stage widths, and top-1 with ``--data``.
 
 from __future__ import annotations
 
+import thinjax.commands  # noqa: F401  (the process edge, first: before TensorFlow and JAX)
+
+# isort: split
 from absl import flags
 
 from thinjax import cli

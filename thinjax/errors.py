@@ -17,7 +17,7 @@ import errno
 import os
 import re
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class ThinjaxError(Exception):

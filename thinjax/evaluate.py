@@ -14,6 +14,9 @@ whose weights hold NaN or infinity is refused (exit 2), never reported as a 10% 
 
 from __future__ import annotations
 
+import thinjax.commands  # noqa: F401  (the process edge, first: before TensorFlow and JAX)
+
+# isort: split
 from absl import flags
 
 from thinjax import cli

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp

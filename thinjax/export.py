@@ -24,6 +24,9 @@ extra: pip install 'thinjax[export]'.
 
 from __future__ import annotations
 
+import thinjax.commands  # noqa: F401  (the process edge, first: before TensorFlow and JAX)
+
+# isort: split
 from absl import flags
 
 from thinjax import cli, fs

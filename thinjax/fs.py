@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from thinjax.errors import OutputError
 

@@ -12,6 +12,9 @@ checkpoint's layout), never a folder of other files, and never SRC itself.
 
 from __future__ import annotations
 
+import thinjax.commands  # noqa: F401  (the process edge, first: before TensorFlow and JAX)
+
+# isort: split
 import os
 
 from absl import flags

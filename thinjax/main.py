@@ -25,13 +25,15 @@ written is one ``error:`` line naming it.
 
 from __future__ import annotations
 
+import thinjax.commands  # noqa: F401  (the process edge, first: before TensorFlow and JAX)
+
+# isort: split
 import contextlib
 import json
 import os
 import sys
 
 import jax
-
 from absl import flags
 from ml_collections import config_flags
 
@@ -81,8 +83,8 @@ def _load_init(cfg, plan, use_ema: bool = False):
     ck_plan, variables, meta = load_model(cfg.init_from, use_ema=use_ema)
     if ck_plan != plan:
         raise CheckpointError(f"{cfg.init_from}: its plan ({ck_plan.describe()}) differs from "
-                              f"the configured one ({plan.describe()}); set config.model to match or "
-                              "config.model.plan_file")
+                              f"the configured one ({plan.describe()}); set config.model to "
+                              "match or config.model.plan_file")
     print(f"loaded {cfg.init_from}" + (" (EMA weights)" if use_ema else ""))
     return variables, meta
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any, Iterator, Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from thinjax.errors import PlanError
 
@@ -125,7 +126,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
         try:
             stages = tuple(
                 StagePlan(
@@ -145,7 +146,7 @@ class Plan:
                             "blocks[{inner, proj}]}]") from e
 
     @classmethod
-    def from_json(cls, text: str) -> "Plan":
+    def from_json(cls, text: str) -> Plan:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str) -> None:
@@ -153,7 +154,7 @@ class Plan:
         fs.write_text(path, self.to_json(indent=1))
 
     @classmethod
-    def load(cls, path: str) -> "Plan":
+    def load(cls, path: str) -> Plan:
         from thinjax import fs
         try:
             return cls.from_json(fs.read_text(path))

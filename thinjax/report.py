@@ -158,7 +158,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         if r.get("top1") is not None:
             groups.setdefault((r["name"], budget_key(r)), []).append(r)
     out = []
-    for (name, key), rs in groups.items():
+    for (_, key), rs in groups.items():
         accs = [r["top1"] for r in rs]
         g = dict(rs[0])
         g.update(top1=statistics.fmean(accs), n=len(rs), rows=rs, key=key,

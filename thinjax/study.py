@@ -37,6 +37,9 @@ DIR/literature.csv, DIR/acc_vs_macs.{png,svg}, DIR/acc_vs_params.{png,svg} and D
 
 from __future__ import annotations
 
+import thinjax.commands  # noqa: F401  (the process edge, first: before TensorFlow and JAX)
+
+# isort: split
 import csv
 import dataclasses
 import json

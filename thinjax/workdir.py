@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from thinjax.errors import OutputError
 from thinjax.fs import is_remote, is_thinjax_output

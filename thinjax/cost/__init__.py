@@ -18,6 +18,7 @@ import dataclasses
 from thinjax.errors import ConfigError
 from thinjax.plan import Plan
 
+
 @dataclasses.dataclass(frozen=True)
 class Cost:
     params: int

@@ -8,6 +8,9 @@ Counts follow torchvision / fvcore conventions (see the ``thinjax.cost`` library
 
 from __future__ import annotations
 
+import thinjax.commands  # noqa: F401  (the process edge, first: before TensorFlow and JAX)
+
+# isort: split
 from absl import flags
 
 from thinjax import cli

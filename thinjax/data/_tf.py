@@ -1,8 +1,5 @@
 """TensorFlow for tf.data only, set up once for every data module."""
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no oneDNN banner unless asked for
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 # tf.data runs on the host: never let TensorFlow take accelerator memory from JAX.
 tf.config.set_visible_devices([], "GPU")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
-from thinjax.data._tf import graph_fn, tf
 
 from thinjax.data import preprocess
+from thinjax.data._tf import graph_fn, tf
 from thinjax.data.sources import DataError, Source
 from thinjax.errors import ConfigError
 

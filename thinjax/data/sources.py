@@ -15,11 +15,12 @@ import dataclasses
 import os
 import re
 import zipfile
-from typing import Callable
+from collections.abc import Callable
+
+import tensorflow_datasets as tfds
 
 from thinjax.data._tf import graph_fn, tf
 from thinjax.errors import DataError
-import tensorflow_datasets as tfds
 
 SAMPLES = {"cifar10": "cifar10_sample.zip"}
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")

@@ -43,7 +43,8 @@ import tempfile
 import time
 import warnings
 import zipfile
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -275,6 +276,7 @@ def jitted_forward(plan: Plan) -> Callable:
     """thinjax's jitted inference forward pass of `plan`: (variables, NHWC images) -> logits
     (one per plan, so repeated calls on one shape compile once)."""
     import jax
+
     from thinjax.models.resnet import ResNet
     model = ResNet(plan)
     return jax.jit(lambda v, x: model.apply(v, x, train=False))

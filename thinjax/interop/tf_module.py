@@ -14,7 +14,8 @@ TensorFlow is imported here, so import this module only when exporting.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf

@@ -4,8 +4,8 @@ Reads torchvision names (``conv1``, ``bn1``, ``layerX.Y.convZ``, ``downsample.0/
 ``fc``) and the ThinResNet release's names (``embed.0``, ``embed.1``, an optional
 ``module.`` prefix, an ``n_averaged`` entry), from ``.pt``/``.pth`` (through PyTorch,
 ``weights_only=True``: a checkpoint is data, never code; a file that holds more than
-tensors is refused as such, without PyTorch's advice to load it unsafely), ``.safetensors`` or ``.npz``
-(no PyTorch needed). The plan is inferred from the tensor shapes; strides are the
+tensors is refused as such, without PyTorch's advice to load it unsafely), ``.safetensors``
+or ``.npz`` (no PyTorch needed). The plan is inferred from the tensor shapes; strides are the
 standard ones (stage 1: 1, later stages: 2); a block index with no tensors (layer1.0,
 layer1.2 but no layer1.1) is a removed block, the identity.
 """
@@ -17,13 +17,12 @@ import pickle
 import re
 import warnings
 from collections import defaultdict
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from thinjax.errors import CheckpointError, CheckpointFormatError
 from thinjax.plan import BlockPlan, Plan, PlanError, StagePlan
-
 
 StateDict = Mapping[str, np.ndarray]
 
@@ -190,6 +189,7 @@ def convert(sd: StateDict, plan: Plan | None = None) -> tuple[Plan, dict]:
     Raises CheckpointFormatError naming the first key whose shape does not fit the plan.
     """
     from flax import traverse_util
+
     from thinjax.models.resnet import variable_shapes
 
     plan = plan or infer_plan(sd)

@@ -7,6 +7,8 @@ convolution. oneDNN, the library behind PyTorch's CPU convolutions, computes all
 ``conv2d(..., impl="auto")`` (what `thinjax.models.resnet.ResNet` uses) therefore calls
 oneDNN through XLA FFI custom calls (``thinjax/ops/onednn_conv.cc``) when
 
+* `thinjax.cpu.enable()` was called (the commands call it; `prefer_onednn`),
+
 * JAX's default backend is the CPU and the process sees one device (``jax.device_count()
   == 1``; the custom calls carry no sharding rule, so a batch sharded over several CPU
   devices keeps XLA's convolution),
@@ -35,7 +37,7 @@ import numpy as np
 from thinjax.errors import ConfigError
 from thinjax.ops import build
 
-__all__ = ["ENV", "IMPLS", "conv2d", "resolve", "status", "xla_conv2d"]
+__all__ = ["ENV", "IMPLS", "conv2d", "prefer_onednn", "resolve", "status", "xla_conv2d"]
 
 ENV = "THINJAX_CONV"
 IMPLS = ("auto", "xla", "onednn")
@@ -43,6 +45,13 @@ DIMS = ("NHWC", "HWIO", "NHWC")
 
 log = logging.getLogger(__name__)
 _WARNED: list[str] = []
+_PREFER_ONEDNN = [False]  # set by thinjax.cpu.enable() (the commands call it)
+
+
+def prefer_onednn(on: bool = True) -> None:
+    """Whether ``impl="auto"`` uses oneDNN where it can (`thinjax.cpu.enable` turns it on;
+    off, ``auto`` is XLA's convolution)."""
+    _PREFER_ONEDNN[0] = bool(on)
 
 
 def xla_conv2d(x, kernel, stride: int, padding: int):
@@ -86,7 +95,14 @@ onednn_conv2d.defvjp(_fwd, _bwd)
 
 
 def _auto_reason(dtype) -> str | None:
-    """Why ``auto`` cannot use oneDNN for `dtype` here, or None if it can."""
+    """Why ``auto`` does not use oneDNN for `dtype` here, or None if it does."""
+    if not _PREFER_ONEDNN[0]:
+        return "thinjax.cpu.enable() was not called (the commands call it)"
+    return _usable_reason(dtype)
+
+
+def _usable_reason(dtype) -> str | None:
+    """Why oneDNN cannot compute `dtype` here, or None if it can."""
     if jax.default_backend() != "cpu":
         return f"the default backend is {jax.default_backend()}"
     if jax.device_count() != 1:
@@ -112,7 +128,7 @@ def resolve(impl: str = "auto", dtype=jnp.float32) -> str:
                           f"${ENV}); choose one of {', '.join(IMPLS)}")
     if impl != "auto":
         if impl == "onednn":
-            reason = _auto_reason(dtype)
+            reason = _usable_reason(dtype)
             if reason:
                 raise build.KernelUnavailable(f"oneDNN convolutions were asked for but cannot "
                                               f"be used: {reason}")

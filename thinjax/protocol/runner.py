@@ -4,8 +4,8 @@ Each run keeps ``DIR/runs/<id>/row.json`` (written atomically); a rerun skips ro
 key (a hash of the run and the settings it reads, `RunSpec.key`) still matches, and
 reruns the ones whose settings changed (reported as stale). A run that fails writes
 ``error.txt`` and the others go on; a trained run (not dense) that diverges (NonFiniteLoss)
-is a result, a row at chance accuracy marked ``diverged``. A row's test top-1 is measured once its LR is final
-(a grid run that was not chosen is never evaluated on the test split).
+is a result, a row at chance accuracy marked ``diverged``. A row's test top-1 is measured
+once its LR is final (a grid run that was not chosen is never evaluated on the test split).
 """
 
 from __future__ import annotations

@@ -80,14 +80,16 @@ def from_config(section) -> Protocol:
     if unknown:
         raise ConfigError(f"config.protocol: unknown field(s) {unknown}; valid: "
                           f"{', '.join(sorted(fields))}")
-    for k in ("targets", "curve_targets", "control_targets", "finetune_epochs", "criteria", "arms", "recipe_overrides"):
+    for k in ("targets", "curve_targets", "control_targets", "finetune_epochs", "criteria",
+              "arms", "recipe_overrides"):
         if k in d:
             d[k] = _tuple(d[k])
     d["lr_grid"] = {k: _tuple(v) for k, v in dict(d.get("lr_grid", {})).items()}
     try:
         p = Protocol(**d)
     except TypeError as e:
-        raise ConfigError(f"config.protocol: {e}; see configs/study_cifar10_r20_protocol.py")
+        raise ConfigError(f"config.protocol: {e}; see configs/study_cifar10_r20_protocol.py"
+                          ) from None
     _check(p)
     return p
 

@@ -34,7 +34,7 @@ import functools
 import heapq
 import math
 import re
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ METHODS = ("uniform", "global", "explicit")
 CountsFn = Callable[[float, float], dict[str, int]]
 # (group, channels it keeps, channels after one more unit, units it gave up so far)
 # -> sort key of that unit (lowest first), or None where the group may not give it up
-UnitRank = Callable[[str, int, int, int], Optional[tuple]]
+UnitRank = Callable[[str, int, int, int], tuple | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +127,7 @@ class _Candidate:
 
 
 # the nearest candidates tried above and below a target; None where nothing was searched
-Around = Optional[tuple[Optional[_Candidate], Optional[_Candidate]]]
+Around = tuple[_Candidate | None, _Candidate | None] | None
 
 
 def _round(k: float, size: int, minimum: int, round_to: int) -> int:

@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -55,7 +56,7 @@ from thinjax.models.resnet import Block, ConvBN
 from thinjax.plan import Plan
 from thinjax.prune.groups import Group, channel_groups, flatten, init_masks
 
-CRITERIA: dict[str, Callable[["ScoreInputs"], dict[str, np.ndarray]]] = {}
+CRITERIA: dict[str, Callable[[ScoreInputs], dict[str, np.ndarray]]] = {}
 
 
 def register(name: str):

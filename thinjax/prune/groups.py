@@ -23,13 +23,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flax import traverse_util
 
-from thinjax.plan import BlockPlan, Plan, PlanError, StagePlan, streams
-from thinjax.plan import stream_of  # noqa: F401 (re-exported: stream names are plan-level)
+from thinjax.plan import (
+    BlockPlan,
+    Plan,
+    PlanError,
+    StagePlan,
+    stream_of,  # noqa: F401 (re-exported: stream names are plan-level)
+    streams,
+)
 
 BN_LEAVES = ("scale", "bias", "mean", "var")
 Member = tuple[str, int]  # (leaf path, axis)

@@ -17,8 +17,15 @@ import jax
 import numpy as np
 
 from thinjax.plan import Plan, PlanError
-from thinjax.prune.groups import (channel_groups, check_masks, flatten, leaf_axes,
-                                  plan_with_counts, unflatten, _param_suffix)
+from thinjax.prune.groups import (
+    _param_suffix,
+    channel_groups,
+    check_masks,
+    flatten,
+    leaf_axes,
+    plan_with_counts,
+    unflatten,
+)
 
 
 def keep_indices(masks: dict) -> dict[str, np.ndarray]:

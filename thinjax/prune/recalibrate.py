@@ -8,7 +8,7 @@ fine-tuning (a standard step in pruning pipelines, e.g. EagleEye, Li et al. 2020
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import jax
 import numpy as np

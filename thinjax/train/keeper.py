@@ -21,7 +21,8 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from thinjax import checkpoint as ckpt, fs
+from thinjax import checkpoint as ckpt
+from thinjax import fs
 from thinjax.errors import CheckpointError, NonFiniteLoss
 
 
@@ -111,8 +113,9 @@ class CheckpointKeeper:
             while os.path.exists(dst):
                 dst += "-"
             os.replace(src, dst)
-        print(f"warning: checkpoint step {step} cannot be restored, its files are unreadable ({type(error).__name__}: "
-              f"{str(error).splitlines()[0][:160] if str(error) else ''}); moved to {dst}, "
+        first = str(error).splitlines()[0][:160] if str(error) else ""
+        print(f"warning: checkpoint step {step} cannot be restored, its files are unreadable "
+              f"({type(error).__name__}: {first}); moved to {dst}, "
               "trying the previous one", file=sys.stderr, flush=True)
         self.mngr.reload()
 

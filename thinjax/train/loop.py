@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from thinjax import optim
+from thinjax.allocator import malloc_status
 from thinjax.cost import count
 from thinjax.data import get_source, train_batches
 from thinjax.data.pipeline import EvalBatches
@@ -54,7 +55,7 @@ class Parts:
     keeper: CheckpointKeeper
     pruner: PruningController
     reporter: Reporter
-    evaluator: "Evaluator"
+    evaluator: Evaluator
 
 
 def train_and_evaluate(cfg, workdir: str, model, plan: Plan, init_variables=None) -> dict:
@@ -242,7 +243,7 @@ def _results(p: Parts, workdir: str, final: dict) -> dict:
            "train_images_per_s": (s.total - p.start) * s.global_batch / max(p.reporter.wall(),
                                                                            1e-9),
            "wall_s": p.reporter.wall(), "plan": out_plan.to_dict(),
-           "convolution": convolution_of(p.run.model)}
+           "convolution": convolution_of(p.run.model), "malloc": malloc_status()}
     if pruner.events:
         out.update(prune_events=pruner.log, dense_params=pruner.dense_cost.params,
                    dense_macs=pruner.dense_cost.macs)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -19,7 +20,8 @@ from thinjax import optim
 from thinjax.errors import ConfigError, DataError
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan
-from thinjax.train import sharding, state as state_lib
+from thinjax.train import sharding
+from thinjax.train import state as state_lib
 from thinjax.train.step import StepConfig, train_step
 
 # XLA options for code that runs once per run (the state's init): the backend's optimisation

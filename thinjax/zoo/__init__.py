@@ -289,7 +289,8 @@ def _stream(url: str, dst, total: int | None, progress: bool, label: str) -> int
         n = 0
         with tqdm(total=expected, unit="B", unit_scale=True, desc=label, leave=False,
                   disable=not progress, file=sys.stderr) as bar:
-            for chunk in iter(lambda: resp.read(min(CHUNK, cap + 1 - n)), b""):
+            # the lambda reads the running count n on purpose (a read never passes the cap)
+            for chunk in iter(lambda: resp.read(min(CHUNK, cap + 1 - n)), b""):  # noqa: B023
                 n += len(chunk)
                 if n > cap:
                     raise OSError(f"the server sent more than the {cap:,} bytes expected")

@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import thinjax.commands  # noqa: F401  (the process edge, first: before TensorFlow and JAX)
+
+# isort: split
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 from absl import flags
 
