@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from thinjax.cost import count
-from thinjax.models.resnet import Block, ResNet, random_variables, variable_shapes
+from thinjax.models.resnet import Block, Conv, ResNet, random_variables, variable_shapes
 from thinjax.plan import ARCHS, BlockPlan, Plan, StagePlan, plan_from_width
 
 
@@ -60,7 +60,7 @@ def test_irregular_plan_trains_one_step_and_removed_block_is_identity():
     assert all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree.leaves(g))
     assert float(jnp.abs(g["stage2"]["block1"]["conv1"]["kernel"]).sum()) > 0
     # a removed block passes its (post-ReLU) input through unchanged
-    block = Block((0,), 9, 1, False, nn.BatchNorm)
+    block = Block((0,), 9, 1, False, Conv, nn.BatchNorm)
     h = jax.nn.relu(x[..., :1].repeat(9, -1))
     np.testing.assert_array_equal(block.apply({}, h), h)
 

@@ -82,42 +82,39 @@ class ConvBN(nn.Module):
     features: int
     kernel: int
     stride: int
+    conv: ModuleDef
     norm: ModuleDef
-    dtype: Any = jnp.float32
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, mask=None):
-        conv = Conv(self.features, self.kernel, self.stride, self.dtype, self.conv_impl,
-                    name="conv")
-        x = conv(x)
+        x = self.conv(self.features, self.kernel, self.stride, name="conv")(x)
         return _masked(self.norm(name="bn")(x), mask)
 
 
 class Block(nn.Module):
-    """Basic (inner=(c1,)) or bottleneck (inner=(c1, c2)) residual block."""
+    """Basic (inner=(c1,)) or bottleneck (inner=(c1, c2)) residual block. `conv` and `norm`
+    make its layers and `barrier` (or None) ends it: `ResNet` chooses them, in one place."""
     inner: tuple[int, ...]
     out: int
     stride: int
     proj: bool
+    conv: ModuleDef
     norm: ModuleDef
     zero_init_last: bool = False
-    dtype: Any = jnp.float32
-    fusion_barrier: bool = False
-    conv_impl: str = "auto"
+    barrier: Any = None
 
     @nn.compact
     def __call__(self, x, out_mask=None, inner_masks=None):
         inner_masks = inner_masks or (None,) * len(self.inner)
         shortcut = x
         if self.proj:
-            shortcut = ConvBN(self.out, 1, self.stride, self.norm, self.dtype, self.conv_impl,
+            shortcut = ConvBN(self.out, 1, self.stride, self.conv, self.norm,
                               name="proj")(x, out_mask)
         if all(c == 0 for c in self.inner):  # branch removed: the block is the identity
             return nn.relu(shortcut)
         last_norm = functools.partial(self.norm, scale_init=nn.initializers.zeros) \
             if self.zero_init_last else self.norm
-        conv = functools.partial(Conv, dtype=self.dtype, impl=self.conv_impl)
+        conv = self.conv
         if len(self.inner) == 1:  # basic
             y = conv(self.inner[0], 3, self.stride, name="conv1")(x)
             y = nn.relu(_masked(self.norm(name="bn1")(y), inner_masks[0]))
@@ -135,21 +132,20 @@ class Block(nn.Module):
             alive = jnp.all(jnp.stack([jnp.any(m > 0) for m in inner_masks]))
             y = y * alive.astype(y.dtype)
         out = nn.relu(y + shortcut)
-        if not self.fusion_barrier:
+        if self.barrier is None:
             return out
         # the divisor from a (replicated) parameter: no collective on a sharded batch
         last = self.variables["params"][f"bn{len(self.inner) + 1}"]["scale"]
-        return fusion_barrier(out, last)
+        return self.barrier(out, last)
 
 
 class Stage(nn.Module):
     plan: Plan
     index: int
+    conv: ModuleDef
     norm: ModuleDef
     zero_init_last: bool = False
-    dtype: Any = jnp.float32
-    fusion_barrier: bool = False
-    conv_impl: str = "auto"
+    barrier: Any = None
 
     @nn.compact
     def __call__(self, x, masks=None):
@@ -161,8 +157,8 @@ class Stage(nn.Module):
                 if not b.removed:
                     block = f"stage{self.index + 1}/block{bi}"
                     inner = tuple(masks[f"{block}/conv{k + 1}"] for k in range(len(b.inner)))
-            x = Block(b.inner, s.width, s.stride if bi == 0 else 1, b.proj, self.norm,
-                      self.zero_init_last, self.dtype, self.fusion_barrier, self.conv_impl,
+            x = Block(b.inner, s.width, s.stride if bi == 0 else 1, b.proj, self.conv,
+                      self.norm, self.zero_init_last, self.barrier,
                       name=f"block{bi}")(x, out_mask, inner)
         return x
 
@@ -171,13 +167,15 @@ class ResNet(nn.Module):
     """A ResNet whose every channel count comes from `plan`.
 
     Input: NHWC images. Output: float32 logits. `dtype` is the compute dtype (e.g.
-    bfloat16); parameters and BatchNorm statistics stay float32. `fused_bn` (default)
-    uses `thinjax.models.batchnorm.BatchNorm`, whose hand-written backward pass is faster
-    on XLA:CPU; ``fused_bn=False`` is ``nn.BatchNorm`` (same variables and numerics).
-    `fusion_barrier` applies `fusion_barrier` to every block's output (same values); None
-    (default) means: when JAX's default backend is the CPU. `conv_impl` ("auto", "xla",
-    "onednn") picks the convolution (`thinjax.ops.conv`): "auto" is oneDNN on a
-    single-device CPU in float32 when its kernels load, XLA's convolution otherwise.
+    bfloat16); parameters and BatchNorm statistics stay float32. Three implementation
+    choices, read in one place (`layers`) and handed to the blocks as layer factories:
+    `fused_bn` (default) uses `thinjax.models.batchnorm.BatchNorm`, whose hand-written
+    backward pass is faster on XLA:CPU; ``fused_bn=False`` is ``nn.BatchNorm`` (same
+    variables and numerics). `fusion_barrier` applies `fusion_barrier` to every block's
+    output (same values); None (default) means: when JAX's default backend is the CPU.
+    `conv_impl` ("auto", "xla", "onednn") picks the convolution (`thinjax.ops.conv`):
+    "auto" is oneDNN where `thinjax.cpu.enable()` turned it on and it can be used, XLA's
+    convolution otherwise.
     """
     plan: Plan
     zero_init_last_bn: bool = False
@@ -188,27 +186,33 @@ class ResNet(nn.Module):
     fusion_barrier: bool | None = None
     conv_impl: str = "auto"
 
-    @nn.compact
-    def __call__(self, x, train: bool = False, masks=None):
+    def layers(self, train: bool) -> tuple[ModuleDef, ModuleDef, Any]:
+        """(conv, norm, barrier or None): the one place that picks the implementations."""
+        conv = functools.partial(Conv, dtype=self.dtype, impl=self.conv_impl)
         # variance E[(x - mean)^2], not E[x^2] - mean^2, which cancels catastrophically
         # for channels with a large mean (PyTorch is stable here too).
-        norm = functools.partial(BatchNorm, use_running_average=not train,
-                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 dtype=self.dtype, param_dtype=jnp.float32)
+        norm = functools.partial(BatchNorm if self.fused_bn else nn.BatchNorm,
+                                 use_running_average=not train, momentum=self.bn_momentum,
+                                 epsilon=self.bn_epsilon, dtype=self.dtype,
+                                 param_dtype=jnp.float32)
         if not self.fused_bn:
-            norm = functools.partial(nn.BatchNorm, use_fast_variance=False, **norm.keywords)
+            norm = functools.partial(norm, use_fast_variance=False)
+        on = jax.default_backend() == "cpu" if self.fusion_barrier is None \
+            else self.fusion_barrier
+        return conv, norm, fusion_barrier if on else None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, masks=None):
+        conv, norm, barrier = self.layers(train)
         p = self.plan
         x = x.astype(self.dtype)
         stem_mask = None if masks is None else masks[stream_of(p)["stem"]]
         kernel, stride = (7, 2) if p.stem == "imagenet" else (3, 1)
-        stem = ConvBN(p.stem_width, kernel, stride, norm, self.dtype, self.conv_impl, name="stem")
-        x = nn.relu(stem(x, stem_mask))
+        x = nn.relu(ConvBN(p.stem_width, kernel, stride, conv, norm, name="stem")(x, stem_mask))
         if p.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-        barrier = jax.default_backend() == "cpu" if self.fusion_barrier is None \
-            else self.fusion_barrier
         for si in range(len(p.stages)):
-            x = Stage(p, si, norm, self.zero_init_last_bn, self.dtype, barrier, self.conv_impl,
+            x = Stage(p, si, conv, norm, self.zero_init_last_bn, barrier,
                       name=f"stage{si + 1}")(x, masks)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(p.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
