@@ -121,3 +121,17 @@ def test_the_library_imports_no_command_and_errors_is_a_leaf():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["['thinjax',", "'thinjax.errors']", "False"]
+
+
+def test_no_test_file_imports_another():
+    """Shared test code lives in tests/helpers.py (and conftest.py), not in test files."""
+    bad = {}
+    for f in sorted(os.listdir(os.path.join(ROOT, "tests"))):
+        if f.startswith("test_") and f.endswith(".py"):
+            tree = ast.parse(open(os.path.join(ROOT, "tests", f)).read())
+            mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+                a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+            hits = sorted(m for m in mods if m and m.startswith("tests.test_"))
+            if hits:
+                bad[f] = hits
+    assert not bad, bad

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import thinjax
-from tests.test_train import ROOT, run, sub_env
+from tests.helpers import ROOT, run, sub_env
 from thinjax import cli, convert
 from thinjax.checkpoint import export_model, load_model
 from thinjax.cost import count

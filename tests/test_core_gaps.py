@@ -15,8 +15,7 @@ import optax
 import pytest
 from flax import traverse_util
 
-from tests.test_models import n_params
-from tests.test_prune import random_masks
+from tests.helpers import n_params, random_masks
 from thinjax import optim
 from thinjax.config import base_config, rsb_procedure
 from thinjax.cost import count

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_models import irregular_plan
+from tests.helpers import irregular_plan
 from thinjax.cost import count
 from thinjax.models.resnet import ResNet, variable_shapes
 from thinjax.plan import Plan, plan_from_width

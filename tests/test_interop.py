@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import RELEASE_TABLE, release_path
-from tests.test_models import irregular_plan, random_variables
+from tests.helpers import irregular_plan
 from thinjax.checkpoint import export_model, load_model
 from thinjax.cost import count
 from thinjax.interop.torch import (
@@ -17,7 +17,7 @@ from thinjax.interop.torch import (
     load_state_dict,
     to_state_dict,
 )
-from thinjax.models.resnet import ResNet
+from thinjax.models.resnet import ResNet, random_variables
 from thinjax.plan import plan_from_width
 
 torch = pytest.importorskip("torch")

@@ -6,13 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import irregular_plan, n_params
 from thinjax.cost import count
 from thinjax.models.resnet import Block, Conv, ResNet, random_variables, variable_shapes
-from thinjax.plan import ARCHS, BlockPlan, Plan, StagePlan, plan_from_width
-
-
-def n_params(tree) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+from thinjax.plan import ARCHS, plan_from_width
 
 
 @pytest.mark.parametrize("width", [4, 16, 64])
@@ -30,14 +27,6 @@ def test_every_family_member_builds_and_runs(name, width):
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
     y = jax.jit(functools.partial(ResNet(plan).apply, train=False))(v, x)
     assert y.shape == (2, plan.num_classes) and bool(jnp.all(jnp.isfinite(y)))
-
-
-def irregular_plan() -> Plan:
-    return Plan("basic", "cifar", 7, (
-        StagePlan(9, 1, (BlockPlan((3,), True), BlockPlan((0,)), BlockPlan((12,)))),
-        StagePlan(13, 2, (BlockPlan((5,), True), BlockPlan((1,)))),
-        StagePlan(6, 2, (BlockPlan((17,), True), BlockPlan((0,)), BlockPlan((2,)))),
-    ), num_classes=5)
 
 
 def test_irregular_plan_trains_one_step_and_removed_block_is_identity():

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from tests.test_train import ROOT, TINY, assert_trees_close, final_params
+from tests.helpers import ROOT, TINY, assert_trees_close, final_params
 from thinjax.checkpoint import load_model
 
 EXTRA = ["--config.data.num_shards=2", "--config.train.mixup_alpha=0.0",

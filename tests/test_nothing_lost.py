@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from tests.test_train import ROOT, main_cmd, sub_env
+from tests.helpers import ROOT, main_cmd, sub_env
 from thinjax import fs
 from thinjax import workdir as wdir
 from thinjax.errors import OutputError
@@ -417,7 +417,7 @@ def test_case9_bad_input_is_one_error_line(tmp_path, case):
         r, words = _cmd(["thinjax.study", "--config=configs/study_cifar10_r20_protocol.py",
                          f"--workdir={afile}"]), "is a file, not a folder"
     else:
-        from tests.test_protocol import tiny
+        from tests.helpers import tiny
         from thinjax.errors import OutputError as OE
         from thinjax.protocol import run_study
         row = tmp_path / "study" / "runs" / "dense-s0" / "row.json"

@@ -13,6 +13,7 @@ import subprocess
 import ml_collections
 import pytest
 
+from tests.helpers import tiny
 from thinjax import stats
 from thinjax.errors import ConfigError
 from thinjax.protocol import analysis, execute, from_config, run_study
@@ -218,21 +219,6 @@ def test_a_diverged_grid_run_is_a_row_at_chance_and_the_grid_still_decides(monke
 
 
 # -- a tiny run, end to end ----------------------------------------------------------
-def tiny(tmp_path):
-    c = ml_collections.ConfigDict()
-    c.title = "tiny protocol"
-    c.data = ml_collections.ConfigDict({"name": "sample:cifar10", "data_dir": "",
-                                        "split": "test", "eval_batch_size": 250})
-    c.protocol = ml_collections.ConfigDict({
-        "arch": "resnet20", "base_width": 4, "targets": (2,), "seeds": 3, "delta": 5.0,
-        "dense_epochs": 0.25, "finetune_epochs": (0.25,), "ref_epochs": 0.25,
-        "criteria": ("l1",), "curve_criteria": 0, "curve_targets": (), "control_targets": (),
-        "arms": ("dense", "oneshot", "thin", "pruned+ft"),
-        "lr_grid": {"thin": (0.05, 0.2), "pruned+ft": (0.05,)}, "dense_lr": 0.1,
-        "recalibrate_bn": 3, "train_split": "train[:2000]", "val_split": "train[2000:]",
-        "recipe": os.path.join(ROOT, "configs", "quick_cifar10.py"), "batch_size": 64,
-        "recipe_overrides": ("--config.train.log_every=10",)})
-    return c
 
 
 def check_report(csv_path: str, report_path: str, delta: float) -> int:

@@ -9,9 +9,9 @@ import optax
 import pytest
 from flax import traverse_util
 
-from tests.test_models import n_params, random_variables
+from tests.helpers import n_params, random_masks
 from thinjax.cost import count
-from thinjax.models.resnet import Conv, ResNet
+from thinjax.models.resnet import Conv, ResNet, random_variables
 from thinjax.plan import plan_from_width
 from thinjax.prune import schedule
 from thinjax.prune.allocate import Target, TargetError, allocate
@@ -20,18 +20,6 @@ from thinjax.prune.groups import channel_groups, check_masks, init_masks, keep_c
 from thinjax.prune.materialize import materialize, slice_opt_state, slice_tree, small_plan
 
 PLANS = [("resnet20", 8, 32), ("resnet56", 4, 32), ("resnet18", 8, 64), ("resnet50", 8, 64)]
-
-
-def random_masks(plan, rng, p_keep=0.6, p_drop_block=0.15):
-    masks = {}
-    for n, g in channel_groups(plan).items():
-        m = (rng.random(g.size) < p_keep).astype(np.float32)
-        if g.removable and rng.random() < p_drop_block:
-            m[:] = 0
-        elif not m.any():
-            m[rng.integers(g.size)] = 1
-        masks[n] = m
-    return masks
 
 
 def conv_macs(plan, variables, size):

@@ -14,7 +14,7 @@ import types
 import numpy as np
 import pytest
 
-from tests.test_train import sub_env
+from tests.helpers import sub_env
 from thinjax.config import base_config
 from thinjax.cost import count
 from thinjax.plan import plan_from_width

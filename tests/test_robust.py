@@ -48,7 +48,7 @@ import numpy as np
 import pytest
 
 import thinjax
-from tests.test_train import ROOT, main_cmd, run, sub_env, wait_for_checkpoint
+from tests.helpers import ROOT, main_cmd, run, sub_env, wait_for_checkpoint
 from thinjax import cli, convert, export, fs, import_torch
 from thinjax import evaluate as evaluate_command
 from thinjax.checkpoint import export_model, load_model

@@ -9,7 +9,7 @@ import os
 import ml_collections
 import pytest
 
-from tests.test_train import sub_env
+from tests.helpers import sub_env
 from thinjax import report
 from thinjax.checkpoint import export_model
 from thinjax.errors import CheckpointError

@@ -7,59 +7,11 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
+from tests.helpers import ROOT, assert_trees_close, main_cmd, run, sub_env
 from thinjax.checkpoint import load_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-TINY = [  # ThinResNet-20 w=4 on the sample, a few steps with the full recipe's features
-    "--config=configs/default.py", "--config.model.width=4", "--config.train.batch_size=32",
-    "--config.train.total_steps=12", "--config.train.checkpoint_every=4",
-    "--config.train.log_every=4", "--config.train.eval_every_epochs=1000",
-    "--config.data.trivial_augment=True", "--config.data.random_erasing=0.25",
-    "--config.train.mixup_alpha=0.2", "--config.train.cutmix_alpha=1.0",
-    "--config.ema.every=2", "--config.optim.warmup_epochs=0.05",
-    "--config.data.eval_batch_size=500", "--config.train.async_checkpoints=False",
-]
-
-
-def main_cmd(workdir, *extra):
-    return [sys.executable, "-m", "thinjax.main", f"--workdir={workdir}", *TINY, *extra]
-
-
-def sub_env(devices: int = 1) -> dict:
-    """The environment of a training subprocess: `devices` CPU devices, and XLA's backend
-    optimisation off (-O0): these runs are a few steps long, so compiling the train step
-    dominates; the results agree with optimised code's to float tolerance."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                        "--xla_backend_optimization_level=0")
-    return env
-
-
-def run(workdir, *extra, devices=1, check=True):
-    env = sub_env(devices)
-    r = subprocess.run(main_cmd(workdir, *extra, "--json"), capture_output=True, text=True,
-                       cwd=ROOT, env=env, timeout=600)
-    (workdir / "log.txt").write_text(r.stdout + r.stderr) if workdir.exists() else None
-    if check:
-        assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
-
-def final_params(workdir):
-    plan, v, meta = load_model(str(workdir))
-    return v, meta
-
-
-def assert_trees_close(a, b, rtol, atol):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
 def test_loss_decreases_on_real_data(tmp_path):
@@ -113,18 +65,6 @@ def test_eight_devices_equal_one_device(tmp_path):
     assert len(l1) == 2 and l1[0] != l1[1]
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
     assert "8 devices" in open(tmp_path / "eight" / "log.txt").read()
-
-
-def wait_for_checkpoint(workdir, proc, minimum_step):
-    ck = workdir / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        steps = [int(d) for d in (os.listdir(ck) if ck.exists() else []) if d.isdigit()]
-        if steps and max(steps) >= minimum_step:
-            return max(steps)
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        time.sleep(0.2)
-    raise AssertionError("no checkpoint appeared")
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):

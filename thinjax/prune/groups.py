@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -226,6 +225,3 @@ def flatten(tree: dict) -> dict[str, Any]:
 def unflatten(flat: dict[str, Any]) -> dict:
     return traverse_util.unflatten_dict(flat, sep="/")
 
-
-def group_names(plan: Plan, kinds: Iterable[str] = ("stream", "inner")) -> list[str]:
-    return [n for n, g in channel_groups(plan).items() if g.kind in kinds]
