@@ -74,10 +74,12 @@ def sh(args: list[str], log: str) -> float:
 def prune(a, src: str, out: str, criterion: str, allocation: str, target: int) -> dict:
     """convert's summary (cached in `out`), with its wall time."""
     from thinjax.conversion import convert
+    from thinjax.prune.spec import PruneSpec
     if not os.path.exists(os.path.join(out, "summary.json")):
         t = time.perf_counter()
-        s = convert(src, out, criterion=criterion, allocation=allocation, target_kind="macs",
-                    target=target, data=a.data, evaluate_before=False)
+        spec = PruneSpec(criterion=criterion, allocation=allocation, target_kind="macs",
+                         target=float(target))
+        s = convert(src, out, spec=spec, data=a.data, evaluate_before=False)
         s["wall_s"] = time.perf_counter() - t
         json.dump(s, open(os.path.join(out, "summary.json"), "w"), indent=1)
     return json.load(open(os.path.join(out, "summary.json")))

@@ -17,6 +17,7 @@ from thinjax.checkpoint import export_model, load_model
 from thinjax.cost import count
 from thinjax.plan import plan_from_width
 from thinjax.prune.groups import mask_tree
+from thinjax.prune.spec import PruneSpec
 
 ASSET = os.path.join(os.path.dirname(thinjax.__file__), "assets",
                      "resnet20_width4_cifar10_ema.safetensors")
@@ -76,8 +77,8 @@ def test_convert_masked_run_then_evaluate_and_finetune_its_config(masked_run, tm
 
 def test_convert_prunes_an_imported_release_checkpoint(tmp_path):
     out = tmp_path / "r20"
-    s = convert.convert(ASSET, str(out), criterion="l1", target_kind="macs_fraction",
-                        target=0.5, data="sample:cifar10")
+    spec = PruneSpec(criterion="l1", target_kind="macs_fraction", target=0.5)
+    s = convert.convert(ASSET, str(out), spec=spec, data="sample:cifar10")
     assert abs(s["after"]["macs"] / s["before"]["macs"] - 0.5) < 0.01
     assert s["before"]["top1"] > 60 and 10 <= s["after"]["top1"] <= s["before"]["top1"]
     plan, v, meta = load_model(str(out))

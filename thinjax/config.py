@@ -19,6 +19,7 @@ from ml_collections import FieldReference
 from thinjax import fs
 from thinjax.errors import ConfigError
 from thinjax.plan import Plan
+from thinjax.prune import spec as prune_spec
 
 C = ml_collections.ConfigDict
 
@@ -165,6 +166,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if cfg.mode not in ("train", "evaluate"):
         raise ConfigError(f"config.mode {cfg.mode!r} unknown; use 'train' or 'evaluate'")
     _check_ranges(cfg)
+    prune_spec.from_config(cfg.prune)  # the pruning section, typed: errors name the field
 
 
 POSITIVE = ("model.width", "data.image_size", "data.eval_batch_size", "train.batch_size",

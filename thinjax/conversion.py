@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 
-import ml_collections
 import numpy as np
 
 from thinjax import fs
@@ -26,12 +25,12 @@ from thinjax.errors import ConfigError, TargetError
 from thinjax.evaluation import IMAGENET_RESIZE, evaluate_on
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
-from thinjax.prune.allocate import Target
 from thinjax.prune.criteria import needs_data
 from thinjax.prune.groups import init_masks
 from thinjax.prune.materialize import materialize, small_plan
 from thinjax.prune.pruner import compute_masks
 from thinjax.prune.recalibrate import recalibrate_bn as recalibrate
+from thinjax.prune.spec import PruneSpec
 
 FINETUNE = {  # a short fine-tune for networks imported without a training config
     "train.epochs": 10.0, "train.batch_size": 128, "optim.lr": 0.04, "optim.lr_batch": 128,
@@ -52,36 +51,29 @@ def stage_widths(plan: Plan) -> list[str]:
     return out
 
 
-def convert(checkpoint: str, output: str, *, criterion: str | None = None,
-            target_kind: str | None = None, target: float | None = None,
-            allocation: str = "global", reduce: str = "mean", normalization: str = "mean",
-            round_to: int = 1, allow_block_removal: bool = False, group_ratios=(),
+def convert(checkpoint: str, output: str, *, spec: PruneSpec | None = None,
             data: str | None = None, data_dir: str | None = None, split: str = "test",
             train_split: str = "train", batch_size: int = 500, input_size: int | None = None,
-            use_ema: bool = True, overwrite: bool = False, taylor_batches: int = 8,
-            recalibrate_bn: int = 0, evaluate_before: bool = True, seed: int = 0) -> dict:
+            use_ema: bool = True, overwrite: bool = False, recalibrate_bn: int = 0,
+            evaluate_before: bool = True, seed: int = 0) -> dict:
     """Prunes `checkpoint` into the directory `output` (see the module docstring) and
-    returns the summary. Without a target, the checkpoint's own masks are materialised."""
+    returns the summary. `spec` (its criterion, scoring, allocation, target and round_to;
+    not its schedule) prunes anew, on top of the checkpoint's own masks; without it the
+    checkpoint's own masks are materialised."""
     output = os.path.abspath(output)
     check_output(output, checkpoint, overwrite)
-    _check_args(criterion, target_kind, target, data, recalibrate_bn, input_size)
+    _check_args(spec, data, recalibrate_bn, input_size)
     plan, variables, meta = load_model(checkpoint, use_ema=use_ema)
     size = input_size or default_input_size(plan)
-    check_target(plan, meta.get("masks"), size, target_kind, target)
-    prune_cfg = None
-    if target_kind is not None:
-        prune_cfg = ml_collections.ConfigDict(dict(
-            criterion=criterion or "l1", reduce=reduce, allocation=allocation,
-            normalization=normalization, round_to=round_to,
-            allow_block_removal=allow_block_removal, group_ratios=tuple(group_ratios),
-            taylor_batches=taylor_batches, target_kind=target_kind, target=float(target)))
+    if spec is not None:
+        check_target(plan, meta.get("masks"), size, spec.target_kind, spec.target)
     batches = lambda n: _train_batches(data, data_dir, train_split, size, n)  # noqa: E731
-    masks, how = _masks(checkpoint, plan, variables, meta, prune_cfg, batches, size, seed)
+    masks, how = _masks(checkpoint, plan, variables, meta, spec, batches, size, seed)
     new_plan, new_vars = materialize(plan, masks, variables)
-    if target_kind is not None and new_plan == small_plan(plan, meta.get("masks") or
-                                                           init_masks(plan)):
-        raise TargetError(f"--target_kind={target_kind} --target={target:g} removes no "
-                          "channel (rounding keeps every group whole); give a lower target")
+    if spec is not None and new_plan == small_plan(plan, meta.get("masks") or
+                                                    init_masks(plan)):
+        raise TargetError(f"--target_kind={spec.target_kind} --target={spec.target:g} removes "
+                          "no channel (rounding keeps every group whole); give a lower target")
     pruned_vars = new_vars
     if recalibrate_bn:
         new_vars = recalibrate(ResNet(new_plan), new_vars, batches(128), recalibrate_bn)
@@ -92,20 +84,17 @@ def convert(checkpoint: str, output: str, *, criterion: str | None = None,
         ev = lambda p, v, m=None: _evaluate(p, v, data, data_dir, split, batch_size, size,  # noqa: E731
                                             m)
         _measure(summary, ev, (plan, variables), (new_plan, new_vars, pruned_vars),
-                 masks if meta.get("masks") is not None and target_kind is None else None,
+                 masks if meta.get("masks") is not None and spec is None else None,
                  evaluate_before, recalibrate_bn)
         summary["data"] = f"{data}:{split}"
     _write(output, new_plan, new_vars, plan, summary, _overrides(meta, new_plan, data, size))
     return summary
 
 
-def _check_args(criterion, target_kind, target, data, recalibrate_bn, input_size) -> None:
+def _check_args(spec: PruneSpec | None, data, recalibrate_bn, input_size) -> None:
     """Refuses inconsistent arguments before anything is loaded."""
-    if (target_kind is None) != (target is None):
-        raise ConfigError("give both --target_kind and --target (or neither, to materialise "
-                          "the checkpoint's own masks)")
-    if (needs_data(criterion or "l1") and target_kind is not None or recalibrate_bn) \
-            and not data:
+    if (spec is not None and needs_data(spec.criterion) or recalibrate_bn) and not data:
+        criterion = spec.criterion if spec is not None else None
         raise ConfigError(f"criterion {criterion!r} and --recalibrate_bn need --data "
                           "(training images), e.g. --data=sample:cifar10")
     check_input_size(input_size)
@@ -134,17 +123,17 @@ def check_target(plan: Plan, masks: dict | None, size: int, kind: str | None,
                           "there is nothing to prune; give a target below its current cost")
 
 
-def _masks(checkpoint, plan, variables, meta, prune_cfg, batches, size, seed):
-    """(masks, description): new masks from `prune_cfg` (on top of the checkpoint's own),
+def _masks(checkpoint, plan, variables, meta, spec, batches, size, seed):
+    """(masks, description): new masks from `spec` (on top of the checkpoint's own),
     or the checkpoint's masks."""
     masks = meta.get("masks")
-    if prune_cfg is not None:
+    if spec is not None:
         alloc = compute_masks(
-            plan, variables, prune_cfg, Target(prune_cfg.target_kind, prune_cfg.target),
-            masks=masks, model=ResNet(plan), input_size=size, seed=seed,
-            batches=batches(64) if needs_data(prune_cfg.criterion) else None)
-        return alloc.masks, (f"{prune_cfg.criterion} {prune_cfg.allocation} to "
-                             f"{prune_cfg.target_kind}={prune_cfg.target:g}")
+            plan, variables, spec, spec.goal(), masks=masks, model=ResNet(plan),
+            input_size=size, seed=seed,
+            batches=batches(64) if needs_data(spec.criterion) else None)
+        return alloc.masks, (f"{spec.criterion} {spec.allocation} to "
+                             f"{spec.target_kind}={spec.target:g}")
     if masks is None:
         raise ConfigError(f"{checkpoint} has no pruning masks; give a criterion and a target, "
                           "e.g. --criterion=l1 --target_kind=macs_fraction --target=0.5")

@@ -28,6 +28,8 @@ from thinjax import cli
 from thinjax.cli import UsageError
 from thinjax.conversion import convert
 from thinjax.errors import ConfigError
+from thinjax.prune import spec as prune_spec
+from thinjax.prune.spec import PruneSpec
 
 FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "workdir, checkpoint, .pt file or "
@@ -105,16 +107,27 @@ def _group_ratios(specs: list[str]) -> list[tuple[str, float]]:
     return ratios
 
 
+def spec_from_flags() -> PruneSpec | None:
+    """The `PruneSpec` the flags describe; None without --target_kind/--target (the
+    checkpoint's own masks are materialised then)."""
+    if (_TARGET_KIND.value is None) != (_TARGET.value is None):
+        raise ConfigError("give both --target_kind and --target (or neither, to materialise "
+                          "the checkpoint's own masks)")
+    if _TARGET_KIND.value is None:
+        return None
+    return prune_spec.from_config(dict(
+        criterion=_CRITERION.value or "l1", target_kind=_TARGET_KIND.value,
+        target=_TARGET.value, allocation=_ALLOCATION.value, reduce=_REDUCE.value,
+        normalization=_NORMALIZATION.value, round_to=_ROUND_TO.value,
+        allow_block_removal=_ALLOW_BLOCK_REMOVAL.value,
+        group_ratios=_group_ratios(_GROUP_RATIO.value)), where="--")
+
+
 def main(argv: list[str]) -> dict:
     """``python -m thinjax.convert``: prune (or materialise), write, report."""
     if len(argv) > 1:
         raise UsageError(f"unexpected argument {argv[1]!r}; give --checkpoint and --output")
-    s = convert(_CHECKPOINT.value, _OUTPUT.value, criterion=_CRITERION.value,
-                target_kind=_TARGET_KIND.value, target=_TARGET.value,
-                allocation=_ALLOCATION.value, reduce=_REDUCE.value,
-                normalization=_NORMALIZATION.value, round_to=_ROUND_TO.value,
-                allow_block_removal=_ALLOW_BLOCK_REMOVAL.value,
-                group_ratios=_group_ratios(_GROUP_RATIO.value), data=_DATA.value,
+    s = convert(_CHECKPOINT.value, _OUTPUT.value, spec=spec_from_flags(), data=_DATA.value,
                 data_dir=_DATA_DIR.value, split=_SPLIT.value, batch_size=_BATCH_SIZE.value,
                 input_size=_INPUT_SIZE.value, use_ema=_EMA.value, overwrite=_OVERWRITE.value,
                 recalibrate_bn=_RECALIBRATE_BN.value)

@@ -55,6 +55,7 @@ from ml_collections import config_flags
 
 from thinjax import cli, fs, report
 from thinjax.errors import CheckpointError, ConfigError
+from thinjax.prune import spec as prune_spec
 from thinjax.workdir import locked
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "study config (configs/study_*.py)")
@@ -206,6 +207,15 @@ def budget_plan(cfg) -> list[Run]:
     return [r for a in ARMS if a in arms or a == "pruned" for r in out[a]]
 
 
+
+def entry_spec(entry: dict, target_kind: str, target: float) -> prune_spec.PruneSpec:
+    """The `PruneSpec` of a study entry that prunes one-shot (criterion, allocation,
+    round_to) to `target` in `target_kind` units."""
+    return prune_spec.from_config(dict(
+        criterion=entry["criterion"], allocation=entry.get("allocation", "global"),
+        round_to=entry.get("round_to", 1), target_kind=target_kind, target=float(target)),
+        where=f"study entry {entry.get('name', '')!r}: ")
+
 class Study:
     def __init__(self, cfg, workdir: str):
         self.cfg, self.workdir = cfg, os.path.abspath(workdir)
@@ -340,9 +350,9 @@ class Study:
         s, d = run.spec, self.cfg.data
         on = s.get("match_on", "macs")
         out = os.path.join(self.run_dir(run.id), "pruned")
-        summ = convert(self.resolve(s["base"]), out, criterion=s["criterion"], target_kind=on,
-                       target=self.target_of(s["match"], on), allocation=s["allocation"],
-                       round_to=s.get("round_to", 1), data=d.name, data_dir=d.get("data_dir"),
+        spec = entry_spec(s, on, self.target_of(s["match"], on))
+        summ = convert(self.resolve(s["base"]), out, spec=spec, data=d.name,
+                       data_dir=d.get("data_dir"),
                        split=d.split, batch_size=d.eval_batch_size,
                        recalibrate_bn=s.get("recalibrate_bn", 0), overwrite=True,
                        evaluate_before=False)
@@ -397,16 +407,12 @@ class Study:
         sp = s.get("sparse") or {"schedule": "gradual", "end": b.get("gradual_end", 0.5),
                                  "every": b.get("gradual_every", 0.05)}
         on = b.get("match_on", "macs")
-        return [f"--config.prune.schedule={sp['schedule']}",
-                f"--config.prune.criterion={s['criterion']}",
-                f"--config.prune.allocation={b['allocation']}",
-                f"--config.prune.round_to={b.get('round_to', 1)}",
-                f"--config.prune.target_kind={on}",
-                f"--config.prune.target={self.target_of(s['target'], on):.0f}",
-                "--config.prune.start_epoch=0",
-                f"--config.prune.end_epoch={sp['end'] * E:.6g}",
-                f"--config.prune.every_epochs={sp['every'] * E:.6g}"] + list(
-                    sp.get("overrides", ()))
+        spec = prune_spec.PruneSpec(
+            schedule=sp["schedule"], criterion=s["criterion"], allocation=b["allocation"],
+            round_to=int(b.get("round_to", 1)), target_kind=on,
+            target=float(round(self.target_of(s["target"], on))), start_epoch=0.0,
+            end_epoch=float(f"{sp['end'] * E:.6g}"), every_epochs=float(f"{sp['every'] * E:.6g}"))
+        return spec.to_flags() + list(sp.get("overrides", ()))
 
     def recipe_flags(self, epochs: float, seed: int) -> list[str]:
         b = self.cfg.budget

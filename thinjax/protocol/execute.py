@@ -25,6 +25,7 @@ from thinjax.errors import ThinjaxError
 from thinjax.plan import Plan, plan_from_width
 from thinjax.protocol import plan as planning
 from thinjax.protocol.spec import FROM_SCRATCH, Protocol, RunSpec
+from thinjax.prune.spec import PruneSpec
 
 
 class RunFailed(ThinjaxError, RuntimeError):
@@ -123,16 +124,19 @@ def _flags_and_epochs(ctx, p, spec) -> tuple[list[str], float]:
         return [f"--config.model.plan_file={d}/plan.json"], ep
     if a == "gradual":
         E = spec.E
+        gradual = prune_spec(p, spec).replace(schedule="gradual", start_epoch=0.0,
+                                              end_epoch=p.gradual_end * E,
+                                              every_epochs=p.gradual_every * E)
         return [f"--config.model.width={p.base_width}",
-                f"--config.init_from={dense_dir(ctx, spec.seed)}",
-                "--config.prune.schedule=gradual", f"--config.prune.criterion={spec.criterion}",
-                f"--config.prune.allocation={p.allocation}",
-                f"--config.prune.round_to={p.round_to}", "--config.prune.target_kind=macs",
-                f"--config.prune.target={macs_of_width(p, spec.target)}",
-                "--config.prune.start_epoch=0",
-                f"--config.prune.end_epoch={p.gradual_end * E:.6g}",
-                f"--config.prune.every_epochs={p.gradual_every * E:.6g}"], E
+                f"--config.init_from={dense_dir(ctx, spec.seed)}"] + gradual.to_flags(), E
     raise ValueError(f"not a trained arm: {a}")
+
+
+def prune_spec(p: Protocol, spec: RunSpec) -> PruneSpec:
+    """The one-shot pruning of `spec` (its criterion, the protocol's allocation and
+    round_to) to the MACs of its target width."""
+    return PruneSpec(criterion=spec.criterion, allocation=p.allocation, round_to=p.round_to,
+                     target_kind="macs", target=float(macs_of_width(p, spec.target)))
 
 
 def _base_row(ctx: Context, p: Protocol, spec: RunSpec) -> dict:
@@ -211,9 +215,7 @@ def execute_oneshot(ctx: Context, p: Protocol, spec: RunSpec, rows: dict) -> dic
     from thinjax.conversion import convert
     d = _dense_row(rows, spec)
     out = os.path.join(ctx.run_dir(spec), "pruned")
-    summ = convert(dense_dir(ctx, spec.seed), out, criterion=spec.criterion,
-                   target_kind="macs", target=float(macs_of_width(p, spec.target)),
-                   allocation=p.allocation, round_to=p.round_to, data=ctx.data,
+    summ = convert(dense_dir(ctx, spec.seed), out, spec=prune_spec(p, spec), data=ctx.data,
                    data_dir=ctx.data_dir, split=p.val_split, train_split=p.train_split,
                    batch_size=ctx.eval_batch_size, use_ema=False, overwrite=True,
                    recalibrate_bn=p.recalibrate_bn, evaluate_before=False, seed=spec.seed)

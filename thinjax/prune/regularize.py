@@ -128,7 +128,7 @@ def build(plan: Plan, cfg_prune: Any, variables: dict | None = None, *, target=N
     `variables` (the weights at the start of regularisation), allocated to `target`
     (default: the config's target) on top of `masks`. ``group_lasso`` skips the channels
     that `masks` already removes."""
-    kind = cfg_prune.get("regularizer", "none")
+    kind = cfg_prune.regularizer
     if kind not in REGULARIZERS:
         raise ValueError(f"prune.regularizer {kind!r} unknown; use one of "
                          f"{', '.join(REGULARIZERS)}")

@@ -21,7 +21,7 @@ from thinjax.prune import criteria, regularize
 from thinjax.prune import groups as prune_groups
 from thinjax.prune import schedule as prune_schedule
 from thinjax.prune.materialize import slice_opt_state, slice_tree, small_plan
-from thinjax.prune.pruner import compute_masks, target_from_config
+from thinjax.prune.pruner import compute_masks
 from thinjax.prune.soft import soft_event
 from thinjax.train import sharding
 from thinjax.train import state as state_lib
@@ -34,10 +34,10 @@ class PruningController:
 
     def __init__(self, setting: Setting, plan: Plan, workdir: str, train_batches_at,
                  verbose: bool):
-        cfg = setting.cfg.prune
-        self.setting, self.cfg, self.verbose, self.workdir = setting, cfg, verbose, workdir
-        self.events = prune_schedule.events(cfg, setting.steps_per_epoch, setting.total)
-        self.target = target_from_config(cfg) if self.events else None
+        spec = setting.prune
+        self.setting, self.spec, self.verbose, self.workdir = setting, spec, verbose, workdir
+        self.events = prune_schedule.events(spec, setting.steps_per_epoch, setting.total)
+        self.target = spec.goal() if self.events else None
         self._batches_at = train_batches_at
         self.writer = None  # a MetricWriter for the event log lines, set by the loop
         self.resume(plan, None, 0)
@@ -78,7 +78,7 @@ class PruningController:
         while self.due(step):
             k, _, progress = self.pending.pop(0)
             state = self._event(state, run, step, k, progress)
-        if not self.pending and self.cfg.materialize and state.masks:
+        if not self.pending and self.spec.materialize and state.masks:
             state, run = self._materialize(state, run, template)
         return state, run
 
@@ -89,14 +89,14 @@ class PruningController:
         host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
         tgt = prune_schedule.step_target(self.target, progress, self.dense_cost.params,
                                          self.dense_cost.macs)
-        soft = prune_schedule.is_soft(self.cfg, k, len(self.events))
+        soft = prune_schedule.is_soft(self.spec, k, len(self.events))
         batches = None
-        if criteria.needs_data(self.cfg.criterion):
+        if criteria.needs_data(self.spec.criterion):
             it = self._batches_at(step)
             batches = (sharding.global_batch(next(it), self.setting.mesh)
                        for _ in range(10 ** 9))
         masks = None if soft or not state.masks else jax.device_get(state.masks)
-        alloc = compute_masks(run.plan, host, self.cfg, tgt, masks=masks,
+        alloc = compute_masks(run.plan, host, self.spec, tgt, masks=masks,
                               model=run.model, batches=batches,
                               input_size=self.setting.image_size,
                               seed=self.setting.cfg.seed + step)
@@ -122,7 +122,7 @@ class PruningController:
         if self.verbose:
             kind = "soft prune" if soft else "prune"
             print(f"{kind} event {k + 1}/{len(self.events)} at step {step} "
-                  f"({self.cfg.criterion}, {self.cfg.allocation}, target "
+                  f"({self.spec.criterion}, {self.spec.allocation}, target "
                   f"{tgt.kind}={tgt.value:,.4g}): {alloc.params:,} params "
                   f"({100 * alloc.params / d.params:.1f}%), {alloc.macs / 1e6:.2f} M MACs "
                   f"({100 * alloc.macs / d.macs:.1f}%)\n  {alloc.plan.describe()}", flush=True)
@@ -157,8 +157,8 @@ def regularized(setting: Setting, run: Run, state, template, batches_at,
     (``StepConfig.prune_reg``, `thinjax.prune.regularize.build`), built from the state's
     weights at step `start` (GReg selects its channels from them); unchanged when the config
     asks for none. For the dense plan only: a materialised run trains without it."""
-    cfg = setting.cfg.prune
-    if cfg.get("regularizer", "none") == "none":
+    cfg = setting.prune
+    if cfg.regularizer == "none":
         return setting, run
     host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     batches = None

@@ -20,6 +20,8 @@ from thinjax import optim
 from thinjax.errors import ConfigError, DataError
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan
+from thinjax.prune.spec import PruneSpec
+from thinjax.prune.spec import from_config as prune_spec_from
 from thinjax.train import sharding
 from thinjax.train import state as state_lib
 from thinjax.train.step import StepConfig, train_step
@@ -52,6 +54,7 @@ class Setting:
     step_cfg: StepConfig
     ema_decay: float
     rng: jax.Array
+    prune: PruneSpec = PruneSpec()
 
     @property
     def epochs(self) -> float:
@@ -122,7 +125,7 @@ def make_setting(cfg, plan: Plan, source, mesh) -> Setting:
     ema_d = optim.ema_decay(cfg.ema, gb, total / steps_per_epoch)
     return Setting(cfg, mesh, gb, n_train, steps_per_epoch, total, cfg.data.image_size,
                    schedule, _step_config(cfg, plan, steps_per_epoch, ema_d), ema_d,
-                   jax.random.PRNGKey(cfg.seed))
+                   jax.random.PRNGKey(cfg.seed), prune_spec_from(cfg.prune))
 
 
 def _step_config(cfg, plan: Plan, steps_per_epoch: int, ema_decay: float) -> StepConfig:
