@@ -24,7 +24,7 @@ from thinjax.cost import count
 from thinjax.errors import DataError
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
-from thinjax.train.sharding import global_batch
+from thinjax.sharding import global_batch
 
 IMAGENET_RESIZE = 232  # the release: Resize(232) then CenterCrop(224)
 

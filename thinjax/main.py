@@ -45,8 +45,8 @@ from thinjax.errors import CheckpointError, ConfigError, user_errors
 from thinjax.evaluation import evaluate_on
 from thinjax.models.resnet import build_model
 from thinjax.plan import Plan, plan_from_width
+from thinjax.sharding import initialize_distributed
 from thinjax.train.loop import train_and_evaluate
-from thinjax.train.sharding import initialize_distributed
 from thinjax.workdir import check_workdir, locked, mark_workdir
 
 _FLAGS: dict = {}  # name -> flag holder, once define_flags has run
