@@ -68,7 +68,8 @@ def server(monkeypatch, tmp_path):
     monkeypatch.setenv("THINJAX_ZOO_URL", url + "/")
     monkeypatch.setenv("THINJAX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(zoo, "TIMEOUT_S", 10.0)
-    yield {"url": url, "root": root, "cache": tmp_path / "cache", "requests": _Handler.requests}
+    yield {"url": url, "root": root, "cache": tmp_path / "cache" / "zoo",  # the zoo's folder
+           "requests": _Handler.requests}
     httpd.shutdown()
     httpd.server_close()
     t.join(5)

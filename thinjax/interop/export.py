@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from thinjax import fs
+from thinjax import cache, fs
 from thinjax.cost import count
 from thinjax.errors import OutputError, ThinjaxError
 from thinjax.plan import Plan, default_input_size
@@ -120,22 +120,16 @@ def looks_like(fmt: str, path: str) -> bool:
 
 
 def _zoo_dirs() -> list[str]:
-    from thinjax import zoo
-    return [d for d in (zoo.cache_dir(), zoo.local_dir()) if d and os.path.isdir(d)]
+    """The zoo's folders that exist here: its download cache and $THINJAX_ZOO_DIR."""
+    return [d for d in (cache.zoo_dir(), cache.zoo_local_dir()) if d and os.path.isdir(d)]
 
 
 def _input_path(source: str | None) -> list[str]:
-    """The input as a path (a zoo name resolved to its file, when it has one here)."""
+    """The input as paths: a zoo name stands for the zoo's folders, where its file is when
+    it has one here (the name itself is checked where it is loaded)."""
     if not source:
         return []
-    if source.startswith("zoo:"):
-        from thinjax import zoo
-        try:
-            kind, where = zoo.location(zoo.entry(source[4:]))
-        except Exception:  # an unknown name is refused where it is loaded
-            return []
-        return [where] if kind in ("local", "cached") else []
-    return [source]
+    return _zoo_dirs() if source.startswith("zoo:") else [source]
 
 
 def check_output(fmt: str, output: str, overwrite: bool, source: str | None = None) -> list[str]:
