@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import RELEASE, release_path
-from thinjax import cli, zoo
-from thinjax.checkpoint import load_model
+from thinjax import checkpoint, cli, zoo
 from thinjax.errors import CheckpointError
 from thinjax.interop.torch import import_checkpoint
+from thinjax.load import load_model
 from thinjax.plan import plan_from_width
 from thinjax.zoo import __main__ as zoo_cmd
 
@@ -131,6 +131,9 @@ def test_zoo_specs_work_wherever_a_checkpoint_does(offline):
     plan, v, meta = load_model("zoo:resnet20_w4_cifar10")
     assert plan == plan_from_width("resnet20", 4)
     assert meta["source"].endswith("resnet20_width4_cifar10_ema.pt")
+    # thinjax.checkpoint, below the zoo, points at the loader that knows it
+    with pytest.raises(CheckpointError, match="load it with thinjax.load.load_model"):
+        checkpoint.load_model("zoo:resnet20_w4_cifar10")
 
 
 def test_errors_unknown_name_and_missing_offline(offline, capsys):

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from thinjax import optim
-from thinjax.checkpoint import load_model
 from thinjax.cost import count
 from thinjax.errors import DataError
+from thinjax.load import load_model
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
 from thinjax.sharding import global_batch
