@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from thinjax import cache, fs
+from thinjax import cache, fs, pixels
 from thinjax.cost import count
 from thinjax.errors import OutputError, ThinjaxError
 from thinjax.plan import Plan, default_input_size
@@ -56,8 +56,6 @@ from thinjax.plan import Plan, default_input_size
 FORMATS = ("onnx", "torch", "tflite")
 SAMPLE_ZIP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "assets", "cifar10_sample.zip")
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
 OPSET = 17
 
 
@@ -262,7 +260,8 @@ def sample_images(n: int = 16, size: int = 32, seed: int = 0) -> np.ndarray:
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             out.append(np.asarray(img, np.float32) / 255.0)
-    return (np.stack(out) - MEAN) / STD
+    mean, std = (np.asarray(v, np.float32) for v in (pixels.MEAN, pixels.STD))
+    return (np.stack(out) - mean) / std
 
 
 @functools.lru_cache(maxsize=16)
