@@ -38,12 +38,13 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 import thinjax.commands  # noqa: F401  (tunes the process as the commands do: first)
+from thinjax import pixels
 from thinjax.cpu import cpu_description
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZIP = os.path.join(os.path.dirname(ROOT), "shared", "data", "imagenet-sample.zip")
-MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+MEAN = np.array(pixels.MEAN, np.float32) * 255
+STD = np.array(pixels.STD, np.float32) * 255
 
 
 def unpack(zip_path: str, dest: str) -> str:

@@ -79,8 +79,8 @@ def dead(v0: dict, v25: dict, grp, zeroed: np.ndarray) -> str:
 
 
 def regrowth_table(a, wd: str) -> None:
-    from thinjax.checkpoint import load_model
     from thinjax.config import base_config
+    from thinjax.load import load_model
     from thinjax.prune.allocate import Target
     from thinjax.prune.groups import channel_groups
     from thinjax.prune.pruner import compute_masks

@@ -109,4 +109,4 @@ def offline(monkeypatch, tmp_path, no_network):
     release_path("resnet20_width4_cifar10_ema.pt")
     monkeypatch.setenv("THINJAX_ZOO_DIR", RELEASE)
     monkeypatch.setenv("THINJAX_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    return tmp_path / "cache" / "zoo"  # the zoo's folder in the cache

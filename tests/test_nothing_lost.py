@@ -251,7 +251,7 @@ def test_case7_a_truncated_or_foreign_kernel_library_is_rebuilt_not_loaded(tmp_p
         build.onednn_paths()
     except build.KernelUnavailable as e:
         pytest.skip(str(e))
-    env = {**os.environ, "THINJAX_CACHE_DIR": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "THINJAX_CACHE": str(tmp_path), "JAX_PLATFORMS": "cpu"}
 
     def load():
         r = subprocess.run([sys.executable, "-c", _LOAD], env=env, capture_output=True,
@@ -390,9 +390,11 @@ def test_case9_bad_input_is_one_error_line(tmp_path, case):
                   "--config.train.total_steps=1"], env={"THINJAX_CONV": "garbage"})
         words = "unknown convolution implementation 'garbage'"
     elif case == "conv_unbuildable":  # oneDNN demanded, but its library cannot be built
+        (tmp_path / "cache").mkdir()
+        (tmp_path / "cache" / "ops").write_text("x")  # the kernels' folder is a file
         r = _cmd(["thinjax.main", "--config=configs/default.py", f"--workdir={wd}",
                   "--config.train.total_steps=1"],
-                 env={"THINJAX_CONV": "onednn", "THINJAX_CACHE_DIR": str(afile / "x")})
+                 env={"THINJAX_CONV": "onednn", "THINJAX_CACHE": str(tmp_path / "cache")})
         words = "oneDNN convolutions were asked for but cannot be used"
     elif case == "export_input_size":
         r = _cmd(["thinjax.export", f"--checkpoint={asset}", "--format=onnx",

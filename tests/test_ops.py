@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from thinjax import cache
 from thinjax.models.resnet import ResNet, random_variables
 from thinjax.ops import build, conv
 from thinjax.plan import plan_from_width
@@ -110,7 +111,7 @@ print(path, os.path.getmtime(path), conv.status())
 
 @needs_onednn
 def test_build_is_cached_atomic_and_recovers_from_a_corrupt_library(tmp_path):
-    env = {**os.environ, "THINJAX_CACHE_DIR": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "THINJAX_CACHE": str(tmp_path), "JAX_PLATFORMS": "cpu"}
     run = lambda: subprocess.run([sys.executable, "-c", BUILD_TWICE], env=env, check=True,
                                  capture_output=True, text=True).stdout.split()
     path, mtime, *status = run()
@@ -154,9 +155,32 @@ print(conv.resolve("auto", jnp.float32), "|", conv.status())
 def test_an_unwritable_cache_falls_back_to_xla_with_the_reason(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    env = {**os.environ, "THINJAX_CACHE_DIR": str(blocker / "cache"), "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "THINJAX_CACHE": str(blocker / "cache"), "JAX_PLATFORMS": "cpu"}
     res = subprocess.run([sys.executable, "-c", UNWRITABLE], env=env, check=True,
                          capture_output=True, text=True)
     assert res.stdout.startswith("xla | xla (cannot build into")
-    assert "THINJAX_CACHE_DIR" in res.stdout
+    assert "(set THINJAX_CACHE to a writable folder)" in res.stdout
     assert "XLA's convolutions, not oneDNN's" in res.stderr  # said once, as a warning
+
+
+def test_one_cache_root_and_the_old_variable_is_ignored(monkeypatch, tmp_path, caplog):
+    monkeypatch.delenv("THINJAX_CACHE", raising=False)
+    monkeypatch.delenv("THINJAX_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.root() == str(tmp_path / "home" / ".cache" / "thinjax")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.root() == str(tmp_path / "xdg" / "thinjax")
+    monkeypatch.setenv("THINJAX_CACHE", str(tmp_path / "mine"))
+    assert cache.root() == str(tmp_path / "mine")
+    assert build.cache_dir() == tmp_path / "mine" / "ops"
+    assert cache.zoo_dir() == str(tmp_path / "mine" / "zoo")
+    # the kernels' old variable is ignored, with one warning naming THINJAX_CACHE
+    monkeypatch.setattr(cache, "_WARNED", [])
+    monkeypatch.setenv("THINJAX_CACHE_DIR", str(tmp_path / "old"))
+    with caplog.at_level("WARNING", logger="thinjax.cache"):
+        assert build.cache_dir() == tmp_path / "mine" / "ops" and cache.root() == str(
+            tmp_path / "mine")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"thinjax: THINJAX_CACHE_DIR is no longer read; set THINJAX_CACHE (the root of every "
+        f"thinjax cache, now {tmp_path / 'mine'}) instead"]

@@ -29,7 +29,7 @@ from thinjax.config import short_cpu_recipe
 from thinjax.main import model_from_config, plan_from_config
 from thinjax.prune.groups import channel_groups, flatten, unflatten
 from thinjax.prune import regularize
-from thinjax.train import sharding
+from thinjax import sharding
 from thinjax.train.loop import _train_stream, assemble
 
 out = {}

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import RELEASE, release_path
-from thinjax import cli, zoo
-from thinjax.checkpoint import load_model
+from thinjax import checkpoint, cli, zoo
 from thinjax.errors import CheckpointError
 from thinjax.interop.torch import import_checkpoint
+from thinjax.load import load_model
 from thinjax.plan import plan_from_width
 from thinjax.zoo import __main__ as zoo_cmd
 
@@ -68,7 +68,8 @@ def server(monkeypatch, tmp_path):
     monkeypatch.setenv("THINJAX_ZOO_URL", url + "/")
     monkeypatch.setenv("THINJAX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(zoo, "TIMEOUT_S", 10.0)
-    yield {"url": url, "root": root, "cache": tmp_path / "cache", "requests": _Handler.requests}
+    yield {"url": url, "root": root, "cache": tmp_path / "cache" / "zoo",  # the zoo's folder
+           "requests": _Handler.requests}
     httpd.shutdown()
     httpd.server_close()
     t.join(5)
@@ -130,6 +131,9 @@ def test_zoo_specs_work_wherever_a_checkpoint_does(offline):
     plan, v, meta = load_model("zoo:resnet20_w4_cifar10")
     assert plan == plan_from_width("resnet20", 4)
     assert meta["source"].endswith("resnet20_width4_cifar10_ema.pt")
+    # thinjax.checkpoint, below the zoo, points at the loader that knows it
+    with pytest.raises(CheckpointError, match="load it with thinjax.load.load_model"):
+        checkpoint.load_model("zoo:resnet20_w4_cifar10")
 
 
 def test_errors_unknown_name_and_missing_offline(offline, capsys):

@@ -9,7 +9,8 @@ Each step directory holds two items:
 ``load_model`` opens any of: a thinjax checkpoint directory (latest complete step), a
 step directory inside one, a training workdir, a ``thinjax.convert`` output, or a
 PyTorch/safetensors/npz file (imported on the fly). A pruning run's masks come back in
-``meta["masks"]``.
+``meta["masks"]``. A released network by name (``zoo:NAME``) is `thinjax.load`'s: the zoo
+sits above this module.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
-from thinjax import fs, zoo
+from thinjax import fs
 from thinjax.errors import CheckpointError
 from thinjax.plan import Plan
 
@@ -91,8 +92,9 @@ def _step_dir(path: str) -> tuple[str, int]:
 
 def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
     """(plan, {'params', 'batch_stats'}, meta) from a thinjax or PyTorch checkpoint."""
-    if path.startswith("zoo:"):  # a released network by name (thinjax.zoo)
-        path = zoo.resolve(path)
+    if path.startswith("zoo:"):  # a released network by name: resolved a layer above
+        raise CheckpointError(f"{path}: a zoo name; load it with thinjax.load.load_model, "
+                              "which fetches the file through thinjax.zoo")
     if os.path.isfile(path) and path.lower().endswith(PYTORCH_EXTS):
         from thinjax.interop.torch import import_checkpoint
         plan, variables = import_checkpoint(path)

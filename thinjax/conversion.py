@@ -18,11 +18,12 @@ import os
 import numpy as np
 
 from thinjax import fs
-from thinjax.checkpoint import export_model, load_model
+from thinjax.checkpoint import export_model
 from thinjax.config import base_config
 from thinjax.cost import check_input_size, count
 from thinjax.errors import ConfigError, TargetError
 from thinjax.evaluation import IMAGENET_RESIZE, evaluate_on
+from thinjax.load import load_model
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
 from thinjax.prune.criteria import needs_data

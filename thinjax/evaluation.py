@@ -19,12 +19,12 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from thinjax import optim
-from thinjax.checkpoint import load_model
 from thinjax.cost import count
 from thinjax.errors import DataError
+from thinjax.load import load_model
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
-from thinjax.train.sharding import global_batch
+from thinjax.sharding import global_batch
 
 IMAGENET_RESIZE = 232  # the release: Resize(232) then CenterCrop(224)
 

@@ -30,10 +30,10 @@ import thinjax.commands  # noqa: F401  (the process edge, first: before TensorFl
 from absl import flags
 
 from thinjax import cli, fs
-from thinjax.checkpoint import load_model
 from thinjax.cli import UsageError
 from thinjax.cost import check_input_size
 from thinjax.interop.export import FORMATS, check_output, export
+from thinjax.load import load_model
 
 FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "thinjax checkpoint/workdir, convert "

@@ -38,15 +38,15 @@ from absl import flags
 from ml_collections import config_flags
 
 from thinjax import cli, fs
-from thinjax.checkpoint import load_model
 from thinjax.config import check_overrides, check_rerun, validate
 from thinjax.cost import count, format_cost
 from thinjax.errors import CheckpointError, ConfigError, user_errors
 from thinjax.evaluation import evaluate_on
+from thinjax.load import load_model
 from thinjax.models.resnet import build_model
 from thinjax.plan import Plan, plan_from_width
+from thinjax.sharding import initialize_distributed
 from thinjax.train.loop import train_and_evaluate
-from thinjax.train.sharding import initialize_distributed
 from thinjax.workdir import check_workdir, locked, mark_workdir
 
 _FLAGS: dict = {}  # name -> flag holder, once define_flags has run

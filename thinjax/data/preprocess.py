@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from thinjax.data._tf import tf
-
-# The release (and torchvision) normalise with ImageNet statistics, CIFAR included.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from thinjax.pixels import MEAN, STD  # the ImageNet statistics, CIFAR included
 
 
 def decode(image_bytes: tf.Tensor) -> tf.Tensor:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import tensorflow_datasets as tfds
 
+from thinjax import cache
 from thinjax.data._tf import graph_fn, tf
 from thinjax.errors import DataError
 
@@ -82,13 +83,12 @@ def parse_split(split: str) -> tuple[str, int | None, int | None]:
 
 
 def sample_dir(name: str = "cifar10", cache_dir: str | None = None) -> str:
-    """Extracts the bundled sample of `name` (once) and returns its image-folder root."""
+    """Extracts the bundled sample of `name` (once, into the cache's root: `thinjax.cache`)
+    and returns its image-folder root."""
     if name not in SAMPLES:
         raise DataError(f"no bundled sample {name!r}; available: {', '.join(SAMPLES)}")
     zpath = os.path.join(ASSETS, SAMPLES[name])
-    cache_dir = cache_dir or os.environ.get("THINJAX_CACHE",
-                                            os.path.join(os.path.expanduser("~"), ".cache",
-                                                         "thinjax"))
+    cache_dir = cache_dir or cache.root()
     import hashlib
     with open(zpath, "rb") as f:
         stamp = hashlib.sha1(f.read()).hexdigest()[:12]

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from thinjax import fs
+from thinjax import cache, fs, pixels
 from thinjax.cost import count
 from thinjax.errors import OutputError, ThinjaxError
 from thinjax.plan import Plan, default_input_size
@@ -56,8 +56,6 @@ from thinjax.plan import Plan, default_input_size
 FORMATS = ("onnx", "torch", "tflite")
 SAMPLE_ZIP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "assets", "cifar10_sample.zip")
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
 OPSET = 17
 
 
@@ -120,22 +118,16 @@ def looks_like(fmt: str, path: str) -> bool:
 
 
 def _zoo_dirs() -> list[str]:
-    from thinjax import zoo
-    return [d for d in (zoo.cache_dir(), zoo.local_dir()) if d and os.path.isdir(d)]
+    """The zoo's folders that exist here: its download cache and $THINJAX_ZOO_DIR."""
+    return [d for d in (cache.zoo_dir(), cache.zoo_local_dir()) if d and os.path.isdir(d)]
 
 
 def _input_path(source: str | None) -> list[str]:
-    """The input as a path (a zoo name resolved to its file, when it has one here)."""
+    """The input as paths: a zoo name stands for the zoo's folders, where its file is when
+    it has one here (the name itself is checked where it is loaded)."""
     if not source:
         return []
-    if source.startswith("zoo:"):
-        from thinjax import zoo
-        try:
-            kind, where = zoo.location(zoo.entry(source[4:]))
-        except Exception:  # an unknown name is refused where it is loaded
-            return []
-        return [where] if kind in ("local", "cached") else []
-    return [source]
+    return _zoo_dirs() if source.startswith("zoo:") else [source]
 
 
 def check_output(fmt: str, output: str, overwrite: bool, source: str | None = None) -> list[str]:
@@ -268,7 +260,8 @@ def sample_images(n: int = 16, size: int = 32, seed: int = 0) -> np.ndarray:
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             out.append(np.asarray(img, np.float32) / 255.0)
-    return (np.stack(out) - MEAN) / STD
+    mean, std = (np.asarray(v, np.float32) for v in (pixels.MEAN, pixels.STD))
+    return (np.stack(out) - mean) / std
 
 
 @functools.lru_cache(maxsize=16)

@@ -3,8 +3,8 @@
 The kernels are an XLA FFI library compiled on first use with the C++ compiler (``$CXX``,
 else ``g++``) against the headers of jaxlib (``jax.ffi.include_dir()``) and of oneDNN (the
 ``onednn-devel-cpu-gomp`` wheel, a thinjax dependency on Linux x86-64), linked with the
-``onednn-cpu-gomp`` wheel's ``libdnnl.so.3``. The library goes to a cache folder
-(``$THINJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/thinjax``, else ``~/.cache/thinjax``) under
+``onednn-cpu-gomp`` wheel's ``libdnnl.so.3``. The library goes to the cache's ``ops/``
+folder (`thinjax.cache`: ``$THINJAX_CACHE/ops``, by default ``~/.cache/thinjax/ops``) under
 a name that hashes the source, the compiler command and the library versions, so a build
 happens once per machine and environment (about 5 s). Concurrent processes take a file
 lock; the library is written to a temporary file and renamed, so a half-written library is
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import jax
 
+from thinjax import cache
 from thinjax.errors import ThinjaxError
 
 __all__ = ["HANDLERS", "KernelUnavailable", "cache_dir", "load", "onednn_paths"]
@@ -56,10 +57,7 @@ class KernelUnavailable(ThinjaxError, RuntimeError):
 
 def cache_dir() -> Path:
     """Where built libraries are kept (see the module docstring)."""
-    if os.environ.get("THINJAX_CACHE_DIR"):
-        return Path(os.environ["THINJAX_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "thinjax"
+    return Path(cache.kernels_dir())
 
 
 def _dist_file(dist: str, name: str) -> Path | None:
@@ -104,7 +102,7 @@ def _library_path() -> Path:
     h.update(" ".join(_command(Path("OUT"))).encode())
     for dist in ("jaxlib", RUNTIME_DIST, HEADERS_DIST):
         h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
-    return cache_dir() / "ops" / f"libthinjax_onednn-{h.hexdigest()[:16]}.so"
+    return cache_dir() / f"libthinjax_onednn-{h.hexdigest()[:16]}.so"
 
 
 def _build(path: Path) -> None:
@@ -139,7 +137,7 @@ def load() -> ctypes.CDLL:
     try:
         _LOADED["lib"] = _load()
     except OSError as e:  # e.g. an unwritable cache folder
-        _FAILED.append(f"cannot build into {cache_dir()}: {e} (set THINJAX_CACHE_DIR to a "
+        _FAILED.append(f"cannot build into {cache_dir()}: {e} (set THINJAX_CACHE to a "
                        "writable folder)")
         raise KernelUnavailable(_FAILED[0]) from e
     except KernelUnavailable as e:

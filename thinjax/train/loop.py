@@ -27,7 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from thinjax import optim
+from thinjax import optim, sharding
 from thinjax.allocator import malloc_status
 from thinjax.cost import count
 from thinjax.data import get_source, train_batches
@@ -37,7 +37,6 @@ from thinjax.evaluation import evaluate
 from thinjax.ops import conv
 from thinjax.plan import Plan
 from thinjax.prune.materialize import slice_tree, small_plan
-from thinjax.train import sharding
 from thinjax.train.keeper import CheckpointKeeper
 from thinjax.train.metrics import MetricWriter, Reporter
 from thinjax.train.pruning import PruningController, regularized

@@ -15,6 +15,7 @@ import os
 import jax
 import numpy as np
 
+from thinjax import sharding
 from thinjax.cost import count
 from thinjax.plan import Plan
 from thinjax.prune import criteria, regularize
@@ -23,7 +24,6 @@ from thinjax.prune import schedule as prune_schedule
 from thinjax.prune.materialize import slice_opt_state, slice_tree, small_plan
 from thinjax.prune.pruner import compute_masks
 from thinjax.prune.soft import soft_event
-from thinjax.train import sharding
 from thinjax.train import state as state_lib
 from thinjax.train.run import Run, Setting
 from thinjax.train.step import apply_masks

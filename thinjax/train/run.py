@@ -16,13 +16,12 @@ import jax
 import numpy as np
 import optax
 
-from thinjax import optim
+from thinjax import optim, sharding
 from thinjax.errors import ConfigError, DataError
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan
 from thinjax.prune.spec import PruneSpec
 from thinjax.prune.spec import from_config as prune_spec_from
-from thinjax.train import sharding
 from thinjax.train import state as state_lib
 from thinjax.train.step import StepConfig, train_step
 

@@ -17,7 +17,8 @@ plan. Files come from, in this order:
   * ``$THINJAX_ZOO_DIR``, a local folder holding the release's files (flat, or in the
     release's ``trained_models/...`` layout). When it is set the zoo is offline: it never
     touches the network, and a file missing there is an error.
-  * the cache, ``$THINJAX_CACHE`` (default ``~/.cache/thinjax/zoo``);
+  * the cache's ``zoo/`` folder (`thinjax.cache`: ``$THINJAX_CACHE/zoo``, by default
+    ``~/.cache/thinjax/zoo``);
   * a download from the release repository (``$THINJAX_ZOO_URL``, default its raw URL on
     GitHub), written to a temporary file, checked, and only then renamed into the cache.
 
@@ -47,6 +48,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from thinjax import cache
 from thinjax.cost import count
 from thinjax.errors import CheckpointError
 from thinjax.plan import Plan, default_input_size, plan_from_width
@@ -127,17 +129,6 @@ def entry(name: str | None = None, *, arch: str | None = None, width: int | None
 # -- where files are ------------------------------------------------------------------
 
 
-def cache_dir() -> str:
-    """The download cache: ``$THINJAX_CACHE`` or ``~/.cache/thinjax/zoo``."""
-    return os.path.expanduser(os.environ.get("THINJAX_CACHE") or "~/.cache/thinjax/zoo")
-
-
-def local_dir() -> str | None:
-    """``$THINJAX_ZOO_DIR`` (a local copy of the release: the zoo is then offline)."""
-    d = os.environ.get("THINJAX_ZOO_DIR")
-    return os.path.expanduser(d) if d else None
-
-
 def base_url() -> str:
     """Where the release's files are downloaded from (``$THINJAX_ZOO_URL``)."""
     return (os.environ.get("THINJAX_ZOO_URL") or DEFAULT_URL).rstrip("/")
@@ -150,7 +141,7 @@ def url_of(e: Entry) -> str:
 
 def _local_file(e: Entry) -> str | None:
     """`e`'s file in $THINJAX_ZOO_DIR (flat or release layout), if there."""
-    d = local_dir()
+    d = cache.zoo_local_dir()
     if d is None:
         return None
     for p in (os.path.join(d, e.filename), os.path.join(d, e.path)):
@@ -165,11 +156,11 @@ def location(e: Entry) -> tuple[str, str]:
     p = _local_file(e)
     if p:
         return "local", p
-    cached = os.path.join(cache_dir(), e.filename)
+    cached = os.path.join(cache.zoo_dir(), e.filename)
     if os.path.isfile(cached):
         return "cached", cached
-    if local_dir() is not None:
-        return "missing", os.path.join(local_dir(), e.filename)
+    if cache.zoo_local_dir() is not None:
+        return "missing", os.path.join(cache.zoo_local_dir(), e.filename)
     return "remote", url_of(e)
 
 
@@ -209,7 +200,7 @@ def matches(e: Entry, d: dict[str, Any]) -> bool:
 
 def _verified_db() -> str:
     """The verification cache: realpath -> digests with size and mtime."""
-    return os.path.join(cache_dir(), "verified.json")
+    return os.path.join(cache.zoo_dir(), "verified.json")
 
 
 def _read_db() -> dict[str, Any]:
@@ -229,8 +220,8 @@ def _remember(path: str, d: dict[str, Any]) -> None:
     db = _read_db()
     db[os.path.realpath(path)] = {**d, **_stamp(st)}
     try:
-        os.makedirs(cache_dir(), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="verified.json.tmp-", dir=cache_dir())
+        os.makedirs(cache.zoo_dir(), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="verified.json.tmp-", dir=cache.zoo_dir())
         with os.fdopen(fd, "w") as f:
             json.dump(db, f, indent=0)
         os.replace(tmp, _verified_db())
@@ -342,7 +333,7 @@ def _lfs_content(e: Entry, pointer_file: str, directory: str, progress: bool) ->
 
 def download(e: Entry, progress: bool = True) -> str:
     """Downloads `e` into the cache, checks it, renames it into place; returns its path."""
-    directory = cache_dir()
+    directory = cache.zoo_dir()
     final = os.path.join(directory, e.filename)
     tmp = _download_to(url_of(e), directory, e, progress)
     try:
@@ -379,9 +370,10 @@ def fetch(e: Entry, progress: bool = True) -> str:
             return where
         except ZooError:
             os.remove(where)  # ours to replace: fetch it again
-    if local_dir() is not None:
-        raise ZooError(f"{e.name}: {e.filename} is not in $THINJAX_ZOO_DIR={local_dir()} nor "
-                       f"in the cache {cache_dir()}, and the zoo is offline while "
+    local = cache.zoo_local_dir()
+    if local is not None:
+        raise ZooError(f"{e.name}: {e.filename} is not in $THINJAX_ZOO_DIR={local} nor "
+                       f"in the cache {cache.zoo_dir()}, and the zoo is offline while "
                        "$THINJAX_ZOO_DIR is set; copy the file there or unset it to download")
     return download(e, progress)
 

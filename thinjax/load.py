@@ -1,0 +1,23 @@
+"""A network from whatever a ``--checkpoint``, ``config.init_from`` or a study entry names:
+a released network by name (``zoo:NAME``: fetched and checked by `thinjax.zoo`), else
+anything `thinjax.checkpoint.load_model` opens (a thinjax checkpoint, workdir or convert
+output, a PyTorch/safetensors/npz file).
+
+This module sits above both: the zoo reads the release's files through `thinjax.interop`,
+and `thinjax.checkpoint` knows nothing of the zoo.
+"""
+
+from __future__ import annotations
+
+from thinjax import checkpoint, zoo
+from thinjax.plan import Plan
+
+
+def resolve(spec: str) -> str:
+    """``zoo:NAME`` -> its checked local file (downloaded when needed); a path as it is."""
+    return zoo.resolve(spec) if spec.startswith("zoo:") else spec
+
+
+def load_model(spec: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
+    """(plan, {'params', 'batch_stats'}, meta) of `spec` (see the module docstring)."""
+    return checkpoint.load_model(resolve(spec), use_ema=use_ema)
