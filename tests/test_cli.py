@@ -13,10 +13,15 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = {"thinjax-train": "main", "thinjax-evaluate": "evaluate",
-            "thinjax-cost": "cost.__main__", "thinjax-convert": "convert",
-            "thinjax-import-torch": "import_torch", "thinjax-study": "study",
-            "thinjax-export": "export", "thinjax-zoo": "zoo.__main__"}
+COMMANDS = {"thinjax-train": "commands.train", "thinjax-evaluate": "commands.evaluate",
+            "thinjax-cost": "commands.cost", "thinjax-convert": "commands.prune",
+            "thinjax-prune": "commands.prune", "thinjax-import-torch": "commands.import_torch",
+            "thinjax-study": "commands.study", "thinjax-export": "commands.export",
+            "thinjax-zoo": "commands.zoo"}
+# python -m thinjax.X, the spellings the docs use, as aliases of the command modules
+ALIASES = {"main": "train", "evaluate": "evaluate", "cost.__main__": "cost",
+           "convert": "prune", "import_torch": "import_torch", "study": "study",
+           "export": "export", "zoo.__main__": "zoo"}
 # an absl/glog log line (I0101 12:00:00.000 ...), Python logging's default format, orbax
 LOG_LINE = re.compile(r"^([IWEF]\d{4} |(INFO|WARNING|ERROR):(absl|root|orbax|jax)|.*orbax)",
                       re.M)
@@ -28,7 +33,7 @@ def command(*args: str) -> subprocess.CompletedProcess:
 
 
 def source_of(module: str) -> str:
-    """The source of thinjax.<module> (dotted: cost.__main__; a package: its __init__)."""
+    """The source of thinjax.<module> (dotted: commands.train; a package: its __init__)."""
     path = os.path.join(ROOT, "thinjax", *module.split("."))
     return open(path + ".py" if os.path.exists(path + ".py") else
                 os.path.join(path, "__init__.py")).read()
@@ -56,6 +61,14 @@ def test_console_scripts_and_flag_spellings():
         assert names or "define_json" in source, mod
         assert all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names), (mod, names)
         assert "define_json" in source, mod  # every command takes --json
+
+
+def test_the_old_module_spellings_are_aliases_of_the_commands():
+    for alias, mod in ALIASES.items():
+        source = source_of(alias)
+        assert f"from thinjax.commands.{mod} import __doc__, cli_main" in source, alias
+        assert 'if __name__ == "__main__":\n    cli_main()' in source, alias
+        assert len(source.splitlines()) < 10, alias
 
 
 def test_help_is_quick_and_lists_the_flags():
@@ -86,7 +99,6 @@ def test_no_library_log_lines(args):
 
 def library_modules() -> list[str]:
     """Every thinjax module that is not a command (dotted, relative to thinjax)."""
-    commands = set(COMMANDS.values()) | {"cli", "commands"}
     mods = []
     for d, _, files in os.walk(os.path.join(ROOT, "thinjax")):
         rel = os.path.relpath(d, os.path.join(ROOT, "thinjax"))
@@ -94,7 +106,8 @@ def library_modules() -> list[str]:
             if f.endswith(".py"):
                 parts = ([] if rel == "." else rel.split(os.sep)) + [f[:-3]]
                 mods.append(".".join(parts).removesuffix(".__init__"))
-    return sorted(m for m in mods if m not in commands)
+    return sorted(m for m in mods if m != "commands" and not m.startswith("commands.")
+                  and m not in ALIASES)
 
 
 def imported(module: str) -> set[str]:
@@ -110,13 +123,14 @@ def imported(module: str) -> set[str]:
 
 
 def test_the_library_imports_no_command_and_errors_is_a_leaf():
-    commands = set(COMMANDS.values()) | {"cli", "commands"}
-    bad = {m: imported(m) & commands for m in library_modules() if imported(m) & commands}
+    bad = {m: sorted(x for x in imported(m) if x == "commands" or x.startswith("commands."))
+           for m in library_modules()}
+    bad = {m: v for m, v in bad.items() if v}
     assert not bad, f"library modules importing commands: {bad}"
     assert {"cost", "zoo", "train.loop", "checkpoint"} <= set(library_modules())
     code = ("import sys, thinjax.errors; a = sorted(m for m in sys.modules if "
             "m.startswith('thinjax')); import thinjax.prune.allocate, thinjax.zoo; "
-            "print(a, 'thinjax.cli' in sys.modules)")
+            "print(a, 'thinjax.commands' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                        timeout=120)
     assert r.returncode == 0, r.stderr

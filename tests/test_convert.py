@@ -12,8 +12,9 @@ import pytest
 
 import thinjax
 from tests.helpers import ROOT, run, sub_env
-from thinjax import cli, convert
 from thinjax.checkpoint import export_model, load_model
+from thinjax.commands import cli
+from thinjax.commands import prune as convert
 from thinjax.cost import count
 from thinjax.plan import plan_from_width
 from thinjax.prune.groups import mask_tree

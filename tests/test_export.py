@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import release_path
-from thinjax import cli
-from thinjax import export as export_command
 from thinjax.checkpoint import export_model
+from thinjax.commands import cli
+from thinjax.commands import export as export_command
 from thinjax.interop import export as ex
 from thinjax.interop.torch import import_checkpoint
 from thinjax.models.resnet import random_variables

@@ -10,9 +10,10 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "thinjax")
-# the command modules (paths relative to thinjax/); thinjax/commands/ as a whole
+# the command modules: thinjax/commands/ as a whole, and the aliases that keep the old
+# ``python -m thinjax.X`` spellings (paths relative to thinjax/)
 COMMANDS = {"main.py", "evaluate.py", "convert.py", "export.py", "import_torch.py",
-            "study.py", "cli.py", "zoo/__main__.py", "cost/__main__.py"}
+            "study.py", "zoo/__main__.py", "cost/__main__.py"}
 # edges (importer, imported) left in a cycle on purpose, each with its reason: none
 KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 

@@ -26,7 +26,7 @@ DRIVER = r'''
 import json, sys
 import jax, numpy as np
 from thinjax.config import short_cpu_recipe
-from thinjax.main import model_from_config, plan_from_config
+from thinjax.commands.train import model_from_config, plan_from_config
 from thinjax.prune.groups import channel_groups, flatten, unflatten
 from thinjax.prune import regularize
 from thinjax import sharding

@@ -49,9 +49,11 @@ import pytest
 
 import thinjax
 from tests.helpers import ROOT, main_cmd, run, sub_env, wait_for_checkpoint
-from thinjax import cli, convert, export, fs, import_torch
-from thinjax import evaluate as evaluate_command
+from thinjax import fs
 from thinjax.checkpoint import export_model, load_model
+from thinjax.commands import cli, export, import_torch
+from thinjax.commands import evaluate as evaluate_command
+from thinjax.commands import prune as convert
 from thinjax.config import base_config, check_rerun, validate
 from thinjax.cost import __main__ as cost_cmd
 from thinjax.cost import count
@@ -322,7 +324,7 @@ def user_checks(base: str) -> dict:
     nobody: {name: [exit status, stderr]} and directory listings, printed as JSON."""
     from absl import flags
 
-    from thinjax import main as train_main
+    from thinjax.commands import train as train_main
     train_main.define_flags()
     ro, out = os.path.join(base, "ro"), {}
     train = lambda cfg, wd: call(train_main, [f"--config={cfg}", f"--workdir={wd}"],  # noqa: E731

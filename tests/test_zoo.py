@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import RELEASE, release_path
-from thinjax import checkpoint, cli, zoo
+from thinjax import checkpoint, zoo
+from thinjax.commands import cli
 from thinjax.errors import CheckpointError
 from thinjax.interop.torch import import_checkpoint
 from thinjax.load import load_model
