@@ -119,3 +119,23 @@ def test_one_definition_of_the_input_statistics():
     edges = import_edges()
     assert ("data", "pixels") in edges and ("interop", "pixels") in edges
     assert ("interop", "data") not in edges  # thinjax.data loads TensorFlow
+
+
+def test_modules_and_functions_read_in_one_screen():
+    """No thinjax module over 400 lines, no function over 60 (the config schema aside)."""
+    long_modules, long_functions = [], []
+    for dirpath, dirnames, filenames in os.walk(PKG):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for f in filenames:
+            if not f.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, f)
+            src = open(path).read()
+            rel = os.path.relpath(path, ROOT)
+            if len(src.splitlines()) > 400:
+                long_modules.append((rel, len(src.splitlines())))
+            for n in ast.walk(ast.parse(src)):
+                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                        and n.end_lineno - n.lineno + 1 > 60 and n.name != "base_config":
+                    long_functions.append((rel, n.name, n.end_lineno - n.lineno + 1))
+    assert not long_modules and not long_functions, (long_modules, long_functions)

@@ -435,7 +435,7 @@ def test_case9_bad_input_is_one_error_line(tmp_path, case):
 def test_case6_a_changed_study_entry_reruns_its_row(tmp_path, capsys, monkeypatch):
     import ml_collections
 
-    from thinjax.commands.study import Study
+    from thinjax.studies import Study
     a, b = tmp_path / "w4.pt", tmp_path / "w1.pt"
     a.write_bytes(b"width 4")
     b.write_bytes(b"width 1")

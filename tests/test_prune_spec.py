@@ -3,8 +3,8 @@ prune command's flags and a study entry; its errors name the field."""
 
 import pytest
 
+from thinjax import studies as study
 from thinjax.commands import prune as convert
-from thinjax.commands import study
 from thinjax.config import base_config, validate
 from thinjax.errors import ConfigError
 from thinjax.prune.spec import PruneSpec, from_config

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 from tests.helpers import sub_env
+from thinjax import settings
 from thinjax.config import base_config
 from thinjax.cost import count
 from thinjax.plan import plan_from_width
+from thinjax.prune.spec import from_config
 from thinjax.train.pruning import PruningController
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,7 +185,8 @@ def test_resume_skips_the_logged_soft_events():
     cfg = base_config()
     cfg.prune.schedule, cfg.prune.start_epoch = "soft", 0.0
     cfg.prune.end_epoch, cfg.prune.every_epochs = 0.4, 0.2
-    setting = types.SimpleNamespace(cfg=cfg, steps_per_epoch=10, total=20, image_size=32)
+    setting = types.SimpleNamespace(config=settings.from_config(cfg), prune=from_config(cfg.prune),
+                                    steps_per_epoch=10, total=20, image_size=32)
     plan = plan_from_width("resnet20", 4)
     c = PruningController(setting, plan, "/nonexistent", None, False)
     assert [e for _, e, _ in c.pending] == [0, 2, 4]

@@ -52,10 +52,10 @@ from tests.helpers import ROOT, main_cmd, run, sub_env, wait_for_checkpoint
 from thinjax import fs
 from thinjax.checkpoint import export_model, load_model
 from thinjax.commands import cli, export, import_torch
+from thinjax.commands import cost as cost_cmd
 from thinjax.commands import evaluate as evaluate_command
 from thinjax.commands import prune as convert
 from thinjax.config import base_config, check_rerun, validate
-from thinjax.cost import __main__ as cost_cmd
 from thinjax.cost import count
 from thinjax.errors import CheckpointError, ConfigError, NonFiniteLoss
 from thinjax.plan import Plan, plan_from_width

@@ -12,10 +12,10 @@ import pytest
 from tests.helpers import sub_env
 from thinjax import report
 from thinjax.checkpoint import export_model
-from thinjax.commands.study import Study, plan_runs
 from thinjax.errors import CheckpointError
 from thinjax.models.resnet import random_variables
 from thinjax.plan import plan_from_width
+from thinjax.studies import Study, plan_runs
 
 ASSET = os.path.join(os.path.dirname(report.__file__), "assets",
                      "resnet20_width4_cifar10_ema.safetensors")

@@ -70,7 +70,7 @@ def make_optimizer(cfg, schedule: optax.Schedule, params) -> optax.GradientTrans
                          weight_decay=cfg.weight_decay, mask=mask)
     else:
         raise ConfigError(f"optim.name {cfg.name!r} unknown; use sgd, lamb or adamw")
-    if cfg.get("clip_grad_norm"):
+    if cfg.clip_grad_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), tx)
     return tx
 

@@ -34,7 +34,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from thinjax import fs
+from thinjax import fs, settings
 from thinjax.commands import cli
 from thinjax.config import check_overrides, check_rerun, validate
 from thinjax.cost import count, format_cost
@@ -115,7 +115,7 @@ def run_evaluate(cfg, workdir: str, plan, model) -> dict:
 
 def run_train(cfg, workdir: str, plan, model) -> dict:
     init = _load_init(cfg, plan)[0] if cfg.init_from else None
-    return train_and_evaluate(cfg, workdir, model, plan, init)
+    return train_and_evaluate(settings.from_config(cfg), workdir, model, plan, init)
 
 
 MODES = {"evaluate": run_evaluate, "train": run_train}

@@ -16,13 +16,8 @@ Every group keeps a multiple of ``round_to`` channels (or all of them); residual
 keep at least one multiple, and an inner group only falls to zero (its block dropped) with
 ``allow_block_removal``. Masks only shrink: channels already masked stay masked.
 
-How a params/MACs target is searched (`_search`): a bisection on the removal fraction ``t``
-(every group, or all channels, at once), then a bisection on ``fine``, a further share of
-the inner channels (global) or inner groups (uniform, explicit) given up on top of the
-largest ``t`` still above the target: one residual-stream channel costs many inner ones.
-If that still misses by more than the tolerance (typically with ``round_to`` > 1, where a
-step of ``fine`` is rounded away), groups give up units of ``round_to`` channels one at a
-time, in the method's order, skipping units that would overshoot (`_unit_fill`). A target
+A params/MACs target is searched by `thinjax.prune.search.search` (bisections on the
+removal fraction, then round_to units one at a time). A target
 still missed with ``round_to`` > 1 is refused (`TargetError` with the nearest costs and a
 smaller ``round_to`` that meets it), unless the network is already masked (`allocate`).
 """
@@ -31,28 +26,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import heapq
 import math
 import re
 from collections.abc import Callable
 
 import numpy as np
 
-from thinjax.cost import Cost, count
+from thinjax.cost import count
 from thinjax.errors import TargetError  # also imported from here by callers and tests
 from thinjax.plan import Plan
 from thinjax.prune.criteria import normalize
-from thinjax.prune.groups import Group, channel_groups, init_masks, plan_with_counts
+from thinjax.prune.groups import Group, channel_groups, init_masks
+from thinjax.prune.search import (
+    Around,
+    CountsFn,
+    Problem,
+    Strategy,
+    UnitRank,
+    candidate,
+    search,
+)
 
 KINDS = ("ratio", "params", "macs", "params_fraction", "macs_fraction")
 METHODS = ("uniform", "global", "explicit")
-
-# (t, fine) -> channels each group keeps; see `_global_counts` and `_uniform_counts`
-CountsFn = Callable[[float, float], dict[str, int]]
-# (group, channels it keeps, channels after one more unit, units it gave up so far)
-# -> sort key of that unit (lowest first), or None where the group may not give it up
-UnitRank = Callable[[str, int, int, int], tuple | None]
-
 
 @dataclasses.dataclass(frozen=True)
 class Target:
@@ -88,55 +84,6 @@ class Allocation:
     rel_error: float      # (achieved - target) / target, for params/MACs targets
 
 
-@dataclasses.dataclass(frozen=True)
-class _Problem:
-    """What every step of one allocation reads: the plan's groups, the channels each group
-    keeps now (`current`), the fewest it may keep (`minimum`) and the channel scores, with
-    the channels already masked at -inf (they sort first and stay masked)."""
-    plan: Plan
-    groups: dict[str, Group]
-    masks: dict[str, np.ndarray]
-    current: dict[str, int]
-    minimum: dict[str, int]
-    scores: dict[str, np.ndarray]
-    round_to: int
-
-    def rounded(self, name: str, k: float) -> int:
-        """`k` channels of group `name` rounded to `round_to`, within the group's bounds."""
-        g = self.groups[name]
-        return min(self.current[name], _round(k, g.size, self.minimum[name], self.round_to))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Strategy:
-    """An allocation method: its counts at (t, fine) and its ranking of round_to units."""
-    counts: CountsFn
-    rank: UnitRank
-
-
-@dataclasses.dataclass(frozen=True)
-class _Candidate:
-    """One allocation tried by the search: channel counts, the plan they make, its cost."""
-    counts: dict[str, int]
-    plan: Plan
-    cost: Cost
-
-    def value(self, kind: str) -> int:
-        """Its params or MACs (`kind`)."""
-        return getattr(self.cost, kind)
-
-
-# the nearest candidates tried above and below a target; None where nothing was searched
-Around = tuple[_Candidate | None, _Candidate | None] | None
-
-
-def _round(k: float, size: int, minimum: int, round_to: int) -> int:
-    """Nearest multiple of round_to (or the full size), at least `minimum`."""
-    if round_to > 1 and k < size:
-        k = round_to * round(k / round_to)
-    return int(min(size, max(minimum, k)))
-
-
 def _check_options(method: str, round_to: int) -> None:
     """Refuses an unknown method or a round_to below 1."""
     if method not in METHODS:
@@ -147,19 +94,19 @@ def _check_options(method: str, round_to: int) -> None:
 
 
 def _problem(plan: Plan, scores: dict[str, np.ndarray], masks: dict | None, round_to: int,
-             allow_block_removal: bool) -> _Problem:
-    """The `_Problem` of pruning `plan` (already masked by `masks`, if any)."""
+             allow_block_removal: bool) -> Problem:
+    """The `Problem` of pruning `plan` (already masked by `masks`, if any)."""
     groups = channel_groups(plan)
     masks = init_masks(plan) if masks is None else {k: np.asarray(v) for k, v in masks.items()}
     alive = {n: np.asarray(masks[n]) > 0 for n in groups}
     minimum = {n: 0 if (g.removable and allow_block_removal) else min(round_to, g.size)
                for n, g in groups.items()}
     sc = {n: np.where(alive[n], np.asarray(scores[n], np.float64), -np.inf) for n in groups}
-    return _Problem(plan, groups, masks, {n: int(a.sum()) for n, a in alive.items()},
+    return Problem(plan, groups, masks, {n: int(a.sum()) for n, a in alive.items()},
                     minimum, sc, round_to)
 
 
-def _global_counts(pb: _Problem, normalization: str) -> CountsFn:
+def _global_counts(pb: Problem, normalization: str) -> CountsFn:
     """Counts for the global ranking: `counts(t, fine)` removes the lowest t x all channels
     (scores normalised per group), then continues down the ranking through `fine` x all
     inner channels, inner channels only: a stream channel costs many times an inner one,
@@ -205,7 +152,7 @@ def _ratios(groups: dict[str, Group], method: str, group_ratios: tuple) -> dict[
     return {n: next((r for p, r in pats if p.search(n)), 0.0) for n in groups}
 
 
-def _uniform_counts(pb: _Problem, ratio: dict[str, float]) -> CountsFn:
+def _uniform_counts(pb: Problem, ratio: dict[str, float]) -> CountsFn:
     """Counts for uniform (and explicit) allocation: `counts(t, fine)` removes t x ratio of
     every group; then `fine` x the pruned inner groups, least important (lowest mean score)
     first, give up one channel more (one channel of every group at once is too coarse a
@@ -227,7 +174,7 @@ def _uniform_counts(pb: _Problem, ratio: dict[str, float]) -> CountsFn:
     return counts
 
 
-def _global_unit_rank(pb: _Problem, normalization: str) -> UnitRank:
+def _global_unit_rank(pb: Problem, normalization: str) -> UnitRank:
     """Global ranking of round_to units: the mean normalised score of the channels a unit
     removes (a group's lowest-scored kept channels)."""
     ns = normalize(pb.scores, pb.masks, normalization)
@@ -239,7 +186,7 @@ def _global_unit_rank(pb: _Problem, normalization: str) -> UnitRank:
     return rank
 
 
-def _uniform_unit_rank(pb: _Problem, ratio: dict[str, float]) -> UnitRank:
+def _uniform_unit_rank(pb: Problem, ratio: dict[str, float]) -> UnitRank:
     """Uniform ranking of round_to units: round robin over the pruned groups (each gives
     one unit before any gives a second), least important (mean score) first."""
     mean = {n: float(np.mean(np.where(np.isfinite(s), s, 0))) for n, s in pb.scores.items()}
@@ -248,119 +195,6 @@ def _uniform_unit_rank(pb: _Problem, ratio: dict[str, float]) -> UnitRank:
         return (taken, mean[n]) if ratio[n] > 0 else None
 
     return rank
-
-
-def _candidate(pb: _Problem, counts: dict[str, int], input_size: int) -> _Candidate:
-    """The plan and cost of keeping `counts` channels per group."""
-    p = plan_with_counts(pb.plan, counts)
-    return _Candidate(counts, p, count(p, input_size))
-
-
-def _bisect(f: Callable[[float], _Candidate], want: float,
-            kind: str) -> tuple[float, float, float]:
-    """(best x in [0, 1], its relative error, the largest x whose cost exceeds want), for a
-    cost `f(x).value(kind)` that falls as x grows."""
-    lo, hi, best, best_err = 0.0, 1.0, 1.0, float("inf")
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        got = f(mid).value(kind)
-        err = abs(got - want) / want
-        if err < best_err or (err == best_err and got <= want):
-            best, best_err = mid, err
-        if got > want:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-7:
-            break
-    return best, best_err, lo
-
-
-def _check_reachable(smallest: _Candidate, kind: str, want: float, method: str,
-                     round_to: int, allow_block_removal: bool, tolerance: float) -> None:
-    """Refuses a target below (beyond tolerance) what the smallest allowed network costs."""
-    lowest = smallest.value(kind)
-    if want < lowest * (1 - tolerance):
-        raise TargetError(
-            f"target {kind}={want:,.0f} is unreachable: with method {method!r}, "
-            f"round_to={round_to} and allow_block_removal={allow_block_removal} the "
-            f"smallest network has {lowest:,} {kind} ({smallest.plan.describe()}); raise the "
-            "target, lower round_to or allow block removal")
-
-
-def _unit_fill(pb: _Problem, start: dict[str, int], rank: UnitRank, kind: str, want: float,
-               tolerance: float, at: Callable[[dict[str, int]], _Candidate]) -> None:
-    """From `start` (above the target), groups give up units of `round_to` channels in
-    `rank` order (never below their minimum) until the cost falls to `want`; a group whose
-    next unit would take the cost below the tolerance band gives up no more. Every
-    candidate goes through `at`. This is the last step of a search that the bisections
-    left outside the tolerance: with round_to > 1 a step of `fine` is rounded away, and one
-    unit of a wide early layer can cost more than the whole band."""
-    names = list(pb.groups)
-    counts, taken, heap = dict(start), {n: 0 for n in names}, []
-
-    def push(i: int) -> None:
-        n, k = names[i], counts[names[i]]
-        new = (k - 1) // pb.round_to * pb.round_to
-        key = rank(n, k, new, taken[n]) if k > 0 and new >= pb.minimum[n] else None
-        if key is not None:
-            heapq.heappush(heap, (key, i, new))
-
-    for i in range(len(names)):
-        push(i)
-    while heap:
-        _, i, new = heapq.heappop(heap)
-        got = at({**counts, names[i]: new}).value(kind)
-        if got < want * (1 - tolerance):
-            continue
-        counts[names[i]], taken[names[i]] = new, taken[names[i]] + 1
-        if got <= want:
-            return
-        push(i)
-
-
-def _nearest(tried: list[_Candidate], kind: str,
-             want: float) -> tuple[_Candidate | None, _Candidate | None]:
-    """The tried candidates nearest to `want` from above and from below (or at it)."""
-    above = [c for c in tried if c.value(kind) > want]
-    below = [c for c in tried if c.value(kind) <= want]
-    return (min(above, key=lambda c: c.value(kind)) if above else None,
-            max(below, key=lambda c: c.value(kind)) if below else None)
-
-
-def _search(pb: _Problem, strategy: _Strategy, kind: str, want: float, *, method: str,
-            allow_block_removal: bool, input_size: int,
-            tolerance: float) -> tuple[_Candidate, Around]:
-    """The allocation closest to `want` params or MACs (`kind`), and the nearest ones tried
-    above and below it (None where no search was needed): a bisection on t, then, if that
-    misses by more than a quarter of the tolerance, one on `fine` at the largest t still
-    above the target, then, if still outside the tolerance, `_unit_fill`."""
-    tried: list[_Candidate] = []
-
-    def at_counts(counts: dict[str, int]) -> _Candidate:
-        tried.append(_candidate(pb, counts, input_size))
-        return tried[-1]
-
-    def at(t: float, fine: float = 0.0) -> _Candidate:
-        return at_counts(strategy.counts(t, fine))
-
-    first = at(0.0)
-    _check_reachable(at(1.0), kind, want, method, pb.round_to, allow_block_removal,
-                     tolerance)
-    if want >= first.value(kind):
-        return first, None
-    t_best, best_err, t_above = _bisect(at, want, kind)
-    fine_best, f_above = 0.0, 0.0
-    if best_err > tolerance / 4:
-        f_best, f_err, f_above = _bisect(lambda f: at(t_above, f), want, kind)
-        if f_err < best_err:
-            t_best, fine_best, best_err = t_above, f_best, f_err
-    best = at(t_best, fine_best)
-    if best_err > tolerance:
-        _unit_fill(pb, strategy.counts(t_above, f_above), strategy.rank, kind, want,
-                   tolerance, at_counts)
-        best = min(tried, key=lambda c: (abs(c.value(kind) - want), c.value(kind)))
-    return best, _nearest(tried, kind, want)
 
 
 def _drop_whole_blocks(groups: dict[str, Group], counts: dict[str, int]) -> dict[str, int]:
@@ -375,7 +209,7 @@ def _drop_whole_blocks(groups: dict[str, Group], counts: dict[str, int]) -> dict
     return counts
 
 
-def _masks_from_counts(pb: _Problem, counts: dict[str, int]) -> dict[str, np.ndarray]:
+def _masks_from_counts(pb: Problem, counts: dict[str, int]) -> dict[str, np.ndarray]:
     """Float 0/1 masks keeping each group's `counts[group]` highest-scored live channels."""
     out = {}
     for n, g in pb.groups.items():
@@ -386,14 +220,14 @@ def _masks_from_counts(pb: _Problem, counts: dict[str, int]) -> dict[str, np.nda
     return out
 
 
-def _strategy(pb: _Problem, method: str, normalization: str,
-              group_ratios: tuple) -> _Strategy:
+def _strategy(pb: Problem, method: str, normalization: str,
+              group_ratios: tuple) -> Strategy:
     """The counts and unit ranking of `method`."""
     if method == "global":
-        return _Strategy(_global_counts(pb, normalization),
+        return Strategy(_global_counts(pb, normalization),
                          _global_unit_rank(pb, normalization))
     ratio = _ratios(pb.groups, method, group_ratios)
-    return _Strategy(_uniform_counts(pb, ratio), _uniform_unit_rank(pb, ratio))
+    return Strategy(_uniform_counts(pb, ratio), _uniform_unit_rank(pb, ratio))
 
 
 def _allocate(plan: Plan, scores: dict[str, np.ndarray], target: Target, *, method: str,
@@ -409,10 +243,10 @@ def _allocate(plan: Plan, scores: dict[str, np.ndarray], target: Target, *, meth
     kind, value = target.absolute(dense.params, dense.macs)
     if kind == "ratio":
         t = 1.0 if method == "explicit" else value
-        best, around = _candidate(pb, strategy.counts(t, 0.0), input_size), None
+        best, around = candidate(pb, strategy.counts(t, 0.0), input_size), None
         err = 0.0
     else:
-        best, around = _search(pb, strategy, kind, float(value), method=method,
+        best, around = search(pb, strategy, kind, float(value), method=method,
                                allow_block_removal=allow_block_removal,
                                input_size=input_size, tolerance=tolerance)
         err = (best.value(kind) - value) / value

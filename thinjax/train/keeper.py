@@ -163,6 +163,11 @@ class CheckpointKeeper:
     def _on_term(self, signum, frame) -> None:
         self._stop = signum
 
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal that asked the run to stop (SIGTERM), or None."""
+        return self._stop
+
     def preempted(self, step: int) -> bool:
         if self._synced and self.mngr.reached_preemption(step):
             self._stop = signal.SIGTERM

@@ -20,7 +20,6 @@ jitted step), `pruning.PruningController`, `keeper.CheckpointKeeper` and
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 
@@ -37,6 +36,7 @@ from thinjax.evaluation import evaluate
 from thinjax.ops import conv
 from thinjax.plan import Plan
 from thinjax.prune.materialize import slice_tree, small_plan
+from thinjax.settings import Settings, as_settings
 from thinjax.train.keeper import CheckpointKeeper
 from thinjax.train.metrics import MetricWriter, Reporter
 from thinjax.train.pruning import PruningController, regularized
@@ -57,7 +57,8 @@ class Parts:
     evaluator: Evaluator
 
 
-def train_and_evaluate(cfg, workdir: str, model, plan: Plan, init_variables=None) -> dict:
+def train_and_evaluate(cfg: Settings, workdir: str, model, plan: Plan,
+                       init_variables=None) -> dict:
     """Trains (or resumes) the run in `workdir`; returns its results."""
     p = assemble(cfg, workdir, model, plan, init_variables)
     s, keeper, pruner = p.setting, p.keeper, p.pruner
@@ -82,7 +83,7 @@ def train_and_evaluate(cfg, workdir: str, model, plan: Plan, init_variables=None
 def _bookkeeping(p: Parts, step: int) -> dict | None:
     """Logging, evaluation and checkpoints after `step`; exits 143 on preemption.
     Returns the evaluation, if one ran."""
-    cfg, s = p.setting.cfg, p.setting
+    cfg, s = p.setting.config, p.setting
     last = step == s.total
     log = step % cfg.train.log_every == 0 or last
     do_eval = step % p.evaluator.every == 0 or last
@@ -106,7 +107,7 @@ def _bookkeeping(p: Parts, step: int) -> dict | None:
         _save(p, step, ev)
     if stop:
         p.keeper.mngr.wait_until_finished()
-        print(f"signal {p.keeper._stop}: saved step {step} in {p.keeper.mngr.directory}; "
+        print(f"signal {p.keeper.stop_signal}: saved step {step} in {p.keeper.mngr.directory}; "
               "rerun the same command to resume", flush=True)
         raise SystemExit(143)
     return ev
@@ -114,11 +115,10 @@ def _bookkeeping(p: Parts, step: int) -> dict | None:
 
 def _save(p: Parts, step: int, ev: dict | None) -> None:
     """A checkpoint (with its eval top-1 when evaluated) and, if best so far, `best/`."""
-    ema = p.setting.cfg.ema.enabled
+    ema = p.setting.config.ema.enabled
     top1 = ev["ema_eval_top1" if ema else "eval_top1"] if ev else None
     metrics = {"top1": top1, "phase": p.pruner.phase} if ev else None
-    meta = {**p.pruner.meta(p.run.plan), "config": json.loads(
-        p.setting.cfg.to_json_best_effort()), "step": step,
+    meta = {**p.pruner.meta(p.run.plan), "config": p.setting.config.to_dict(), "step": step,
         "convolution": convolution_of(p.run.model)}
     p.keeper.save(step, p.state, meta, metrics)
     if ev and p.keeper.is_new_best(top1, p.pruner.phase):
@@ -145,8 +145,8 @@ def _train_stream(s: Setting, source, start: int, seed_offset: int = 0):
     """This process's training batches from step `start` (another stream with an offset:
     the batches that score Taylor importance)."""
     pi, pc = jax.process_index(), jax.process_count()
-    return train_batches(source, s.cfg.data, s.global_batch, s.cfg.seed + seed_offset, start,
-                         s.steps_per_epoch, num_shards=s.cfg.data.num_shards or pc,
+    return train_batches(source, s.config.data, s.global_batch, s.config.seed + seed_offset, start,
+                         s.steps_per_epoch, num_shards=s.config.data.num_shards or pc,
                          process_index=pi, process_count=pc)
 
 
@@ -154,7 +154,7 @@ class Evaluator:
     """Raw (and EMA) top-1/top-5/loss of the state on the eval split, every `every` steps."""
 
     def __init__(self, setting: Setting, source):
-        cfg, pc, ld = setting.cfg, jax.process_count(), jax.local_device_count()
+        cfg, pc, ld = setting.config, jax.process_count(), jax.local_device_count()
         # per-process batch: a multiple of the local devices (the last batch is padded)
         local = -(-cfg.data.eval_batch_size // (pc * ld)) * ld
         self.data = EvalBatches(source, cfg.data.eval_split, local,
@@ -175,8 +175,10 @@ class Evaluator:
         return out
 
 
-def assemble(cfg, workdir: str, model, plan: Plan, init_variables=None) -> Parts:
-    """Builds every part of the run and restores its newest readable checkpoint."""
+def assemble(cfg: Settings, workdir: str, model, plan: Plan, init_variables=None) -> Parts:
+    """Builds every part of the run and restores its newest readable checkpoint (`cfg`: the
+    typed settings; a ConfigDict is resolved here, once)."""
+    cfg = as_settings(cfg)
     sharding.initialize_distributed()
     main_process = jax.process_index() == 0
     source = get_source(cfg.data.name, data_dir=cfg.data.data_dir)
@@ -219,7 +221,7 @@ def _restore_target(s: Setting, model, run: Run, meta: dict, pruner: PruningCont
     return s.abstract_state(run, pruner.initial_masks(run.plan))
 
 
-def _header(s: Setting, plan: Plan, cfg) -> str:
+def _header(s: Setting, plan: Plan, cfg: Settings) -> str:
     cost = count(plan, s.image_size)
     return (f"{plan.describe()}\n{cost.params:,} params, {cost.macs / 1e6:.2f} M MACs at "
             f"{s.image_size}px; {s.n_train} train images, batch {s.global_batch}, "

@@ -99,7 +99,7 @@ class PruningController:
         alloc = compute_masks(run.plan, host, self.spec, tgt, masks=masks,
                               model=run.model, batches=batches,
                               input_size=self.setting.image_size,
-                              seed=self.setting.cfg.seed + step)
+                              seed=self.setting.config.seed + step)
         new_masks = jax.tree.map(np.asarray, alloc.masks)
         if soft:  # the filters are zeroed, but train on: no mask is kept
             params = jax.jit(functools.partial(soft_event, run.plan),
@@ -168,7 +168,7 @@ def regularized(setting: Setting, run: Run, state, template, batches_at,
     masks = jax.device_get(state.masks) if state.masks else None
     reg = regularize.build(run.plan, cfg, host, masks=masks, model=run.model,
                            batches=batches, input_size=setting.image_size,
-                           seed=setting.cfg.seed + start)
+                           seed=setting.config.seed + start)
     setting = dataclasses.replace(
         setting, step_cfg=dataclasses.replace(setting.step_cfg, prune_reg=reg))
     return setting, setting.run_for(template, run.plan)

@@ -21,7 +21,7 @@ from thinjax.errors import ConfigError, DataError
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan
 from thinjax.prune.spec import PruneSpec
-from thinjax.prune.spec import from_config as prune_spec_from
+from thinjax.settings import Settings
 from thinjax.train import state as state_lib
 from thinjax.train.step import StepConfig, train_step
 
@@ -42,7 +42,7 @@ class Run:
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """Everything about a run that does not depend on its plan."""
-    cfg: Any
+    config: Settings
     mesh: Any
     global_batch: int
     n_train: int
@@ -53,7 +53,10 @@ class Setting:
     step_cfg: StepConfig
     ema_decay: float
     rng: jax.Array
-    prune: PruneSpec = PruneSpec()
+
+    @property
+    def prune(self) -> PruneSpec:
+        return self.config.prune
 
     @property
     def epochs(self) -> float:
@@ -71,7 +74,7 @@ class Setting:
         size = self.image_size
         shapes = jax.eval_shape(lambda: m.init(self.rng, np.zeros((1, size, size, 3),
                                                                   np.float32)))
-        tx = optim.make_optimizer(self.cfg.optim, self.schedule, shapes["params"])
+        tx = optim.make_optimizer(self.config.optim, self.schedule, shapes["params"])
         step_cfg = self.step_cfg
         reg = step_cfg.prune_reg
         if reg is not None and getattr(reg, "plan", plan) != plan:  # the materialised network
@@ -102,7 +105,7 @@ class Setting:
                                                            sharding=self.repl), st)
 
 
-def make_setting(cfg, plan: Plan, source, mesh) -> Setting:
+def make_setting(cfg: Settings, plan: Plan, source, mesh) -> Setting:
     """Checks the data against the run and derives its sizes, schedule and step options."""
     if source.num_classes != plan.num_classes:
         raise DataError(f"the model has {plan.num_classes} classes but data {cfg.data.name!r} "
@@ -124,10 +127,10 @@ def make_setting(cfg, plan: Plan, source, mesh) -> Setting:
     ema_d = optim.ema_decay(cfg.ema, gb, total / steps_per_epoch)
     return Setting(cfg, mesh, gb, n_train, steps_per_epoch, total, cfg.data.image_size,
                    schedule, _step_config(cfg, plan, steps_per_epoch, ema_d), ema_d,
-                   jax.random.PRNGKey(cfg.seed), prune_spec_from(cfg.prune))
+                   jax.random.PRNGKey(cfg.seed))
 
 
-def _step_config(cfg, plan: Plan, steps_per_epoch: int, ema_decay: float) -> StepConfig:
+def _step_config(cfg: Settings, plan: Plan, steps_per_epoch: int, ema_decay: float) -> StepConfig:
     t = cfg.train
     return StepConfig(
         num_classes=plan.num_classes, label_smoothing=t.label_smoothing,

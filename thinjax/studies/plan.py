@@ -1,0 +1,156 @@
+"""Which runs a study config asks for (`plan_runs`, `budget_plan`), as `Run` records."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from thinjax.errors import ConfigError
+from thinjax.prune import spec as prune_spec
+
+
+@dataclasses.dataclass
+class Run:
+    id: str
+    kind: str      # thin | pruned | extra
+    name: str
+    method: str
+    spec: dict
+
+
+def slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
+
+
+def release_file(cfg, arch: str, width: int, dataset: str) -> str:
+    """The release checkpoint of `arch` at `width`, by the release's file naming
+    (``{arch}_width{w}_{dataset}_ema.pt`` in ``release_dir``)."""
+    return "{release}/" + f"{arch}_width{width}_{dataset}_ema.pt"
+
+
+def member_name(arch: str, width: int) -> str:
+    return f"ThinResNet-{arch.removeprefix('resnet')} w={width}"
+
+
+def sweep_entries(cfg) -> list[dict]:
+    """``cfg.sweep`` plus ``cfg.sweep_range`` = {"arch", "widths", "dataset", "epochs"}: one
+    release checkpoint per width (a dense sweep)."""
+    out = [dict(s) for s in cfg.get("sweep", ())]
+    r = cfg.get("sweep_range")
+    if r:
+        for w in r["widths"]:
+            out.append({"name": member_name(r["arch"], w), "release": True,
+                        "checkpoint": release_file(cfg, r["arch"], w, r["dataset"]),
+                        "epochs": r.get("epochs", 600)})
+    return out
+
+
+def plan_runs(cfg) -> list[Run]:
+    runs = []
+    for s in sweep_entries(cfg):
+        runs.append(Run(f"thin-{slug(s['name'])}", "thin", s["name"], "ThinResNet", dict(s)))
+    p = cfg.get("pruning")
+    if p and p.get("base"):
+        for crit in p["criteria"]:
+            for m in p["match"]:
+                base_id = f"prune-{slug(crit)}-{slug(p['allocation'])}-to-{slug(m)}"
+                name = f"{crit} {p['allocation']} @ {m} {p.get('match_on', 'macs')}"
+                spec = {**dict(p), "criterion": crit, "match": m}
+                runs.append(Run(base_id, "pruned", name, f"{crit} ({p['allocation']}), "
+                                "no fine-tune", spec))
+                for ep in p.get("finetune_epochs", ()):
+                    runs.append(Run(f"{base_id}-ft{slug(str(ep))}", "pruned",
+                                    f"{name} + {ep:g} ep",
+                                    f"{crit} ({p['allocation']}) + {ep:g}-epoch fine-tune",
+                                    {**spec, "epochs": float(ep), "from": base_id}))
+    for t in cfg.get("schedule_runs", ()):
+        runs.append(Run(f"sched-{slug(t['name'])}", "pruned", t["name"], t["method"],
+                        {**dict(t), "scheduled": True}))
+    for e in cfg.get("extra", ()):
+        runs.append(Run(f"extra-{slug(e['name'])}", "extra", e["name"], e["method"], dict(e)))
+    if cfg.get("budget"):
+        runs += budget_plan(cfg)
+    ids = [r.id for r in runs]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise ConfigError(f"study runs need distinct names; repeated: {sorted(dup)} (rename "
+                          "the sweep, extra or schedule_runs entries)")
+    return runs
+
+
+# -- arms of equal budget (config.budget) -----------------------------------------------
+ARMS = ("pruned", "thin+ft", "pruned+ft", "gradual", "sparse", "scratch")
+
+
+def _seeds(b, arm: str) -> tuple:
+    """budget.noise_seeds for the arms in budget.noise_arms (thin+ft, pruned+ft, gradual,
+    sparse, scratch-uniform, scratch), budget.seeds for the others."""
+    return tuple(b.get("noise_seeds", (0, 1))) if arm in b.get("noise_arms", ()) else \
+        tuple(b.get("seeds", (0,)))
+
+
+def _check_budget(b) -> None:
+    unknown = [a for a in b.get("arms", ARMS) if a not in ARMS]
+    missing = [c for c in list(b.get("gradual_criteria", ())) + list(
+        b.get("scratch_criteria", ())) if c not in b["criteria"]]
+    if unknown or missing:
+        raise ConfigError(f"config.budget: unknown arms {unknown} (use {', '.join(ARMS)}) / "
+                          f"gradual or scratch criteria {missing} not in budget.criteria "
+                          "(the one-shot pruning of each criterion gives the scratch plan)")
+
+
+def budget_plan(cfg) -> list[Run]:
+    """The runs of config.budget, arm by arm (each arm over every target before the next
+    arm, so a study stopped early has whole arms): one-shot pruning (the plans), thin+ft,
+    pruned+ft, gradual, sparse and scratch."""
+    b = cfg.budget
+    _check_budget(b)
+    arms, arch, E, B = b.get("arms", ARMS), b["arch"], b["finetune_epochs"], b["scratch_epochs"]
+    out = {a: [] for a in ARMS}
+    for w in b["targets"]:
+        tgt, t = member_name(arch, w), f"w={w}"
+        common = dict(target=tgt, width=w)
+        for c in b["criteria"]:
+            out["pruned"].append(Run(f"prune-{slug(c)}-to-w{w}", "pruned", f"pruned {c} -> {t}",
+                                     f"{c} ({b['allocation']}), one-shot, no fine-tune",
+                                     dict(common, arm="pruned", criterion=c)))
+            out["pruned+ft"] += [Run(f"pruned-ft-{slug(c)}-w{w}-s{s}", "pruned",
+                                     f"pruned+ft {c} -> {t}", f"{c} one-shot + {E:g} ep",
+                                     dict(common, arm="pruned+ft", criterion=c, seed=s,
+                                          plan_from=f"prune-{slug(c)}-to-w{w}"))
+                                 for s in _seeds(b, "pruned+ft")]
+        out["thin+ft"] += [Run(f"thin-ft-w{w}-s{s}", "thin", f"thin+ft {t}",
+                               f"ThinResNet {t} + {E:g} ep", dict(common, arm="thin+ft", seed=s))
+                           for s in _seeds(b, "thin+ft")]
+        for c in b.get("gradual_criteria", b["criteria"]):
+            out["gradual"] += [Run(f"gradual-{slug(c)}-w{w}-s{s}", "pruned", f"gradual {c} -> {t}",
+                                   f"{c} gradual over {E:g} ep",
+                                   dict(common, arm="gradual", criterion=c, seed=s))
+                               for s in _seeds(b, "gradual")]
+        for sp in b.get("sparse", ()):
+            out["sparse"] += [Run(f"sparse-{slug(sp['name'])}-w{w}-s{s}", "pruned",
+                                  f"{sp['name']} -> {t}", f"{sp['name']} over {E:g} ep",
+                                  dict(common, arm=sp["name"], criterion=sp["criterion"],
+                                       sparse=dict(sp), seed=s))
+                              for s in _seeds(b, "sparse")]
+        out["scratch"] += [Run(f"scratch-uniform-w{w}-s{s}", "thin", f"scratch uniform {t}",
+                               f"ThinResNet {t} from scratch, {B:g} ep",
+                               dict(common, arm="scratch-uniform", seed=s))
+                           for s in _seeds(b, "scratch-uniform")]
+        for c in b.get("scratch_criteria", b["criteria"]):
+            out["scratch"] += [Run(f"scratch-{slug(c)}-w{w}-s{s}", "pruned",
+                                   f"scratch {c} plan -> {t}", f"{c} plan from scratch, {B:g} ep",
+                                   dict(common, arm="scratch-pruned", criterion=c, seed=s,
+                                        plan_from=f"prune-{slug(c)}-to-w{w}"))
+                               for s in _seeds(b, "scratch")]
+    return [r for a in ARMS if a in arms or a == "pruned" for r in out[a]]
+
+
+
+def entry_spec(entry: dict, target_kind: str, target: float) -> prune_spec.PruneSpec:
+    """The `PruneSpec` of a study entry that prunes one-shot (criterion, allocation,
+    round_to) to `target` in `target_kind` units."""
+    return prune_spec.from_config(dict(
+        criterion=entry["criterion"], allocation=entry.get("allocation", "global"),
+        round_to=entry.get("round_to", 1), target_kind=target_kind, target=float(target)),
+        where=f"study entry {entry.get('name', '')!r}: ")
