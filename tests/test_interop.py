@@ -11,11 +11,11 @@ from thinjax.checkpoint import export_model, load_model
 from thinjax.cost import count
 from thinjax.interop.torch import (
     CheckpointFormatError,
-    convert,
     import_checkpoint,
     infer_plan,
     load_state_dict,
     to_state_dict,
+    to_variables,
 )
 from thinjax.models.resnet import ResNet, random_variables
 from thinjax.plan import plan_from_width
@@ -91,13 +91,13 @@ def test_state_dict_that_fits_no_resnet_names_the_key():
     bad["layer2.1.conv1.weight"] = np.zeros((8, 5, 3, 3), np.float32)  # wrong input channels
     with pytest.raises(CheckpointFormatError,
                        match=r"layer2\.1\.conv1\.weight: shape \(8, 5, 3, 3\)"):
-        convert(bad)
+        to_variables(bad)
     extra = dict(sd, **{"layer1.0.se.weight": np.zeros(3)})
     with pytest.raises(CheckpointFormatError, match=r"unexpected key 'layer1\.0\.se\.weight'"):
         infer_plan(extra)
     missing = {k: v for k, v in sd.items() if not k.startswith("layer2.0.bn2")}
     with pytest.raises(CheckpointFormatError, match=r"missing key 'layer2\.0\.bn2\.\w+'"):
-        convert(missing)
+        to_variables(missing)
     nostem = {k: v for k, v in sd.items() if not k.startswith("conv1")}
     with pytest.raises(CheckpointFormatError, match="missing key 'conv1.weight'"):
         infer_plan(nostem)

@@ -127,6 +127,20 @@ def test_only_final_rows_are_evaluated_on_the_test_split(monkeypatch, tmp_path):
     assert rows["thin-w2-E2-lr0.1-s0"]["top1"] is None
 
 
+def test_a_row_measured_before_its_grid_was_extended_is_not_reported():
+    row = lambda lr, seed, val, top1: {"arm": "thin", "criterion": None, "lr": lr,  # noqa: E731
+                                       "seed": seed, "selection": seed == 0,
+                                       "val_top1": val, "top1": top1}
+    rows = [row(0.4, 0, 78.0, 77.55),  # chosen, and measured, before 0.8 was added
+            row(0.8, 0, 78.5, 77.32), row(0.8, 1, None, 76.0),
+            {"arm": "dense", "criterion": None, "lr": None, "seed": 0, "selection": False,
+             "val_top1": 74.0, "top1": 73.9}]
+    assert analysis.chosen_lrs(rows) == {("thin", None): 0.8}
+    kept = analysis.final(rows)
+    assert [(r["arm"], r["lr"], r["seed"]) for r in kept] == [
+        ("thin", 0.8, 0), ("thin", 0.8, 1), ("dense", None, 0)]
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match=r"protocol.seeds: 2: paired"):
         _protocol(seeds=2)

@@ -182,7 +182,7 @@ def _flax_path_to_torch(path: tuple[str, ...]) -> tuple[str, str | None]:
     return f"{base}.{field}", leaf
 
 
-def convert(sd: StateDict, plan: Plan | None = None) -> tuple[Plan, dict]:
+def to_variables(sd: StateDict, plan: Plan | None = None) -> tuple[Plan, dict]:
     """(plan, {'params': ..., 'batch_stats': ...}) from a PyTorch ResNet state dict.
 
     Kernels go from PyTorch OIHW to Flax HWIO; the classifier from (out, in) to (in, out).
@@ -243,7 +243,7 @@ def to_state_dict(plan: Plan, variables: dict,
 def import_checkpoint(path: str) -> tuple[Plan, dict]:
     """Reads a PyTorch ResNet checkpoint file: (plan, Flax variables)."""
     try:
-        return convert(load_state_dict(path))
+        return to_variables(load_state_dict(path))
     except CheckpointFormatError as e:
         if str(e).startswith(path):
             raise

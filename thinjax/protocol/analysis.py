@@ -40,10 +40,28 @@ def read_csv(path: str) -> list[dict]:
     return rows
 
 
+def chosen_lrs(rows: list[dict]) -> dict[tuple, float]:
+    """(arm, criterion) -> the LR its grid chose: the selection row with the best validation
+    top-1, ties to the smaller LR (`thinjax.protocol.plan.chosen_lr`, from rows alone)."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        if r.get("selection") and r.get("val_top1") is not None:
+            key = (r["arm"], r.get("criterion"))
+            b = best.get(key)
+            if b is None or (r["val_top1"], -r["lr"]) > (b["val_top1"], -b["lr"]):
+                best[key] = r
+    return {k: r["lr"] for k, r in best.items()}
+
+
 def final(rows: list[dict]) -> list[dict]:
-    """The rows that are reported: measured on the test split (a grid run whose LR was not
-    chosen never is)."""
-    return [r for r in rows if r.get("top1") is not None]
+    """The rows that are reported: measured on the test split, at the LR their arm's grid
+    chose. (A grid run is measured on the test split only while its LR is the chosen one:
+    a row measured before its grid was extended and lost its place stays in results.csv
+    but is not reported.)"""
+    chosen = chosen_lrs(rows)
+    return [r for r in rows if r.get("top1") is not None and
+            (r.get("lr") is None or chosen.get((r["arm"], r.get("criterion"))) in
+             (None, r["lr"]))]
 
 
 def arm_name(r: dict) -> str:

@@ -2,7 +2,7 @@
 published results beside them (the library behind ``python -m thinjax.study``; a config
 with a ``protocol`` section runs `thinjax.protocol` instead).
 
-Modules: `plan` (which runs a config asks for: `plan_runs`, `budget_plan`, typed `Run`
+Modules: `plan` (which runs a config asks for: `plan_runs`, `budget_plan`, typed `StudyRun`
 records), `runner` (`Study`: running them, one row per run, resumable), `outputs` (the
 CSV, plots and report).
 
@@ -40,7 +40,7 @@ DIR/literature.csv, DIR/acc_vs_macs.{png,svg}, DIR/acc_vs_params.{png,svg} and D
 (also written to --report_dir). ``--from_csv=FILE`` rebuilds them from a results.csv alone.
 """
 
-from thinjax.studies.plan import Run, budget_plan, entry_spec, plan_runs
+from thinjax.studies.plan import StudyRun, budget_plan, entry_spec, plan_runs
 from thinjax.studies.runner import Study
 
-__all__ = ["Run", "Study", "budget_plan", "entry_spec", "plan_runs"]
+__all__ = ["StudyRun", "Study", "budget_plan", "entry_spec", "plan_runs"]

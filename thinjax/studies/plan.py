@@ -1,4 +1,4 @@
-"""Which runs a study config asks for (`plan_runs`, `budget_plan`), as `Run` records."""
+"""Which runs a study config asks for (`plan_runs`, `budget_plan`), as `StudyRun` records."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from thinjax.prune import spec as prune_spec
 
 
 @dataclasses.dataclass
-class Run:
+class StudyRun:
     id: str
     kind: str      # thin | pruned | extra
     name: str
@@ -45,10 +45,10 @@ def sweep_entries(cfg) -> list[dict]:
     return out
 
 
-def plan_runs(cfg) -> list[Run]:
+def plan_runs(cfg) -> list[StudyRun]:
     runs = []
     for s in sweep_entries(cfg):
-        runs.append(Run(f"thin-{slug(s['name'])}", "thin", s["name"], "ThinResNet", dict(s)))
+        runs.append(StudyRun(f"thin-{slug(s['name'])}", "thin", s["name"], "ThinResNet", dict(s)))
     p = cfg.get("pruning")
     if p and p.get("base"):
         for crit in p["criteria"]:
@@ -56,18 +56,18 @@ def plan_runs(cfg) -> list[Run]:
                 base_id = f"prune-{slug(crit)}-{slug(p['allocation'])}-to-{slug(m)}"
                 name = f"{crit} {p['allocation']} @ {m} {p.get('match_on', 'macs')}"
                 spec = {**dict(p), "criterion": crit, "match": m}
-                runs.append(Run(base_id, "pruned", name, f"{crit} ({p['allocation']}), "
+                runs.append(StudyRun(base_id, "pruned", name, f"{crit} ({p['allocation']}), "
                                 "no fine-tune", spec))
                 for ep in p.get("finetune_epochs", ()):
-                    runs.append(Run(f"{base_id}-ft{slug(str(ep))}", "pruned",
+                    runs.append(StudyRun(f"{base_id}-ft{slug(str(ep))}", "pruned",
                                     f"{name} + {ep:g} ep",
                                     f"{crit} ({p['allocation']}) + {ep:g}-epoch fine-tune",
                                     {**spec, "epochs": float(ep), "from": base_id}))
     for t in cfg.get("schedule_runs", ()):
-        runs.append(Run(f"sched-{slug(t['name'])}", "pruned", t["name"], t["method"],
+        runs.append(StudyRun(f"sched-{slug(t['name'])}", "pruned", t["name"], t["method"],
                         {**dict(t), "scheduled": True}))
     for e in cfg.get("extra", ()):
-        runs.append(Run(f"extra-{slug(e['name'])}", "extra", e["name"], e["method"], dict(e)))
+        runs.append(StudyRun(f"extra-{slug(e['name'])}", "extra", e["name"], e["method"], dict(e)))
     if cfg.get("budget"):
         runs += budget_plan(cfg)
     ids = [r.id for r in runs]
@@ -99,7 +99,7 @@ def _check_budget(b) -> None:
                           "(the one-shot pruning of each criterion gives the scratch plan)")
 
 
-def budget_plan(cfg) -> list[Run]:
+def budget_plan(cfg) -> list[StudyRun]:
     """The runs of config.budget, arm by arm (each arm over every target before the next
     arm, so a study stopped early has whole arms): one-shot pruning (the plans), thin+ft,
     pruned+ft, gradual, sparse and scratch."""
@@ -111,34 +111,35 @@ def budget_plan(cfg) -> list[Run]:
         tgt, t = member_name(arch, w), f"w={w}"
         common = dict(target=tgt, width=w)
         for c in b["criteria"]:
-            out["pruned"].append(Run(f"prune-{slug(c)}-to-w{w}", "pruned", f"pruned {c} -> {t}",
-                                     f"{c} ({b['allocation']}), one-shot, no fine-tune",
-                                     dict(common, arm="pruned", criterion=c)))
-            out["pruned+ft"] += [Run(f"pruned-ft-{slug(c)}-w{w}-s{s}", "pruned",
+            out["pruned"].append(StudyRun(f"prune-{slug(c)}-to-w{w}", "pruned",
+                                          f"pruned {c} -> {t}",
+                                          f"{c} ({b['allocation']}), one-shot, no fine-tune",
+                                          dict(common, arm="pruned", criterion=c)))
+            out["pruned+ft"] += [StudyRun(f"pruned-ft-{slug(c)}-w{w}-s{s}", "pruned",
                                      f"pruned+ft {c} -> {t}", f"{c} one-shot + {E:g} ep",
                                      dict(common, arm="pruned+ft", criterion=c, seed=s,
                                           plan_from=f"prune-{slug(c)}-to-w{w}"))
                                  for s in _seeds(b, "pruned+ft")]
-        out["thin+ft"] += [Run(f"thin-ft-w{w}-s{s}", "thin", f"thin+ft {t}",
+        out["thin+ft"] += [StudyRun(f"thin-ft-w{w}-s{s}", "thin", f"thin+ft {t}",
                                f"ThinResNet {t} + {E:g} ep", dict(common, arm="thin+ft", seed=s))
                            for s in _seeds(b, "thin+ft")]
         for c in b.get("gradual_criteria", b["criteria"]):
-            out["gradual"] += [Run(f"gradual-{slug(c)}-w{w}-s{s}", "pruned", f"gradual {c} -> {t}",
-                                   f"{c} gradual over {E:g} ep",
+            out["gradual"] += [StudyRun(f"gradual-{slug(c)}-w{w}-s{s}", "pruned",
+                                        f"gradual {c} -> {t}", f"{c} gradual over {E:g} ep",
                                    dict(common, arm="gradual", criterion=c, seed=s))
                                for s in _seeds(b, "gradual")]
         for sp in b.get("sparse", ()):
-            out["sparse"] += [Run(f"sparse-{slug(sp['name'])}-w{w}-s{s}", "pruned",
+            out["sparse"] += [StudyRun(f"sparse-{slug(sp['name'])}-w{w}-s{s}", "pruned",
                                   f"{sp['name']} -> {t}", f"{sp['name']} over {E:g} ep",
                                   dict(common, arm=sp["name"], criterion=sp["criterion"],
                                        sparse=dict(sp), seed=s))
                               for s in _seeds(b, "sparse")]
-        out["scratch"] += [Run(f"scratch-uniform-w{w}-s{s}", "thin", f"scratch uniform {t}",
+        out["scratch"] += [StudyRun(f"scratch-uniform-w{w}-s{s}", "thin", f"scratch uniform {t}",
                                f"ThinResNet {t} from scratch, {B:g} ep",
                                dict(common, arm="scratch-uniform", seed=s))
                            for s in _seeds(b, "scratch-uniform")]
         for c in b.get("scratch_criteria", b["criteria"]):
-            out["scratch"] += [Run(f"scratch-{slug(c)}-w{w}-s{s}", "pruned",
+            out["scratch"] += [StudyRun(f"scratch-{slug(c)}-w{w}-s{s}", "pruned",
                                    f"scratch {c} plan -> {t}", f"{c} plan from scratch, {B:g} ep",
                                    dict(common, arm="scratch-pruned", criterion=c, seed=s,
                                         plan_from=f"prune-{slug(c)}-to-w{w}"))

@@ -12,7 +12,7 @@ from thinjax import fs, report
 from thinjax.errors import CheckpointError, ConfigError
 from thinjax.prune import spec as prune_spec
 from thinjax.studies.outputs import Outputs
-from thinjax.studies.plan import Run, entry_spec, plan_runs, release_file, slug
+from thinjax.studies.plan import StudyRun, entry_spec, plan_runs, release_file, slug
 
 
 class Study(Outputs):
@@ -62,7 +62,7 @@ class Study(Outputs):
                 path = path.replace("{" + name + "}", str(self.cfg.get(key)))
         return path
 
-    def execute(self, run: Run) -> dict:
+    def execute(self, run: StudyRun) -> dict:
         """The run's row, with its budget columns (report.BUDGET)."""
         if run.spec.get("arm"):
             return self.execute_budget(run)
@@ -90,7 +90,7 @@ class Study(Outputs):
             row.update(arm="scheduled", recipe=os.path.basename(run.spec["train"]))
         return row
 
-    def execute_plain(self, run: Run) -> dict:
+    def execute_plain(self, run: StudyRun) -> dict:
         s, rd = run.spec, self.run_dir(run.id)
         row = {"name": run.name, "method": run.method, "kind": run.kind, "source": run.id}
         if run.kind in ("thin", "extra") and s.get("checkpoint"):
@@ -145,7 +145,7 @@ class Study(Outputs):
                                "config.sweep and finish first)")
         return float(row[on])
 
-    def prune(self, run: Run, row: dict) -> dict:
+    def prune(self, run: StudyRun, row: dict) -> dict:
         from thinjax.conversion import convert
         s, d = run.spec, self.cfg.data
         on = s.get("match_on", "macs")
@@ -221,7 +221,7 @@ class Study(Outputs):
                 f"--config.optim.warmup_epochs={b.get('warmup_fraction', 0.05) * epochs:.6g}"
                 ] + list(b.get("recipe_overrides", ()))
 
-    def execute_budget(self, run: Run) -> dict:
+    def execute_budget(self, run: StudyRun) -> dict:
         s, b = run.spec, self.cfg.budget
         row = {"name": run.name, "method": run.method, "kind": run.kind, "arm": s["arm"],
                "target": s["target"], "criterion": s.get("criterion"), "source": run.id}
@@ -243,14 +243,14 @@ class Study(Outputs):
                 "images_seen": int(res["steps"]) * int(batch), "recipe": b["recipe_name"],
                 "seed": s["seed"], "weights": "ema" if want_ema else "raw"}
 
-    def prune_oneshot(self, run: Run, row: dict) -> dict:
+    def prune_oneshot(self, run: StudyRun, row: dict) -> dict:
         b = self.cfg.budget
         base = self.release_path(b.get("base_width", 16))
         spec = {"base": base, "criterion": run.spec["criterion"], "match": run.spec["target"],
                 "allocation": b["allocation"], "round_to": b.get("round_to", 1),
                 "match_on": b.get("match_on", "macs"),
                 "recalibrate_bn": b.get("recalibrate_bn", 0)}
-        r = self.prune(Run(run.id, run.kind, run.name, run.method, spec), row)
+        r = self.prune(StudyRun(run.id, run.kind, run.name, run.method, spec), row)
         return {**r, "init": os.path.basename(base),
                 "init_epochs": float(b.get("release_epochs", 600)), "epochs": 0.0,
                 "images_seen": 0, "recipe": "-", "seed": None, "weights": "ema"}
@@ -296,7 +296,7 @@ class Study(Outputs):
             print(f"{head}: top-1 {row['top1']:.2f}% in {time.perf_counter() - t:.0f} s "
                   f"(elapsed {el:.0f} s)", flush=True)
 
-    def run_key(self, run: Run) -> str:
+    def run_key(self, run: StudyRun) -> str:
         """A hash of everything that determines a run's row: its entry (paths resolved),
         the checkpoint it reads (by content), the data's name and split, and the config
         sections it reads; a changed entry reruns the run."""
