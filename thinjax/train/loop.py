@@ -68,7 +68,8 @@ def train_and_evaluate(cfg: Settings, workdir: str, model, plan: Plan,
     try:
         while step < s.total:
             if pruner.due(step):
-                p.state, p.run = pruner.run_events(p.state, p.run, step, model)
+                p.state, p.run = pruner.run_events(p.state, p.run, step, model,
+                                                   p.reporter.writer)
             p.state, metrics = p.run.step(p.state, sharding.global_batch(next(batches), s.mesh))
             step += 1
             p.reporter.add(metrics)
@@ -187,38 +188,41 @@ def assemble(cfg: Settings, workdir: str, model, plan: Plan, init_variables=None
                                main_process)
     keeper = CheckpointKeeper(workdir, cfg.train.keep_checkpoints, cfg.train.keep_best,
                               len(pruner.events), cfg.train.async_checkpoints)
-    run = s.run_for(model, plan)
-    state, start, ck_meta = keeper.restore(lambda meta: _restore_target(s, model, run, meta,
+    state, start, ck_meta = keeper.restore(lambda meta: _restore_target(s, model, plan, meta,
                                                                         pruner))
+    now = plan  # the plan the run goes on with (the smaller one once materialised)
     if state is None:
-        state, start = s.init_state(run, init_variables, pruner.initial_masks(plan)), 0
+        m, tx = s.model_and_tx(model, plan)
+        state, start = s.init_state(m, tx, init_variables, pruner.initial_masks(plan)), 0
     else:
         pruner.resume(plan, ck_meta, start)
         if ck_meta.get("materialized"):
-            run = s.run_for(model, Plan.from_dict(ck_meta["plan"]))
+            now = Plan.from_dict(ck_meta["plan"])
         print(f"resumed from {keeper.mngr.directory} step {start}", flush=True)
-        was, now = ck_meta.get("convolution"), convolution_of(run.model)
-        if was and was != now:
-            print(f"warning: this run computed its convolutions with {was} until step {start} "
-                  f"and goes on with {now} (THINJAX_CONV, the device count or the dtype "
-                  "changed); the results agree to float rounding, not bit for bit",
-                  file=sys.stderr, flush=True)
+        _warn_if_convolution_changed(ck_meta, model, start)
     if not pruner.materialized:  # a pruning regulariser trains the dense network only
-        s, run = regularized(s, run, state, model, lambda st: _train_stream(s, source, st, 1),
-                             start)
-        pruner.setting = s
-    pruner.writer = MetricWriter(workdir, main_process, resume_step=start)
-    reporter = Reporter(pruner.writer, s.total, s.global_batch, s.steps_per_epoch, start,
-                        main_process)
+        s = regularized(s, now, model, state, lambda st: _train_stream(s, source, st, 1), start)
+    run = s.run_for(model, now)  # the one Run of this plan (a materialisation makes the next)
+    reporter = Reporter(MetricWriter(workdir, main_process, resume_step=start), s.total,
+                        s.global_batch, s.steps_per_epoch, start, main_process)
     if main_process:
         print(_header(s, run.plan, cfg), flush=True)
     return Parts(s, run, state, start, source, keeper, pruner, reporter, Evaluator(s, source))
 
 
-def _restore_target(s: Setting, model, run: Run, meta: dict, pruner: PruningController):
+def _restore_target(s: Setting, model, plan: Plan, meta: dict, pruner: PruningController):
     if meta.get("materialized"):  # a pruned run that already continues on the small net
-        return s.abstract_state(s.run_for(model, Plan.from_dict(meta["plan"])), {})
-    return s.abstract_state(run, pruner.initial_masks(run.plan))
+        return s.abstract_state(*s.model_and_tx(model, Plan.from_dict(meta["plan"])), {})
+    return s.abstract_state(*s.model_and_tx(model, plan), pruner.initial_masks(plan))
+
+
+def _warn_if_convolution_changed(ck_meta: dict, model, start: int) -> None:
+    was, now = ck_meta.get("convolution"), convolution_of(model)
+    if was and was != now:
+        print(f"warning: this run computed its convolutions with {was} until step {start} "
+              f"and goes on with {now} (THINJAX_CONV, the device count or the dtype "
+              "changed); the results agree to float rounding, not bit for bit",
+              file=sys.stderr, flush=True)
 
 
 def _header(s: Setting, plan: Plan, cfg: Settings) -> str:

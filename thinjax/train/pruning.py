@@ -39,7 +39,6 @@ class PruningController:
         self.events = prune_schedule.events(spec, setting.steps_per_epoch, setting.total)
         self.target = spec.goal() if self.events else None
         self._batches_at = train_batches_at
-        self.writer = None  # a MetricWriter for the event log lines, set by the loop
         self.resume(plan, None, 0)
 
     def resume(self, plan: Plan, ck_meta: dict | None, start: int) -> None:
@@ -72,17 +71,18 @@ class PruningController:
     def due(self, step: int) -> bool:
         return bool(self.pending) and self.pending[0][1] == step
 
-    def run_events(self, state, run: Run, step: int, template) -> tuple:
-        """Every event due at `step`; after the last (with prune.materialize), the state
-        and run of the smaller network. Returns (state, run)."""
+    def run_events(self, state, run: Run, step: int, template, writer=None) -> tuple:
+        """Every event due at `step` (its sizes also to `writer`, a MetricWriter); after
+        the last (with prune.materialize), the state and run of the smaller network.
+        Returns (state, run)."""
         while self.due(step):
             k, _, progress = self.pending.pop(0)
-            state = self._event(state, run, step, k, progress)
+            state = self._event(state, run, step, k, progress, writer)
         if not self.pending and self.spec.materialize and state.masks:
             state, run = self._materialize(state, run, template)
         return state, run
 
-    def _event(self, state, run: Run, step: int, k: int, progress: float):
+    def _event(self, state, run: Run, step: int, k: int, progress: float, writer):
         """Scores the current weights and shrinks the masks towards this event's target; a
         soft event (``schedule="soft"``, all but the last) zeroes the lowest channels'
         filters instead and keeps no mask."""
@@ -108,17 +108,17 @@ class PruningController:
         else:
             state = jax.jit(functools.partial(apply_masks, plan=run.plan),
                             out_shardings=self.setting.repl)(state.replace(masks=new_masks))
-        self._record(step, k, tgt, alloc, soft)
+        self._record(step, k, tgt, alloc, soft, writer=writer)
         return state
 
-    def _record(self, step: int, k: int, tgt, alloc, soft: bool = False) -> None:
+    def _record(self, step: int, k: int, tgt, alloc, soft: bool = False, writer=None) -> None:
         d = self.dense_cost
         self.log.append({"step": step, "event": k + 1, "of": len(self.events), "soft": soft,
                          "params": alloc.params, "macs": alloc.macs,
                          "target": list(alloc.target), "rel_error": alloc.rel_error,
                          "plan": alloc.plan.describe()})
-        if self.writer is not None:
-            self.writer.write(step, {"prune_params": alloc.params, "prune_macs": alloc.macs})
+        if writer is not None:
+            writer.write(step, {"prune_params": alloc.params, "prune_macs": alloc.macs})
         if self.verbose:
             kind = "soft prune" if soft else "prune"
             print(f"{kind} event {k + 1}/{len(self.events)} at step {step} "
@@ -151,24 +151,23 @@ class PruningController:
         return small_plan(plan, jax.device_get(state.masks)) if state.masks else plan
 
 
-def regularized(setting: Setting, run: Run, state, template, batches_at,
-                start: int) -> tuple[Setting, Run]:
-    """(setting, run) with the ``prune.regularizer`` penalty in the train step
+def regularized(setting: Setting, plan: Plan, template, state, batches_at,
+                start: int) -> Setting:
+    """`setting` with the ``prune.regularizer`` penalty in the train step
     (``StepConfig.prune_reg``, `thinjax.prune.regularize.build`), built from the state's
     weights at step `start` (GReg selects its channels from them); unchanged when the config
     asks for none. For the dense plan only: a materialised run trains without it."""
     cfg = setting.prune
     if cfg.regularizer == "none":
-        return setting, run
+        return setting
     host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     batches = None
     if cfg.regularizer == "greg" and criteria.needs_data(cfg.criterion):
         it = batches_at(start)
         batches = (sharding.global_batch(next(it), setting.mesh) for _ in range(10 ** 9))
     masks = jax.device_get(state.masks) if state.masks else None
-    reg = regularize.build(run.plan, cfg, host, masks=masks, model=run.model,
+    reg = regularize.build(plan, cfg, host, masks=masks, model=template.clone(plan=plan),
                            batches=batches, input_size=setting.image_size,
                            seed=setting.config.seed + start)
-    setting = dataclasses.replace(
+    return dataclasses.replace(
         setting, step_cfg=dataclasses.replace(setting.step_cfg, prune_reg=reg))
-    return setting, setting.run_for(template, run.plan)

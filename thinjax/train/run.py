@@ -66,15 +66,20 @@ class Setting:
     def repl(self):
         return sharding.replicated(self.mesh)
 
-    def run_for(self, template: ResNet, plan: Plan) -> Run:
-        """(model, optimizer, jitted step) for `plan`; `template` carries model options. A
-        pruning regulariser (``step_cfg.prune_reg``) built for another plan (the dense one,
-        when `plan` is materialised) is left out of the step."""
+    def model_and_tx(self, template: ResNet, plan: Plan):
+        """(model, optimizer) for `plan`, without a jitted step: what a state's shapes need.
+        `template` carries the model options."""
         m = template.clone(plan=plan)
         size = self.image_size
         shapes = jax.eval_shape(lambda: m.init(self.rng, np.zeros((1, size, size, 3),
                                                                   np.float32)))
-        tx = optim.make_optimizer(self.config.optim, self.schedule, shapes["params"])
+        return m, optim.make_optimizer(self.config.optim, self.schedule, shapes["params"])
+
+    def run_for(self, template: ResNet, plan: Plan) -> Run:
+        """(model, optimizer, jitted step) for `plan`; `template` carries model options. A
+        pruning regulariser (``step_cfg.prune_reg``) built for another plan (the dense one,
+        when `plan` is materialised) is left out of the step."""
+        m, tx = self.model_and_tx(template, plan)
         step_cfg = self.step_cfg
         reg = step_cfg.prune_reg
         if reg is not None and getattr(reg, "plan", plan) != plan:  # the materialised network
@@ -85,21 +90,21 @@ class Setting:
                     out_shardings=(self.repl, self.repl), donate_argnums=0)
         return Run(plan, m, tx, f)
 
-    def init_state(self, run: Run, init_variables: dict | None, masks: dict):
+    def init_state(self, model: ResNet, tx, init_variables: dict | None, masks: dict):
         """A fresh state on the mesh: from scratch, or from given weights."""
-        shape = (1, self.image_size, self.image_size, run.plan.in_channels)
+        shape = (1, self.image_size, self.image_size, model.plan.in_channels)
         if init_variables is None:
-            f = functools.partial(state_lib.create, run.model, run.tx, input_shape=shape,
+            f = functools.partial(state_lib.create, model, tx, input_shape=shape,
                                   masks=masks)
             return jax.jit(f, out_shardings=self.repl, compiler_options=RUN_ONCE)(self.rng)
-        f = functools.partial(state_lib.from_variables, tx=run.tx, masks=masks)
+        f = functools.partial(state_lib.from_variables, tx=tx, masks=masks)
         return jax.jit(f, out_shardings=self.repl, compiler_options=RUN_ONCE)(
             init_variables, rng=self.rng)
 
-    def abstract_state(self, run: Run, masks: dict):
+    def abstract_state(self, model: ResNet, tx, masks: dict):
         """The state's shapes, placed on the mesh: a restore target."""
-        shape = (1, self.image_size, self.image_size, run.plan.in_channels)
-        st = jax.eval_shape(functools.partial(state_lib.create, run.model, run.tx,
+        shape = (1, self.image_size, self.image_size, model.plan.in_channels)
+        st = jax.eval_shape(functools.partial(state_lib.create, model, tx,
                                               input_shape=shape, masks=masks), self.rng)
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                            sharding=self.repl), st)
