@@ -12,6 +12,7 @@ import pytest
 
 import thinjax
 from tests.helpers import ROOT, run, sub_env
+from thinjax import conversion
 from thinjax.checkpoint import export_model, load_model
 from thinjax.commands import cli
 from thinjax.commands import prune as convert
@@ -60,8 +61,12 @@ def test_convert_masked_run_then_evaluate_and_finetune_its_config(masked_run, tm
     assert s["after"]["params"] < s["before"]["params"] / 3
     # the masked wide network and the materialised one agree on real images
     assert s["masked_top1"] == pytest.approx(s["after"]["top1"], abs=1e-9)
-    assert sorted(os.listdir(out)) == [".thinjax-output", "config.py", "model", "plan.json",
-                                       "summary.json"]
+    assert sorted(os.listdir(out)) == [".thinjax-output", "config.py", "finetune.json", "model",
+                                       "plan.json", "summary.json"]
+    # the config holds no values: every output's is the same; the settings are data
+    assert open(out / "config.py").read() == conversion.CONFIG_PY
+    recorded = json.load(open(out / "finetune.json"))
+    assert recorded["overrides"]["data.name"] == "sample:cifar10" and recorded["source"]
     ev = subprocess.run([sys.executable, "-m", "thinjax.main", f"--config={out}/config.py",
                          f"--workdir={tmp_path / 'ev'}", "--config.mode=evaluate", "--json"],
                         capture_output=True, text=True, cwd=ROOT, timeout=600, env=sub_env())

@@ -6,7 +6,9 @@ target), materialises the smaller network, optionally re-estimates its BN statis
 measures top-1 before and after, and writes, atomically, a directory with:
   model/        the smaller network (orbax; EMA weights of a training run unless raw)
   plan.json     its channel plan
-  config.py     the config that fine-tunes it (``--config.mode=evaluate`` evaluates it)
+  config.py     the config that fine-tunes it (``--config.mode=evaluate`` evaluates it): the
+                same lines in every output, reading finetune.json (`finetune_config`)
+  finetune.json the fine-tune's settings (the source run's recipe) and the provenance
   summary.json  the before/after table, as JSON
 """
 
@@ -17,7 +19,7 @@ import os
 
 import numpy as np
 
-from thinjax import fs
+from thinjax import __version__, fs
 from thinjax.checkpoint import export_model
 from thinjax.config import base_config
 from thinjax.cost import check_input_size, count
@@ -185,41 +187,53 @@ def _write(output, new_plan, new_vars, plan, summary, overrides) -> None:
                      {"source": summary["source"], "pruning": summary["pruning"],
                       "dense_plan": plan.to_dict()})
         new_plan.save(os.path.join(tmp, "plan.json"))
+        with open(os.path.join(tmp, "finetune.json"), "w") as f:
+            json.dump({"overrides": overrides, "source": summary["source"],
+                       "pruning": summary["pruning"], "thinjax": __version__}, f, indent=1)
         with open(os.path.join(tmp, "config.py"), "w") as f:
-            f.write(_config_py(summary["source"], new_plan, overrides, summary))
+            f.write(CONFIG_PY)
         with open(os.path.join(tmp, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
 
 
-def _config_py(src: str, plan: Plan, overrides: dict, summary: dict) -> str:
-    lines = [f"    c.{k} = {v!r}" for k, v in overrides.items()]
-    after = summary["after"]
-    exp = (f"top-1 {after['top1']:.2f}% right after pruning ({summary['data']}), before "
-           "fine-tuning" if "top1" in after else "not measured (convert with --data)")
-    return f'''"""Fine-tune (or evaluate) the pruned network made by thinjax.convert from
-{src}.
+# the output's config.py: the same few lines in every output, no values written into code;
+# what the fine-tune needs is in finetune.json beside it
+CONFIG_PY = '''"""Fine-tune (or evaluate) the pruned network in this folder, made by thinjax's prune
+command (python -m thinjax.convert): the settings are this folder's finetune.json,
+read by thinjax.conversion.finetune_config; summary.json has the before/after table.
 
 Command:  python -m thinjax.main --config=THIS_DIR/config.py --workdir=DIR
           (evaluate only: add --config.mode=evaluate)
-Expected: {exp}.
-Cost:     {after['params']:,} params, {after['macs'] / 1e6:.2f} M MACs at {summary['input_size']}px
-          ({plan.describe()}); fine-tuning costs what training this plan costs per epoch.
+Expected: summary.json's "after" (top-1 right after pruning, when measured).
 """
 
 import os
 
-from thinjax.config import base_config
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from thinjax.conversion import finetune_config
 
 
 def get_config():
-    c = base_config()
-{chr(10).join(lines)}
-    c.model.plan_file = os.path.join(HERE, "plan.json")
-    c.init_from = os.path.join(HERE, "model")
-    return c
+    return finetune_config(os.path.dirname(os.path.abspath(__file__)))
 '''
+
+
+def finetune_config(output: str):
+    """The config that fine-tunes the network in the prune command's `output` folder: the
+    schema's defaults, the overrides recorded in its finetune.json (the source run's own
+    recipe, or a short fine-tune), its plan.json and its model as ``init_from``."""
+    try:
+        with open(os.path.join(output, "finetune.json")) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{output}/finetune.json cannot be read ({e}): the folder is not a "
+                          "complete output of the prune command; prune again") from e
+    c = base_config()
+    for key, v in recorded["overrides"].items():
+        sec, k = key.split(".", 1)
+        c[sec][k] = tuple(v) if isinstance(v, list) else v
+    c.model.plan_file = os.path.join(output, "plan.json")
+    c.init_from = os.path.join(output, "model")
+    return c
 
 
 def _overrides(meta: dict, plan: Plan, data: str | None, input_size: int) -> dict:

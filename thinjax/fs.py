@@ -101,7 +101,7 @@ def rmtree(path: str) -> None:
 # -- outputs: what --overwrite may replace, atomic writes, permission errors ------------
 
 MARKER = ".thinjax-output"  # written into every directory a thinjax command creates
-_CONVERT_LAYOUT = {"model", "plan.json", "config.py", "summary.json"}
+_CONVERT_LAYOUT = {"model", "plan.json", "config.py", "finetune.json", "summary.json"}
 
 
 def _inside(a: str, b: str) -> bool:
