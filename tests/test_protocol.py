@@ -294,7 +294,7 @@ def test_committed_protocol_reports_recompute(report_dir):
     assert n >= 1 and all(r["commit"] for r in rows) and trained
 
 
-@pytest.mark.parametrize("name,n_runs", [("study_cifar10_r20_protocol", 117),
+@pytest.mark.parametrize("name,n_runs", [("study_cifar10_r20_protocol", 123),
                                          ("study_cifar10_r20_protocol_gpu", None)])
 def test_protocol_configs_load_and_plan(name, n_runs):
     """Both committed protocol configs validate and plan to the end (with made-up
