@@ -18,11 +18,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from thinjax import fs
 from thinjax.errors import CheckpointError
+from thinjax.interop.torch import import_checkpoint
+from thinjax.models.resnet import variable_shapes
 from thinjax.plan import Plan
 
 PYTORCH_EXTS = (".pt", ".pth", ".bin", ".safetensors", ".npz")
@@ -41,7 +45,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None
 
 
 def _write_model(directory: str, plan: Plan, variables: dict, meta: dict | None) -> None:
-    import jax  # written by this process alone (the caller picks one on multi-host jobs)
+    # written by this process alone (the caller picks one on multi-host jobs)
     me = jax.process_index()
     fs.makedirs(directory)
     m = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
@@ -96,7 +100,6 @@ def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
         raise CheckpointError(f"{path}: a zoo name; load it with thinjax.load.load_model, "
                               "which fetches the file through thinjax.zoo")
     if os.path.isfile(path) and path.lower().endswith(PYTORCH_EXTS):
-        from thinjax.interop.torch import import_checkpoint
         plan, variables = import_checkpoint(path)
         check_finite(variables, where=path)
         return plan, variables, {"source": os.path.abspath(path)}
@@ -132,22 +135,17 @@ def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
 def _host_target(tree_metadata):
     """Restore target placing every array on this process's first device, whatever mesh
     (devices, processes) wrote the checkpoint."""
-    import jax
     sh = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                         tree_metadata, is_leaf=lambda x: hasattr(x, "shape"))
 
 
 def _to_numpy(tree):
-    import jax
     return jax.tree.map(np.asarray, tree)
 
 
 def check_shapes(plan: Plan, variables: dict, where: str = "variables") -> None:
     """Raises CheckpointError naming the first leaf whose shape disagrees with `plan`."""
-    from flax import traverse_util
-
-    from thinjax.models.resnet import variable_shapes
     want = variable_shapes(plan)
     for col in ("params", "batch_stats"):
         w = traverse_util.flatten_dict(want[col], sep="/")
@@ -167,7 +165,6 @@ def check_shapes(plan: Plan, variables: dict, where: str = "variables") -> None:
 def check_finite(variables: dict, where: str = "variables") -> None:
     """Raises CheckpointError naming the first array holding NaN or infinity: weights that
     compute nothing are never evaluated, converted or exported as if they did."""
-    from flax import traverse_util
     for col in ("params", "batch_stats"):
         for k, x in traverse_util.flatten_dict(variables.get(col, {}), sep="/").items():
             x = np.asarray(x)

@@ -35,14 +35,14 @@ def enable(env=None) -> dict[str, str]:
     "convolution": "auto prefers oneDNN"}. Idempotent."""
     malloc = allocator.tune_malloc(env)
     # imported here, after malloc: loading jaxlib may start threads that allocate
-    from thinjax.ops import conv
+    from thinjax.ops import conv  # loads jax: after the malloc tuning
     conv.prefer_onednn(True)
     return {"malloc": malloc, "convolution": "auto prefers oneDNN"}
 
 
 def status() -> dict[str, str]:
     """What is in effect: the malloc settings and the convolution ``auto`` picks."""
-    from thinjax.ops import conv
+    from thinjax.ops import conv  # loads jax: every command imports cpu (quick --help)
     return {"malloc": allocator.malloc_status(), "convolution": conv.status()}
 
 

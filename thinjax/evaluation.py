@@ -119,7 +119,7 @@ def evaluate_checkpoint(checkpoint: str, data: str, split: str = "test", batch_s
                         resize: int | None = None, use_ema: bool = False,
                         progress: bool = True) -> dict:
     """Loads `checkpoint` and evaluates it on `data`:`split` (thinjax.evaluation)."""
-    from thinjax.data import get_source
+    from thinjax.data import get_source  # loads TensorFlow: only when data is read
     plan, variables, _ = load_model(checkpoint, use_ema=use_ema)
     source = get_source(data, data_dir=data_dir)
     res = evaluate_on(plan, variables, source, split, batch_size, data=data,

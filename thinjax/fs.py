@@ -9,7 +9,9 @@ or not at all) and `writing` (a permission problem is one error line naming the 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -28,7 +30,7 @@ def absolute(path: str) -> str:
 
 
 def _p(path: str):
-    from etils import epath
+    from etils import epath  # heavy, optional: remote (gs://) paths only
     return epath.Path(path)
 
 
@@ -79,7 +81,6 @@ def stale_name(path: str) -> str:
 def read_row(path: str) -> dict:
     """A finished run's record (a study's row.json); a file that is not a JSON object is one
     OutputError naming it and the fix."""
-    import json
     try:
         with open(path) as f:
             row = json.load(f)
@@ -164,7 +165,6 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 def exchange(a: str, b: str) -> bool:
     """Swaps two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False
     where the system or filesystem cannot (then nothing was changed)."""
-    import ctypes
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.renameat2

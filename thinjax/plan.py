@@ -32,6 +32,7 @@ import json
 from collections.abc import Iterator
 from typing import Any, Literal
 
+from thinjax import fs
 from thinjax.errors import PlanError
 
 BlockKind = Literal["basic", "bottleneck"]
@@ -150,12 +151,10 @@ class Plan:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str) -> None:
-        from thinjax import fs
         fs.write_text(path, self.to_json(indent=1))
 
     @classmethod
     def load(cls, path: str) -> Plan:
-        from thinjax import fs
         try:
             return cls.from_json(fs.read_text(path))
         except json.JSONDecodeError as e:

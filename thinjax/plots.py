@@ -68,9 +68,9 @@ def plot(rows: list[dict], literature: list[dict], path_stem: str, key: str,
     its budget in the legend, open markers where the budget differs from the sweep's,
     seed spread as error bars, Pareto front ringed) and published (literature points with
     baseline and drop, the release's ThinResNet figures). Writes PNG and SVG."""
-    import matplotlib
+    import matplotlib  # heavy: loaded only when a plot is drawn
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display needed
     unit = "MACs" if key == "macs" else "parameters"
     fig, axes = plt.subplots(1, 2, figsize=(17, 6.5), constrained_layout=True)
     _measured_panel(axes[0], rows, key)

@@ -13,6 +13,8 @@ import argparse
 import os
 import zipfile
 
+from thinjax.interop.torch import load_state_dict
+
 N = {"train": 250, "test": 100}
 
 
@@ -34,9 +36,7 @@ def make_sample(src_zip: str, dst_zip: str) -> None:
 
 
 def convert_checkpoint(src: str, dst: str) -> None:
-    from safetensors.numpy import save_file
-
-    from thinjax.interop.torch import load_state_dict
+    from safetensors.numpy import save_file  # optional path: --checkpoints only
     save_file({k: v for k, v in load_state_dict(src).items()}, dst)
     print(f"{dst}: {os.path.getsize(dst) / 1e3:.0f} kB")
 

@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from thinjax.commands import cli
 from thinjax.errors import ConfigError
+from thinjax.protocol import run_study
 from thinjax.studies import Study
 from thinjax.workdir import locked
 
@@ -47,7 +48,6 @@ def main(argv: list[str]) -> dict | cli.Finished:
 
 def _main(cfg, workdir: str) -> dict | cli.Finished:
     if cfg.get("protocol"):  # paired seeds, LR selection, one data domain (thinjax.protocol)
-        from thinjax.protocol import run_study
         out = run_study(cfg, workdir, _REPORT_DIR.value, _FROM_CSV.value,
                         log=lambda m: print(m, flush=True))
         print(f"report: {out['report']}; {len(out['rows'])} runs, "

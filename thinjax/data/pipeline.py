@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from thinjax.data import preprocess
+from thinjax.data import augment, preprocess
 from thinjax.data._tf import graph_fn, tf
 from thinjax.data.sources import DataError, Source
 from thinjax.errors import ConfigError
@@ -81,7 +81,6 @@ def eval_batches(source: Source, split: str, batch_size: int, image_size: int | 
 
 def _train_example_fn(cfg_data, seed: int, shard: int):
     """(index, example) -> {image, label}: augmented with a per-example stateless seed."""
-    from thinjax.data import augment
 
     def fn(index, ex):
         key = tf.stack([tf.constant(seed * 1_000_003 + shard, tf.int64), tf.cast(index, tf.int64)])

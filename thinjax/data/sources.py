@@ -12,8 +12,11 @@ file that does not decode is reported by name.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import hashlib
 import os
 import re
+import shutil
 import zipfile
 from collections.abc import Callable
 
@@ -89,7 +92,6 @@ def sample_dir(name: str = "cifar10", cache_dir: str | None = None) -> str:
         raise DataError(f"no bundled sample {name!r}; available: {', '.join(SAMPLES)}")
     zpath = os.path.join(ASSETS, SAMPLES[name])
     cache_dir = cache_dir or cache.root()
-    import hashlib
     with open(zpath, "rb") as f:
         stamp = hashlib.sha1(f.read()).hexdigest()[:12]
     root = os.path.join(cache_dir, f"{name}_sample-{stamp}")
@@ -104,7 +106,6 @@ def sample_dir(name: str = "cifar10", cache_dir: str | None = None) -> str:
         try:
             os.replace(tmp, root)
         except OSError:  # another process won the race
-            import shutil
             shutil.rmtree(tmp, ignore_errors=True)
     return _folder_root(root)
 
@@ -155,7 +156,6 @@ def _tfds_source(name: str, data_dir: str | None, download: bool) -> Source:
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-        import difflib
         close = difflib.get_close_matches(name, tfds.list_builders(), n=5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise DataError(f"unknown dataset {name!r}: not an existing image folder, not a "

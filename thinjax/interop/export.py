@@ -46,11 +46,15 @@ import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import numpy as np
+from PIL import Image
 
 from thinjax import cache, fs, pixels
 from thinjax.cost import count
 from thinjax.errors import OutputError, ThinjaxError
+from thinjax.interop.torch import to_state_dict
+from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
 
 FORMATS = ("onnx", "torch", "tflite")
@@ -153,7 +157,6 @@ def check_output(fmt: str, output: str, overwrite: bool, source: str | None = No
 def write_torch(plan: Plan, variables: Mapping, path: str, plan_path: str) -> None:
     """The release-named state dict (torch.save) at `path`, the plan JSON at `plan_path`."""
     torch = require("torch", "torch")
-    from thinjax.interop.torch import to_state_dict
     sd = to_state_dict(plan, variables, style="release")
     torch.save({k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()},
                path)
@@ -166,7 +169,7 @@ def write_onnx(plan: Plan, variables: Mapping, path: str, batch_size: int | None
     """An inference ONNX graph (BatchNorm folded) traced from TorchResNet."""
     torch = require("torch", "onnx")
     require("onnx", "onnx")
-    from thinjax.interop.torch_module import from_variables
+    from thinjax.interop.torch_module import from_variables  # heavy, optional: PyTorch
     model = from_variables(plan, variables)
     x = torch.zeros((batch_size or 1, plan.in_channels, input_size, input_size))
     dynamic = None if batch_size else {"images": {0: "batch"}, "logits": {0: "batch"}}
@@ -181,7 +184,7 @@ def write_tflite(plan: Plan, variables: Mapping, path: str, batch_size: int | No
                  input_size: int) -> None:
     """A float32 TFLite flatbuffer from the tf.function rebuild of the plan."""
     tf = require("tensorflow", "tflite")
-    from thinjax.interop.tf_module import tf_forward
+    from thinjax.interop.tf_module import tf_forward  # loads TensorFlow: tflite only
     fn = tf_forward(plan, variables, batch_size, input_size)
     conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
     data = conv.convert()
@@ -203,7 +206,7 @@ def onnx_session(path: str, threads: int = 0) -> Any:
 def tflite_interpreter(path: str) -> Any:
     """The LiteRT interpreter (ai_edge_litert) where installed, else tf.lite's."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter  # optional: LiteRT
     except ModuleNotFoundError:
         Interpreter = require("tensorflow", "tflite").lite.Interpreter
     with warnings.catch_warnings():
@@ -226,7 +229,7 @@ def runner(fmt: str, path: str, plan: Plan | None = None) -> Callable[[np.ndarra
     """A function NHWC images -> logits running the exported file in its own runtime."""
     if fmt == "torch":
         torch = require("torch", "torch")
-        from thinjax.interop.torch_module import load_exported
+        from thinjax.interop.torch_module import load_exported  # heavy, optional: PyTorch
         model = load_exported(path, plan)
 
         def run(x):
@@ -250,7 +253,6 @@ def runner(fmt: str, path: str, plan: Plan | None = None) -> Callable[[np.ndarra
 def sample_images(n: int = 16, size: int = 32, seed: int = 0) -> np.ndarray:
     """`n` real CIFAR-10 test images from the bundled sample, NHWC float32, normalised with
     the ImageNet mean/std as thinjax does (resized with PIL where `size` is not 32)."""
-    from PIL import Image
     with zipfile.ZipFile(SAMPLE_ZIP) as z:
         names = sorted(m for m in z.namelist() if m.startswith("test/") and m.endswith(".jpg"))
         pick = np.random.default_rng(seed).choice(len(names), n, replace=n > len(names))
@@ -268,9 +270,6 @@ def sample_images(n: int = 16, size: int = 32, seed: int = 0) -> np.ndarray:
 def jitted_forward(plan: Plan) -> Callable:
     """thinjax's jitted inference forward pass of `plan`: (variables, NHWC images) -> logits
     (one per plan, so repeated calls on one shape compile once)."""
-    import jax
-
-    from thinjax.models.resnet import ResNet
     model = ResNet(plan)
     return jax.jit(lambda v, x: model.apply(v, x, train=False))
 

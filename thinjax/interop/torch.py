@@ -20,8 +20,10 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 import numpy as np
+from flax import traverse_util
 
 from thinjax.errors import CheckpointError, CheckpointFormatError
+from thinjax.models.resnet import variable_shapes
 from thinjax.plan import BlockPlan, Plan, PlanError, StagePlan
 
 StateDict = Mapping[str, np.ndarray]
@@ -39,7 +41,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
         if ext in (".pt", ".pth", ".bin"):
             try:
-                import torch
+                import torch  # heavy, optional: PyTorch (.pt/.pth files only)
             except ModuleNotFoundError as e:
                 raise CheckpointFormatError(f"{path}: reading .pt/.pth needs PyTorch (pip "
                                             "install "
@@ -55,7 +57,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
             return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
                     for k, v in sd.items()}
         if ext == ".safetensors":
-            from safetensors.numpy import load_file
+            from safetensors.numpy import load_file  # optional path: .safetensors files only
             return dict(load_file(path))
         if ext == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -188,10 +190,6 @@ def to_variables(sd: StateDict, plan: Plan | None = None) -> tuple[Plan, dict]:
     Kernels go from PyTorch OIHW to Flax HWIO; the classifier from (out, in) to (in, out).
     Raises CheckpointFormatError naming the first key whose shape does not fit the plan.
     """
-    from flax import traverse_util
-
-    from thinjax.models.resnet import variable_shapes
-
     plan = plan or infer_plan(sd)
     nsd = _normalise_keys(sd)
     shapes = variable_shapes(plan)
@@ -226,7 +224,6 @@ def to_variables(sd: StateDict, plan: Plan | None = None) -> tuple[Plan, dict]:
 def to_state_dict(plan: Plan, variables: dict,
                   style: str = "torchvision") -> dict[str, np.ndarray]:
     """Flax variables -> a PyTorch-layout state dict (numpy), for export and tests."""
-    from flax import traverse_util
     sd = {}
     for col in ("params", "batch_stats"):
         for path, a in traverse_util.flatten_dict(variables[col]).items():

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from thinjax.interop.torch import to_state_dict
 from thinjax.plan import BlockPlan, Plan
 
 __all__ = ["TorchResNet", "from_variables", "load_exported", "plan_file_for"]
@@ -111,7 +112,6 @@ class TorchResNet(nn.Module):
 
 def from_variables(plan: Plan, variables: Mapping) -> TorchResNet:
     """TorchResNet(plan) in eval mode holding thinjax's Flax `variables`."""
-    from thinjax.interop.torch import to_state_dict
     sd = to_state_dict(plan, variables, style="release")
     model = TorchResNet(plan)
     model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()},

@@ -20,6 +20,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
 
 from thinjax.models.batchnorm import BatchNorm
 from thinjax.ops.conv import conv2d
@@ -245,8 +247,6 @@ def random_variables(plan: Plan, seed: int = 0) -> dict:
     """Random float32 numpy variables of `plan`'s shapes, without a compiled init (fast for
     any size: tests and benchmarks). Kernels ~ N(0, 1/fan_in), BN scales and variances
     ~ U(0.5, 1.5), BN shifts and means ~ N(0, 1)."""
-    import numpy as np
-    from flax import traverse_util
     r = np.random.default_rng(seed)
 
     def make(path, s):

@@ -20,8 +20,10 @@ import os
 import subprocess
 import sys
 
+from thinjax.conversion import convert
 from thinjax.cost import count
 from thinjax.errors import ThinjaxError
+from thinjax.evaluation import evaluate_checkpoint
 from thinjax.plan import Plan, plan_from_width
 from thinjax.protocol import plan as planning
 from thinjax.protocol.spec import FROM_SCRATCH, Protocol, RunSpec
@@ -212,7 +214,6 @@ def execute_trained(ctx: Context, p: Protocol, spec: RunSpec, rows: dict) -> dic
 def execute_oneshot(ctx: Context, p: Protocol, spec: RunSpec, rows: dict) -> dict:
     """The seed's dense network (raw weights) pruned one-shot to the target's MACs, BN
     recalibrated on `recalibrate_bn` training batches, evaluated on the validation split."""
-    from thinjax.conversion import convert
     d = _dense_row(rows, spec)
     out = os.path.join(ctx.run_dir(spec), "pruned")
     summ = convert(dense_dir(ctx, spec.seed), out, spec=prune_spec(p, spec), data=ctx.data,
@@ -235,7 +236,6 @@ def checkpoint_of(ctx: Context, spec: RunSpec) -> str:
 
 def evaluate_test(ctx: Context, p: Protocol, spec: RunSpec) -> tuple[float, float]:
     """(top-1, top-5) of the run's final network (raw weights) on the test split."""
-    from thinjax.evaluation import evaluate_checkpoint
     r = evaluate_checkpoint(checkpoint_of(ctx, spec), ctx.data, p.test_split,
                             ctx.eval_batch_size, ctx.data_dir, use_ema=False, progress=False)
     return float(r["top1"]), float(r["top5"])

@@ -18,9 +18,9 @@ from thinjax.protocol.spec import Protocol
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # heavy: loaded only when a plot is drawn
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display needed
     return plt
 
 

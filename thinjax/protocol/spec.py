@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 
@@ -160,7 +161,6 @@ class RunSpec:
 
 def _file_digest(path: str) -> str:
     """A digest of the config a recipe file makes (its comments and docstring aside)."""
-    import importlib.util
     try:
         spec = importlib.util.spec_from_file_location("_thinjax_recipe", path)
         mod = importlib.util.module_from_spec(spec)

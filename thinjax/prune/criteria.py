@@ -141,9 +141,6 @@ def random(inp: ScoreInputs) -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=8)
 def _mask_grad_fn(model):
-    import jax
-    import jax.numpy as jnp
-
     def loss(masks, variables, x, y):
         logits, _ = model.apply(variables, x, train=True, masks=masks, mutable=["batch_stats"])
         logp = jax.nn.log_softmax(logits)
@@ -154,11 +151,9 @@ def _mask_grad_fn(model):
 
 @register("taylor")
 def taylor(inp: ScoreInputs) -> dict[str, np.ndarray]:
-    import jax
     if inp.model is None or inp.batches is None:
         raise ValueError("criterion 'taylor' needs data: give the model and training batches "
                          "(in thinjax.convert: --data=DATASET)")
-    from thinjax.prune.groups import init_masks
     masks = inp.masks if inp.masks is not None else init_masks(inp.plan)
     masks = {k: np.asarray(v, np.float32) for k, v in masks.items()}
     grad = _mask_grad_fn(inp.model)

@@ -25,6 +25,8 @@ import dataclasses
 import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -161,7 +163,6 @@ def keep_counts(masks: dict) -> dict[str, int]:
 
 def _param_suffix(path: tuple) -> str:
     """'/'-joined dict keys of a tree path (optimizer states nest params under tuples)."""
-    import jax
     keys = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
     return "/".join(keys)
 
@@ -170,8 +171,6 @@ def mask_tree(plan: Plan, tree: Any, masks: dict, axes: dict | None = None) -> A
     """Zeroes the pruned channels of every leaf of `tree` whose path (or the dict-key part
     of it, for optimizer states) is a member of a group: params, batch stats, EMA, momentum.
     Works under jit; leaves that no group touches pass through unchanged."""
-    import jax
-    import jax.numpy as jnp
     axes = leaf_axes(plan) if axes is None else axes
 
     def f(path, x):

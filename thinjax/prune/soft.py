@@ -19,6 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from thinjax.plan import Plan
 from thinjax.prune.groups import _param_suffix, channel_groups
 
@@ -33,8 +36,6 @@ def soft_event(plan: Plan, state_like_variables: Any, masks: dict) -> Any:
     removes set to zero. Any tree whose leaf paths end in the parameters' paths works:
     ``{'params': ..., 'batch_stats': ...}``, a TrainState's params, EMA or optimizer state.
     Pure and jit-able; the masks are used, not kept."""
-    import jax
-    import jax.numpy as jnp
     axes = filter_axes(plan)
 
     def zero(path, x):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
 
-from thinjax import fs, report
+from thinjax import fs, report, zoo
+from thinjax.conversion import convert
 from thinjax.errors import CheckpointError, ConfigError
+from thinjax.evaluation import evaluate_checkpoint
 from thinjax.prune import spec as prune_spec
 from thinjax.studies.outputs import Outputs
 from thinjax.studies.plan import StudyRun, entry_spec, plan_runs, release_file, slug
@@ -28,7 +31,6 @@ class Study(Outputs):
         return os.path.join(self.workdir, "runs", run_id)
 
     def evaluate(self, checkpoint: str) -> dict:
-        from thinjax.evaluation import evaluate_checkpoint
         d = self.cfg.data
         return evaluate_checkpoint(checkpoint, d.name, d.split, d.eval_batch_size,
                                    d.get("data_dir"), progress=True)
@@ -146,7 +148,6 @@ class Study(Outputs):
         return float(row[on])
 
     def prune(self, run: StudyRun, row: dict) -> dict:
-        from thinjax.conversion import convert
         s, d = run.spec, self.cfg.data
         on = s.get("match_on", "macs")
         out = os.path.join(self.run_dir(run.id), "pruned")
@@ -300,12 +301,10 @@ class Study(Outputs):
         """A hash of everything that determines a run's row: its entry (paths resolved),
         the checkpoint it reads (by content), the data's name and split, and the config
         sections it reads; a changed entry reruns the run."""
-        import hashlib
         spec = {k: self.resolve(v) if isinstance(v, str) else v for k, v in run.spec.items()}
         ck = spec.get("checkpoint") or spec.get("base")
         digest = None
         if isinstance(ck, str) and os.path.isfile(ck):
-            from thinjax import zoo
             digest = zoo.digests(ck)["sha256"]
         d = self.cfg.data
         blob = json.dumps([run.kind, run.name, spec, digest, os.path.basename(

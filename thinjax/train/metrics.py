@@ -10,6 +10,7 @@ import json
 import os
 import time
 
+import jax
 import numpy as np
 
 from thinjax import fs
@@ -22,7 +23,7 @@ class MetricWriter:
         self.enabled = enabled
         if not enabled:
             return
-        import tensorflow as tf  # TensorBoard's event writer
+        import tensorflow as tf  # loads TensorFlow (TensorBoard's event writer): only when enabled
         self._path = os.path.join(workdir, "metrics.jsonl")
         self._text = fs.read_text(self._path) if fs.exists(self._path) else ""
         if resume_step is not None:  # a (re)start at this step logs what follows again
@@ -37,7 +38,7 @@ class MetricWriter:
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
             return
-        import tensorflow as tf
+        import tensorflow as tf  # loads TensorFlow: only when enabled
         line = json.dumps({"step": step, **scalars}) + "\n"
         if self._remote:
             self._text += line
@@ -108,7 +109,6 @@ class Reporter:
 
     def fetch(self) -> list[dict]:
         """The window's metrics on the host (blocks until its steps have run)."""
-        import jax
         self.window = jax.device_get(self.window)
         return self.window
 

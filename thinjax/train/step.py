@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from thinjax import optim
+from thinjax.prune.groups import mask_tree
 from thinjax.train.mix import mix
 from thinjax.train.state import TrainState
 
@@ -42,7 +43,6 @@ def apply_masks(state: TrainState, plan) -> TrainState:
     that nothing leaks back into a pruned channel (weight decay, momentum, EMA)."""
     if not state.masks:
         return state
-    from thinjax.prune.groups import mask_tree
     m = lambda t: mask_tree(plan, t, state.masks)  # noqa: E731
     return state.replace(params=m(state.params), batch_stats=m(state.batch_stats),
                          opt_state=m(state.opt_state), ema_params=m(state.ema_params),

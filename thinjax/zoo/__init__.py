@@ -48,6 +48,7 @@ from tqdm import tqdm
 from thinjax import cache
 from thinjax.cost import count
 from thinjax.errors import CheckpointError
+from thinjax.interop.torch import import_checkpoint
 from thinjax.plan import Plan, default_input_size, plan_from_width
 from thinjax.zoo import checksums as checksums  # the module, for tests that patch it
 from thinjax.zoo.checksums import CHUNK, _remember, digests, file_digests, git_blob_id, matches
@@ -302,7 +303,6 @@ def load(name: str, width: int | None = None, dataset: str = "cifar10",
          progress: bool = True) -> tuple[Plan, dict]:
     """(plan, variables) of a released network: ``load("resnet56", width=12)`` or
     ``load("resnet56_w12_cifar10")``."""
-    from thinjax.interop.torch import import_checkpoint
     e = entry(name) if width is None else entry(arch=name, width=width, dataset=dataset)
     plan, variables = import_checkpoint(fetch(e, progress))
     if plan != e.plan():
