@@ -38,6 +38,7 @@ from thinjax import fs, settings
 from thinjax.commands import cli
 from thinjax.config import check_overrides, check_rerun, validate
 from thinjax.cost import count, format_cost
+from thinjax.data import get_source
 from thinjax.errors import CheckpointError, ConfigError, user_errors
 from thinjax.evaluation import evaluate_on
 from thinjax.load import load_model
@@ -88,7 +89,6 @@ def _load_init(cfg, plan, use_ema: bool = False):
 
 
 def run_evaluate(cfg, workdir: str, plan, model) -> dict:
-    from thinjax.data import get_source
     size = cfg.data.eval_size or cfg.data.image_size
     cost = count(plan, size)
     print(format_cost(f"{cfg.model.name} w={plan.stem_width}", cost))
