@@ -140,3 +140,18 @@ def test_modules_and_functions_read_in_one_screen():
                         and n.end_lineno - n.lineno + 1 > 60 and n.name != "base_config":
                     long_functions.append((rel, n.name, n.end_lineno - n.lineno + 1))
     assert not long_modules and not long_functions, (long_modules, long_functions)
+
+
+def test_train_and_data_read_typed_settings_never_a_configdict():
+    """train/ and data/ import no ml_collections: they receive thinjax.settings' frozen
+    dataclasses (assemble resolves a ConfigDict once, through thinjax.settings)."""
+    for sub in ("train", "data"):
+        for f in sorted(os.listdir(os.path.join(PKG, sub))):
+            if f.endswith(".py"):
+                src = open(os.path.join(PKG, sub, f)).read()
+                tree = ast.parse(src)
+                names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
+                         for a in n.names} | {n.module for n in ast.walk(tree)
+                                              if isinstance(n, ast.ImportFrom) and n.module}
+                assert not any(m.startswith("ml_collections") for m in names), (sub, f)
+                assert ".to_json_best_effort(" not in src, (sub, f)

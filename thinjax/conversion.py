@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from thinjax import __version__, fs
+from thinjax import __version__, fs, settings
 from thinjax.checkpoint import export_model
 from thinjax.config import base_config
 from thinjax.cost import check_input_size, count
@@ -271,4 +271,5 @@ def _train_batches(data, data_dir, split, size, batch_size):
         cfg.augment, cfg.rrc_scale_min = "imagenet", 0.35
     source = get_source(data, data_dir=data_dir)
     n = source.num_examples(split) // batch_size
-    yield from train_batches(source, cfg, batch_size, seed=0, start_step=0, steps_per_epoch=n)
+    yield from train_batches(source, settings.data_settings(cfg), batch_size, seed=0,
+                             start_step=0, steps_per_epoch=n)

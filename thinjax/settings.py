@@ -16,7 +16,7 @@ from thinjax.prune.spec import PruneSpec
 from thinjax.prune.spec import from_config as prune_from_config
 
 __all__ = ["DataSettings", "EmaSettings", "ModelSettings", "OptimSettings", "Settings",
-           "TrainSettings", "from_config"]
+           "TrainSettings", "as_settings", "data_settings", "from_config"]
 
 _frozen = dataclasses.dataclass(frozen=True)
 
@@ -132,6 +132,11 @@ def _section(kind, section) -> Any:
         v = section[f.name]
         values[f.name] = tuple(v) if isinstance(v, list) else v
     return kind(**values)
+
+
+def data_settings(section) -> DataSettings:
+    """The typed data section of a config's ``data`` (a ConfigDict or dict)."""
+    return _section(DataSettings, section)
 
 
 def from_config(cfg) -> Settings:
