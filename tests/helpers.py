@@ -2,6 +2,7 @@
 small plans and masks, a tiny protocol config."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,10 @@ from thinjax.plan import BlockPlan, Plan, StagePlan
 from thinjax.prune.groups import channel_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where thinjax's oneDNN kernels should build (the CI machine is one): a failed build there
+# is a failure.
+BUILDABLE = (sys.platform.startswith("linux") and os.uname().machine == "x86_64"
+             and shutil.which(os.environ.get("CXX", "g++")) is not None)
 
 
 TINY = [  # ThinResNet-20 w=4 on the sample, a few steps with the full recipe's features

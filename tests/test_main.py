@@ -59,3 +59,14 @@ def test_every_config_file_loads_and_validates():
             from thinjax.prune.pruner import target_from_config
             target_from_config(cfg.prune)
             assert schedule.events(cfg.prune, 390, int(cfg.train.epochs * 390)), f
+
+
+def test_typed_settings_cover_the_config_schema_key_for_key():
+    """thinjax.settings' dataclasses hold every key of the schema and nothing else: the
+    typed settings round-trip to the same JSON as the ConfigDict they came from."""
+    import json
+
+    from thinjax import settings
+    from thinjax.config import base_config
+    cfg = base_config()
+    assert settings.from_config(cfg).to_dict() == json.loads(cfg.to_json_best_effort())

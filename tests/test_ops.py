@@ -1,7 +1,6 @@
 """thinjax.ops: oneDNN convolutions on XLA:CPU against XLA's own, and how they are chosen."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -10,14 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import BUILDABLE
 from thinjax import cache
 from thinjax.models.resnet import ResNet, random_variables
 from thinjax.ops import build, conv
 from thinjax.plan import plan_from_width
 
-# Where the kernels should build (the CI machine is one): a failed build there is a failure.
-BUILDABLE = (sys.platform.startswith("linux") and os.uname().machine == "x86_64"
-             and shutil.which(os.environ.get("CXX", "g++")) is not None)
 needs_onednn = pytest.mark.skipif(not BUILDABLE, reason="oneDNN kernels build on Linux x86-64 "
                                                         "with a C++ compiler only")
 

@@ -20,6 +20,7 @@ from thinjax.errors import CheckpointError
 from thinjax.interop.torch import import_checkpoint
 from thinjax.load import load_model
 from thinjax.plan import plan_from_width
+from thinjax.zoo import checksums
 
 SMALL = ["resnet20_w1_cifar10", "resnet20_w2_cifar10", "resnet20_w3_cifar10",
          "resnet20_w5_cifar10"]
@@ -119,8 +120,8 @@ def test_load_offline_from_local_folder_checks_once(offline, monkeypatch):
     _, ref = import_checkpoint(release_path("resnet20_width4_cifar10_ema.pt"))
     np.testing.assert_array_equal(v["params"]["head"]["kernel"], ref["params"]["head"]["kernel"])
     calls = []
-    real = zoo.checksums.file_digests  # what digests() calls
-    monkeypatch.setattr(zoo.checksums, "file_digests", lambda p: calls.append(p) or real(p))
+    real = checksums.file_digests  # what digests() calls
+    monkeypatch.setattr(checksums, "file_digests", lambda p: calls.append(p) or real(p))
     path = zoo.resolve("zoo:resnet20_w4_cifar10")
     assert path == os.path.join(RELEASE, "resnet20_width4_cifar10_ema.pt")
     assert calls == []  # remembered in the cache's verified.json: not hashed again

@@ -11,6 +11,7 @@ import math
 import statistics
 
 from thinjax import report, stats
+from thinjax.protocol import plan as planning
 
 COLUMNS = ("run", "arm", "target", "target_macs", "criterion", "seed", "E", "T", "lr",
            "selection", "epochs_here", "epochs_total", "images", "train_flops", "params",
@@ -43,14 +44,11 @@ def read_csv(path: str) -> list[dict]:
 def chosen_lrs(rows: list[dict]) -> dict[tuple, float]:
     """(arm, criterion) -> the LR its grid chose: the selection row with the best validation
     top-1, ties to the smaller LR (`thinjax.protocol.plan.chosen_lr`, from rows alone)."""
-    best: dict[tuple, dict] = {}
+    grids: dict[tuple, list] = {}
     for r in rows:
         if r.get("selection") and r.get("val_top1") is not None:
-            key = (r["arm"], r.get("criterion"))
-            b = best.get(key)
-            if b is None or (r["val_top1"], -r["lr"]) > (b["val_top1"], -b["lr"]):
-                best[key] = r
-    return {k: r["lr"] for k, r in best.items()}
+            grids.setdefault((r["arm"], r.get("criterion")), []).append((r["lr"], r["val_top1"]))
+    return {k: planning.best_lr(g) for k, g in grids.items()}
 
 
 def final(rows: list[dict]) -> list[dict]:

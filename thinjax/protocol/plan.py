@@ -34,14 +34,18 @@ def selection_runs(p: Protocol, arm: str, criterion: str | None = None,
     return [RunSpec(arm, 0, target, criterion, p.ref_epochs, lr) for lr in p.grid(arm)]
 
 
+def best_lr(grid: list[tuple[float, float]]) -> float:
+    """The LR of [(lr, validation top-1), ...] with the best top-1; ties: the smaller LR."""
+    return max(grid, key=lambda g: (g[1], -g[0]))[0]
+
+
 def chosen_lr(p: Protocol, rows: Rows, arm: str, criterion: str | None = None) -> float | None:
     """The grid LR with the best validation top-1 (ties: the smaller LR), once every grid
     run has finished; None before."""
     runs = selection_runs(p, arm, criterion)
     if not all(r.id in rows for r in runs):
         return None
-    best = max(runs, key=lambda r: (rows[r.id]["val_top1"], -r.lr))
-    return best.lr
+    return best_lr([(r.lr, rows[r.id]["val_top1"]) for r in runs])
 
 
 def ranked_criteria(p: Protocol, rows: Rows) -> list[str] | None:

@@ -50,7 +50,6 @@ from thinjax.cost import count
 from thinjax.errors import CheckpointError
 from thinjax.interop.torch import import_checkpoint
 from thinjax.plan import Plan, default_input_size, plan_from_width
-from thinjax.zoo import checksums as checksums  # the module, for tests that patch it
 from thinjax.zoo.checksums import CHUNK, _remember, digests, file_digests, git_blob_id, matches
 from thinjax.zoo.checksums import lfs_pointer as lfs_pointer  # public here too
 
