@@ -23,7 +23,7 @@ from collections.abc import Callable
 import tensorflow_datasets as tfds
 
 from thinjax import cache
-from thinjax.data._tf import graph_fn, tf
+from thinjax.data._tf import graph_fn, host_only, tf
 from thinjax.errors import DataError
 
 SAMPLES = {"cifar10": "cifar10_sample.zip"}
@@ -187,6 +187,7 @@ def _tfds_source(name: str, data_dir: str | None, download: bool) -> Source:
 
 def get_source(name: str, data_dir: str | None = None, download: bool = True) -> Source:
     """A dataset by TFDS name, image-folder path, or ``sample:<name>``."""
+    host_only()
     if name.startswith("sample:"):
         return _folder_source(sample_dir(name.split(":", 1)[1]), name)
     if os.path.isdir(os.path.expanduser(name)):
