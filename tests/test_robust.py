@@ -458,3 +458,12 @@ def test_pickle_with_code_is_refused_without_unsafe_advice(tmp_path):
     assert code == 2 and "not a plain tensor checkpoint" in err, err
     assert "never executes code from checkpoints" in err and "weights_only" not in err
     assert not os.path.exists("/tmp/thinjax-pwned") and not (tmp_path / "o").exists()
+
+
+def test_every_non_finite_raise_carries_a_phrase_the_study_reads():
+    """The protocol tells a diverged run from a failed one by NonFiniteLoss.PHRASES in the
+    train command's error line: each raise site's message holds one of them."""
+    for rel in ("thinjax/train/loop.py", "thinjax/train/keeper.py"):
+        src = open(os.path.join(ROOT, rel)).read()
+        raises = src.count("raise NonFiniteLoss(")
+        assert raises and sum(src.count(p) for p in NonFiniteLoss.PHRASES) >= raises, rel

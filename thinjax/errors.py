@@ -55,6 +55,10 @@ class OutputError(ThinjaxError, FileExistsError):
 class NonFiniteLoss(ThinjaxError, RuntimeError):
     """A training step produced a non-finite loss or gradient."""
 
+    # in the message of every raise (train/loop.py, train/keeper.py): what a caller of the
+    # train command reads in its 'error:' line to tell divergence from other failures
+    PHRASES = ("non-finite loss at step", "the weights are no longer finite")
+
 
 # environment faults: errno -> how to fix it (exit status 1)
 ENVIRONMENT = {

@@ -1,7 +1,7 @@
 """What every thinjax command shares: absl flags, quiet logs, user errors, a JSON last line.
 
-Imported by the command modules alone (thinjax.main, .study, .evaluate, .cost, .convert,
-.import_torch, .export, .zoo); library modules never import it. Every command
+Imported by the command modules alone (thinjax.commands: train, study, evaluate, cost,
+prune, import_torch, export, zoo); library modules never import it. Every command
 
   * parses absl flags, spelt with underscores (``--data_dir``, ``--batch_size``,
     ``--input_size``, ``--target_kind``, ``--round_to``, ``--report_dir``); a bad flag is
@@ -12,11 +12,11 @@ Imported by the command modules alone (thinjax.main, .study, .evaluate, .cost, .
   * with ``--json``, prints its result as one JSON object on the last line, on the first
     process of a multi-process job only.
 
-A command module that other modules also import as a library (``thinjax.cost``,
-``thinjax.zoo``, ...) defines its flags in its own ``FLAGS = flags.FlagValues()``, which
-:func:`run` adds to absl's global flags only when that command runs, so importing it
-defines no global flag. ``thinjax.main`` and ``thinjax.study`` define theirs globally, as
-ml_collections' config flags need (``thinjax.main`` only when it runs as the command).
+A command module that tests also call in-process (cost, zoo, prune, ...) defines its flags
+in its own ``FLAGS = flags.FlagValues()``, which :func:`run` adds to absl's global flags
+only when that command runs, so importing it defines no global flag. ``train`` and
+``study`` define theirs globally, as ml_collections' config flags need (``train`` only
+when it runs as the command).
 """
 
 from __future__ import annotations

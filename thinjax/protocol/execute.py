@@ -22,7 +22,7 @@ import sys
 
 from thinjax.conversion import convert
 from thinjax.cost import count
-from thinjax.errors import ThinjaxError
+from thinjax.errors import NonFiniteLoss, ThinjaxError
 from thinjax.evaluation import evaluate_checkpoint
 from thinjax.plan import Plan, plan_from_width
 from thinjax.protocol import plan as planning
@@ -39,8 +39,6 @@ class Diverged(RunFailed):
     of its LR, recorded as a row at chance accuracy, not a failure."""
 
 
-# what thinjax.main's error line says when NonFiniteLoss stopped it (train/loop.py, keeper.py)
-_DIVERGED = ("error: non-finite loss at step", "the weights are no longer finite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +81,7 @@ def train(ctx: Context, p: Protocol, spec: RunSpec, epochs: float, flags: list[s
     if r.returncode != 0:
         with open(os.path.join(ctx.run_dir(spec), "train.log"), errors="replace") as f:
             tail = f.read()[-4000:]
-        if r.returncode == 2 and any(m in tail for m in _DIVERGED):
+        if r.returncode == 2 and any(m in tail for m in NonFiniteLoss.PHRASES):
             raise Diverged(f"{spec.id}: diverged (non-finite loss) at lr {lr:g}")
         raise RunFailed(f"{spec.id}: thinjax.main exited {r.returncode}; see "
                         f"{os.path.join(ctx.run_dir(spec), 'train.log')}")
