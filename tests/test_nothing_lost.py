@@ -444,7 +444,7 @@ def test_case6_a_changed_study_entry_reruns_its_row(tmp_path, capsys, monkeypatc
                                      "sweep": [{"name": "thin", "checkpoint": str(a)}]})
     seen = []
     monkeypatch.setattr(Study, "execute", lambda self, run: seen.append(
-        run.spec["checkpoint"]) or {"name": run.name, "top1": 1.0, "source": run.id})
+        run.spec.checkpoint) or {"name": run.name, "top1": 1.0, "source": run.id})
     Study(cfg, str(tmp_path / "s")).run_all()
     Study(cfg, str(tmp_path / "s")).run_all()  # unchanged: skipped
     assert seen == [str(a)]

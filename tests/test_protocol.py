@@ -14,7 +14,7 @@ import ml_collections
 import pytest
 
 from tests.helpers import tiny
-from thinjax import stats
+from thinjax import jobs, stats
 from thinjax.errors import ConfigError
 from thinjax.protocol import analysis, execute, from_config, run_study
 from thinjax.protocol import plan as planning
@@ -199,14 +199,14 @@ def test_a_diverged_grid_run_is_a_row_at_chance_and_the_grid_still_decides(monke
     rows = {"dense-s0": {"run": "dense-s0", "images": 4500, "epochs_here": 2.0}}
     from thinjax.plan import plan_from_width
 
-    def fake_run(cmd, stdout, stderr):  # thinjax.main as NonFiniteLoss leaves it
+    def fake_run(cmd, stdout, stderr, env=None):  # thinjax.main as NonFiniteLoss leaves it
         wd = next(c.split("=", 1)[1] for c in cmd if c.startswith("--workdir="))
         os.makedirs(wd, exist_ok=True)
         plan_from_width("resnet20", 2).save(os.path.join(wd, "plan.json"))
         stdout.write("error: non-finite loss at step 5; the run stops ...\n")
         return subprocess.CompletedProcess(cmd, 2)
 
-    monkeypatch.setattr(execute.subprocess, "run", fake_run)
+    monkeypatch.setattr(jobs.subprocess, "run", fake_run)
     spec = RunSpec("thin", 0, 2, None, 2.0, 0.2)
     row = execute.execute(ctx, p, spec, rows)
     assert row["diverged"] and row["val_top1"] == 10.0 and row["chance_top5"] == 50.0
@@ -219,8 +219,8 @@ def test_a_diverged_grid_run_is_a_row_at_chance_and_the_grid_still_decides(monke
     # a diverged dense run, or any other failure, stays a failure
     with pytest.raises(execute.Diverged):
         execute.execute(ctx, p, RunSpec("dense", 1), rows)
-    monkeypatch.setattr(execute.subprocess, "run",
-                        lambda cmd, stdout, stderr: subprocess.CompletedProcess(cmd, 1))
+    monkeypatch.setattr(jobs.subprocess, "run",
+                        lambda cmd, stdout, stderr, env=None: subprocess.CompletedProcess(cmd, 1))
     with pytest.raises(execute.RunFailed) as e:
         execute.execute(ctx, p, RunSpec("thin", 1, 2, None, 2.0, 0.1), rows)
     assert not isinstance(e.value, execute.Diverged)

@@ -67,3 +67,17 @@ def test_the_command_names_its_flag_and_unknown_keys_are_listed():
 def test_defaults_are_the_config_schema_defaults():
     assert from_config(base_config().prune) == PruneSpec()
     assert PruneSpec().to_flags() == []
+
+
+@pytest.mark.parametrize("spec", [
+    PruneSpec(criterion="fpgm", fpgm_p=2, allocation="uniform", round_to=8,
+              target_kind="macs", target=12_500_000.0),
+    PruneSpec(criterion="taylor", taylor_batches=3, score_members="all", reduce="max",
+              normalization="none", target_kind="ratio", target=0.3,
+              allow_block_removal=True),
+    PruneSpec(allocation="explicit", group_ratios=(("stage1.*", 0.25), ("stage2", 0.5)),
+              target_kind="params_fraction", target=0.6),
+])
+def test_a_one_shot_spec_spelled_as_prune_command_flags_builds_the_same_spec(spec):
+    """How a study hands a one-shot pruning to the prune command (thinjax.jobs)."""
+    assert _command_spec(spec.to_command_flags()) == spec

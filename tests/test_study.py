@@ -205,12 +205,12 @@ def test_a_sweep_takes_zoo_names_and_reports_a_missing_file(tmp_path, offline):
     cfg.sweep = [{"name": "thin w=4", "checkpoint": "zoo:resnet20_w4_cifar10", "epochs": 600}]
     cfg.pruning, cfg.schedule_runs, cfg.extra = {}, [], []
     st = Study(cfg, str(tmp_path / "study"))
-    row = st.execute_plain(plan_runs(cfg)[0])
+    row = st.execute(plan_runs(cfg)[0])
     assert row["source"] == "zoo:resnet20_w4_cifar10" and row["params"] == 17_534
     assert row["top1"] > 60  # the release's w=4 on the bundled sample
     cfg.sweep = [{"name": "thin w=4", "checkpoint": str(tmp_path / "nope.pt"), "epochs": 600}]
     with pytest.raises(CheckpointError, match="nope.pt .*not found; fix its path"):
-        st.execute_plain(plan_runs(cfg)[0])
+        st.execute(plan_runs(cfg)[0])
 
 
 def budget_config(tmp_path):
@@ -237,8 +237,8 @@ def test_budget_arms_write_every_budget_column_and_compare_at_equal_budget(
     monkeypatch.setattr(Study, "release_path", lambda self, w: paths[w])
     calls = {}
 
-    def fake_main(self, cmd):
-        wd = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
+    def fake_main(self, run_id, config, cmd):
+        wd = os.path.join(self.run_dir(run_id), "train")
         os.makedirs(wd)
         with open(os.path.join(wd, "config.json"), "w") as f:
             json.dump({"train": {"batch_size": 32}}, f)
@@ -249,7 +249,7 @@ def test_budget_arms_write_every_budget_column_and_compare_at_equal_budget(
                 "eval_top1": 40.0, "eval_top5": 80.0, "ema_eval_top1": 50.0 + seed,
                 "ema_eval_top5": 90.0, "epochs": ep, "steps": 10}
 
-    monkeypatch.setattr(Study, "subprocess", fake_main)
+    monkeypatch.setattr(Study, "train", fake_main)
     st = Study(cfg, str(tmp_path / "study"))
     st.run_all()
     assert not st.failures, st.failures
@@ -293,6 +293,6 @@ def test_study_configs_load_and_plan_their_runs(name, n_runs):
     runs = plan_runs(cfg)
     assert len(runs) == n_runs
     st = Study(cfg, "unused")
-    assert all("{" not in st.resolve(r.spec.get("checkpoint") or r.spec.get("base", ""))
-               for r in runs)
+    assert all("{" not in st.resolve(getattr(r.spec, "checkpoint", None) or
+                                     getattr(r.spec, "base", None) or "") for r in runs)
     assert st.literature()  # the bundled table has rows for this network and dataset

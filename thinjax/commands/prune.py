@@ -56,6 +56,18 @@ _DATA = flags.DEFINE_string("data", None, "dataset to measure top-1 before/after
                             flag_values=FLAGS)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory", flag_values=FLAGS)
 _SPLIT = flags.DEFINE_string("split", "test", "the split to evaluate", flag_values=FLAGS)
+_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "the split whose batches score "
+                                   "data-dependent criteria and recalibrate BN",
+                                   flag_values=FLAGS)
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the scoring batches' order and of random "
+                             "criteria", flag_values=FLAGS)
+_EVALUATE_BEFORE = flags.DEFINE_bool("evaluate_before", True, "with --data, evaluate the "
+                                     "network before pruning too", flag_values=FLAGS)
+_SCORE_MEMBERS = flags.DEFINE_string("score_members", "producers", "which tensors of a group "
+                                     "a criterion scores: producers | all", flag_values=FLAGS)
+_FPGM_P = flags.DEFINE_integer("fpgm_p", 0, "FPGM: 0 raw filters, p >= 1 |w|^p", flag_values=FLAGS)
+_TAYLOR_BATCHES = flags.DEFINE_integer("taylor_batches", 8, "batches a Taylor criterion "
+                                       "scores on", flag_values=FLAGS)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 500, "evaluation batch size",
                                    flag_values=FLAGS)
 _INPUT_SIZE = flags.DEFINE_integer("input_size", None, "square input size (default: the "
@@ -116,7 +128,8 @@ def spec_from_flags() -> PruneSpec | None:
         criterion=_CRITERION.value or "l1", target_kind=_TARGET_KIND.value,
         target=_TARGET.value, allocation=_ALLOCATION.value, reduce=_REDUCE.value,
         normalization=_NORMALIZATION.value, round_to=_ROUND_TO.value,
-        allow_block_removal=_ALLOW_BLOCK_REMOVAL.value,
+        allow_block_removal=_ALLOW_BLOCK_REMOVAL.value, score_members=_SCORE_MEMBERS.value,
+        fpgm_p=_FPGM_P.value, taylor_batches=_TAYLOR_BATCHES.value,
         group_ratios=_group_ratios(_GROUP_RATIO.value)), where="--")
 
 
@@ -126,8 +139,10 @@ def main(argv: list[str]) -> dict:
         raise UsageError(f"unexpected argument {argv[1]!r}; give --checkpoint and --output")
     s = convert(_CHECKPOINT.value, _OUTPUT.value, spec=spec_from_flags(), data=_DATA.value,
                 data_dir=_DATA_DIR.value, split=_SPLIT.value, batch_size=_BATCH_SIZE.value,
-                input_size=_INPUT_SIZE.value, use_ema=_EMA.value, overwrite=_OVERWRITE.value,
-                recalibrate_bn=_RECALIBRATE_BN.value)
+                train_split=_TRAIN_SPLIT.value, input_size=_INPUT_SIZE.value,
+                use_ema=_EMA.value, overwrite=_OVERWRITE.value,
+                recalibrate_bn=_RECALIBRATE_BN.value, evaluate_before=_EVALUATE_BEFORE.value,
+                seed=_SEED.value)
     print(f"pruned {s['source']} ({s['pruning']}) -> {s['output']}")
     print(table(s))
     print(f"fine-tune: python -m thinjax.main --config={s['output']}/config.py --workdir=DIR")

@@ -1,5 +1,6 @@
-"""Running one protocol run: a training subprocess (thinjax.main), a one-shot pruning
-(thinjax.conversion) or an evaluation, and the row it leaves.
+"""Running one protocol run: a training (thinjax.main), a one-shot pruning (the prune
+command) or an evaluation, each a job (`thinjax.jobs`: the command in its own process,
+logged in the run's folder), and the row it leaves.
 
 Every training run reads only the training part of the split (``train_split``) and is
 evaluated on the validation part (``val_split``) at its end; the test split is read by
@@ -17,13 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
-from thinjax.conversion import convert
+from thinjax import jobs
 from thinjax.cost import count
 from thinjax.errors import NonFiniteLoss, ThinjaxError
-from thinjax.evaluation import evaluate_checkpoint
 from thinjax.plan import Plan, plan_from_width
 from thinjax.protocol import plan as planning
 from thinjax.protocol.spec import FROM_SCRATCH, Protocol, RunSpec
@@ -59,10 +57,10 @@ def macs_of_width(p: Protocol, width: int) -> int:
 
 
 def train(ctx: Context, p: Protocol, spec: RunSpec, epochs: float, flags: list[str]) -> dict:
-    """thinjax.main with the recipe, seed, LR and splits of `spec`; its results.json."""
+    """thinjax.main with the recipe, seed, LR and splits of `spec` (a job); its result."""
     wd = os.path.join(ctx.run_dir(spec), "train")
     lr = p.dense_lr if spec.arm == "dense" else spec.lr
-    cmd = [sys.executable, "-m", "thinjax.main", f"--config={p.recipe}", f"--workdir={wd}",
+    cmd = [f"--config={p.recipe}", f"--workdir={wd}",
            f"--config.data.name={ctx.data}", f"--config.data.train_split={p.train_split}",
            f"--config.data.eval_split={p.val_split}", f"--config.model.name={p.arch}",
            f"--config.seed={spec.seed}", f"--config.train.epochs={epochs:g}",
@@ -73,20 +71,13 @@ def train(ctx: Context, p: Protocol, spec: RunSpec, epochs: float, flags: list[s
            "--config.ema.enabled=False"]
     if ctx.data_dir:
         cmd.append(f"--config.data.data_dir={ctx.data_dir}")
-    cmd += list(p.recipe_overrides) + flags
-    os.makedirs(ctx.run_dir(spec), exist_ok=True)
-    with open(os.path.join(ctx.run_dir(spec), "train.log"), "a") as log:
-        print("+", " ".join(cmd[1:]), file=log, flush=True)
-        r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        with open(os.path.join(ctx.run_dir(spec), "train.log"), errors="replace") as f:
-            tail = f.read()[-4000:]
-        if r.returncode == 2 and any(m in tail for m in NonFiniteLoss.PHRASES):
-            raise Diverged(f"{spec.id}: diverged (non-finite loss) at lr {lr:g}")
-        raise RunFailed(f"{spec.id}: thinjax.main exited {r.returncode}; see "
-                        f"{os.path.join(ctx.run_dir(spec), 'train.log')}")
-    with open(os.path.join(wd, "results.json")) as f:
-        return json.load(f)
+    try:
+        return jobs.run(jobs.Job("train", (*cmd, *p.recipe_overrides, *flags),
+                                 os.path.join(ctx.run_dir(spec), "train.log")))
+    except jobs.JobFailed as e:
+        if e.returncode == 2 and any(m in e.tail for m in NonFiniteLoss.PHRASES):
+            raise Diverged(f"{spec.id}: diverged (non-finite loss) at lr {lr:g}") from None
+        raise RunFailed(f"{spec.id}: {e}") from None
 
 
 def dense_dir(ctx: Context, seed: int) -> str:
@@ -214,10 +205,12 @@ def execute_oneshot(ctx: Context, p: Protocol, spec: RunSpec, rows: dict) -> dic
     recalibrated on `recalibrate_bn` training batches, evaluated on the validation split."""
     d = _dense_row(rows, spec)
     out = os.path.join(ctx.run_dir(spec), "pruned")
-    summ = convert(dense_dir(ctx, spec.seed), out, spec=prune_spec(p, spec), data=ctx.data,
-                   data_dir=ctx.data_dir, split=p.val_split, train_split=p.train_split,
-                   batch_size=ctx.eval_batch_size, use_ema=False, overwrite=True,
-                   recalibrate_bn=p.recalibrate_bn, evaluate_before=False, seed=spec.seed)
+    flags = [f"--checkpoint={dense_dir(ctx, spec.seed)}", f"--output={out}",
+             f"--data={ctx.data}", f"--split={p.val_split}", f"--train_split={p.train_split}",
+             f"--batch_size={ctx.eval_batch_size}", "--noema", "--overwrite",
+             f"--recalibrate_bn={p.recalibrate_bn}", "--noevaluate_before",
+             f"--seed={spec.seed}", *prune_spec(p, spec).to_command_flags()]
+    summ = _job(ctx, spec, "prune", flags)
     a = summ["after"]
     recal = p.recalibrate_bn * 128
     return {**_base_row(ctx, p, spec), "epochs_here": 0.0, "params": int(a["params"]),
@@ -234,9 +227,21 @@ def checkpoint_of(ctx: Context, spec: RunSpec) -> str:
 
 def evaluate_test(ctx: Context, p: Protocol, spec: RunSpec) -> tuple[float, float]:
     """(top-1, top-5) of the run's final network (raw weights) on the test split."""
-    r = evaluate_checkpoint(checkpoint_of(ctx, spec), ctx.data, p.test_split,
-                            ctx.eval_batch_size, ctx.data_dir, use_ema=False, progress=False)
+    r = _job(ctx, spec, "evaluate", [f"--checkpoint={checkpoint_of(ctx, spec)}",
+                                     f"--data={ctx.data}", f"--split={p.test_split}",
+                                     f"--batch_size={ctx.eval_batch_size}", "--noema"])
     return float(r["top1"]), float(r["top5"])
+
+
+def _job(ctx: Context, spec: RunSpec, command: str, flags: list[str]) -> dict:
+    """A prune or evaluate job of `spec` (thinjax.jobs), logged in its run folder."""
+    if ctx.data_dir:
+        flags = [*flags, f"--data_dir={ctx.data_dir}"]
+    try:
+        return jobs.run(jobs.Job(command, tuple(flags),
+                                 os.path.join(ctx.run_dir(spec), f"{command}.log")))
+    except jobs.JobFailed as e:
+        raise RunFailed(f"{spec.id}: {e}") from None
 
 
 def execute(ctx: Context, p: Protocol, spec: RunSpec, rows: dict) -> dict:

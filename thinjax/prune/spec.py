@@ -24,6 +24,10 @@ from thinjax.prune.schedule import SCHEDULES
 __all__ = ["ALLOCATIONS", "NORMALIZATIONS", "PruneSpec", "from_config"]
 
 ALLOCATIONS = ("global", "uniform", "explicit")
+# the fields the prune command takes as flags (a one-shot decision; `to_command_flags`)
+COMMAND_FIELDS = ("criterion", "score_members", "fpgm_p", "reduce", "allocation",
+                  "normalization", "group_ratios", "target_kind", "target", "round_to",
+                  "allow_block_removal", "taylor_batches")
 NORMALIZATIONS = ("mean", "max", "sum", "none")
 
 
@@ -71,8 +75,26 @@ class PruneSpec:
                 out.append(f"{prefix}{f.name}={_spell(v)}")
         return out
 
+    def to_command_flags(self) -> list[str]:
+        """The one-shot decision (criterion, scoring, allocation, target, round_to) as the
+        prune command's flags (``python -m thinjax.convert``), defaults left out; the
+        schedule and regulariser fields belong to training and are not spelled."""
+        out = []
+        for name in COMMAND_FIELDS:
+            v, default = getattr(self, name), _DEFAULTS[name]
+            if name == "group_ratios":
+                out += [f"--group_ratio={p}={r:g}" for p, r in v]
+            elif isinstance(v, bool):
+                out += [f"--{'' if v else 'no'}{name}"] if v != default else []
+            elif name in ("target_kind", "target") or v != default:
+                out.append(f"--{name}={_spell(v)}")
+        return out
+
     def replace(self, **changes) -> PruneSpec:
         return dataclasses.replace(self, **changes)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruneSpec)}
 
 
 def from_config(section: Mapping[str, Any] | None, where: str = "config.prune.") -> PruneSpec:

@@ -1,21 +1,33 @@
-"""Running a study: every run of its plan, one row each, resumable (`Study`)."""
+"""Running a study: every run of its plan, one row each, resumable (`Study`). Every kind of
+run is done the same way, as jobs (`thinjax.jobs`: the train, prune and evaluate commands,
+each in its own process, logged in DIR/runs/<id>/<command>.log)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 
-from thinjax import fs, report, zoo
-from thinjax.conversion import convert
-from thinjax.errors import CheckpointError, ConfigError
-from thinjax.evaluation import evaluate_checkpoint
+from thinjax import fs, jobs, report, zoo
+from thinjax.errors import CheckpointError
 from thinjax.prune import spec as prune_spec
 from thinjax.studies.outputs import Outputs
-from thinjax.studies.plan import StudyRun, entry_spec, plan_runs, release_file, slug
+from thinjax.studies.plan import (
+    Arm,
+    Checkpoint,
+    FineTune,
+    OneShot,
+    Scheduled,
+    Sparse,
+    StudyRun,
+    Training,
+    entry_spec,
+    plan_runs,
+    release_file,
+    slug,
+)
 
 
 class Study(Outputs):
@@ -30,30 +42,26 @@ class Study(Outputs):
     def run_dir(self, run_id: str) -> str:
         return os.path.join(self.workdir, "runs", run_id)
 
-    def evaluate(self, checkpoint: str) -> dict:
-        d = self.cfg.data
-        return evaluate_checkpoint(checkpoint, d.name, d.split, d.eval_batch_size,
-                                   d.get("data_dir"), progress=True)
+    def job(self, run_id: str, command: str, flags: list[str]) -> dict:
+        """Every run is one or more jobs (`thinjax.jobs`: a thinjax command in its own
+        process, logged in the run's folder); the command's JSON result."""
+        return jobs.run(jobs.Job(command, tuple(flags),
+                                 os.path.join(self.run_dir(run_id), f"{command}.log")))
 
-    def main_cmd(self, config: str, workdir: str, overrides) -> list[str]:
+    def data_flags(self, command: str) -> list[str]:
+        """The study's data (config.data) as `command`'s flags."""
         d = self.cfg.data
-        cmd = [sys.executable, "-m", "thinjax.main", f"--config={config}",
-               f"--workdir={workdir}", f"--config.data.name={d.name}",
-               f"--config.data.eval_split={d.split}"]
-        if d.get("data_dir"):
-            cmd.append(f"--config.data.data_dir={d.data_dir}")
-        return cmd + list(overrides)
+        if command == "train":
+            out = [f"--config.data.name={d.name}", f"--config.data.eval_split={d.split}"]
+            return out + ([f"--config.data.data_dir={d.data_dir}"] if d.get("data_dir") else [])
+        out = [f"--data={d.name}", f"--split={d.split}", f"--batch_size={d.eval_batch_size}"]
+        return out + ([f"--data_dir={d.data_dir}"] if d.get("data_dir") else [])
 
-    def subprocess(self, cmd: list[str]) -> dict:
-        """Runs a thinjax.main command (from main_cmd); its results.json."""
-        workdir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
-        print("+", " ".join(cmd[1:]), flush=True)
-        r = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[1:4])} exited {r.returncode}: "
-                               f"{r.stderr.strip().splitlines()[-1] if r.stderr else ''}")
-        with open(os.path.join(workdir, "results.json")) as f:
-            return json.load(f)
+    def train(self, run_id: str, config: str, overrides) -> dict:
+        """thinjax.main with `config` in the run's train/ folder; its results."""
+        wd = os.path.join(self.run_dir(run_id), "train")
+        return self.job(run_id, "train", [f"--config={config}", f"--workdir={wd}",
+                                          *self.data_flags("train"), *overrides])
 
     def resolve(self, path: str) -> str:
         """'{release}', '{sweep_dir}' and '{base}' in a path stand for the config's
@@ -66,79 +74,74 @@ class Study(Outputs):
 
     def execute(self, run: StudyRun) -> dict:
         """The run's row, with its budget columns (report.BUDGET)."""
-        if run.spec.get("arm"):
-            return self.execute_budget(run)
-        row = self.execute_plain(run)
-        if run.kind == "extra":
-            return {**row, "arm": "extra", "init": row["source"], "init_epochs":
-                    row.get("epochs"), "epochs": 0.0, "images_seen": 0, "recipe": "-",
-                    "weights": "?"}
-        if run.kind == "thin" and run.spec.get("checkpoint"):
-            release = run.spec.get("release", row["source"].endswith(".pt"))
+        s = run.spec
+        row = {"name": run.name, "method": run.method, "kind": run.kind, "source": run.id}
+        if isinstance(s, Arm):
+            return self.execute_arm(run)
+        if isinstance(s, Checkpoint):
+            row = self.evaluate(run.id, s, row)
+            if run.kind == "extra":
+                return {**row, "arm": "extra", "init": row["source"], "init_epochs":
+                        row.get("epochs"), "epochs": 0.0, "images_seen": 0, "recipe": "-",
+                        "weights": "?"}
+            release = s.release if s.release is not None else row["source"].endswith(".pt")
             return {**row, "arm": "release" if release else "thin", "init": row["source"],
                     "init_epochs": row.get("epochs"), "epochs": 0.0, "images_seen": 0,
                     "recipe": "-", "weights": "ema"}
-        if run.kind == "thin":  # trained here from scratch
-            return {**row, "arm": "thin", "init": "random init", "init_epochs": 0.0,
-                    "images_seen": None, "recipe": os.path.basename(run.spec["train"]),
-                    "weights": "ema"}
+        if isinstance(s, Training):
+            res = self.train(run.id, s.train, s.overrides)
+            ema = "ema_eval_top1" in res
+            return {**row, **_scores(res, ema), "epochs": res["epochs"],
+                    "source": os.path.join(self.run_dir(run.id), "train"), "arm": "thin",
+                    "init": "random init", "init_epochs": 0.0, "images_seen": None,
+                    "recipe": os.path.basename(s.train), "weights": "ema"}
+        if isinstance(s, OneShot):
+            row = self.prune(run.id, s, row)
+        elif isinstance(s, FineTune):
+            row = self.finetune(run.id, s, row)
+        else:
+            row = self.scheduled(run.id, s, row)
         p = self.cfg.get("pruning") or {}
         row = report.fill_budget(
-            row, self.resolve(run.spec.get("base") or p.get("base", "?")),
+            row, self.resolve(getattr(s, "base", None) or p.get("base", "?")),
             float(self.cfg.get("base_epochs", 600)),
             self.cfg.get("finetune_recipe", "the converted network's own config"),
             int(self.cfg.data.get("train_images", 50_000)))
-        if run.spec.get("scheduled"):
-            row.update(arm="scheduled", recipe=os.path.basename(run.spec["train"]))
+        if isinstance(s, Scheduled):
+            row.update(arm="scheduled", recipe=os.path.basename(s.train))
         return row
 
-    def execute_plain(self, run: StudyRun) -> dict:
-        s, rd = run.spec, self.run_dir(run.id)
-        row = {"name": run.name, "method": run.method, "kind": run.kind, "source": run.id}
-        if run.kind in ("thin", "extra") and s.get("checkpoint"):
-            ck = self.resolve(s["checkpoint"])
-            if not (os.path.exists(ck) or "://" in ck or ck.startswith("zoo:")):
-                raise CheckpointError(f"checkpoint {ck} (run {run.id}) not found; fix its "
-                                      "path in the study config or set --config.release_dir")
-            r = self.evaluate(ck)
-            return {**row, "params": r["params"], "macs": r["macs"], "top1": r["top1"],
-                    "top5": r["top5"], "epochs": s.get("epochs"),
-                    "source": os.path.basename(ck.rstrip("/"))}
-        if run.kind == "thin":
-            res = self.subprocess(self.main_cmd(s["train"], os.path.join(rd, "train"),
-                                                s.get("overrides", ())))
-            ema = "ema_eval_top1" in res
-            return {**row, "params": res["params"], "macs": res["macs"],
-                    "top1": res["ema_eval_top1" if ema else "eval_top1"],
-                    "top5": res["ema_eval_top5" if ema else "eval_top5"],
-                    "epochs": res["epochs"], "source": os.path.join(rd, "train")}
-        if s.get("scheduled"):  # pruning inside a training run (oneshot/iterative/gradual)
-            over = list(s.get("overrides", ()))
-            if s.get("base"):
-                over.append(f"--config.init_from={self.resolve(s['base'])}")
-            if s.get("match"):
-                on = s.get("match_on", "macs")
-                over += [f"--config.prune.target_kind={on}",
-                         f"--config.prune.target={self.target_of(s['match'], on)}"]
-            res = self.subprocess(self.main_cmd(s["train"], os.path.join(rd, "train"), over))
-            return {**row, "params": res["params"], "macs": res["macs"],
-                    "top1": res["eval_top1"], "top5": res["eval_top5"],
-                    "epochs": res["epochs"], "source": run.id + " (raw weights)"}
-        if run.kind == "pruned" and "from" not in s:
-            return self.prune(run, row)
-        if run.kind == "pruned":
-            pruned = os.path.join(self.run_dir(s["from"]), "pruned")
-            if not os.path.isdir(pruned):
-                raise RuntimeError(f"needs the pruned network of run {s['from']}, which did "
-                                   "not finish")
-            extra = [f"--config.train.epochs={s['epochs']}"] + list(s.get("finetune_overrides", ()))
-            res = self.subprocess(self.main_cmd(os.path.join(pruned, "config.py"),
-                                                os.path.join(rd, "finetune"), extra))
-            return {**row, "params": res["params"], "macs": res["macs"],
-                    "top1": res["eval_top1"], "top5": res["eval_top5"],
-                    "epochs": res["epochs"], "source": run.id + " (raw weights)"}
-        raise ConfigError(f"run {run.id}: give a checkpoint or a train config in the study "
-                          "config")
+    def evaluate(self, run_id: str, s: Checkpoint, row: dict) -> dict:
+        ck = self.resolve(s.checkpoint)
+        if not (os.path.exists(ck) or "://" in ck or ck.startswith("zoo:")):
+            raise CheckpointError(f"checkpoint {ck} (run {run_id}) not found; fix its "
+                                  "path in the study config or set --config.release_dir")
+        r = self.job(run_id, "evaluate", [f"--checkpoint={ck}", *self.data_flags("evaluate")])
+        return {**row, "params": r["params"], "macs": r["macs"], "top1": r["top1"],
+                "top5": r["top5"], "epochs": s.epochs,
+                "source": os.path.basename(ck.rstrip("/"))}
+
+    def scheduled(self, run_id: str, s: Scheduled, row: dict) -> dict:
+        """Pruning inside a training run (one-shot, iterative or gradual schedules)."""
+        over = list(s.overrides)
+        if s.base:
+            over.append(f"--config.init_from={self.resolve(s.base)}")
+        if s.match:
+            over += [f"--config.prune.target_kind={s.match_on}",
+                     f"--config.prune.target={self.target_of(s.match, s.match_on)}"]
+        res = self.train(run_id, s.train, over)
+        return {**row, **_scores(res, False), "epochs": res["epochs"],
+                "source": run_id + " (raw weights)"}
+
+    def finetune(self, run_id: str, s: FineTune, row: dict) -> dict:
+        pruned = os.path.join(self.run_dir(s.source), "pruned")
+        if not os.path.isdir(pruned):
+            raise RuntimeError(f"needs the pruned network of run {s.source}, which did "
+                               "not finish")
+        res = self.train(run_id, os.path.join(pruned, "config.py"),
+                         [f"--config.train.epochs={s.epochs}", *s.overrides])
+        return {**row, **_scores(res, False), "epochs": res["epochs"],
+                "source": run_id + " (raw weights)"}
 
     def target_of(self, member: str, on: str) -> float:
         row = self.rows.get(f"thin-{slug(member)}")
@@ -147,19 +150,17 @@ class Study(Outputs):
                                "config.sweep and finish first)")
         return float(row[on])
 
-    def prune(self, run: StudyRun, row: dict) -> dict:
-        s, d = run.spec, self.cfg.data
-        on = s.get("match_on", "macs")
-        out = os.path.join(self.run_dir(run.id), "pruned")
-        spec = entry_spec(s, on, self.target_of(s["match"], on))
-        summ = convert(self.resolve(s["base"]), out, spec=spec, data=d.name,
-                       data_dir=d.get("data_dir"),
-                       split=d.split, batch_size=d.eval_batch_size,
-                       recalibrate_bn=s.get("recalibrate_bn", 0), overwrite=True,
-                       evaluate_before=False)
+    def prune(self, run_id: str, s: OneShot, row: dict) -> dict:
+        """The prune command on `s.base` into the run's pruned/ folder."""
+        out = os.path.join(self.run_dir(run_id), "pruned")
+        spec = entry_spec(s, s.match_on, self.target_of(s.match, s.match_on))
+        summ = self.job(run_id, "prune", [
+            f"--checkpoint={self.resolve(s.base)}", f"--output={out}",
+            *self.data_flags("prune"), f"--recalibrate_bn={s.recalibrate_bn}", "--overwrite",
+            "--noevaluate_before", *spec.to_command_flags()])
         a = summ["after"]
         return {**row, "params": a["params"], "macs": a["macs"], "top1": a["top1"],
-                "top5": a["top5"], "epochs": 0, "source": run.id}
+                "top5": a["top5"], "epochs": 0, "source": run_id}
 
     # -- arms of equal budget -----------------------------------------------------------
     def release_path(self, width: int) -> str:
@@ -178,42 +179,42 @@ class Study(Outputs):
                                f"(see {self.run_dir(run_id)}/error.txt; rerun the study)")
         return d
 
-    def arm_overrides(self, s: dict) -> tuple[list[str], str, float]:
+    def arm_overrides(self, s: Arm) -> tuple[list[str], str, float]:
         """(--config flags, init source, init epochs) of a training arm."""
-        b, arm = self.cfg.budget, s["arm"]
+        b, arm = self.cfg.budget, s.arm
         rel = float(b.get("release_epochs", 600))
         base_w = b.get("base_width", 16)
         if arm == "thin+ft":
-            ck = self.release_path(s["width"])
-            return ([f"--config.model.width={s['width']}", f"--config.init_from={ck}"],
+            ck = self.release_path(s.width)
+            return ([f"--config.model.width={s.width}", f"--config.init_from={ck}"],
                     os.path.basename(ck), rel)
         if arm == "pruned+ft":
-            d = self.plan_dir(s["plan_from"])
+            d = self.plan_dir(s.plan_from)
             return ([f"--config.model.plan_file={d}/plan.json", f"--config.init_from={d}/model"],
-                    f"{os.path.basename(self.release_path(base_w))} pruned ({s['plan_from']})",
+                    f"{os.path.basename(self.release_path(base_w))} pruned ({s.plan_from})",
                     rel)
         if arm == "scratch-uniform":
-            return [f"--config.model.width={s['width']}"], "random init", 0.0
+            return [f"--config.model.width={s.width}"], "random init", 0.0
         if arm == "scratch-pruned":
-            d = self.plan_dir(s["plan_from"])
+            d = self.plan_dir(s.plan_from)
             return [f"--config.model.plan_file={d}/plan.json"], "random init", 0.0
         ck = self.release_path(base_w)  # gradual or a sparse-training method
         return ([f"--config.model.width={base_w}", f"--config.init_from={ck}"]
                 + self.prune_flags(s), os.path.basename(ck), rel)
 
-    def prune_flags(self, s: dict) -> list[str]:
+    def prune_flags(self, s: Arm) -> list[str]:
         """Pruning inside the fine-tune: gradual (Zhu & Gupta) or a sparse-training entry of
         budget.sparse (schedule, criterion, fractions of E, its own flags)."""
         b, E = self.cfg.budget, float(self.cfg.budget["finetune_epochs"])
-        sp = s.get("sparse") or {"schedule": "gradual", "end": b.get("gradual_end", 0.5),
-                                 "every": b.get("gradual_every", 0.05)}
+        sp = s.sparse or Sparse(name="gradual", criterion=s.criterion,
+                                end=b.get("gradual_end", 0.5), every=b.get("gradual_every", 0.05))
         on = b.get("match_on", "macs")
         spec = prune_spec.PruneSpec(
-            schedule=sp["schedule"], criterion=s["criterion"], allocation=b["allocation"],
+            schedule=sp.schedule, criterion=s.criterion, allocation=b["allocation"],
             round_to=int(b.get("round_to", 1)), target_kind=on,
-            target=float(round(self.target_of(s["target"], on))), start_epoch=0.0,
-            end_epoch=float(f"{sp['end'] * E:.6g}"), every_epochs=float(f"{sp['every'] * E:.6g}"))
-        return spec.to_flags() + list(sp.get("overrides", ()))
+            target=float(round(self.target_of(s.target, on))), start_epoch=0.0,
+            end_epoch=float(f"{sp.end * E:.6g}"), every_epochs=float(f"{sp.every * E:.6g}"))
+        return spec.to_flags() + list(sp.overrides)
 
     def recipe_flags(self, epochs: float, seed: int) -> list[str]:
         b = self.cfg.budget
@@ -222,36 +223,31 @@ class Study(Outputs):
                 f"--config.optim.warmup_epochs={b.get('warmup_fraction', 0.05) * epochs:.6g}"
                 ] + list(b.get("recipe_overrides", ()))
 
-    def execute_budget(self, run: StudyRun) -> dict:
+    def execute_arm(self, run: StudyRun) -> dict:
         s, b = run.spec, self.cfg.budget
-        row = {"name": run.name, "method": run.method, "kind": run.kind, "arm": s["arm"],
-               "target": s["target"], "criterion": s.get("criterion"), "source": run.id}
-        if s["arm"] == "pruned":
+        row = {"name": run.name, "method": run.method, "kind": run.kind, "arm": s.arm,
+               "target": s.target, "criterion": s.criterion, "source": run.id}
+        if s.arm == "pruned":
             return self.prune_oneshot(run, row)
         over, init, init_ep = self.arm_overrides(s)
-        ep = float(b["scratch_epochs"] if s["arm"].startswith("scratch") else
-                   b["finetune_epochs"])
-        wd = os.path.join(self.run_dir(run.id), "train")
-        res = self.subprocess(self.main_cmd(b["recipe"], wd, self.recipe_flags(ep, s["seed"])
-                                            + over))
-        with open(os.path.join(wd, "config.json")) as f:
+        ep = float(b["scratch_epochs"] if s.arm.startswith("scratch") else b["finetune_epochs"])
+        res = self.train(run.id, b["recipe"], self.recipe_flags(ep, s.seed) + over)
+        with open(os.path.join(self.run_dir(run.id), "train", "config.json")) as f:
             batch = json.load(f)["train"]["batch_size"]
         want_ema = b.get("weights", "ema") == "ema" and "ema_eval_top1" in res
-        return {**row, "params": res["params"], "macs": res["macs"],
-                "top1": res["ema_eval_top1" if want_ema else "eval_top1"],
-                "top5": res["ema_eval_top5" if want_ema else "eval_top5"],
-                "init": init, "init_epochs": init_ep, "epochs": res["epochs"],
-                "images_seen": int(res["steps"]) * int(batch), "recipe": b["recipe_name"],
-                "seed": s["seed"], "weights": "ema" if want_ema else "raw"}
+        return {**row, **_scores(res, want_ema), "init": init, "init_epochs": init_ep,
+                "epochs": res["epochs"], "images_seen": int(res["steps"]) * int(batch),
+                "recipe": b["recipe_name"], "seed": s.seed,
+                "weights": "ema" if want_ema else "raw"}
 
     def prune_oneshot(self, run: StudyRun, row: dict) -> dict:
         b = self.cfg.budget
         base = self.release_path(b.get("base_width", 16))
-        spec = {"base": base, "criterion": run.spec["criterion"], "match": run.spec["target"],
-                "allocation": b["allocation"], "round_to": b.get("round_to", 1),
-                "match_on": b.get("match_on", "macs"),
-                "recalibrate_bn": b.get("recalibrate_bn", 0)}
-        r = self.prune(StudyRun(run.id, run.kind, run.name, run.method, spec), row)
+        spec = OneShot(base=base, criterion=run.spec.criterion, match=run.spec.target,
+                       allocation=b["allocation"], round_to=int(b.get("round_to", 1)),
+                       match_on=b.get("match_on", "macs"),
+                       recalibrate_bn=int(b.get("recalibrate_bn", 0)))
+        r = self.prune(run.id, spec, row)
         return {**r, "init": os.path.basename(base),
                 "init_epochs": float(b.get("release_epochs", 600)), "epochs": 0.0,
                 "images_seen": 0, "recipe": "-", "seed": None, "weights": "ema"}
@@ -301,15 +297,24 @@ class Study(Outputs):
         """A hash of everything that determines a run's row: its entry (paths resolved),
         the checkpoint it reads (by content), the data's name and split, and the config
         sections it reads; a changed entry reruns the run."""
-        spec = {k: self.resolve(v) if isinstance(v, str) else v for k, v in run.spec.items()}
+        spec = {k: self.resolve(v) if isinstance(v, str) else v
+                for k, v in dataclasses.asdict(run.spec).items()}
         ck = spec.get("checkpoint") or spec.get("base")
         digest = None
         if isinstance(ck, str) and os.path.isfile(ck):
             digest = zoo.digests(ck)["sha256"]
         d = self.cfg.data
-        blob = json.dumps([run.kind, run.name, spec, digest, os.path.basename(
-            str(d.name).rstrip("/")), d.get("split"), self.cfg.get("budget") and
-            self.cfg.budget.to_dict(), self.cfg.get("pruning")], sort_keys=True, default=str)
+        budget = self.cfg.get("budget") and self.cfg.budget.to_dict()
+        blob = json.dumps([run.kind, run.name, type(run.spec).__name__, spec, digest,
+                           os.path.basename(str(d.name).rstrip("/")), d.get("split"), budget,
+                           self.cfg.get("pruning")], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # -- outputs ----------------------------------------------------------------------
+
+
+def _scores(res: dict, ema: bool) -> dict:
+    """Cost and top-1/top-5 of a training run's results (its EMA weights' with `ema`)."""
+    pre = "ema_eval" if ema else "eval"
+    return {"params": res["params"], "macs": res["macs"], "top1": res[f"{pre}_top1"],
+            "top5": res[f"{pre}_top5"]}
