@@ -5,6 +5,9 @@ Inside it:
 
   zoo/                     the model zoo's downloads and its ``verified.json``
                            (`thinjax.zoo`)
+  converted/               the zoo's networks converted to (plan, variables), one
+                           ``<sha256 of the release file>.safetensors`` each
+                           (`thinjax.zoo.converted`)
   ops/                     the compiled oneDNN convolution library (`thinjax.ops.build`)
   cifar10_sample-<hash>/   the bundled CIFAR-10 sample, unpacked (`thinjax.data.sources`)
 
@@ -46,6 +49,11 @@ def _root() -> str:
 def zoo_dir() -> str:
     """The model zoo's download folder."""
     return os.path.join(root(), "zoo")
+
+
+def converted_dir() -> str:
+    """The zoo's converted networks' folder."""
+    return os.path.join(root(), "converted")
 
 
 def kernels_dir() -> str:

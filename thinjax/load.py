@@ -9,6 +9,8 @@ and `thinjax.checkpoint` knows nothing of the zoo.
 
 from __future__ import annotations
 
+import os
+
 from thinjax import checkpoint, zoo
 from thinjax.plan import Plan
 
@@ -19,5 +21,10 @@ def resolve(spec: str) -> str:
 
 
 def load_model(spec: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
-    """(plan, {'params', 'batch_stats'}, meta) of `spec` (see the module docstring)."""
-    return checkpoint.load_model(resolve(spec), use_ema=use_ema)
+    """(plan, {'params', 'batch_stats'}, meta) of `spec` (see the module docstring); a zoo
+    network through the zoo's cache of converted networks."""
+    if spec.startswith("zoo:"):
+        plan, variables, path = zoo.load_entry(zoo.entry(spec))
+        checkpoint.check_finite(variables, where=path)
+        return plan, variables, {"source": os.path.abspath(path)}
+    return checkpoint.load_model(spec, use_ema=use_ema)

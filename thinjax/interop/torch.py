@@ -2,12 +2,12 @@
 
 Reads torchvision names (``conv1``, ``bn1``, ``layerX.Y.convZ``, ``downsample.0/1``,
 ``fc``) and the ThinResNet release's names (``embed.0``, ``embed.1``, an optional
-``module.`` prefix, an ``n_averaged`` entry), from ``.pt``/``.pth`` (through PyTorch,
-``weights_only=True``: a checkpoint is data, never code; a file that holds more than
-tensors is refused as such, without PyTorch's advice to load it unsafely), ``.safetensors``
-or ``.npz`` (no PyTorch needed). The plan is inferred from the tensor shapes; strides are the
-standard ones (stage 1: 1, later stages: 2); a block index with no tensors (layer1.0,
-layer1.2 but no layer1.1) is a removed block, the identity.
+``module.`` prefix, an ``n_averaged`` entry), from ``.pt``/``.pth``/``.bin``
+(`thinjax.interop.pt_reader`: PyTorch's zip format read without PyTorch; a checkpoint is
+data, never code, and a file that holds more than tensors is refused as such),
+``.safetensors`` or ``.npz``: no PyTorch needed. The plan is inferred from the tensor
+shapes; strides are the standard ones (stage 1: 1, later stages: 2); a block index with no
+tensors (layer1.0, layer1.2 but no layer1.1) is a removed block, the identity.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import warnings
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -23,6 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from thinjax.errors import CheckpointError, CheckpointFormatError
+from thinjax.interop import pt_reader
 from thinjax.models.resnet import variable_shapes
 from thinjax.plan import BlockPlan, Plan, PlanError, StagePlan
 
@@ -40,22 +40,13 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext in (".pt", ".pth", ".bin"):
-            try:
-                import torch  # heavy, optional: PyTorch (.pt/.pth files only)
-            except ModuleNotFoundError as e:
-                raise CheckpointFormatError(f"{path}: reading .pt/.pth needs PyTorch (pip "
-                                            "install "
-                                   "'thinjax[torch]'), or convert it to .safetensors/.npz") from e
-            with warnings.catch_warnings():  # torch's notes on pickle protocols
-                warnings.simplefilter("ignore")
-                sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = pt_reader.load(path)  # no PyTorch: a restricted reader of its zip format
             if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
                 sd = sd["state_dict"]
             if not isinstance(sd, Mapping):
                 raise CheckpointFormatError(f"{path}: expected a state dict (a mapping of names to "
                                    f"tensors), found {type(sd).__name__}")
-            return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-                    for k, v in sd.items()}
+            return {k: np.asarray(v) for k, v in sd.items()}
         if ext == ".safetensors":
             from safetensors.numpy import load_file  # optional path: .safetensors files only
             return dict(load_file(path))

@@ -27,7 +27,9 @@ blob id (``sha1(b"blob %d\\0" % size + data)``), which for a file kept in Git LF
 blob of its pointer (``oid sha256:...``, ``size ...``): both forms are accepted. A file
 that does not match is refused (a downloaded one is deleted). Checks are remembered by
 (path, size, mtime) in the cache's ``verified.json``, so a file is hashed once. Files are
-loaded as data, never code (``torch.load(weights_only=True)``).
+read as data, never code, and without PyTorch (`thinjax.interop.pt_reader`); a network is
+converted once, then read from the cache (`thinjax.zoo.converted`, keyed by the file's
+sha256).
 
 This package is the library; the command is ``thinjax/zoo/__main__.py``.
 """
@@ -48,8 +50,8 @@ from tqdm import tqdm
 from thinjax import cache
 from thinjax.cost import count
 from thinjax.errors import CheckpointError
-from thinjax.interop.torch import import_checkpoint
 from thinjax.plan import Plan, default_input_size, plan_from_width
+from thinjax.zoo import converted
 from thinjax.zoo.checksums import CHUNK, _remember, digests, file_digests, git_blob_id, matches
 from thinjax.zoo.checksums import lfs_pointer as lfs_pointer  # public here too
 
@@ -303,11 +305,19 @@ def load(name: str, width: int | None = None, dataset: str = "cifar10",
     """(plan, variables) of a released network: ``load("resnet56", width=12)`` or
     ``load("resnet56_w12_cifar10")``."""
     e = entry(name) if width is None else entry(arch=name, width=width, dataset=dataset)
-    plan, variables = import_checkpoint(fetch(e, progress))
+    plan, variables, _ = load_entry(e, progress)
+    return plan, variables
+
+
+def load_entry(e: Entry, progress: bool = True) -> tuple[Plan, dict, str]:
+    """(plan, variables, the checked release file) of `e`: converted from the file once,
+    then read from the cache of converted networks (`thinjax.zoo.converted`)."""
+    path = fetch(e, progress)
+    plan, variables = converted.load(path, digests(path)["sha256"])
     if plan != e.plan():
         raise ZooError(f"{e.name}: the file's plan ({plan.describe()}) is not the expected "
                        f"{e.plan().describe()}")
-    return plan, variables
+    return plan, variables, path
 
 
 # -- the table -------------------------------------------------------------------------
