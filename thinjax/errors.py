@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import os
 import re
 import sys
@@ -50,6 +51,20 @@ class TargetError(ThinjaxError, ValueError):
 
 class OutputError(ThinjaxError, FileExistsError):
     """An output path that exists, is not ours to replace, or cannot be written."""
+
+
+class MissingExtra(ThinjaxError, ImportError):
+    """A part of thinjax whose optional dependency is not installed (`require`)."""
+
+
+def require(module: str, extra: str, part: str):
+    """``import module``, or `MissingExtra` naming the pip extra that installs it (the core
+    install has models, plans, cost, pruning, the zoo and checkpoints; pyproject.toml)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise MissingExtra(f"{part} needs {e.name}, which is not installed: pip install "
+                           f"'thinjax[{extra}]' (or 'thinjax[all]')") from None
 
 
 class NonFiniteLoss(ThinjaxError, RuntimeError):

@@ -3,6 +3,7 @@ with its budget, seed spread, Pareto front) beside published results (`plot`).""
 
 from __future__ import annotations
 
+from thinjax.errors import require
 from thinjax.report import aggregate, budget_key, budget_text, drop_label, pareto
 
 
@@ -68,7 +69,7 @@ def plot(rows: list[dict], literature: list[dict], path_stem: str, key: str,
     its budget in the legend, open markers where the budget differs from the sweep's,
     seed spread as error bars, Pareto front ringed) and published (literature points with
     baseline and drop, the release's ThinResNet figures). Writes PNG and SVG."""
-    import matplotlib  # heavy: loaded only when a plot is drawn
+    matplotlib = require("matplotlib", "plot", "plotting")  # heavy: only when drawn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after use("Agg"): no display needed
     unit = "MACs" if key == "macs" else "parameters"

@@ -18,9 +18,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
+from thinjax.errors import require
 from thinjax.plan import Plan
+
+tf = require("tensorflow", "train", "TFLite export")
 
 
 def fold_bn(kernel: np.ndarray, bn_params: Mapping, bn_stats: Mapping,

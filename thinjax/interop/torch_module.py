@@ -23,11 +23,13 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
-import torch
-from torch import nn
 
+from thinjax.errors import require
 from thinjax.interop.torch import to_state_dict
 from thinjax.plan import BlockPlan, Plan
+
+torch = require("torch", "torch", "PyTorch export")
+nn = torch.nn
 
 __all__ = ["TorchResNet", "from_variables", "load_exported", "plan_file_for"]
 

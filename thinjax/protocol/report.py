@@ -13,12 +13,13 @@ import csv
 import math
 import os
 
+from thinjax.errors import require
 from thinjax.protocol import analysis
 from thinjax.protocol.spec import Protocol
 
 
 def _plt():
-    import matplotlib  # heavy: loaded only when a plot is drawn
+    matplotlib = require("matplotlib", "plot", "plotting")  # heavy: only when drawn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after use("Agg"): no display needed
     return plt
