@@ -29,7 +29,8 @@ def test_overrides_are_checked(tmp_path):
     assert "differs from the configured one" in r.stderr
     r = main("--config=configs/eval_release.py", f"--workdir={tmp_path}", "--config.model.widht=8")
     assert r.returncode == 2
-    assert "unknown config key 'model.widht'; valid keys here: " in r.stderr
+    assert ("unknown config key 'model.widht'; did you mean 'model.width'? valid keys here: "
+            in r.stderr)
     assert "model.width" in r.stderr and "model.base_width" in r.stderr
 
 

@@ -105,8 +105,8 @@ def test_config_schema_refuses_unknown_keys():
     validate(c)
     c.unlock()
     c.train.epoks = 3
-    with pytest.raises(ValueError, match=r"unknown config key 'train.epoks'; valid keys here: "
-                                         r".*train.epochs"):
+    with pytest.raises(ValueError, match=r"unknown config key 'train.epoks'; did you mean "
+                                         r"'train.epochs'\? valid keys here: .*train.epochs"):
         validate(c)
 
 

@@ -8,6 +8,7 @@ recorded: only `SAFE_KEYS` and the run's length (`LENGTH_KEYS`) may change on a 
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -144,7 +145,9 @@ def _refuse(keys: list[str], valid: set[str]) -> None:
     depth = first.count(".")
     near = sorted(k for k in valid if k.startswith(section) and k.count(".") == depth)
     near = near or sorted(k for k in valid if "." not in k)
-    raise ConfigError(f"unknown config key {first!r}; valid keys here: {', '.join(near)}")
+    guess = difflib.get_close_matches(first, sorted(valid), n=1, cutoff=0.6)
+    hint = f"did you mean {guess[0]!r}? " if guess else ""
+    raise ConfigError(f"unknown config key {first!r}; {hint}valid keys here: {', '.join(near)}")
 
 
 def check_overrides(argv: list[str]) -> None:
