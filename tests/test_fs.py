@@ -27,3 +27,23 @@ def test_metric_writer_rewrites_whole_files_where_it_cannot_append(tmp_path, mon
     w.close()
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
+
+
+def test_temporary_files_renamed_into_place_get_a_new_files_permissions(tmp_path):
+    """A cache or output file made through fs.mkstemp is readable by the group (umask
+    022 -> 0644), not mkstemp's 0600; the umask is honoured (077 -> 0600)."""
+    import os
+
+    from thinjax import fs
+    old = os.umask(0o022)
+    try:
+        fd, tmp = fs.mkstemp(str(tmp_path), ".x.part-")
+        os.close(fd)
+        os.replace(tmp, tmp_path / "x")
+        assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        fd, tmp = fs.mkstemp(str(tmp_path), ".y.part-", mode=0o777)
+        os.close(fd)
+        assert os.stat(tmp).st_mode & 0o777 == 0o700
+    finally:
+        os.umask(old)

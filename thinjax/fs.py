@@ -72,6 +72,22 @@ def write_text(path: str, text: str) -> None:
         raise
 
 
+def umask() -> int:
+    """The process's umask (read by setting it back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def mkstemp(directory: str, prefix: str, suffix: str = "", mode: int = 0o666) -> tuple[int, str]:
+    """`tempfile.mkstemp` in `directory` whose file has the permissions of any new file
+    (`mode` less the umask), not mkstemp's 0600, which would outlive the rename into place
+    (cache files stay readable by the group)."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+    os.fchmod(fd, mode & ~umask())
+    return fd, tmp
+
+
 def stale_name(path: str) -> str:
     """Where a run folder made with other settings is kept when it is rerun (never
     deleted): ``PATH.stale-<time>-<ns>``, unique."""
@@ -244,9 +260,7 @@ def atomic_dir(output: str) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-{os.getpid()}-",
                            dir=parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would outlive the rename
         _step("created")
         yield tmp
         with open(os.path.join(tmp, MARKER), "w") as f:

@@ -39,7 +39,6 @@ import importlib
 import io
 import json
 import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -302,12 +301,8 @@ def _temp_beside(path: str) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.tmp-", suffix=os.path.splitext(base)[1],
-                               dir=parent)
+    fd, tmp = fs.mkstemp(parent, f".{base}.tmp-", os.path.splitext(base)[1])
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
     return tmp
 
 

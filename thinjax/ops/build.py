@@ -26,13 +26,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import jax
 
-from thinjax import cache
+from thinjax import cache, fs
 from thinjax.errors import ThinjaxError
 
 __all__ = ["HANDLERS", "KernelUnavailable", "cache_dir", "load", "onednn_paths"]
@@ -111,7 +110,7 @@ def _build(path: Path) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same library
         if path.exists():
             return
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        fd, tmp = fs.mkstemp(str(path.parent), "tmp", ".so", mode=0o777)
         os.close(fd)
         t0 = time.perf_counter()
         log.info("building thinjax's oneDNN convolution kernels into %s", path)

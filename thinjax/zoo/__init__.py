@@ -42,12 +42,11 @@ import difflib
 import functools
 import os
 import sys
-import tempfile
 import urllib.request
 
 from tqdm import tqdm
 
-from thinjax import cache
+from thinjax import cache, fs
 from thinjax.cost import count
 from thinjax.errors import CheckpointError
 from thinjax.plan import Plan, default_input_size, plan_from_width
@@ -213,7 +212,7 @@ def _download_to(url: str, directory: str, e: Entry, progress: bool) -> str:
     """Downloads `url` into a new temporary file in `directory`; returns its path. On any
     failure the temporary file is removed and ZooError says what failed."""
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{e.filename}.part-", dir=directory)
+    fd, tmp = fs.mkstemp(directory, f".{e.filename}.part-")
     try:
         with os.fdopen(fd, "wb") as f:
             _stream(url, f, e.size, progress, e.filename)

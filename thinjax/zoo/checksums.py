@@ -7,10 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import TYPE_CHECKING, Any
 
-from thinjax import cache
+from thinjax import cache, fs
 
 if TYPE_CHECKING:
     from thinjax.zoo import Entry
@@ -72,7 +71,7 @@ def _remember(path: str, d: dict[str, Any]) -> None:
     db[os.path.realpath(path)] = {**d, **_stamp(st)}
     try:
         os.makedirs(cache.zoo_dir(), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="verified.json.tmp-", dir=cache.zoo_dir())
+        fd, tmp = fs.mkstemp(cache.zoo_dir(), "verified.json.tmp-")
         with os.fdopen(fd, "w") as f:
             json.dump(db, f, indent=0)
         os.replace(tmp, _verified_db())

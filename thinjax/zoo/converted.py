@@ -17,14 +17,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 
 import numpy as np
 from flax import traverse_util
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from thinjax import cache
+from thinjax import cache, fs
 from thinjax.interop.torch import import_checkpoint
 from thinjax.plan import Plan
 
@@ -90,7 +89,7 @@ def write(path: str, sha256: str, plan: Plan, variables: dict) -> None:
     tmp = None
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{sha256[:16]}.part-", dir=directory)
+        fd, tmp = fs.mkstemp(directory, f".{sha256[:16]}.part-")
         os.close(fd)
         save_file(flat, tmp, metadata=meta)
         os.replace(tmp, path)
