@@ -49,6 +49,7 @@ def get_config():
     c.data = ml_collections.ConfigDict({"name": "cifar10", "data_dir": "", "split": "test",
                                         "eval_batch_size": 500, "train_images": 50_000})
     c.eval_label = "CIFAR-10 JPEG test split"
+    c.eval_label_data = "cifar10-jpeg"  # the data eval_label and notes describe
     c.sweep = []
     c.sweep_range = {"arch": "resnet20", "widths": tuple(range(1, 17)), "dataset": "cifar10",
                      "epochs": 600}

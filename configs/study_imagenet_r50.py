@@ -32,6 +32,7 @@ def get_config():
     c.data = ml_collections.ConfigDict({"name": "imagenet2012", "data_dir": "",
                                         "split": "validation", "eval_batch_size": 1000})
     c.eval_label = "ImageNet validation, 224 px"
+    c.eval_label_data = "imagenet2012"  # the data eval_label and notes describe
     c.sweep = [{"name": "ThinResNet-50 w=16 (release)",
                 "checkpoint": "{release}/resnet50_width16_imagenet_ema.pt", "epochs": 600}] + [
         {"name": f"ThinResNet-50 w={w}", "checkpoint": "{sweep_dir}/r50_w" + str(w),

@@ -296,3 +296,24 @@ def test_study_configs_load_and_plan_their_runs(name, n_runs):
     assert all("{" not in st.resolve(getattr(r.spec, "checkpoint", None) or
                                      getattr(r.spec, "base", None) or "") for r in runs)
     assert st.literature()  # the bundled table has rows for this network and dataset
+
+
+def test_a_report_names_the_data_it_ran_on_and_the_weights_each_row_used(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.eval_label, cfg.eval_label_data = "CIFAR-10 JPEG test split", "cifar10-jpeg"
+    cfg.notes = "Measured points: top-1 on the JPEG test split."
+    st = Study(cfg, str(tmp_path / "study"))
+    os.makedirs(st.workdir)
+    base = {"kind": "thin", "params": 10, "macs": 100, "top1": 50.0, "top5": 90.0,
+            "method": "m", "epochs": 0.0}
+    st.rows = {"a": {**base, "name": "a", "source": "a", "arm": "release", "weights": "ema"},
+               "b": {**base, "name": "b", "source": "b", "arm": "pruned+ft", "weights": "raw",
+                     "kind": "pruned"}}
+    st.write_outputs()
+    md = (tmp_path / "study" / "report.md").read_text()
+    assert ("Data: sample:cifar10, split test. Scored on: ema weights for 1 row(s) (release); "
+            "raw weights for 1 row(s) (pruned+ft). (The notes below were written for "
+            "cifar10-jpeg, not for this data.)") in md
+    assert st.eval_label() == "sample:cifar10, split test"  # the plots' label
+    cfg.data.name = str(tmp_path / "cifar10-jpeg") + "/"  # the data the words describe
+    assert st.eval_label() == "CIFAR-10 JPEG test split" and st.label_holds()

@@ -36,13 +36,14 @@ class Outputs:
                 w = csv.DictWriter(f, fieldnames=list(lit[0]))
                 w.writeheader()
                 w.writerows(lit)
-        title, label = self.cfg.title, self.cfg.get("eval_label", self.cfg.data.name)
+        title, label = self.cfg.title, self.eval_label()
         plots = {}
         if rows:
             for key, stem in (("macs", "acc_vs_macs"), ("params", "acc_vs_params")):
                 plots[key] = study_plot(rows, lit, os.path.join(self.workdir, stem), key,
                                          title, label)
-        md = report.markdown(title, rows, lit, plots, self.failures, self.cfg.get("notes", ""),
+        notes = self.data_and_weights(rows) + "\n\n" + self.cfg.get("notes", "")
+        md = report.markdown(title, rows, lit, plots, self.failures, notes.strip(),
                              self.cfg.get("domain", ""), self.not_run())
         with open(os.path.join(self.workdir, "report.md"), "w") as f:
             f.write(md)
@@ -50,6 +51,36 @@ class Outputs:
             self.copy_outputs(report_dir, plots)
         return {"rows": rows, "failures": self.failures, "report":
                 os.path.join(self.workdir, "report.md")}
+
+    def ran_on(self) -> str:
+        """The data the rows were measured on, as the study config's data says."""
+        d = self.cfg.data
+        return f"{os.path.basename(str(d.name).rstrip('/'))}, split {d.get('split', 'test')}"
+
+    def label_holds(self) -> bool:
+        """Whether the config's own words about its data (eval_label, notes) describe the
+        data this study ran on: its ``eval_label_data`` (a data name's last part) is that of
+        config.data.name (a config without one is taken at its word)."""
+        want = self.cfg.get("eval_label_data")
+        return not want or os.path.basename(str(self.cfg.data.name).rstrip("/")) == want
+
+    def eval_label(self) -> str:
+        if self.cfg.get("eval_label") and self.label_holds():
+            return self.cfg.eval_label
+        return self.ran_on()
+
+    def data_and_weights(self, rows: list[dict]) -> str:
+        """One generated sentence: the data the rows ran on and the weights each scored."""
+        by: dict[str, list[str]] = {}
+        for r in rows:
+            by.setdefault(str(r.get("weights") or "?"), []).append(str(r.get("arm") or "?"))
+        w = "; ".join(f"{k} weights for {len(v)} row(s) ({', '.join(sorted(set(v)))})"
+                      for k, v in sorted(by.items()))
+        s = f"Data: {self.ran_on()}. Scored on: {w or 'no rows yet'}."
+        if not self.label_holds():
+            s += (f" (The notes below were written for {self.cfg.eval_label_data}, not for "
+                  "this data.)")
+        return s
 
     def not_run(self) -> list[str]:
         """The config's own list (cfg.not_run) and the planned runs that have no row and did
