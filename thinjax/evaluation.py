@@ -10,13 +10,11 @@ preprocessing and the view a plan wants (`eval_view`). The training loop, `thinj
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
-from tqdm import tqdm
 
 from thinjax import optim
 from thinjax.cost import count
@@ -24,6 +22,7 @@ from thinjax.errors import DataError
 from thinjax.load import load_model
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
+from thinjax.progress import progress_bar
 from thinjax.sharding import global_batch
 
 IMAGENET_RESIZE = 232  # the release: Resize(232) then CenterCrop(224)
@@ -53,8 +52,7 @@ def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int
     """
     sums = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0}
     t0 = time.perf_counter()
-    bar = tqdm(total=total, unit="img", desc="eval", disable=not progress, file=sys.stderr,
-               mininterval=2.0)
+    bar = progress_bar(total, "img", "eval", progress, mininterval=2.0)
     pending = None
     for b in batches:
         n_local = int(b["mask"].sum())

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 
 from absl import flags
@@ -40,7 +39,7 @@ def main(argv: list[str]) -> dict:
         return {"networks": table}
     if command == "get" and len(args) == 1:
         e = entry(args[0])
-        path = fetch(e, progress=sys.stderr.isatty())
+        path = fetch(e)  # a bar on a terminal, plain lines elsewhere (thinjax.progress)
         print(path)
         return {"name": e.name, "path": path, "bytes": os.path.getsize(path),
                 "release_path": e.path}

@@ -17,6 +17,9 @@ import hashlib
 import os
 import re
 import shutil
+import socket
+import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Callable
 
@@ -27,6 +30,7 @@ from thinjax.data._tf import graph_fn, host_only, tf
 from thinjax.errors import DataError
 
 SAMPLES = {"cifar10": "cifar10_sample.zip"}
+CONNECT_TIMEOUT_S = 10.0  # per download host, before TFDS's downloader is started
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
 
 
@@ -162,13 +166,8 @@ def _tfds_source(name: str, data_dir: str | None, download: bool) -> Source:
                         f"bundled sample ({', '.join('sample:' + s for s in SAMPLES)}), and not "
                         "a TFDS dataset (image classification ones include cifar10, cifar100, "
                         f"imagenet2012, imagenette; all: tfds.list_builders()).{hint}") from e
-    if download:
-        try:
-            builder.download_and_prepare()
-        except Exception as e:
-            raise DataError(f"TFDS dataset {name!r} is not prepared in "
-                            f"{builder.data_dir} and could not be downloaded ({e}). Prepare it "
-                            "where there is network access, or set data.data_dir") from e
+    if download and not builder.data_path.exists():  # download_and_prepare's own test
+        _prepare(builder, name)
     splits = {k: v.num_examples for k, v in builder.info.splits.items()}
     num_classes = builder.info.features["label"].num_classes
     shape = builder.info.features["image"].shape
@@ -183,6 +182,42 @@ def _tfds_source(name: str, data_dir: str | None, download: bool) -> Source:
                       num_parallel_calls=tf.data.AUTOTUNE)
 
     return Source(name, splits, num_classes, size, make)
+
+
+def _prepare(builder, name: str) -> None:
+    """Downloads and prepares a TFDS dataset, or says in one line why it cannot. Without a
+    network the download hosts are found unreachable first, in seconds: TFDS's own
+    downloader retries each URL for minutes."""
+    where = (f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and cannot be "
+             "downloaded")
+    point = "point data_dir (config.data.data_dir, --data_dir) at a TFDS data folder holding it"
+    fix = f"run this where there is network access (TFDS prepares it in data_dir), or {point}"
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:  # imagenet2012: the files come by hand
+        fix = f"follow TFDS's instructions, or {point}"
+    else:
+        why = unreachable(list(builder.url_infos or {}))
+        if why:
+            raise DataError(f"{where}: no network ({why}); {fix}")
+    try:
+        builder.download_and_prepare()
+    except Exception as e:
+        raise DataError(f"{where} ({' '.join(str(e).split())}); {fix}") from e
+
+
+def unreachable(urls: list[str], timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
+    """'host: reason' for the first host of the http(s) `urls` that takes no connection,
+    or None when all do. Behind a proxy (HTTP_PROXY, ...) the download itself tells."""
+    if urllib.request.getproxies():
+        return None
+    parsed = [urllib.parse.urlsplit(u) for u in urls]
+    hosts = sorted({(u.hostname, u.port or (443 if u.scheme == "https" else 80))
+                    for u in parsed if u.scheme in ("http", "https") and u.hostname})
+    for host, port in hosts:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+        except OSError as e:
+            return f"{host}: {e.strerror or str(e) or type(e).__name__}"
+    return None
 
 
 def get_source(name: str, data_dir: str | None = None, download: bool = True) -> Source:

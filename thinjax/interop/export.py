@@ -52,6 +52,7 @@ from PIL import Image
 from thinjax import cache, fs, pixels
 from thinjax.cost import count
 from thinjax.errors import OutputError, ThinjaxError
+from thinjax.interop.quiet import stderr_without
 from thinjax.interop.torch import to_state_dict
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
@@ -210,7 +211,10 @@ def tflite_interpreter(path: str) -> Any:
         Interpreter = require("tensorflow", "tflite").lite.Interpreter
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-        return Interpreter(model_path=path)
+        interp = Interpreter(model_path=path)
+    with stderr_without("INFO: Created TensorFlow Lite XNNPACK delegate"):
+        interp.allocate_tensors()  # applies XNNPACK, which says so (once a process)
+    return interp
 
 
 def run_tflite(interpreter: Any, images_nhwc: np.ndarray) -> np.ndarray:

@@ -41,15 +41,13 @@ import dataclasses
 import difflib
 import functools
 import os
-import sys
 import urllib.request
-
-from tqdm import tqdm
 
 from thinjax import cache, fs
 from thinjax.cost import count
 from thinjax.errors import CheckpointError
 from thinjax.plan import Plan, default_input_size, plan_from_width
+from thinjax.progress import progress_bar
 from thinjax.zoo import converted
 from thinjax.zoo.checksums import CHUNK, _remember, digests, file_digests, git_blob_id, matches
 from thinjax.zoo.checksums import lfs_pointer as lfs_pointer  # public here too
@@ -194,8 +192,8 @@ def _stream(url: str, dst, total: int | None, progress: bool, label: str) -> int
                           f"{cap:,} expected")
         expected = int(length) if length and length.isdigit() else total
         n = 0
-        with tqdm(total=expected, unit="B", unit_scale=True, desc=label, leave=False,
-                  disable=not progress, file=sys.stderr) as bar:
+        with progress_bar(expected, "B", label, progress, unit_scale=True,
+                          leave=False) as bar:
             # the lambda reads the running count n on purpose (a read never passes the cap)
             for chunk in iter(lambda: resp.read(min(CHUNK, cap + 1 - n)), b""):  # noqa: B023
                 n += len(chunk)
