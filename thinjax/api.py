@@ -35,6 +35,7 @@ from thinjax.prune import spec as prune_spec
 from thinjax.prune.criteria import needs_data
 from thinjax.prune.materialize import materialize
 from thinjax.prune.pruner import check_target, compute_masks
+from thinjax.prune.recalibrate import recalibrate_bn as recalibrate
 from thinjax.prune.spec import PruneSpec
 
 __all__ = ["Network", "Pruning", "create_model", "list_models", "prune_model"]
@@ -52,11 +53,14 @@ ONE_SHOT = ("criterion", "score_members", "fpgm_p", "reduce", "allocation", "nor
 @dataclasses.dataclass(frozen=True, eq=False)
 class Pruning:
     """How a pruned `Network` was cut: the decision, the network it was cut from (its
-    plan) and the keep-masks on that network's channel groups (1 = kept)."""
+    plan) and the keep-masks on that network's channel groups (1 = kept). Without BN
+    recalibration the pruned network computes what that network computes with these
+    masks: ``dense.model.apply(dense.variables, x, masks=pruning.masks)``."""
     spec: PruneSpec
     dense_plan: Plan
     masks: dict[str, np.ndarray]
     input_size: int  # the image size its MACs were counted at
+    recalibrated: int = 0  # batches its BN statistics were re-estimated on (0: none)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -220,47 +224,62 @@ def _released(arch: str, width: int | None, dataset: str | None, num_classes: in
 def prune_model(network: Network | Plan | ResNet, variables: dict | None = None, *,
                 target: float, target_kind: str = "macs_fraction", criterion: str = "l1",
                 allocation: str = "global", round_to: int = 1,
-                data: Iterable[Mapping] | Mapping | None = None,
+                data: Iterable[Mapping] | Mapping | None = None, recalibrate_bn: int = 0,
                 input_size: int | None = None, seed: int = 0, **options: Any) -> Network:
     """One-shot structured pruning: a new, genuinely smaller `Network` whose cost meets
-    `target` (its `pruning` says how it was cut).
+    `target` within 1% (its `pruning` says how it was cut). Not fine-tuned.
 
-    `network`: a `Network` (`create_model`, or an earlier `prune_model`), or a `Plan` or a
-    `thinjax.models.ResNet` with its `variables`. `target_kind`: ``macs_fraction`` /
-    ``params_fraction`` (of the network's MACs / params; ``target=0.5`` halves them),
-    ``macs`` / ``params`` (absolute counts, at `input_size`, default the network's) or
-    ``ratio`` (the fraction of channels removed). `criterion` scores channels (l1, l2,
-    bn_scale, fpgm, group_norm, random, taylor, hrank: `thinjax.prune.criteria`);
-    `allocation` (global | uniform | explicit) spreads the removal; every channel count
-    stays a multiple of `round_to`. Criteria that need data (taylor, hrank) take `data`:
-    an iterable of ``{'image': NHWC float, 'label': int}`` batches (or one such batch); the
-    others ignore it. `options`: the other fields of a one-shot `PruneSpec`
+    `network`: a `Network` (`create_model`, or an earlier `prune_model`: targets are then
+    relative to it), or a `Plan` or a `thinjax.models.ResNet` with its `variables`.
+    `target_kind`: ``macs_fraction`` / ``params_fraction`` (of the network's MACs /
+    params; ``target=0.5`` halves them), ``macs`` / ``params`` (counts, at `input_size`,
+    default the network's) or ``ratio`` (the fraction of channels removed). `criterion`
+    scores channels (l1, l2, bn_scale, fpgm, group_norm, random, taylor, hrank:
+    `thinjax.prune.criteria`); `allocation` (global | uniform | explicit) spreads the
+    removal; every channel count stays a multiple of `round_to`. `data`, an iterable of
+    ``{'image': NHWC float, 'label': int}`` batches (or one batch), feeds the criteria
+    that need it (taylor, hrank; the others ignore it) and, with ``recalibrate_bn=N``, the
+    re-estimation of the BN statistics on N batches after the cut
+    (`thinjax.prune.recalibrate`). `options`: the other fields of a one-shot `PruneSpec`
     (score_members, fpgm_p, reduce, normalization, group_ratios, allow_block_removal,
     taylor_batches); `seed` feeds the random criterion. Bad values raise ConfigError or
     TargetError naming the field."""
     src = _as_network(network, variables)
-    bad = sorted(set(options) - set(ONE_SHOT))
-    if bad:
-        raise ConfigError(f"{bad[0]}={options[bad[0]]!r}: not an option of prune_model; "
-                          f"valid: {', '.join(ONE_SHOT)}")
-    spec = prune_spec.from_config(dict(criterion=criterion, target_kind=target_kind,
-                                       target=target, allocation=allocation,
-                                       round_to=round_to, **options), where="")
+    spec = _spec(criterion, target_kind, target, allocation, round_to, options)
     check_input_size(input_size, "input_size")
+    if isinstance(recalibrate_bn, bool) or not isinstance(recalibrate_bn, int) \
+            or recalibrate_bn < 0:
+        raise ConfigError(f"recalibrate_bn={recalibrate_bn!r}: a number of batches >= 0")
     size = input_size or src.input_size
     check_target(src.plan, None, size, spec.target_kind, spec.target, prefix="")
+    needs = f"criterion={spec.criterion!r}" if needs_data(spec.criterion) else None
     alloc = compute_masks(src.plan, src.variables, spec, spec.goal(), model=src.model,
-                          batches=_batches(data, spec.criterion), input_size=size,
-                          seed=seed)
+                          batches=_batches(data, needs), input_size=size, seed=seed)
     if alloc.plan == src.plan:
         raise TargetError(f"target_kind={spec.target_kind}, target={spec.target:g}: removes "
                           "no channel (rounding keeps every group whole); give a lower "
                           "target or a smaller round_to")
     new_plan, new_variables = materialize(src.plan, alloc.masks, src.variables)
+    model = src.model.clone(plan=new_plan)
     how = f"{spec.criterion} {spec.allocation} to {spec.target_kind}={spec.target:g}"
-    return Network(src.model.clone(plan=new_plan), new_variables,
-                   name=f"{src.name or 'network'}, pruned ({how})",
-                   pruning=Pruning(spec, src.plan, alloc.masks, size))
+    if recalibrate_bn:
+        new_variables = recalibrate(model, new_variables, _batches(
+            data, f"recalibrate_bn={recalibrate_bn}"), recalibrate_bn)
+        how += f", BN recalibrated on {recalibrate_bn} batches"
+    return Network(model, new_variables, name=f"{src.name or 'network'}, pruned ({how})",
+                   pruning=Pruning(spec, src.plan, alloc.masks, size, recalibrate_bn))
+
+
+def _spec(criterion: str, target_kind: str, target: float, allocation: str, round_to: int,
+          options: dict[str, Any]) -> PruneSpec:
+    """The one-shot `PruneSpec` of prune_model's arguments; errors name the argument."""
+    bad = sorted(set(options) - set(ONE_SHOT))
+    if bad:
+        raise ConfigError(f"{bad[0]}={options[bad[0]]!r}: not an option of prune_model; "
+                          f"valid: {', '.join(ONE_SHOT)}")
+    return prune_spec.from_config(dict(criterion=criterion, target_kind=target_kind,
+                                       target=target, allocation=allocation,
+                                       round_to=round_to, **options), where="")
 
 
 def _as_network(network: Network | Plan | ResNet, variables: dict | None) -> Network:
@@ -280,15 +299,16 @@ def _as_network(network: Network | Plan | ResNet, variables: dict | None) -> Net
     return Network(model, variables)
 
 
-def _batches(data: Iterable[Mapping] | Mapping | None, criterion: str
+def _batches(data: Iterable[Mapping] | Mapping | None, needs: str | None
              ) -> Iterator[Mapping] | None:
-    """The batches a data-driven criterion reads, checked as they come; None for others."""
-    if not needs_data(criterion):
+    """The batches `needs` (the argument that reads them; None: nothing) reads, checked as
+    they come. A list is read from its start by each user; an iterator goes on."""
+    if needs is None:
         return None
     example = ("thinjax.data.eval_batches(thinjax.data.get_source('sample:cifar10'), "
                "'test', 64)")
     if data is None:
-        raise ConfigError(f"criterion={criterion!r} needs data: pass data=, an iterable of "
+        raise ConfigError(f"{needs} needs data: pass data=, an iterable of "
                           f"{{'image', 'label'}} batches, e.g. data={example}")
     if isinstance(data, Mapping):
         data = [data]
