@@ -31,7 +31,7 @@ from thinjax.plan import Plan, default_input_size
 from thinjax.prune.criteria import needs_data
 from thinjax.prune.groups import init_masks
 from thinjax.prune.materialize import materialize, small_plan
-from thinjax.prune.pruner import compute_masks
+from thinjax.prune.pruner import check_target, compute_masks
 from thinjax.prune.recalibrate import recalibrate_bn as recalibrate
 from thinjax.prune.spec import PruneSpec
 
@@ -107,23 +107,6 @@ def check_output(output: str, source: str, overwrite: bool) -> None:
     """Refuses an output that is, lies inside or contains `source`, and an existing one
     unless `overwrite` and thinjax wrote it (`thinjax.fs.check_replaceable`)."""
     fs.check_replaceable(output, [source], overwrite)
-
-
-def check_target(plan: Plan, masks: dict | None, size: int, kind: str | None,
-                 target: float | None) -> None:
-    """Refuses a target the network already meets: pruning to it would remove nothing."""
-    if kind is None:
-        return
-    current = small_plan(plan, masks) if masks is not None else plan
-    c, dense = count(current, size), count(plan, size)
-    have = {"params": c.params, "macs": c.macs, "ratio": 0.0,
-            "params_fraction": c.params / dense.params, "macs_fraction": c.macs / dense.macs}
-    value = float(target)
-    nothing = value <= 0 if kind == "ratio" else value >= have.get(kind, -1)
-    if nothing:
-        raise TargetError(f"--target_kind={kind} --target={value:g}: the network already "
-                          f"meets it ({c.params:,} params, {c.macs:,} MACs at {size}px), so "
-                          "there is nothing to prune; give a target below its current cost")
 
 
 def _masks(checkpoint, plan, variables, meta, spec, batches, size, seed):
