@@ -38,14 +38,12 @@ from thinjax import fs, settings
 from thinjax.commands import cli
 from thinjax.config import check_overrides, check_rerun, validate
 from thinjax.cost import count, format_cost
-from thinjax.data import get_source
 from thinjax.errors import CheckpointError, ConfigError, user_errors
 from thinjax.evaluation import evaluate_on
 from thinjax.load import load_model
 from thinjax.models.resnet import build_model
 from thinjax.plan import Plan, plan_from_width
 from thinjax.sharding import initialize_distributed
-from thinjax.train.loop import train_and_evaluate
 from thinjax.workdir import check_workdir, locked, mark_workdir
 
 _FLAGS: dict = {}  # name -> flag holder, once define_flags has run
@@ -99,6 +97,7 @@ def run_evaluate(cfg, workdir: str, plan, model) -> dict:
     weights = {"eval": variables}
     if meta.get("has_ema"):  # a training checkpoint: its EMA weights too
         weights["ema_eval"] = _load_init(cfg, plan, use_ema=True)[0]
+    from thinjax.data import get_source  # TensorFlow (the train extra): loaded when used
     source = get_source(cfg.data.name, data_dir=cfg.data.data_dir)
     out = {"mode": "evaluate", "workdir": workdir, **cost.to_dict(), "plan": plan.to_dict(),
            "init_from": cfg.init_from}
@@ -115,6 +114,7 @@ def run_evaluate(cfg, workdir: str, plan, model) -> dict:
 
 def run_train(cfg, workdir: str, plan, model) -> dict:
     init = _load_init(cfg, plan)[0] if cfg.init_from else None
+    from thinjax.train.loop import train_and_evaluate  # TensorFlow (the train extra)
     return train_and_evaluate(settings.from_config(cfg), workdir, model, plan, init)
 
 

@@ -1,8 +1,10 @@
 """TensorFlow for tf.data only, set up once for every data module."""
 import logging
 
-import tensorflow as tf
+from thinjax.errors import require
 
+# training and evaluation input: the `train` extra
+tf = require("tensorflow", "train", "thinjax.data (training and evaluation input)")
 log = logging.getLogger(__name__)
 _HOST_ONLY: list[bool] = []
 

@@ -23,11 +23,11 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 
-import tensorflow_datasets as tfds
-
 from thinjax import cache
 from thinjax.data._tf import graph_fn, host_only, tf
-from thinjax.errors import DataError
+from thinjax.errors import DataError, require
+
+tfds = require("tensorflow_datasets", "train", "thinjax.data (training and evaluation input)")
 
 SAMPLES = {"cifar10": "cifar10_sample.zip"}
 CONNECT_TIMEOUT_S = 10.0  # per download host, before TFDS's downloader is started

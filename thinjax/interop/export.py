@@ -47,11 +47,11 @@ from typing import Any
 
 import jax
 import numpy as np
-from PIL import Image
 
 from thinjax import cache, fs, pixels
 from thinjax.cost import count
 from thinjax.errors import OutputError, ThinjaxError
+from thinjax.errors import require as require_extra
 from thinjax.interop.quiet import stderr_without
 from thinjax.interop.torch import to_state_dict
 from thinjax.models.resnet import ResNet
@@ -256,6 +256,7 @@ def runner(fmt: str, path: str, plan: Plan | None = None) -> Callable[[np.ndarra
 def sample_images(n: int = 16, size: int = 32, seed: int = 0) -> np.ndarray:
     """`n` real CIFAR-10 test images from the bundled sample, NHWC float32, normalised with
     the ImageNet mean/std as thinjax does (resized with PIL where `size` is not 32)."""
+    Image = require_extra("PIL.Image", "export", "an export's check")
     with zipfile.ZipFile(SAMPLE_ZIP) as z:
         names = sorted(m for m in z.namelist() if m.startswith("test/") and m.endswith(".jpg"))
         pick = np.random.default_rng(seed).choice(len(names), n, replace=n > len(names))
