@@ -130,3 +130,18 @@ def test_wandb_may_be_turned_on_when_a_run_is_resumed(tmp_path):
     new.model.width = 8
     with pytest.raises(ConfigError, match=r"model.width: 16 -> 8"):
         check_rerun(str(tmp_path), new, plan_from_width("resnet20", 8))
+
+
+def test_a_wandb_run_that_cannot_start_is_one_error(tmp_path, monkeypatch):
+    """Online without a W&B login: a ConfigError saying how to go on, not wandb's traceback."""
+    pytest.importorskip("wandb")
+    from thinjax.settings import LoggingSettings
+    from thinjax.train.metrics import MetricWriter
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    log = LoggingSettings(wandb=True, wandb_project="p", wandb_entity="", wandb_name="",
+                          wandb_mode="online")
+    with pytest.raises(ConfigError, match=r"W&B could not start a run \(.*API key.*\); log in"):
+        MetricWriter(str(tmp_path), enabled=True, logging=log)

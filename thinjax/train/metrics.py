@@ -90,11 +90,17 @@ class WandbWriter:
         run_id = fs.read_text(id_path).strip() if fs.exists(id_path) else uuid.uuid4().hex[:16]
         fs.write_text(id_path, run_id + "\n")
         local = None if fs.is_remote(workdir) or os.environ.get("WANDB_DIR") else workdir
-        self.run = wandb.init(
-            project=log.wandb_project, entity=log.wandb_entity or None, id=run_id,
-            name=log.wandb_name or os.path.basename(os.path.normpath(workdir)),
-            mode=log.wandb_mode or None, resume="allow", dir=local, config=config,
-            settings=wandb.Settings(console="off"))
+        try:
+            self.run = wandb.init(
+                project=log.wandb_project, entity=log.wandb_entity or None, id=run_id,
+                name=log.wandb_name or os.path.basename(os.path.normpath(workdir)),
+                mode=log.wandb_mode or None, resume="allow", dir=local, config=config,
+                settings=wandb.Settings(console="off"))
+        except wandb.errors.Error as e:  # not logged in, no network, ...
+            raise ConfigError(f"config.logging.wandb: W&B could not start a run ({e}); log in "
+                              "(wandb login), or log offline (--config.logging.wandb_mode="
+                              "offline, upload later with wandb sync), or set "
+                              "--config.logging.wandb=False") from e
         self.last = self.run.step  # a resumed W&B run's current step
 
     def write(self, step: int, scalars: dict) -> None:
