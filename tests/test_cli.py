@@ -17,11 +17,11 @@ COMMANDS = {"thinjax-train": "commands.train", "thinjax-evaluate": "commands.eva
             "thinjax-cost": "commands.cost", "thinjax-convert": "commands.prune",
             "thinjax-prune": "commands.prune", "thinjax-import-torch": "commands.import_torch",
             "thinjax-study": "commands.study", "thinjax-export": "commands.export",
-            "thinjax-zoo": "commands.zoo"}
+            "thinjax-zoo": "commands.zoo", "thinjax-plot": "commands.plot"}
 # python -m thinjax.X, the spellings the docs use, as aliases of the command modules
 ALIASES = {"main": "train", "evaluate": "evaluate", "cost.__main__": "cost",
            "convert": "prune", "import_torch": "import_torch", "study": "study",
-           "export": "export", "zoo.__main__": "zoo"}
+           "export": "export", "zoo.__main__": "zoo", "plot": "plot"}
 # an absl/glog log line (I0101 12:00:00.000 ...), Python logging's default format, orbax
 LOG_LINE = re.compile(r"^([IWEF]\d{4} |(INFO|WARNING|ERROR):(absl|root|orbax|jax)|.*orbax)",
                       re.M)

@@ -13,7 +13,7 @@ PKG = os.path.join(ROOT, "thinjax")
 # the command modules: thinjax/commands/ as a whole, and the aliases that keep the old
 # ``python -m thinjax.X`` spellings (paths relative to thinjax/)
 COMMANDS = {"main.py", "evaluate.py", "convert.py", "export.py", "import_torch.py",
-            "study.py", "zoo/__main__.py", "cost/__main__.py"}
+            "study.py", "zoo/__main__.py", "cost/__main__.py", "plot.py"}
 # edges (importer, imported) left in a cycle on purpose, each with its reason: none
 KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 

@@ -43,8 +43,8 @@ x = np.zeros((2, 32, 32, 3), np.float32)
 print(json.dumps({"macs": [net.cost().macs, small.cost().macs],
                   "params": [net.cost().params, small.cost().params],
                   "logits": list(np.asarray(small(x)).shape),
-                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in %r)}))
-""" % (EXTRAS,), THINJAX_ZOO_DIR=RELEASE, THINJAX_CACHE=str(tmp_path))
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in EXTRAS)}))
+""".replace("EXTRAS", repr(EXTRAS)), THINJAX_ZOO_DIR=RELEASE, THINJAX_CACHE=str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["loaded"] == []

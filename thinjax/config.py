@@ -9,6 +9,7 @@ recorded: only `SAFE_KEYS` and the run's length (`LENGTH_KEYS`) may change on a 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import math
 import os
@@ -127,6 +128,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.prune.greg_every = 10          # ... every this many steps ...
     c.prune.greg_ceiling = 1.0       # ... up to this
     c.prune.materialize = True       # after the last event, continue on the smaller network
+
+    c.logging = C()                  # where the scalars go besides metrics.jsonl and tensorboard/
+    c.logging.wandb = False          # also Weights & Biases (pip install 'thinjax[wandb]')
+    c.logging.wandb_project = "thinjax"
+    c.logging.wandb_entity = ""      # "": wandb's default entity
+    c.logging.wandb_name = ""        # "": the workdir's folder name
+    c.logging.wandb_mode = ""        # online | offline | disabled; "": wandb's ($WANDB_MODE)
     return c
 
 
@@ -169,7 +177,28 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if cfg.mode not in ("train", "evaluate"):
         raise ConfigError(f"config.mode {cfg.mode!r} unknown; use 'train' or 'evaluate'")
     _check_ranges(cfg)
+    _check_logging(cfg)
     prune_spec.from_config(cfg.prune)  # the pruning section, typed: errors name the field
+
+
+WANDB_MODES = ("", "online", "offline", "disabled")
+
+
+def _check_logging(cfg: ml_collections.ConfigDict) -> None:
+    """Refuses a W&B mode wandb does not know, and W&B logging without wandb installed
+    (found, not imported: importing wandb is slow)."""
+    log = cfg.get("logging")
+    if log is None or not log.wandb:
+        return
+    if log.wandb_mode not in WANDB_MODES:
+        raise ConfigError(f"config.logging.wandb_mode={log.wandb_mode!r} unknown; use one of "
+                          "online, offline, disabled (or '' for wandb's default)")
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError(WANDB_MISSING)
+
+
+WANDB_MISSING = ("config.logging.wandb=True needs the Python package 'wandb', which is not "
+                 "installed: pip install 'thinjax[wandb]' (or set --config.logging.wandb=False)")
 
 
 POSITIVE = ("model.width", "data.image_size", "data.eval_batch_size", "train.batch_size",
@@ -205,7 +234,8 @@ def _check_ranges(cfg: ml_collections.ConfigDict) -> None:
 SAFE_KEYS = (  # may differ on a rerun of a workdir: they change no weight
     "train.log_every", "train.eval_every_epochs", "train.checkpoint_every",
     "train.keep_checkpoints", "train.keep_best", "train.async_checkpoints",
-    "data.eval_batch_size", "data.data_dir", "data.cache")
+    "data.eval_batch_size", "data.data_dir", "data.cache", "logging.wandb",
+    "logging.wandb_project", "logging.wandb_entity", "logging.wandb_name", "logging.wandb_mode")
 LENGTH_KEYS = ("train.epochs", "train.total_steps")  # allowed, with a warning
 
 

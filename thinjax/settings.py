@@ -15,8 +15,8 @@ from typing import Any
 from thinjax.prune.spec import PruneSpec
 from thinjax.prune.spec import from_config as prune_from_config
 
-__all__ = ["DataSettings", "EmaSettings", "ModelSettings", "OptimSettings", "Settings",
-           "TrainSettings", "as_settings", "data_settings", "from_config"]
+__all__ = ["DataSettings", "EmaSettings", "LoggingSettings", "ModelSettings", "OptimSettings",
+           "Settings", "TrainSettings", "as_settings", "data_settings", "from_config"]
 
 _frozen = dataclasses.dataclass(frozen=True)
 
@@ -102,6 +102,15 @@ class EmaSettings:
 
 
 @_frozen
+class LoggingSettings:
+    wandb: bool
+    wandb_project: str
+    wandb_entity: str
+    wandb_name: str
+    wandb_mode: str
+
+
+@_frozen
 class Settings:
     """A whole run's settings (the config's sections, typed)."""
     mode: str
@@ -113,6 +122,7 @@ class Settings:
     optim: OptimSettings
     ema: EmaSettings
     prune: PruneSpec
+    logging: LoggingSettings
 
     def to_dict(self) -> dict[str, Any]:
         """The plain nested dict of the config it came from (JSON-ready)."""
@@ -123,7 +133,7 @@ class Settings:
 
 
 _SECTIONS = {"model": ModelSettings, "data": DataSettings, "train": TrainSettings,
-             "optim": OptimSettings, "ema": EmaSettings}
+             "optim": OptimSettings, "ema": EmaSettings, "logging": LoggingSettings}
 
 
 def _section(kind, section) -> Any:

@@ -7,6 +7,9 @@
   each CIFAR-10 class from the JPEG archive, in the split/label/NNNN.jpg layout.
 * resnet20_width4_cifar10_ema.safetensors: the study release's CIFAR-10 ResNet-20 w=4
   EMA weights (MIT license, see LICENSE-thinresnet-release), converted without change.
+* imagenet_wnids.txt (not made here): the 1,000 ImageNet-1k WordNet ids in label order
+  (sorted), a copy of tensorflow_datasets' datasets/imagenet2012/labels.txt; exports record
+  them as class names (thinjax.interop.metadata).
 """
 
 import argparse

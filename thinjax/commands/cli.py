@@ -1,7 +1,7 @@
 """What every thinjax command shares: absl flags, quiet logs, user errors, a JSON last line.
 
 Imported by the command modules alone (thinjax.commands: train, study, evaluate, cost,
-prune, import_torch, export, zoo); library modules never import it. Every command
+prune, import_torch, export, zoo, plot); library modules never import it. Every command
 
   * parses absl flags, spelt with underscores (``--data_dir``, ``--batch_size``,
     ``--input_size``, ``--target_kind``, ``--round_to``, ``--report_dir``); a bad flag is

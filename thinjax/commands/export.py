@@ -15,6 +15,11 @@ released network by name (``zoo:resnet56_w16_cifar10``).
           thinjax.interop.torch_module.load_exported(DST.pt); checked in PyTorch
   tflite  DST.tflite: float32, input NHWC; checked with the TFLite interpreter
 
+ONNX and TFLite files describe themselves (docs/export.md, "Metadata"): input layout and
+size, mean/std, class names and the plan. Class names are those of --dataset (cifar10,
+imagenet, an image folder), by default of the data the checkpoint was trained on where it
+records it (a training run's config, a zoo network), else none.
+
 --batch_size fixes the batch dimension (default: any batch), --input_size the image size
 (default 32 for CIFAR-stem plans, 224 for ImageNet-stem ones). The export is written only
 once its logits on real CIFAR-10 images (the bundled sample) agree with thinjax's within
@@ -26,12 +31,14 @@ from __future__ import annotations
 
 from absl import flags
 
-from thinjax import fs
+from thinjax import fs, zoo
 from thinjax.commands import cli
 from thinjax.commands.cli import UsageError
 from thinjax.cost import check_input_size
 from thinjax.interop.export import FORMATS, check_output, export
+from thinjax.interop.metadata import class_names_for
 from thinjax.load import load_model
+from thinjax.plan import Plan
 
 FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "thinjax checkpoint/workdir, convert "
@@ -51,7 +58,31 @@ _TOLERANCE = flags.DEFINE_float("tolerance", 1e-4, "largest relative logit diffe
                                 "accepted", flag_values=FLAGS)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing --output",
                                flag_values=FLAGS)
+_DATASET = flags.DEFINE_string("dataset", None, "the dataset whose class names the export "
+                               "records: cifar10, imagenet or an image folder (default: the "
+                               "checkpoint's own, where it records it)", flag_values=FLAGS)
 _JSON = cli.define_json(FLAGS)
+
+
+def trained_on(spec: str, meta: dict) -> str | None:
+    """The dataset `spec` was trained on, where it says: a zoo network's, a training run's
+    config's data.name, or that of the zoo network a convert output was pruned from."""
+    for name in (spec, str(meta.get("source") or "")):
+        if name.startswith("zoo:"):
+            return zoo.entry(name.removeprefix("zoo:")).dataset
+    cfg = meta.get("config")
+    return (cfg.get("data") or {}).get("name") if isinstance(cfg, dict) else None
+
+
+def class_names(spec: str, meta: dict, plan: Plan) -> list[str] | None:
+    """The class names the export records (None: unknown); an explicit --dataset whose
+    names are unknown is an error."""
+    names = class_names_for(_DATASET.value or trained_on(spec, meta), plan.num_classes)
+    if _DATASET.value and names is None:
+        raise UsageError(f"--dataset={_DATASET.value}: no {plan.num_classes} class names known "
+                         "for it; give cifar10, imagenet or an image folder with "
+                         f"{plan.num_classes} class folders (or leave --dataset out)")
+    return names
 
 
 def main(argv: list[str]) -> dict:
@@ -62,11 +93,12 @@ def main(argv: list[str]) -> dict:
     fmt, out, ck = _FORMAT.value, _OUTPUT.value, _CHECKPOINT.value
     check_output(fmt, out, _OVERWRITE.value, source=ck)  # before loading anything
     check_input_size(_INPUT_SIZE.value)
-    plan, variables, _ = load_model(ck, use_ema=_EMA.value)
+    plan, variables, meta = load_model(ck, use_ema=_EMA.value)
+    names = class_names(ck, meta, plan)
     with fs.writing(out, "choose an --output you can write to"):
         s = export(plan, variables, fmt, out, batch_size=_BATCH_SIZE.value,
                    input_size=_INPUT_SIZE.value, overwrite=_OVERWRITE.value,
-                   tolerance=_TOLERANCE.value)
+                   tolerance=_TOLERANCE.value, class_names=names)
     s["checkpoint"] = ck
     print(f"{ck} -> {' + '.join(s['files'])} ({fmt}, {s['bytes']:,} bytes, "
           f"{s['params']:,} params, {s['macs'] / 1e6:.2f} M MACs at {s['input_size']}px, "

@@ -19,6 +19,9 @@ Formats:
     (`thinjax.interop.tf_module`, BatchNorm folded) through ``tf.lite.TFLiteConverter``.
     Input NHWC. Checked with the TFLite interpreter.
 
+ONNX and TFLite files describe themselves (input layout and size, mean/std, class names, the
+plan): `thinjax.interop.metadata`.
+
 ``batch_size`` fixes the batch dimension (default: any batch); ``input_size`` fixes the
 image size (default 32 for the CIFAR stem, 224 for the ImageNet stem). The check runs
 real CIFAR-10 images from the bundled sample (resized to ``input_size``) through thinjax
@@ -52,6 +55,7 @@ from thinjax import cache, fs, pixels
 from thinjax.cost import count
 from thinjax.errors import OutputError, ThinjaxError
 from thinjax.errors import require as require_extra
+from thinjax.interop import metadata
 from thinjax.interop.quiet import stderr_without
 from thinjax.interop.torch import to_state_dict
 from thinjax.models.resnet import ResNet
@@ -313,13 +317,16 @@ def _temp_beside(path: str) -> str:
 
 def export(plan: Plan, variables: Mapping, fmt: str, output: str, *,
            batch_size: int | None = None, input_size: int | None = None,
-           overwrite: bool = False, tolerance: float = 1e-4, check_images: int = 16) -> dict:
+           overwrite: bool = False, tolerance: float = 1e-4, check_images: int = 16,
+           class_names: list[str] | None = None) -> dict:
     """Writes `plan`/`variables` to `output` in `fmt` once its own runtime reproduces
-    thinjax's logits within `tolerance` (relative); returns a summary dict."""
+    thinjax's logits within `tolerance` (relative); returns a summary dict. ONNX and
+    TFLite files carry `thinjax.interop.metadata.describe` (with `class_names`)."""
     paths = check_output(fmt, output, overwrite)
     if batch_size is not None and batch_size < 1:
         raise ExportError(f"batch size must be >= 1, got {batch_size}")
     size = input_size or default_input_size(plan)
+    meta = metadata.describe(plan, fmt, size, batch_size, class_names)
     t0 = time.perf_counter()
     tmps = [_temp_beside(p) for p in paths]
     done: list[str] = []  # final paths already renamed into place
@@ -328,9 +335,11 @@ def export(plan: Plan, variables: Mapping, fmt: str, output: str, *,
             write_torch(plan, variables, tmps[0], tmps[1])
         elif fmt == "onnx":
             write_onnx(plan, variables, tmps[0], batch_size, size)
+            metadata.add_onnx_metadata(tmps[0], meta)
             plan.save(tmps[1])
         else:
             write_tflite(plan, variables, tmps[0], batch_size, size)
+            _add_tflite_metadata(tmps[0], meta)
             plan.save(tmps[1])
         err = check(fmt, tmps[0], plan, variables, size, batch_size, check_images)
         if not err <= tolerance:
@@ -350,4 +359,12 @@ def export(plan: Plan, variables: Mapping, fmt: str, output: str, *,
             "params": c.params, "macs": c.macs, "input_size": size,
             "batch_size": batch_size, "layout": "NHWC" if fmt == "tflite" else "NCHW",
             "bn_folded": fmt != "torch", "max_relative_error": err,
+            "class_names": class_names, "metadata": fmt != "torch",
             "seconds": time.perf_counter() - t0}
+
+
+def _add_tflite_metadata(path: str, meta: dict) -> None:
+    with open(path, "rb") as f:
+        data = metadata.add_tflite_metadata(f.read(), meta)
+    with open(path, "wb") as f:
+        f.write(data)

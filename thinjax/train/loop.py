@@ -7,6 +7,7 @@ A run lives in its workdir:
   best/                model checkpoint (EMA weights if enabled) with the best eval top-1
   metrics.jsonl        one JSON object per log line / evaluation
   tensorboard/         the same scalars as TensorBoard events
+  wandb_run_id, wandb/ with config.logging.wandb: the W&B run's id and files (thinjax.train.metrics)
   results.json         written when the run has finished
 Rerunning with the same workdir resumes from the newest readable checkpoint; the data
 stream is a pure function of (seed, step), so a resumed run ends with the weights of an
@@ -203,8 +204,9 @@ def assemble(cfg: Settings, workdir: str, model, plan: Plan, init_variables=None
     if not pruner.materialized:  # a pruning regulariser trains the dense network only
         s = regularized(s, now, model, state, lambda st: _train_stream(s, source, st, 1), start)
     run = s.run_for(model, now)  # the one Run of this plan (a materialisation makes the next)
-    reporter = Reporter(MetricWriter(workdir, main_process, resume_step=start), s.total,
-                        s.global_batch, s.steps_per_epoch, start, main_process)
+    writer = MetricWriter(workdir, main_process, resume_step=start, logging=cfg.logging,
+                          config=cfg.to_dict())
+    reporter = Reporter(writer, s.total, s.global_batch, s.steps_per_epoch, start, main_process)
     if main_process:
         print(_header(s, run.plan, cfg), flush=True)
     return Parts(s, run, state, start, source, keeper, pruner, reporter, Evaluator(s, source))

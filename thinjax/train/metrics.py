@@ -1,7 +1,9 @@
-"""The metrics reporter: `metrics.jsonl`, TensorBoard scalars and the progress line.
+"""The metrics reporter: `metrics.jsonl`, TensorBoard scalars, optionally Weights & Biases,
+and the progress line.
 
 Process 0 writes; the others only count. `metrics.jsonl` holds one JSON object per log line
 or evaluation, each step once: a resumed run first drops the lines past its checkpoint.
+With ``config.logging.wandb`` the same numeric scalars also go to a W&B run (`WandbWriter`).
 """
 
 from __future__ import annotations
@@ -9,20 +11,28 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 
 import jax
 import numpy as np
 
 from thinjax import fs
+from thinjax.config import WANDB_MISSING
+from thinjax.errors import ConfigError
+from thinjax.settings import LoggingSettings
 
 
 class MetricWriter:
-    """JSON lines plus TensorBoard scalars (process 0 only)."""
+    """JSON lines plus TensorBoard scalars, and W&B where `logging` asks for it (process 0
+    only; `config`: the run's settings as a dict, recorded in the W&B run)."""
 
-    def __init__(self, workdir: str, enabled: bool, resume_step: int | None = None):
+    def __init__(self, workdir: str, enabled: bool, resume_step: int | None = None,
+                 logging: LoggingSettings | None = None, config: dict | None = None):
         self.enabled = enabled
         if not enabled:
             return
+        self._wandb = WandbWriter(workdir, logging, config) if logging and logging.wandb \
+            else None
         import tensorflow as tf  # loads TensorFlow (TensorBoard's event writer): only when enabled
         self._path = os.path.join(workdir, "metrics.jsonl")
         self._text = fs.read_text(self._path) if fs.exists(self._path) else ""
@@ -51,12 +61,56 @@ class MetricWriter:
                 if isinstance(v, (int, float)):
                     tf.summary.scalar(k, v, step=step)
         self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.write(step, scalars)
 
     def close(self) -> None:
         if self.enabled:
             if not self._remote:
                 self._f.close()
             self._tb.close()
+            if self._wandb is not None:
+                self._wandb.close()
+
+
+class WandbWriter:
+    """The numeric scalars of each log line to a Weights & Biases run, at the line's step.
+
+    The run's id is kept in ``WORKDIR/wandb_run_id``, so a resumed workdir goes on in the
+    same W&B run (steps that run already has are not logged again: W&B keeps the first).
+    wandb writes its files under ``$WANDB_DIR`` when that is set, else in the (local)
+    workdir; its console capture is off (the command's output stays the command's)."""
+
+    def __init__(self, workdir: str, log: LoggingSettings, config: dict | None):
+        try:
+            import wandb  # optional and slow to import: only with config.logging.wandb
+        except ModuleNotFoundError as e:
+            raise ConfigError(WANDB_MISSING) from e
+        id_path = os.path.join(workdir, "wandb_run_id")
+        run_id = fs.read_text(id_path).strip() if fs.exists(id_path) else uuid.uuid4().hex[:16]
+        fs.write_text(id_path, run_id + "\n")
+        local = None if fs.is_remote(workdir) or os.environ.get("WANDB_DIR") else workdir
+        try:
+            self.run = wandb.init(
+                project=log.wandb_project, entity=log.wandb_entity or None, id=run_id,
+                name=log.wandb_name or os.path.basename(os.path.normpath(workdir)),
+                mode=log.wandb_mode or None, resume="allow", dir=local, config=config,
+                settings=wandb.Settings(console="off"))
+        except wandb.errors.Error as e:  # not logged in, no network, ...
+            raise ConfigError(f"config.logging.wandb: W&B could not start a run ({e}); log in "
+                              "(wandb login), or log offline (--config.logging.wandb_mode="
+                              "offline, upload later with wandb sync), or set "
+                              "--config.logging.wandb=False") from e
+        self.last = self.run.step  # a resumed W&B run's current step
+
+    def write(self, step: int, scalars: dict) -> None:
+        numbers = {k: v for k, v in scalars.items() if isinstance(v, (int, float))}
+        if numbers and step >= self.last:  # W&B refuses steps below its current one
+            self.run.log(numbers, step=step)
+            self.last = step
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def truncate_lines(text: str, step: int) -> str:
