@@ -19,7 +19,6 @@ import sys
 
 from tests.conftest import SHARED
 from tests.helpers import ROOT, sub_env
-from thinjax.plan import plan_from_width
 
 DOCS = ["README.md"] + sorted(f"docs/{n}" for n in os.listdir(os.path.join(ROOT, "docs"))
                               if n.endswith(".md"))
@@ -27,7 +26,8 @@ START = (r"(?:[A-Z_]+=\S+ )*(?:taskset -c \S+ )?(?:python3? |\.venv/bin/python |
          r"make |bash |tensorboard |pip |unzip )")
 # (pattern, action, reason): the first pattern that matches a command decides
 RULES = [
-    (r"^make (run|test)$", "skip", "the quick start: CI runs `make test` on a clean clone, "
+    (r"^pip install", "skip", "an install: CI installs from a clean clone with `make`"),
+    (r"^make (run|test|docs)$", "skip", "the quick start: CI runs `make test` on a clean clone, "
      "and tests/test_main.py runs configs/default.py (what `make run` runs)"),
     (r"^unzip .*cifar10-jpeg\.zip", "skip", "unpacks 60,000 images; the tests unpack it once "
      "per worker (conftest) and the commands below run on the bundled sample"),
@@ -41,31 +41,46 @@ RULES = [
     (r"thinjax\.(cost|import_torch|evaluate|convert|zoo|export|plot)\b|thinjax-plot|"
      r"benchmarks/plot_run|tensorboard ", "run", ""),
 ]
+# Python blocks that are fragments of something else, not scripts
+PY_SKIP = r"c\.\w+ = "  # a study config's body (docs/study.md)
 SHORT = ["--config.train.total_steps=2", "--config.train.batch_size=16",
          "--config.train.eval_every_epochs=1000", "--config.data.eval_batch_size=500",
          "--config.train.async_checkpoints=False", "--config.train.checkpoint_every=2"]
 
 
-def commands(path: str) -> list[str]:
-    """The shell commands of a Markdown file, continuation lines joined, comments dropped."""
+def items(path: str) -> list[tuple[str, str]]:
+    """The shell commands (``("sh", line)``, continuation lines joined, comments dropped)
+    and the Python blocks (``("py", block)``) of a Markdown file, in document order."""
     text = open(os.path.join(ROOT, path)).read()
-    blocks = [b for lang, b in re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
-              if lang in ("", "bash", "sh", "console", "shell")]
+    found = [(m.group(1), m.group(2)) for m in
+             re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)]
     if path.endswith("performance.md"):
-        blocks += re.findall(r"(?:^    .*\n)+", text, re.M)
+        found += [("", b) for b in re.findall(r"(?:^    .*\n)+", text, re.M)]
     out = []
-    for b in blocks:
-        lines, i = [ln.strip() for ln in b.splitlines()], 0
-        while i < len(lines):
-            ln = lines[i]
-            while ln.endswith("\\") and i + 1 < len(lines):
-                i += 1
-                ln = ln[:-1].rstrip() + " " + lines[i]
-            ln = re.sub(r"\s+#.*$", "", ln).strip()
-            if re.match(START, ln):
-                out.append(ln)
-            i += 1
+    for lang, b in found:
+        if lang == "python":
+            out.append(("py", b))
+        elif lang in ("", "bash", "sh", "console", "shell"):
+            out += [("sh", c) for c in _shell_lines(b)]
     return out
+
+
+def _shell_lines(block: str) -> list[str]:
+    lines, i, out = [ln.strip() for ln in block.splitlines()], 0, []
+    while i < len(lines):
+        ln = lines[i]
+        while ln.endswith("\\") and i + 1 < len(lines):
+            i += 1
+            ln = ln[:-1].rstrip() + " " + lines[i]
+        ln = re.sub(r"\s+#.*$", "", ln).strip()
+        if re.match(START, ln):
+            out.append(ln)
+        i += 1
+    return out
+
+
+def commands(path: str) -> list[str]:
+    return [c for kind, c in items(path) if kind == "sh"]
 
 
 def rule(cmd: str) -> tuple[str, str]:
@@ -89,15 +104,32 @@ def localise(cmd: str, tmp: str) -> list[str]:
 
 def _fresh_outputs(argv: list[str], tmp: str) -> None:
     """A command's output or workdir that an earlier command (of another file) made is
-    removed first: each command runs as on a fresh folder."""
+    removed first, with an export's plan beside it: each runs as on a fresh folder."""
     for a in argv:
         m = re.match(r"--(output|workdir)=(.+)", a)
         if m:
             path = os.path.join(tmp, m.group(2))
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
+            for p in (path, os.path.splitext(path)[0] + ".plan.json"):
+                if os.path.isdir(p):
+                    shutil.rmtree(p)
+                elif os.path.exists(p):
+                    os.remove(p)
+
+
+def _argv(kind: str, text: str, tmp: str) -> list[str] | None:
+    """How the test runs an item; None: skipped (its rule's reason) or already run."""
+    if kind == "py":
+        if re.match(PY_SKIP, text):
+            return None
+        return [sys.executable, "-c", text]
+    action, _ = rule(text)
+    if action == "skip":
+        return None
+    argv = localise(text, tmp)
+    if action == "short":
+        argv += SHORT + ([] if "--config.data.name" in text
+                         else ["--config.data.name=sample:cifar10"])
+    return argv
 
 
 def test_every_documented_command_has_a_rule():
@@ -109,30 +141,24 @@ def test_every_documented_command_has_a_rule():
 
 
 def test_every_documented_command_runs(tmp_path):
-    """Each distinct command of README.md and docs/, in document order, in one folder."""
+    """Each distinct command and Python block of README.md and docs/, in document order,
+    in one folder (the Python blocks run as written, as scripts)."""
     tmp = str(tmp_path)
     for d in ("configs", "benchmarks"):
         os.symlink(os.path.join(ROOT, d), os.path.join(tmp, d))
-    plan_from_width("resnet20", 16).save(os.path.join(tmp, "plan.json"))  # README's plan
     env = {**sub_env(), "PYTHONPATH": ROOT,
            "THINJAX_ZOO_DIR": os.path.join(SHARED, "checkpoints", "thinresnet-release")}
-    done, skipped = set(), []
+    done = set()
     for path in DOCS:
-        for cmd in commands(path):
-            action, reason = rule(cmd)
-            needs_shared = "../shared" in cmd or "zoo:" in cmd or " zoo get" in cmd
-            if cmd in done or action == "skip" or (needs_shared and not os.path.isdir(SHARED)):
-                skipped.append(cmd)
+        for kind, text in items(path):
+            needs_shared = any(w in text for w in ("../shared", "zoo:", " zoo get",
+                                                    "pretrained=True", "zoo.load"))
+            argv = None if text in done else _argv(kind, text, tmp)
+            if argv is None or (needs_shared and not os.path.isdir(SHARED)):
                 continue
-            argv = localise(cmd, tmp)
-            if action == "short":
-                argv += SHORT + ([] if "--config.data.name" in cmd
-                                 else ["--config.data.name=sample:cifar10"])
-            if argv[0] == "tensorboard":
-                argv = [sys.executable, "-c", "import tensorboard"]  # the docs' viewer
             _fresh_outputs(argv, tmp)
             r = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True,
                                timeout=600)
-            assert r.returncode == 0, f"{path}: {cmd}\n{r.stderr[-2000:]}"
-            done.add(cmd)
-    assert len(done) >= (20 if os.path.isdir(SHARED) else 5), (done, skipped)
+            assert r.returncode == 0, f"{path}: {text}\n{r.stderr[-2000:]}"
+            done.add(text)
+    assert len(done) >= (25 if os.path.isdir(SHARED) else 5), done

@@ -9,6 +9,8 @@ Inside it:
                            ``<sha256 of the release file>.safetensors`` each
                            (`thinjax.zoo.converted`)
   ops/                     the compiled oneDNN convolution library (`thinjax.ops.build`)
+  jax-compile/<machine>/   JAX's persistent compilation cache, one folder per CPU type
+                           (the commands turn it on: `thinjax.commands`)
   cifar10_sample-<hash>/   the bundled CIFAR-10 sample, unpacked (`thinjax.data.sources`)
 
 Everything there can be deleted: it is downloaded, unpacked or built again when needed.
@@ -59,6 +61,12 @@ def converted_dir() -> str:
 def kernels_dir() -> str:
     """The compiled oneDNN kernels' folder."""
     return os.path.join(root(), "ops")
+
+
+def compilation_dir(machine: str) -> str:
+    """JAX's persistent compilation cache for the machine type `machine` (executables
+    compiled for one CPU's features are refused by another: one folder per type)."""
+    return os.path.join(root(), "jax-compile", machine)
 
 
 def zoo_local_dir() -> str | None:

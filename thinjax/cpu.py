@@ -19,6 +19,7 @@ benchmark tables.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 
@@ -64,3 +65,18 @@ def cpu_description() -> str:
     model = model or platform.processor() or platform.machine()
     isa = " ".join(f for f in _ISA if f in flags) or "ISA flags unknown"
     return f"{model}, {os.cpu_count()} logical cores, {isa}"
+
+
+def machine_id() -> str:
+    """A short name of this CPU type: its model and every ISA flag (what decides whether
+    code compiled on one machine runs on another), hashed."""
+    text = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read().split("\n\n", 1)[0]
+        keep = [ln for ln in info.splitlines() if ln.split(":")[0].strip() in
+                ("model name", "flags", "Features", "CPU implementer", "CPU part")]
+        text += "\n".join(keep)
+    except OSError:
+        text += platform.processor()
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

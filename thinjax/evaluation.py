@@ -22,7 +22,7 @@ from thinjax.errors import DataError
 from thinjax.load import load_model
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
-from thinjax.progress import progress_bar
+from thinjax.progress import process_seconds, progress_bar
 from thinjax.sharding import global_batch
 
 IMAGENET_RESIZE = 232  # the release: Resize(232) then CenterCrop(224)
@@ -45,7 +45,9 @@ def eval_step(variables: dict, batch: dict, masks: dict | None = None, *,
 
 def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int | None = None,
              progress: bool = True, mesh=None, masks: dict | None = None) -> dict:
-    """{'top1', 'top5' (percent), 'loss' (mean NLL), 'count', 'images_per_s'} over `batches`.
+    """{'top1', 'top5' (percent), 'loss' (mean NLL), 'count', 'images_per_s',
+    'first_batch_s'} over `batches`; 'first_batch_s': seconds from the process's start to
+    the first batch's result (start-up: imports, loading, compiling; None off Linux).
 
     With a `mesh`, each batch is this process's slice of a global batch, sharded along
     'data'; the sums cover the global batch.
@@ -53,7 +55,7 @@ def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int
     sums = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0}
     t0 = time.perf_counter()
     bar = progress_bar(total, "img", "eval", progress, mininterval=2.0)
-    pending = None
+    pending, first = None, None
     for b in batches:
         n_local = int(b["mask"].sum())
         if mesh is not None:
@@ -61,6 +63,9 @@ def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int
         out = eval_step(variables, b, masks, model=model)
         if pending is not None:  # fetch the previous batch's sums while this one runs
             _accumulate(sums, pending)
+        else:
+            jax.block_until_ready(out)
+            first = process_seconds()
         pending = out
         bar.update(n_local)
     if pending is not None:
@@ -71,7 +76,7 @@ def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int
         raise DataError("evaluation saw no examples: the split is empty")
     return {"top1": 100 * sums["top1"] / n, "top5": 100 * sums["top5"] / n,
             "loss": sums["loss"] / n, "count": n,
-            "images_per_s": n / (time.perf_counter() - t0)}
+            "images_per_s": n / (time.perf_counter() - t0), "first_batch_s": first}
 
 
 def _accumulate(sums: dict, out: dict) -> None:

@@ -10,6 +10,7 @@ and one at the end, with no carriage-return frames.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import IO, Any
@@ -74,3 +75,16 @@ def progress_bar(total: int | None, unit: str, desc: str, enabled: bool = True,
         return Lines(total, unit, desc, stream, every_s)
     return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, file=stream,
                 **tqdm_options)
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (Linux: its start time in /proc against the
+    uptime); None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)

@@ -5,15 +5,35 @@ command, before TensorFlow or JAX load: TensorFlow's C++ log level (``TF_CPP_MIN
 2 unless set), TensorFlow's own oneDNN ops off (``TF_ENABLE_ONEDNN_OPTS``, 0 unless set: its
 lines on loading, "oneDNN custom operations are on" and absl's "All log messages before
 absl::InitializeLog()", twice each, print whatever the log level; tf.data's batches are
-bitwise the same either way, and JAX's convolutions are thinjax's own oneDNN), and the CPU
+bitwise the same either way, and JAX's convolutions are thinjax's own oneDNN), the CPU
 tuning (`thinjax.cpu.enable`: malloc settings and oneDNN's convolutions, each with its
-``THINJAX_*`` opt-out). Library modules never import it.
+``THINJAX_*`` opt-out) and JAX's persistent compilation cache in the thinjax cache
+(``jax-compile/<machine>/``: a second run of a command skips compiling what the first
+compiled; ``THINJAX_NO_COMPILATION_CACHE=1`` turns it off, a ``JAX_COMPILATION_CACHE_DIR``
+of your own is kept). Library modules never import it.
 """
 
 import os
 
-from thinjax import cpu
+from thinjax import cache, cpu
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 SETTINGS = cpu.enable()
+
+
+def compilation_cache() -> str | None:
+    """Turns JAX's persistent compilation cache on (see the module docstring); its folder,
+    or None when it is off."""
+    if os.environ.get("THINJAX_NO_COMPILATION_CACHE"):
+        return None
+    import jax  # after the environment defaults above (importing JAX sets TF's log level)
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    path = cache.compilation_dir(cpu.machine_id())
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return path
+
+
+COMPILATION_CACHE = compilation_cache()
