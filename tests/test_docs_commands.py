@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 from tests.conftest import SHARED
 from tests.helpers import ROOT, sub_env
@@ -41,10 +42,14 @@ RULES = [
     (r"thinjax\.(cost|import_torch|evaluate|convert|zoo|export|plot)\b|thinjax-plot|"
      r"benchmarks/plot_run|tensorboard ", "run", ""),
 ]
+EVAL = ["--split=test[:200]", "--batch_size=200"]
 # Python blocks that are fragments of something else, not scripts
 PY_SKIP = r"c\.\w+ = "  # a study config's body (docs/study.md)
+# what a `short` run adds: two steps, a 200-image evaluation; `run` commands on the sample
+# evaluate 200 of its 1,000 test images (EVAL)
 SHORT = ["--config.train.total_steps=2", "--config.train.batch_size=16",
-         "--config.train.eval_every_epochs=1000", "--config.data.eval_batch_size=500",
+         "--config.train.eval_every_epochs=1000", "--config.data.eval_batch_size=200",
+         "--config.data.eval_split=test[:200]",
          "--config.train.async_checkpoints=False", "--config.train.checkpoint_every=2"]
 
 
@@ -126,6 +131,8 @@ def _argv(kind: str, text: str, tmp: str) -> list[str] | None:
     if action == "skip":
         return None
     argv = localise(text, tmp)
+    if action == "run" and "--data=sample:cifar10" in argv and "--split" not in text:
+        argv += EVAL
     if action == "short":
         argv += SHORT + ([] if "--config.data.name" in text
                          else ["--config.data.name=sample:cifar10"])
@@ -157,8 +164,10 @@ def test_every_documented_command_runs(tmp_path):
             if argv is None or (needs_shared and not os.path.isdir(SHARED)):
                 continue
             _fresh_outputs(argv, tmp)
+            t = time.perf_counter()
             r = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True,
                                timeout=600)
             assert r.returncode == 0, f"{path}: {text}\n{r.stderr[-2000:]}"
+            print(f"{time.perf_counter() - t:5.1f} s  {path}: {text[:100]!r}")
             done.add(text)
     assert len(done) >= (25 if os.path.isdir(SHARED) else 5), done

@@ -120,6 +120,8 @@ def _masks(checkpoint, plan, variables, meta, spec, batches, size, seed):
             batches=batches(64) if needs_data(spec.criterion) else None)
         return alloc.masks, (f"{spec.criterion} {spec.allocation} to "
                              f"{spec.target_kind}={spec.target:g}")
+    if masks is None and meta.get("materialized"):  # a pruning run that ended materialised
+        return init_masks(plan), "the pruning run's materialised network (no masks left)"
     if masks is None:
         raise ConfigError(f"{checkpoint} has no pruning masks; give a criterion and a target, "
                           "e.g. --criterion=l1 --target_kind=macs_fraction --target=0.5")
