@@ -6,18 +6,18 @@ Layers (parameter paths under ``params``; the network has no ``batch_stats``):
 * ``stem/{conv,norm}``: a patchify convolution (kernel = stride = `patch`, with bias) and
   a LayerNorm over channels;
 * ``stage{s}`` for s = 0..3: for s > 0 a downsampling ``down_norm`` (LayerNorm) and
-  ``down`` (2x2 convolution of stride 2, with bias), then ``block{j}`` for j < ``depths[s]``: a
-  depthwise 7x7 convolution ``dwconv`` (with bias; kernel ``(7, 7, 1, C)``), LayerNorm
-  ``norm``, the channels-last MLP ``fc1`` (Dense C -> 4C), exact GELU, ``fc2`` (Dense
-  4C -> C), the layer scale ``gamma`` (a ``(C,)`` parameter, initialised to 1e-6) and
-  the residual add;
+  ``down`` (2x2 convolution of stride 2, with bias), then ``block{j}`` for
+  j < ``depths[s]``: a depthwise 7x7 convolution ``dwconv`` (with bias; kernel
+  ``(7, 7, 1, C)``), LayerNorm ``norm``, the channels-last MLP ``fc1`` (Dense C -> 4C),
+  exact GELU, ``fc2`` (Dense 4C -> C), the layer scale ``gamma`` (a ``(C,)`` parameter,
+  initialised to 1e-6) and the residual add;
 * global average pooling, ``head_norm`` (LayerNorm), ``head`` (Dense with bias).
 
 Every LayerNorm normalises the channel axis (NHWC's last) with epsilon 1e-6. Widths:
 ``dims`` times `width`, rounded to multiples of 8 (`make_divisible`). With
 ``ConvNeXt(num_classes=1000, depths=(3, 3, 9, 3), patch=4)`` it is torchvision's
-convnext_tiny, 28,589,128 parameters (no stochastic depth here: eval and train compute the
-same function but for nothing; there is no dropout either).
+convnext_tiny, 28,589,128 parameters. There is no stochastic depth nor dropout, so train
+and eval compute the same function.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ nn = torch.nn
 class ConvBN(nn.Module):
     """``conv`` (bias-free, padding k // 2), ``bn``, then ReLU6 if `act`."""
 
-    def __init__(self, cin, cout, kernel=1, stride=1, groups=1, act=True):
+    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1,
+                 groups: int = 1, act: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups,
                               bias=False)
@@ -39,7 +40,7 @@ class ConvBN(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, cin, cout, expansion, stride):
+    def __init__(self, cin: int, cout: int, expansion: int, stride: int):
         super().__init__()
         hidden = cin * expansion
         self.expand = ConvBN(cin, hidden) if expansion != 1 else None
@@ -83,7 +84,7 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class CNBlock(nn.Module):
-    def __init__(self, dim):
+    def __init__(self, dim: int):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -98,7 +99,7 @@ class CNBlock(nn.Module):
 
 
 class CNStage(nn.Module):
-    def __init__(self, cin, dim, depth, downsample):
+    def __init__(self, cin: int, dim: int, depth: int, downsample: bool):
         super().__init__()
         self.down_norm = LayerNorm2d(cin, eps=1e-6) if downsample else None
         self.down = nn.Conv2d(cin, dim, 2, 2) if downsample else None
@@ -136,7 +137,7 @@ class TorchConvNeXt(nn.Module):
 
 
 class DoubleConv(nn.Module):
-    def __init__(self, cin, cout):
+    def __init__(self, cin: int, cout: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout, eps=1e-5)

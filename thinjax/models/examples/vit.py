@@ -16,9 +16,9 @@ Layers (parameter paths under ``params``):
 * ``norm`` (LayerNorm) on the class token (or, with ``pool="mean"``, on the mean of the
   patch tokens, and then there is no ``cls``), ``head`` (Dense with bias).
 
-The LayerNorms use epsilon 1e-6. Heads: ``max(1, round(heads * width))``. With
-``ViT(num_classes=1000, image=224, patch=16, depth=12, heads=12, head_dim=64)`` it has
-torchvision's vit_b_16's 86,567,656 parameters (there is no dropout).
+The LayerNorms use epsilon 1e-6. Heads: ``max(1, round(heads * width))`` (Python's round,
+half to even). With ``ViT(num_classes=1000, image=224, patch=16, depth=12, heads=12,
+head_dim=64)`` it has torchvision's vit_b_16's 86,567,656 parameters (no dropout).
 """
 
 from __future__ import annotations
