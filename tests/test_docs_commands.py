@@ -104,6 +104,8 @@ def localise(cmd: str, tmp: str) -> list[str]:
     argv = shlex.split(cmd)
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable
+    elif argv[0].startswith("thinjax-"):  # a console script of the install being tested
+        argv[0] = os.path.join(os.path.dirname(sys.executable), argv[0])
     return argv
 
 
