@@ -119,8 +119,8 @@ def test_only_final_rows_are_evaluated_on_the_test_split(monkeypatch, tmp_path):
             "thin-w2-E2-lr0.2-s0": {"run": "thin-w2-E2-lr0.2-s0", "val_top1": 60.0,
                                     "top1": None}}
     seen = []
-    monkeypatch.setattr(execute, "evaluate_test", lambda ctx, p, spec: seen.append(spec.id)
-                        or (1.0, 2.0))
+    monkeypatch.setattr(execute, "evaluate_tests", lambda ctx, p, specs: seen.extend(
+        s.id for s in specs) or [(1.0, 2.0)] * len(specs))
     ctx = execute.Context(str(tmp_path), "d", None, 100, "c")
     finalise_tests(ctx, p, rows, lambda m: None)
     assert sorted(seen) == ["dense-s0", "thin-w2-E2-lr0.2-s0"]
@@ -227,7 +227,7 @@ def test_a_diverged_grid_run_is_a_row_at_chance_and_the_grid_still_decides(monke
     # chosen, a diverged row's test numbers are chance too (its weights are not finite)
     p1 = _protocol(arms=("dense", "oneshot", "thin"), criteria=("l1",), curve_criteria=0,
                    control_targets=(), lr_grid={"thin": (0.2,), "pruned+ft": (0.01,)})
-    monkeypatch.setattr(execute, "evaluate_test", lambda *a: pytest.fail("evaluated"))
+    monkeypatch.setattr(execute, "evaluate_tests", lambda *a: pytest.fail("evaluated"))
     finalise_tests(ctx, p1, {spec.id: row}, lambda m: None)
     assert (row["top1"], row["top5"]) == (10.0, 50.0)
 

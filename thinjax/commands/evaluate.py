@@ -3,6 +3,10 @@
     python -m thinjax.evaluate --checkpoint=PATH --data=DATASET [--split=test] [--json]
     thinjax-evaluate ...                      (the same, as a console script)
 
+``--checkpoint`` may be repeated: the checkpoints are evaluated one after another in one
+process (one start-up), and the ``--json`` result is then ``{"results": [one result per
+checkpoint, in order]}``.
+
 PATH: a thinjax checkpoint directory (or a training workdir), or a PyTorch .pt/.pth,
 .safetensors or .npz state dict. DATASET: an image folder (split/label/*.jpg), a TFDS
 name (cifar10, imagenet2012, ...) or ``sample:cifar10`` (bundled, offline).
@@ -22,9 +26,9 @@ from thinjax.cost import check_input_size
 from thinjax.evaluation import evaluate_checkpoint
 
 FLAGS = flags.FlagValues()  # this command's flags (thinjax.cli.run adds them when it runs)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "thinjax checkpoint or workdir, "
-                                  ".pt/.pth/.safetensors/.npz file, or zoo:NAME",
-                                  flag_values=FLAGS, required=True)
+_CHECKPOINT = flags.DEFINE_multi_string("checkpoint", None, "thinjax checkpoint or workdir, "
+                                        ".pt/.pth/.safetensors/.npz file, or zoo:NAME "
+                                        "(repeatable)", flag_values=FLAGS, required=True)
 _DATA = flags.DEFINE_string("data", None, "image folder, TFDS name or sample:cifar10",
                             flag_values=FLAGS, required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "the split to evaluate", flag_values=FLAGS)
@@ -42,16 +46,20 @@ _JSON = cli.define_json(FLAGS)
 
 
 def main(argv: list[str]) -> dict:
-    """``python -m thinjax.evaluate``: load, evaluate, report."""
+    """``python -m thinjax.evaluate``: load, evaluate, report (each checkpoint)."""
     if len(argv) > 1:
         raise UsageError(f"unexpected argument {argv[1]!r}; give --checkpoint and --data")
     check_input_size(_INPUT_SIZE.value)
-    r = evaluate_checkpoint(_CHECKPOINT.value, _DATA.value, _SPLIT.value, _BATCH_SIZE.value,
-                            _DATA_DIR.value, _INPUT_SIZE.value, _RESIZE.value, _EMA.value)
-    print(f"{r['checkpoint']} on {r['data']}:{r['split']}: top-1 {r['top1']:.2f}%  "
-          f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}  ({r['count']} images, "
-          f"{r['images_per_s']:.0f} img/s; {r['params']:,} params, {r['macs'] / 1e6:.2f} M MACs)")
-    return r
+    results = []
+    for checkpoint in _CHECKPOINT.value:
+        r = evaluate_checkpoint(checkpoint, _DATA.value, _SPLIT.value, _BATCH_SIZE.value,
+                                _DATA_DIR.value, _INPUT_SIZE.value, _RESIZE.value, _EMA.value)
+        print(f"{r['checkpoint']} on {r['data']}:{r['split']}: top-1 {r['top1']:.2f}%  "
+              f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}  ({r['count']} images, "
+              f"{r['images_per_s']:.0f} img/s; {r['params']:,} params, "
+              f"{r['macs'] / 1e6:.2f} M MACs)")
+        results.append(r)
+    return results[0] if len(results) == 1 else {"results": results}
 
 
 def cli_main() -> None:

@@ -4,7 +4,7 @@ logged in the run's folder), and the row it leaves.
 
 Every training run reads only the training part of the split (``train_split``) and is
 evaluated on the validation part (``val_split``) at its end; the test split is read by
-`evaluate_test` alone, which the runner calls for a row once its LR is final.
+`evaluate_tests` alone, which the runner calls for rows whose LR is final.
 
 Row fields: run, arm, target, target_macs, criterion, seed, E, T, lr, epochs_total
 (the arm's epochs from random init), images (seen in training over every phase),
@@ -225,12 +225,18 @@ def checkpoint_of(ctx: Context, spec: RunSpec) -> str:
     return os.path.join(ctx.run_dir(spec), sub)
 
 
-def evaluate_test(ctx: Context, p: Protocol, spec: RunSpec) -> tuple[float, float]:
-    """(top-1, top-5) of the run's final network (raw weights) on the test split."""
-    r = _job(ctx, spec, "evaluate", [f"--checkpoint={checkpoint_of(ctx, spec)}",
-                                     f"--data={ctx.data}", f"--split={p.test_split}",
-                                     f"--batch_size={ctx.eval_batch_size}", "--noema"])
-    return float(r["top1"]), float(r["top5"])
+def evaluate_tests(ctx: Context, p: Protocol, specs: list[RunSpec]) -> list[tuple[float, float]]:
+    """(top-1, top-5) of each run's final network (raw weights) on the test split: one
+    evaluate job for them all (one start-up), logged in DIR/test.log."""
+    flags = [f"--checkpoint={checkpoint_of(ctx, s)}" for s in specs] + [
+        f"--data={ctx.data}", f"--split={p.test_split}", f"--batch_size={ctx.eval_batch_size}",
+        "--noema"] + ([f"--data_dir={ctx.data_dir}"] if ctx.data_dir else [])
+    try:
+        r = jobs.run(jobs.Job("evaluate", tuple(flags), os.path.join(ctx.workdir, "test.log")))
+    except jobs.JobFailed as e:
+        raise RunFailed(f"test evaluation of {', '.join(s.id for s in specs)}: {e}") from None
+    results = r["results"] if len(specs) > 1 else [r]
+    return [(float(x["top1"]), float(x["top5"])) for x in results]
 
 
 def _job(ctx: Context, spec: RunSpec, command: str, flags: list[str]) -> dict:

@@ -5,7 +5,8 @@ key (a hash of the run and the settings it reads, `RunSpec.key`) still matches, 
 reruns the ones whose settings changed (reported as stale). A run that fails writes
 ``error.txt`` and the others go on; a trained run (not dense) that diverges (NonFiniteLoss)
 is a result, a row at chance accuracy marked ``diverged``. A row's test top-1 is measured
-once its LR is final (a grid run that was not chosen is never evaluated on the test split).
+once its LR is final (a grid run that was not chosen is never evaluated on the test split),
+in one evaluate job for the rows that wait (`TEST_BATCH` of them, or all at the end).
 """
 
 from __future__ import annotations
@@ -67,10 +68,17 @@ def _specs(p: Protocol, rows: dict) -> dict[str, RunSpec]:
     return {r.id: r for r in planning.all_runs(p, rows)}
 
 
-def finalise_tests(ctx: ex.Context, p: Protocol, rows: dict, log) -> None:
+# rows whose test top-1 is due are evaluated together (one job) once this many wait, and
+# whatever waits when the study has nothing left to run
+TEST_BATCH = 8
+
+
+def finalise_tests(ctx: ex.Context, p: Protocol, rows: dict, log, force: bool = True) -> None:
     """Test top-1 for every row that is final: dense, oneshot, and trained rows whose LR is
-    the chosen one of their arm."""
+    the chosen one of their arm (all in one evaluate job; without `force`, only once
+    TEST_BATCH rows wait)."""
     specs = _specs(p, rows)
+    due = []
     for rid, row in sorted(rows.items()):
         spec = specs.get(rid)
         if row.get("top1") is not None or spec is None:
@@ -79,10 +87,16 @@ def finalise_tests(ctx: ex.Context, p: Protocol, rows: dict, log) -> None:
                 p, rows, spec.arm, spec.criterion if spec.arm != "dense+ft" else None):
             if row.get("diverged"):  # non-finite weights: chance, as on the validation split
                 row["top1"], row["top5"] = row["val_top1"], row["chance_top5"]
+                _write_row(ctx, row)
+                log(f"{rid}: test top-1 {row['top1']:.2f}% (diverged: chance)")
             else:
-                row["top1"], row["top5"] = ex.evaluate_test(ctx, p, spec)
-            _write_row(ctx, row)
-            log(f"{rid}: test top-1 {row['top1']:.2f}%")
+                due.append((rid, spec))
+    if not due or (not force and len(due) < TEST_BATCH):
+        return
+    for (rid, _), (top1, top5) in zip(due, ex.evaluate_tests(ctx, p, [s for _, s in due])):
+        rows[rid]["top1"], rows[rid]["top5"] = top1, top5
+        _write_row(ctx, rows[rid])
+        log(f"{rid}: test top-1 {top1:.2f}%")
 
 
 def run_all(ctx: ex.Context, p: Protocol, log=print) -> tuple[dict, list[str]]:
@@ -97,7 +111,7 @@ def run_all(ctx: ex.Context, p: Protocol, log=print) -> tuple[dict, list[str]]:
             os.replace(old, aside)
             log(f"{rid}: its row was made with other settings; kept in {aside}, rerunning")
         todo = planning.next_runs(p, rows, set(failed))
-        finalise_tests(ctx, p, rows, log)
+        finalise_tests(ctx, p, rows, log, force=not todo)
         if not todo:
             return rows, list(failed.values())
         spec = todo[0]
