@@ -117,8 +117,16 @@ def _check(tr: Trace, net: TracedNet, model: nn.Module, small: Any, masks: dict,
            variables: Any, inputs: tuple, kwargs: dict) -> float:
     """Max |materialised - masked| on the example input; refuses a mismatch where every
     cut group is exact (the model's code depends on a width the trace cannot see)."""
-    y_mask = tr.module.apply(mask_variables(tr, masks, variables), *inputs, **kwargs)
-    y_small = model.apply(small, *inputs, **kwargs)
+    def run(m: nn.Module, v: Any) -> Any:    # compiled: faster than op by op
+        return jax.jit(lambda v, *xs: m.apply(v, *xs, **kwargs))(v, *inputs)
+
+    y_mask = run(tr.module, mask_variables(tr, masks, variables))
+    try:
+        y_small = run(model, small)
+    except Exception as e:  # noqa: BLE001 (the user's code, at widths it did not expect)
+        raise TraceError(f"the pruned network fails on the example input ({type(e).__name__}: "
+                         f"{e}): the model's code uses a width the trace cannot see (a "
+                         "hard-coded size)") from e
     diff, scale = _max_diff(y_small, y_mask)
     cut = [n for n, m in masks.items() if not np.all(np.asarray(m) > 0)]
     if diff > 1e-4 * max(scale, 1.0) and all(net.groups[n].exact for n in cut):

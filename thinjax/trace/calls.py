@@ -12,7 +12,7 @@ from thinjax.trace import linear, rules
 from thinjax.trace.walk import Context, Rule, Val, walk_closed
 
 CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
-         "core_call": "call_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr",
+         "core_call": "call_jaxpr", "remat": "jaxpr", "remat2": "jaxpr", "checkpoint": "jaxpr",
          "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
          "custom_vjp_call_jaxpr": "fun_jaxpr"}
 

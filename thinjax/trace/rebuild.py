@@ -37,11 +37,11 @@ def _features(m: nn.Module, shapes: Shapes) -> dict[str, Any]:
 
 
 def _conv(m: nn.Module, shapes: Shapes) -> dict[str, Any]:
-    """``features`` from the kernel; a depthwise conv's groups follow its channels."""
+    """``features`` from the kernel; a depthwise conv's groups (one per channel: the
+    only grouped convolution whose channels the trace prunes) follow its channels."""
     out = _features(m, shapes)
-    g = getattr(m, "feature_group_count", 1)
-    if g > 1 and out:
-        out["feature_group_count"] = g * out["features"] // shapes["kernel"][0][-1]
+    if out and getattr(m, "feature_group_count", 1) > 1:
+        out["feature_group_count"] = out["features"]
     return out
 
 
@@ -56,18 +56,31 @@ def _follows_input(m: nn.Module, shapes: Shapes) -> dict[str, Any]:
     return {}
 
 
+def _attention(m: nn.Module, shapes: Shapes) -> dict[str, Any]:
+    """Heads and head size from the query's kernel (its children are rebuilt on their
+    own; these fields only have to agree with them)."""
+    if "query/kernel" not in shapes:
+        return {}
+    heads, dim = shapes["query/kernel"][1][-2:]
+    out = {"num_heads": heads, "qkv_features": heads * dim}
+    if m.out_features is not None and "out/kernel" in shapes:
+        out["out_features"] = shapes["out/kernel"][1][-1]
+    return out
+
+
 LAYERS: dict[type, Updater] = {
     nn.Conv: _conv, nn.ConvTranspose: _conv, ResNetConv: _features, nn.Dense: _features,
     nn.DenseGeneral: _dense_general, nn.BatchNorm: _follows_input,
     nn.LayerNorm: _follows_input, nn.RMSNorm: _follows_input, nn.GroupNorm: _follows_input,
-    BatchNorm: _follows_input,
+    BatchNorm: _follows_input, nn.MultiHeadDotProductAttention: _attention,
 }
 
 
 def register_layer(cls: type, updater: Updater | None = None) -> None:
     """Lets the trace prune the variables of your layer class `cls`: `updater(module,
     {name: (old shape, new shape)})` returns the fields to change (None: every variable's
-    shape follows the layer's input, as in BatchNorm)."""
+    shape follows the layer's input, as in BatchNorm). The names are relative to the
+    module: ``kernel`` for its own variables, ``query/kernel`` for a child's."""
     LAYERS[cls] = updater or _follows_input
 
 
@@ -136,23 +149,29 @@ def mask_variables(leaves: tuple[Leaf, ...], keep: dict[int, dict[int, np.ndarra
 
 def new_shapes(leaves: tuple[Leaf, ...], keep: dict[int, dict[int, np.ndarray]]
                ) -> tuple[tuple[str, tuple[tuple[str, tuple, tuple], ...]], ...]:
-    """Module path -> its variables whose shapes change: ((name, old, new), ...)."""
+    """Module path -> every variable under it (name relative to it), old and new shape:
+    ((name, old, new), ...). Unchanged ones too: a layer whose width its parent computes
+    from a pruned input is set back to its variables' shapes."""
     out: dict[str, list] = {}
-    for k, axes in keep.items():
-        leaf = leaves[k]
+    for k, leaf in enumerate(leaves):
+        axes = keep.get(k, {})
         new = tuple(int(axes[a].sum()) if a in axes else n for a, n in enumerate(leaf.shape))
-        name = leaf.path.rsplit("/", 1)[-1]
-        out.setdefault(leaf.module, []).append((name, leaf.shape, new))
+        parts = leaf.path.split("/")
+        for i in range(len(parts)):
+            out.setdefault("/".join(parts[:i]), []).append(
+                ("/".join(parts[i:]), leaf.shape, new))
     return tuple((p, tuple(v)) for p, v in sorted(out.items()))
 
 
 def _updates(mod: nn.Module, shapes: Shapes) -> dict[str, Any]:
     up = updater_of(type(mod))
-    if up is None:
+    if up is not None:
+        return up(mod, shapes)
+    if any(o != n for k, (o, n) in shapes.items() if "/" not in k):
         raise TraceError(f"{type(mod).__name__} at {'/'.join(mod.path) or 'the top'}: its "
                            "variables shrank but thinjax cannot rebuild it; register it "
                            "(thinjax.trace.register_layer)")
-    return up(mod, shapes)
+    return {}
 
 
 class Pruned(nn.Module):
@@ -166,15 +185,17 @@ class Pruned(nn.Module):
     @nn.compact
     def __call__(self, *args, **kwargs):
         table = {p: {n: (o, s) for n, o, s in v} for p, v in self.shapes}
-        root = len(self.path)
+        root, made = len(self.path), {}   # the clones made here (kept alive: ids stay)
 
         def rebuild(next_fun, a, kw, ctx):
             mod = ctx.module
-            shapes = table.get("/".join(mod.path[root:])) if ctx.method_name == "__call__" \
-                else None
+            shapes = table.get("/".join(mod.path[root:])) \
+                if ctx.method_name == "__call__" and made.get(id(mod)) is not mod else None
             upd = _updates(mod, shapes) if shapes else {}
             if any(getattr(mod, k) != v for k, v in upd.items()):
-                return getattr(mod.clone(parent=mod.scope, **upd), ctx.method_name)(*a, **kw)
+                clone = mod.clone(parent=mod.scope, **upd)
+                made[id(clone)] = clone
+                return getattr(clone, ctx.method_name)(*a, **kw)
             return next_fun(*a, **kw)
 
         with nn.intercept_methods(rebuild):
