@@ -7,13 +7,16 @@ LayerNorm MLP block, a scan over identical blocks, multi-head attention) the pru
 computes what the masked one does and costs what an independent count says.
 """
 
+import os
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import irregular_plan
+from tests.helpers import ROOT, irregular_plan
 from thinjax import trace as T
 from thinjax.cost import count
 from thinjax.errors import TargetError, TraceError
@@ -392,3 +395,14 @@ def test_bad_requests_are_refused_with_one_line():
     with pytest.raises(TraceError, match="nothing to prune"):
         T.prune(nn.Dense(3), {"params": {"kernel": np.ones((4, 3)), "bias": np.ones(3)}},
                 jnp.ones((1, 4)))
+
+
+def test_the_documented_example_runs_and_prints_what_the_docs_show():
+    with open(os.path.join(ROOT, "docs", "prune_any_model.md"), encoding="utf-8") as f:
+        doc = f.read()
+    code = re.findall(r"```python\n(.*?)```", doc, re.S)[0]
+    shown = re.findall(r"```text\n(.*?)```", doc, re.S)[0]
+    scope: dict = {}
+    exec(compile(code, "docs/prune_any_model.md", "exec"), scope)
+    assert str(scope["report"]) == shown.strip()
+    assert scope["logits"].shape == (1, 10)
