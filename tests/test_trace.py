@@ -10,6 +10,7 @@ computes what the masked one does and costs what an independent count says.
 import os
 import re
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from thinjax.cost import count
 from thinjax.errors import TargetError, TraceError
 from thinjax.models.resnet import ResNet, random_variables
 from thinjax.plan import BlockPlan, Plan, StagePlan, plan_from_width
+from thinjax.prune.criteria import score_groups
 from thinjax.prune.groups import channel_groups, flatten
 from thinjax.prune.materialize import materialize as plan_materialize
 from thinjax.prune.pruner import compute_masks as plan_masks
@@ -180,6 +182,40 @@ def test_inception_prunes_to_half_its_macs_in_five_lines():
     assert "pruned 8 of 8 channel groups" in str(report)
 
 
+def test_criteria_score_traced_members_through_their_index_maps():
+    x, v = _setup(SmallVGG(), (1, 16, 16, 3))
+    net = T.trace(SmallVGG(), flax.core.freeze(v), x).net()
+    inputs = T.api.TracedScoreInputs(net, v, members="all")
+    got = score_groups(inputs, "group_norm")["conv3"]
+    p = v["params"]   # by hand: conv3's filters, then fc1's rows 10 * position + channel
+    want = (p["conv3"]["kernel"].astype(np.float64) ** 2).sum((0, 1, 2)) \
+        + (p["fc1"]["kernel"].astype(np.float64) ** 2).reshape(16, 10, 16).sum((0, 2))
+    np.testing.assert_allclose(got, np.sqrt(want), rtol=1e-12)
+
+
+@pytest.mark.parametrize("allocation,kind,target,round_to", [
+    ("uniform", "ratio", 0.5, 2), ("global", "params_fraction", 0.6, 1),
+    ("uniform", "macs", 150_000, 1)])
+def test_every_allocation_and_target_kind_on_traced_groups(allocation, kind, target, round_to):
+    x, v = _setup(SmallVGG(), (1, 16, 16, 3))
+    tr = T.trace(SmallVGG(), v, x)
+    spec = PruneSpec(criterion="l2", allocation=allocation, target_kind=kind, target=target,
+                     round_to=round_to)
+    alloc = T.compute_masks(tr.net(), v, spec, spec.goal())
+    kept = {n: int(m.sum()) for n, m in alloc.masks.items()}
+    sizes = {n: g.size for n, g in tr.groups.items()}
+    assert all(k % round_to == 0 or k == sizes[n] for n, k in kept.items())
+    if kind == "ratio":   # uniform: every group keeps half, to the nearest even count
+        assert kept == {"conv2": 6, "conv1": 4, "inc/a": 4, "inc/b1": 2, "inc/b2": 4,
+                        "inc/c": 4, "conv3": 4, "fc1": 8}
+    else:
+        dense = tr.net().cost()
+        want = target * dense.params if kind == "params_fraction" else target
+        assert abs((alloc.params if kind != "macs" else alloc.macs) - want) <= 0.01 * want
+    _, small = T.materialize(tr, alloc.masks, v)
+    assert (alloc.params, alloc.macs) == _vgg_cost(small["params"])
+
+
 # -- depthwise convs, squeeze-excitation, remat and jit ------------------------------------
 
 class SE(nn.Module):
@@ -336,6 +372,50 @@ def test_attention_heads_are_a_group_and_head_dims_inexact():
     assert small["params"]["attn"]["out"]["kernel"].shape == (h, d, e)
     masked = T.mask_variables(tr, report.allocation.masks, v)
     _close(jax.jit(model.apply)(small, x), jax.jit(Attention().apply)(masked, x))
+
+
+class UNetish(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        e1 = nn.relu(nn.Conv(6, (3, 3), name="e1")(x))
+        e2 = nn.relu(nn.Conv(10, (3, 3), strides=2, name="e2")(e1))
+        u = jax.image.resize(e2, (x.shape[0], 8, 8, e2.shape[-1]), "nearest")   # a gather
+        t = nn.ConvTranspose(5, (2, 2), strides=(2, 2), name="up")(e2)
+        d = nn.relu(nn.Conv(7, (3, 3), name="d1")(jnp.concatenate([e1, u, t], -1)))
+        return nn.Conv(2, (1, 1), name="out")(d)
+
+
+def test_skip_concatenation_and_upsampling_of_a_unet():
+    x, v = _setup(UNetish(), (1, 8, 8, 3))
+    tr = T.trace(UNetish(), v, x)
+    g = tr.groups
+    assert sorted(g) == ["d1", "e1", "e2", "up"] and tr.unsupported == {}
+    assert sorted(g["e2"].consumers) == [("d1/kernel", 2), ("up/kernel", 2)]
+    np.testing.assert_array_equal(g["e2"].rows("d1/kernel", 2)[:, 0], np.arange(6, 16))
+    np.testing.assert_array_equal(g["up"].rows("d1/kernel", 2)[:, 0], np.arange(16, 21))
+    model, small, report = T.prune(UNetish(), v, x, target=0.5)
+    masked = T.mask_variables(tr, report.allocation.masks, v)
+    _close(jax.jit(model.apply)(small, x), jax.jit(UNetish().apply)(masked, x))
+
+
+class Tokens(nn.Module):
+    @nn.compact
+    def __call__(self, ids):
+        x = nn.Embed(11, 8, name="embed")(ids)
+        x = x + nn.Dense(8, name="fc2")(nn.relu(nn.Dense(16, name="fc1")(x)))
+        return nn.Dense(2, name="head")(x.mean(axis=1))
+
+
+def test_an_embedding_table_joins_the_residual_stream():
+    ids = jnp.asarray([[1, 5, 7, 2]])
+    v = Tokens().init(jax.random.PRNGKey(0), ids)
+    tr = T.trace(Tokens(), v, ids)
+    assert sorted(tr.groups["fc2"].producers) == [("embed/embedding", 1), ("fc2/bias", 0),
+                                                  ("fc2/kernel", 1)]
+    model, small, report = T.prune(Tokens(), v, ids, target=0.5)
+    assert small["params"]["embed"]["embedding"].shape == (11, report.kept["fc2"][0])
+    masked = T.mask_variables(tr, report.allocation.masks, v)
+    _close(jax.jit(model.apply)(small, ids), jax.jit(Tokens().apply)(masked, ids))
 
 
 # -- what the trace refuses, and says so ---------------------------------------------------

@@ -5,7 +5,9 @@ as often as in its fields, so re-instantiating the top module with other fields 
 rebuild it. Instead `Pruned` runs the original module under ``nn.intercept_methods``:
 when a layer whose variables shrank is called, the interceptor calls a clone of it with
 the new widths (``features``; a depthwise conv's ``feature_group_count`` too), bound to
-the very same scope, so its variables keep their paths. Layers whose variables take
+the very same scope, so its variables keep their paths (a layer that makes its variables
+in ``setup``, as nn.Embed, gets the new fields on the instance bound for this call, before
+its setup runs). Layers whose variables take
 their shapes from their input (BatchNorm, LayerNorm) need no change. A layer of a class
 that is not in `LAYERS` is never guessed at: its channels stay whole (`check_layers`)
 unless the class is registered with `register_layer`.
@@ -52,6 +54,10 @@ def _dense_general(m: nn.Module, shapes: Shapes) -> dict[str, Any]:
     return {"features": new[-1] if isinstance(f, int) else tuple(new[-len(f):])}
 
 
+def _embed(m: nn.Module, shapes: Shapes) -> dict[str, Any]:
+    return {"features": shapes["embedding"][1][-1]} if "embedding" in shapes else {}
+
+
 def _follows_input(m: nn.Module, shapes: Shapes) -> dict[str, Any]:
     return {}
 
@@ -70,7 +76,7 @@ def _attention(m: nn.Module, shapes: Shapes) -> dict[str, Any]:
 
 LAYERS: dict[type, Updater] = {
     nn.Conv: _conv, nn.ConvTranspose: _conv, ResNetConv: _features, nn.Dense: _features,
-    nn.DenseGeneral: _dense_general, nn.BatchNorm: _follows_input,
+    nn.DenseGeneral: _dense_general, nn.Embed: _embed, nn.BatchNorm: _follows_input,
     nn.LayerNorm: _follows_input, nn.RMSNorm: _follows_input, nn.GroupNorm: _follows_input,
     BatchNorm: _follows_input, nn.MultiHeadDotProductAttention: _attention,
 }
@@ -190,9 +196,16 @@ class Pruned(nn.Module):
         def rebuild(next_fun, a, kw, ctx):
             mod = ctx.module
             shapes = table.get("/".join(mod.path[root:])) \
-                if ctx.method_name == "__call__" and made.get(id(mod)) is not mod else None
-            upd = _updates(mod, shapes) if shapes else {}
-            if any(getattr(mod, k) != v for k, v in upd.items()):
+                if ctx.method_name in ("setup", "__call__") and made.get(id(mod)) is not mod \
+                else None
+            upd = {k: v for k, v in (_updates(mod, shapes) if shapes else {}).items()
+                   if getattr(mod, k) != v}
+            if upd and ctx.method_name == "setup":
+                # a layer that makes its variables in setup (nn.Embed): this bound instance
+                # is this call's own (linen binds a fresh one per apply); set its fields
+                for k, v in upd.items():
+                    object.__setattr__(mod, k, v)
+            elif upd:
                 clone = mod.clone(parent=mod.scope, **upd)
                 made[id(clone)] = clone
                 return getattr(clone, ctx.method_name)(*a, **kw)

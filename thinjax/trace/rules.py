@@ -117,10 +117,12 @@ def cumulative(cx: Context, eqn: Any, vals: list[Val]) -> list[Val]:
     return [Val(vals[0].ids)]
 
 
-def _cut(cx: Context, eqn: Any, a: Axis, what: str) -> None:
+def _cut(cx: Context, eqn: Any, a: Axis, what: str, bounds: bool = True) -> None:
+    """Fixes the channels of `a`, cut by `what` ("a slice" of a channel axis, ...)."""
     if carries(a):
-        cx.ch.fix(a, f"{cx.where(eqn)}: {what} of a channel axis (bounds written in the "
-                     "model cannot follow pruning)")
+        cx.ch.fix(a, f"{cx.where(eqn)}: {what} of a channel axis" + (
+            " (its bounds are written in the model: they cannot follow pruning)"
+            if bounds else ""))
 
 
 def slice_rule(cx: Context, eqn: Any, vals: list[Val]) -> list[Val]:
@@ -194,6 +196,27 @@ def rev(cx: Context, eqn: Any, vals: list[Val]) -> list[Val]:
     return [Val(tuple(out))]
 
 
+def gather(cx: Context, eqn: Any, vals: list[Val]) -> list[Val]:
+    """A gather that takes whole channel axes (an embedding lookup, nearest-neighbour
+    resizing): those axes pass; an indexed channel axis is fixed."""
+    dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+    src, shape = _shape(eqn.invars[0]), _shape(eqn.outvars[0])
+    out: list[Axis] = [_zeros(n) for n in shape]
+    skipped = set(dn.collapsed_slice_dims) | set(getattr(dn, "operand_batching_dims", ()))
+    kept = [d for d in range(len(src)) if d not in skipped]
+    for d, o in zip(kept, dn.offset_dims):
+        a = vals[0].ids[d]
+        if d in dn.start_index_map or sizes[d] != src[d]:
+            _cut(cx, eqn, a, "a gather indexing", bounds=False)
+        else:
+            out[o] = a
+    for d in skipped:
+        _cut(cx, eqn, vals[0].ids[d], "a gather indexing", bounds=False)
+    for a in vals[1].ids:
+        _cut(cx, eqn, a, "gather indices made", bounds=False)
+    return [Val(tuple(out))]
+
+
 def window(cx: Context, eqn: Any, vals: list[Val]) -> list[Val]:
     """Pooling (reduce_window*): windowed axes hold no channel afterwards; a window over
     a channel axis fixes its channels."""
@@ -222,6 +245,6 @@ RULES.update({
     "broadcast_in_dim": broadcast_in_dim, "reshape": reshape_rule, "transpose": transpose,
     "squeeze": squeeze, "slice": slice_rule, "split": split, "dynamic_slice": dynamic_slice,
     "dynamic_update_slice": dynamic_update_slice, "concatenate": concatenate, "pad": pad,
-    "rev": rev, "reduce_window_sum": window, "reduce_window_max": window,
+    "rev": rev, "gather": gather, "reduce_window_sum": window, "reduce_window_max": window,
     "reduce_window_min": window, "reduce_window": window,
 })
