@@ -295,6 +295,8 @@ def allocate(plan: Plan, scores: dict[str, np.ndarray], target: Target, *,
              normalization: str = "mean", group_ratios: tuple = (),
              tolerance: float = 0.01, strict: bool | None = None) -> Allocation:
     """Keep-masks for `plan` that reach `target`, removing the lowest-scored channels.
+    `plan` may also be a traced network (`thinjax.trace.TracedNet`: its groups and cost
+    model stand in for the plan's, `input_size` aside).
 
     A params/MACs target is met within `tolerance` (relative) or, with round_to > 1 and
     `strict`, refused: TargetError names the nearest costs reached and the largest smaller
