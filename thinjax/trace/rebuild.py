@@ -27,6 +27,7 @@ import numpy as np
 
 from thinjax.errors import TraceError
 from thinjax.models.batchnorm import BatchNorm
+from thinjax.models.examples import TRACED_LAYERS as EXAMPLE_LAYERS
 from thinjax.models.resnet import Conv as ResNetConv
 from thinjax.trace.graph import Leaf, TracedGroup
 
@@ -79,6 +80,7 @@ LAYERS: dict[type, Updater] = {
     nn.DenseGeneral: _dense_general, nn.Embed: _embed, nn.BatchNorm: _follows_input,
     nn.LayerNorm: _follows_input, nn.RMSNorm: _follows_input, nn.GroupNorm: _follows_input,
     BatchNorm: _follows_input, nn.MultiHeadDotProductAttention: _attention,
+    **{cls: _follows_input for cls in EXAMPLE_LAYERS},   # thinjax.models.examples
 }
 
 
