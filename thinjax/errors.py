@@ -49,6 +49,11 @@ class TargetError(ThinjaxError, ValueError):
     """A pruning target that no network of the allowed shapes reaches."""
 
 
+class TraceError(ThinjaxError, ValueError):
+    """A model that `thinjax.trace` cannot prune or rebuild as asked (the message says
+    which layer or option, and what to do)."""
+
+
 class OutputError(ThinjaxError, FileExistsError):
     """An output path that exists, is not ours to replace, or cannot be written."""
 

@@ -32,11 +32,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from thinjax.cost import count
 from thinjax.errors import TargetError  # also imported from here by callers and tests
 from thinjax.plan import Plan
 from thinjax.prune.criteria import normalize
-from thinjax.prune.groups import Group, channel_groups, init_masks
+from thinjax.prune.groups import Group
 from thinjax.prune.search import (
     Around,
     CountsFn,
@@ -44,6 +43,8 @@ from thinjax.prune.search import (
     Strategy,
     UnitRank,
     candidate,
+    network_cost,
+    network_groups,
     search,
 )
 
@@ -96,8 +97,9 @@ def _check_options(method: str, round_to: int) -> None:
 def _problem(plan: Plan, scores: dict[str, np.ndarray], masks: dict | None, round_to: int,
              allow_block_removal: bool) -> Problem:
     """The `Problem` of pruning `plan` (already masked by `masks`, if any)."""
-    groups = channel_groups(plan)
-    masks = init_masks(plan) if masks is None else {k: np.asarray(v) for k, v in masks.items()}
+    groups = network_groups(plan)
+    masks = ({n: np.ones((g.size,), np.float32) for n, g in groups.items()} if masks is None
+             else {k: np.asarray(v) for k, v in masks.items()})
     alive = {n: np.asarray(masks[n]) > 0 for n in groups}
     minimum = {n: 0 if (g.removable and allow_block_removal) else min(round_to, g.size)
                for n, g in groups.items()}
@@ -239,7 +241,7 @@ def _allocate(plan: Plan, scores: dict[str, np.ndarray], target: Target, *, meth
     _check_options(method, round_to)
     pb = _problem(plan, scores, masks, round_to, allow_block_removal)
     strategy = _strategy(pb, method, normalization, group_ratios)
-    dense = count(plan, input_size)
+    dense = network_cost(plan, input_size)
     kind, value = target.absolute(dense.params, dense.macs)
     if kind == "ratio":
         t = 1.0 if method == "explicit" else value
@@ -293,6 +295,8 @@ def allocate(plan: Plan, scores: dict[str, np.ndarray], target: Target, *,
              normalization: str = "mean", group_ratios: tuple = (),
              tolerance: float = 0.01, strict: bool | None = None) -> Allocation:
     """Keep-masks for `plan` that reach `target`, removing the lowest-scored channels.
+    `plan` may also be a traced network (`thinjax.trace.TracedNet`: its groups and cost
+    model stand in for the plan's, `input_size` aside).
 
     A params/MACs target is met within `tolerance` (relative) or, with round_to > 1 and
     `strict`, refused: TargetError names the nearest costs reached and the largest smaller

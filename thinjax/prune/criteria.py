@@ -103,14 +103,15 @@ def member_slices(inp: ScoreInputs, group: Group, bn: bool = True) -> list[np.nd
         raise ValueError(f"unknown score members {inp.members!r}; use one of "
                          f"{', '.join(MEMBERS)}")
     flat = inp.flat_params()
-    paths = [(k, 3) for k in group.kernels]
+    paths = list(group.kernel_members)
     if inp.members == "all":
         paths += [(k, 0) for k in group.bn_scales] if bn else []
         paths += list(group.consumers)
     out = []
     for path, axis in paths:
-        w = np.asarray(flat[path], np.float64)
-        out.append(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1))
+        w = np.moveaxis(np.asarray(flat[path], np.float64), axis, 0)
+        rows = group.rows(path, axis)
+        out.append((w if rows is None else w[rows]).reshape(group.size, -1))
     return out
 
 

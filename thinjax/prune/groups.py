@@ -63,6 +63,17 @@ class Group:
     def bn_scales(self) -> tuple[str, ...]:
         return tuple(p for p, _ in self.producers if p.endswith("/scale"))
 
+    @property
+    def kernel_members(self) -> tuple[Member, ...]:
+        """The producer kernels with their output axis (HWIO: the last)."""
+        return tuple((p, 3) for p in self.kernels)
+
+    def rows(self, path: str, axis: int) -> np.ndarray | None:
+        """Where channel j sits on `axis` of member `path`: None for index j, as in every
+        plan group (a traced group, `thinjax.trace`, may hold a channel at other or
+        several indices: [size, multiplicity] indices)."""
+        return None
+
 
 def _conv_bn(prefix: str, conv: str, bn: str, axis_out: int = 3) -> list[Member]:
     return [(f"{prefix}/{conv}/kernel", axis_out)] + [(f"{prefix}/{bn}/{k}", 0)

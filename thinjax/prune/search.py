@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from thinjax.cost import Cost, count
 from thinjax.errors import TargetError
 from thinjax.plan import Plan
-from thinjax.prune.groups import Group, plan_with_counts
+from thinjax.prune.groups import Group, channel_groups, plan_with_counts
 
 # (t, fine) -> channels each group keeps; see `_global_counts` and `_uniform_counts`
 CountsFn = Callable[[float, float], dict[str, int]]
@@ -35,7 +36,7 @@ class Problem:
     """What every step of one allocation reads: the plan's groups, the channels each group
     keeps now (`current`), the fewest it may keep (`minimum`) and the channel scores, with
     the channels already masked at -inf (they sort first and stay masked)."""
-    plan: Plan
+    plan: Plan | Any       # or a traced network (`network_groups`)
     groups: dict[str, Group]
     masks: dict[str, np.ndarray]
     current: dict[str, int]
@@ -60,7 +61,7 @@ class Strategy:
 class Candidate:
     """One allocation tried by the search: channel counts, the plan they make, its cost."""
     counts: dict[str, int]
-    plan: Plan
+    plan: Plan | Any
     cost: Cost
 
     def value(self, kind: str) -> int:
@@ -72,6 +73,20 @@ class Candidate:
 Around = tuple[Candidate | None, Candidate | None] | None
 
 
+# A network to allocate on is a `Plan`, or an object with the same role that is not one
+# (`thinjax.trace.TracedNet`): its ``groups``, ``with_counts(counts)`` (the network keeping
+# `counts` channels per group), ``cost()`` and ``describe()``.
+
+def network_groups(net: Plan | Any) -> dict[str, Group]:
+    """The channel groups of `net` (a plan's, or a traced network's own)."""
+    return channel_groups(net) if isinstance(net, Plan) else net.groups
+
+
+def network_cost(net: Plan | Any, input_size: int) -> Cost:
+    """Params and MACs of `net` (a plan at `input_size`; a traced network at its trace's)."""
+    return count(net, input_size) if isinstance(net, Plan) else net.cost()
+
+
 def round_count(k: float, size: int, minimum: int, round_to: int) -> int:
     """Nearest multiple of round_to (or the full size), at least `minimum`."""
     if round_to > 1 and k < size:
@@ -81,8 +96,9 @@ def round_count(k: float, size: int, minimum: int, round_to: int) -> int:
 
 def candidate(pb: Problem, counts: dict[str, int], input_size: int) -> Candidate:
     """The plan and cost of keeping `counts` channels per group."""
-    p = plan_with_counts(pb.plan, counts)
-    return Candidate(counts, p, count(p, input_size))
+    net = pb.plan
+    p = plan_with_counts(net, counts) if isinstance(net, Plan) else net.with_counts(counts)
+    return Candidate(counts, p, network_cost(p, input_size))
 
 
 def bisect(f: Callable[[float], Candidate], want: float,

@@ -9,11 +9,24 @@ twins of the three CNNs (``to_torch``) and `thinjax.models.examples.torch_prunin
 Torch-Pruning's channel groups in Flax terms; both need the ``torch`` extra (and
 torch-pruning) and are imported by the tests alone.
 """
-from thinjax.models.examples.common import make_divisible, param_count, scaled
+from thinjax.models.examples import convnext, vit
+from thinjax.models.examples.common import (
+    make_divisible,
+    param_count,
+    random_variables,
+    scaled,
+)
 from thinjax.models.examples.convnext import ConvNeXt
 from thinjax.models.examples.mobilenet_v2 import MobileNetV2
 from thinjax.models.examples.unet import UNet
 from thinjax.models.examples.vit import ViT
 
-__all__ = ["ConvNeXt", "MobileNetV2", "UNet", "ViT", "make_divisible", "param_count",
-           "scaled"]
+# modules with parameters of their own, every one sized from the module's input (ConvNeXt's
+# layer scale ``gamma``; ViT's ``cls`` and ``pos``), so a narrower input rebuilds them with
+# no field to change: thinjax.trace registers these classes (as ``register_layer(cls)``
+# would) so that it prunes the channels they hold. They are listed here rather than
+# registered here because thinjax.trace imports thinjax.models, not the other way round.
+TRACED_LAYERS = (convnext.Block, vit.ViT)
+
+__all__ = ["TRACED_LAYERS", "ConvNeXt", "MobileNetV2", "UNet", "ViT", "make_divisible",
+           "param_count", "random_variables", "scaled"]

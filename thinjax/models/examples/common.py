@@ -11,9 +11,13 @@ symmetrically (PyTorch's ``padding=k // 2``), so the PyTorch twins
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import flax.linen as nn
 import jax
 import numpy as np
+from flax import traverse_util
 
 # torchvision's initialisers: kaiming normal (fan_out) for convolutions, N(0, 0.01) for the
 # classifier, truncated normal (std 0.02) for transformer-style dense layers
@@ -43,3 +47,26 @@ def param_count(module: nn.Module, shape: tuple[int, ...]) -> int:
     x = jax.ShapeDtypeStruct(shape, np.float32)
     variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+
+
+def random_variables(module: nn.Module, shape: tuple[int, ...], seed: int = 0) -> Any:
+    """Variables of `module` for NHWC input `shape` drawn at random (numpy float32):
+    kernels N(0, 2/fan_in), BatchNorm variances in [0.5, 2], norm scales and layer scales
+    in [0.5, 1.5], everything else (biases, means, tokens) N(0, 0.1). For pruning tests and
+    benchmarks: ``init``'s zero biases and unit statistics would hide a misplaced slice."""
+    rng = np.random.default_rng(seed)
+    abstract = jax.eval_shape(lambda x: module.init(jax.random.key(0), x),
+                              jax.ShapeDtypeStruct(shape, np.float32))
+
+    def draw(path: tuple[str, ...], s: tuple[int, ...]) -> np.ndarray:
+        if path[-1] == "kernel":
+            return rng.normal(0, math.sqrt(2 / math.prod(s[:-1])), s)
+        if path[-1] == "var":
+            return rng.uniform(0.5, 2.0, s)
+        if path[-1] in ("scale", "gamma"):
+            return rng.uniform(0.5, 1.5, s)
+        return rng.normal(0, 0.1, s)
+
+    flat = traverse_util.flatten_dict(abstract)
+    return traverse_util.unflatten_dict({k: draw(k, a.shape).astype(np.float32)
+                                         for k, a in flat.items()})

@@ -8,7 +8,8 @@ Layers (parameter paths under ``params``; BatchNorm statistics under ``batch_sta
   ``t * in`` channels, BN, ReLU6; absent when the expansion t is 1), ``dw/{conv,bn}``
   (depthwise 3x3, ``feature_group_count`` = its channels, so its kernel is
   ``(3, 3, 1, C)``; BN, ReLU6), ``project/{conv,bn}`` (1x1, BN, no activation), plus
-  the input when the stride is 1 and the width is unchanged;
+  the input when the stride is 1 and the width is unchanged (decided from the table, a
+  field ``residual``, never from the input's shape: pruning changes widths);
 * ``last/{conv,bn}``: 1x1 convolution to ``make_divisible(1280 * max(1, width))``, BN,
   ReLU6; global average pooling; ``head``: the classifier (Dense with bias).
 
@@ -57,10 +58,13 @@ class ConvBN(nn.Module):
 
 class InvertedResidual(nn.Module):
     """1x1 expansion (if `expansion` > 1), depthwise 3x3, linear 1x1 projection; the input
-    is added when `stride` is 1 and the width is unchanged."""
+    is added if `residual` (torchvision: stride 1 and the width unchanged). A field, not
+    ``x.shape[-1] == features``: a pruned stream is narrower than `features` says, and
+    thinjax.trace rebuilds the layers' widths, not the model's decisions."""
     features: int
     expansion: int
     stride: int
+    residual: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -70,13 +74,20 @@ class InvertedResidual(nn.Module):
             y = ConvBN(hidden, name="expand")(y, train)
         y = ConvBN(hidden, 3, self.stride, groups=hidden, name="dw")(y, train)
         y = ConvBN(self.features, act=False, name="project")(y, train)
-        return x + y if self.stride == 1 and x.shape[-1] == self.features else y
+        return x + y if self.residual else y
 
 
 def block_table(width: float, strides: Sequence[int]) -> list[tuple[int, int, int]]:
     """(features, expansion, stride) of each of the 17 inverted residuals."""
     return [(scaled(c, width), t, s if i == 0 else 1)
             for (t, c, n), s in zip(SETTINGS, strides, strict=True) for i in range(n)]
+
+
+def residuals(width: float, strides: Sequence[int]) -> list[bool]:
+    """Whether each inverted residual adds its input: stride 1, width unchanged."""
+    table = block_table(width, strides)
+    widths = [scaled(32, width)] + [c for c, _, _ in table]
+    return [s == 1 and widths[i] == c for i, (c, _, s) in enumerate(table)]
 
 
 class MobileNetV2(nn.Module):
@@ -90,8 +101,10 @@ class MobileNetV2(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = ConvBN(scaled(32, self.width), 3, self.stem_stride, name="stem")(x, train)
-        for i, (c, t, s) in enumerate(block_table(self.width, self.strides)):
-            x = InvertedResidual(c, t, s, name=f"block{i}")(x, train)
+        table = block_table(self.width, self.strides)
+        for i, ((c, t, s), res) in enumerate(zip(table, residuals(self.width, self.strides),
+                                                 strict=True)):
+            x = InvertedResidual(c, t, s, res, name=f"block{i}")(x, train)
         x = ConvBN(scaled(1280 * max(1.0, self.width), 1.0), name="last")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=head_init, name="head")(x)

@@ -83,11 +83,14 @@ class ViT(nn.Module):
         dim = heads * self.head_dim
         x = nn.Conv(dim, (self.patch, self.patch), self.patch, padding=0,
                     kernel_init=dense_init, name="patch")(x)
-        x = x.reshape(x.shape[0], -1, dim)
+        # the tokens' width from the patch embedding's output, not `dim`: pruning the
+        # residual stream (thinjax.trace, inexact=True) narrows it
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
         if self.pool == "cls":
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, dim))
-            x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, dim)), x], axis=1)
-        x = x + self.param("pos", dense_init, (1, x.shape[1], dim))
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, x.shape[-1]))
+            x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x],
+                                axis=1)
+        x = x + self.param("pos", dense_init, (1, x.shape[1], x.shape[-1]))
         for j in range(self.depth):
             x = Block(heads, self.head_dim, self.mlp_ratio * dim, name=f"block{j}")(x)
         x = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
