@@ -6,6 +6,10 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/train_throughput.py ...
     python benchmarks/train_throughput.py --model=resnet20 --width=8 --compare-torch
     python benchmarks/train_throughput.py --model=resnet56 --width=16 --compare-torch --pruned
+    python benchmarks/train_throughput.py --model=resnet56 --width=16 --compare-torch \
+        --dtype=float32,bfloat16      # bfloat16 against PyTorch's autocast, channels_last
+    python benchmarks/train_throughput.py --check-numerics --dtype=bfloat16 --model=resnet20 \
+        --width=8 --batch=32          # bfloat16 steps against the float32 reference
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce python ...  # YNN
 
 Rows (images/s):
@@ -20,7 +24,9 @@ FLOP/s counts 3 x 2 x MACs per training image (forward + backward ~ 3 forwards) 
 2 x MACs per evaluated image; "peak" is a measured large matmul in the same dtype.
 --compare-torch times only the plain step and the eval step, and the same two in PyTorch
 (thinjax.interop.torch_module.TorchResNet from the same plan, NCHW float32, torch.optim.SGD,
-CrossEntropyLoss(label_smoothing=0.1), inference_mode for eval), alternating the two in
+CrossEntropyLoss(label_smoothing=0.1), inference_mode for eval; for --dtype=bfloat16 the
+model and batch channels_last under torch.autocast("cpu", dtype=torch.bfloat16), thinjax
+with bfloat16 compute and float32 parameters), alternating the two in
 --rounds rounds of --steps steps so both see the same machine load; it prints medians and
 the median of the per-round thinjax/PyTorch ratios, with the CPU model and ISA flags.
 Data: the bundled CIFAR-10 sample (real JPEGs; resized crops for 224-pixel models).
@@ -115,22 +121,40 @@ def eval_rate(model, batch: int, size: int, steps: int) -> float:
     return batch / timeit(eval_fn(model, batch, size), steps)
 
 
-def torch_step(plan, batch: int, size: int, smoothing: float = 0.1):
-    """The same training step in PyTorch (TorchResNet from the same plan, NCHW float32, SGD
-    momentum 0.9, cross-entropy with label smoothing, BN in training mode): a callable."""
+def torch_setup(plan, batch: int, size: int, dtype: str, train: bool):
+    """(TorchResNet from `plan` in train or eval mode, random NCHW batch, autocast context
+    factory). float32: NCHW, no autocast; bfloat16: channels_last model and batch under
+    torch.autocast("cpu", dtype=torch.bfloat16), what a PyTorch user runs for bf16."""
+    import functools
+
     import torch
 
     from thinjax.interop.torch_module import TorchResNet
     torch.manual_seed(0)
-    model = TorchResNet(plan).train()
+    model = TorchResNet(plan).train(train)
+    x = torch.randn(batch, 3, size, size)
+    bf16 = dtype == "bfloat16"
+    if bf16:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model, x, functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16,
+                                       enabled=bf16)
+
+
+def torch_step(plan, batch: int, size: int, smoothing: float = 0.1, dtype: str = "float32"):
+    """The same training step in PyTorch (TorchResNet from the same plan, SGD momentum 0.9,
+    cross-entropy with label smoothing, BN in training mode; float32 NCHW, or bfloat16
+    autocast with channels_last, see torch_setup): a callable."""
+    import torch
+    model, x, autocast = torch_setup(plan, batch, size, dtype, train=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
-    x = torch.randn(batch, 3, size, size)
     y = torch.arange(batch) % plan.num_classes
 
     def run():
         opt.zero_grad(set_to_none=True)
-        loss = crit(model(x), y)
+        with autocast():
+            loss = crit(model(x), y)
         loss.backward()
         opt.step()
         loss.item()
@@ -138,17 +162,13 @@ def torch_step(plan, batch: int, size: int, smoothing: float = 0.1):
     return run
 
 
-def torch_eval(plan, batch: int, size: int):
+def torch_eval(plan, batch: int, size: int, dtype: str = "float32"):
     """PyTorch's evaluation forward (eval mode, inference_mode) on the same plan."""
     import torch
-
-    from thinjax.interop.torch_module import TorchResNet
-    torch.manual_seed(0)
-    model = TorchResNet(plan).eval()
-    x = torch.randn(batch, 3, size, size)
+    model, x, autocast = torch_setup(plan, batch, size, dtype, train=False)
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             model(x).argmax(1).sum().item()
 
     return run
@@ -189,33 +209,42 @@ def pruned_plan(plan: Plan, seed: int = 0) -> Plan:
     return dataclasses.replace(plan, stem_width=stems[0], stages=stages)
 
 
-def compare_torch(a, plan: Plan, model) -> dict:
-    """thinjax vs PyTorch on the same plan, batch and step, interleaved; medians. When
-    thinjax's convolutions are oneDNN's, the step with XLA's convolutions is timed too. With
-    --ablate, thinjax without the fusion barrier, and without it and with flax's
-    nn.BatchNorm (the path before either change), are timed too."""
+def compare_torch(a, plan: Plan) -> dict:
+    """thinjax vs PyTorch on the same plan, batch and step, interleaved; medians. For each
+    of --dtype's dtypes: thinjax in that compute dtype against PyTorch in it (bfloat16:
+    autocast + channels_last). When thinjax's convolutions are oneDNN's, the step with XLA's
+    convolutions is timed too. With --ablate, thinjax without the fusion barrier, and
+    without it and with flax's nn.BatchNorm (the path before either change), too."""
     import torch
-    variants = {"thinjax": model}
-    if conv_status().startswith("onednn"):  # the same step with XLA's own convolutions
-        variants["XLA conv"] = model.clone(conv_impl="xla")
-    if a.ablate:
-        variants["no fusion barrier"] = model.clone(fusion_barrier=False)
-        variants["no barrier, nn.BatchNorm"] = model.clone(fusion_barrier=False, fused_bn=False)
-    fns = {"train": {k: plain_step(m, a.batch, a.input_size, plan.num_classes)
-                     for k, m in variants.items()},
-           "eval": {k: eval_fn(m, a.batch, a.input_size) for k, m in variants.items()}}
-    fns["train"]["pytorch"] = torch_step(plan, a.batch, a.input_size)
-    fns["eval"]["pytorch"] = torch_eval(plan, a.batch, a.input_size)
-    res = {"variants": list(variants)}
+
+    from thinjax.models.resnet import build_model
+    fns: dict = {"train": {}, "eval": {}}
+    rows = []  # (dtype, variant)
+    for dt in a.dtypes:
+        model = build_model(plan, dtype=dt)
+        variants = {"thinjax": model}
+        if conv_status(dt).startswith("onednn"):  # the same step with XLA's convolutions
+            variants["XLA conv"] = model.clone(conv_impl="xla")
+        if a.ablate:
+            variants["no fusion barrier"] = model.clone(fusion_barrier=False)
+            variants["no barrier, nn.BatchNorm"] = model.clone(fusion_barrier=False,
+                                                               fused_bn=False)
+        for k, m in variants.items():
+            fns["train"][f"{dt} {k}"] = plain_step(m, a.batch, a.input_size, plan.num_classes)
+            fns["eval"][f"{dt} {k}"] = eval_fn(m, a.batch, a.input_size)
+            rows.append((dt, k))
+        fns["train"][f"{dt} pytorch"] = torch_step(plan, a.batch, a.input_size, dtype=dt)
+        fns["eval"][f"{dt} pytorch"] = torch_eval(plan, a.batch, a.input_size, dtype=dt)
+    res = {"rows": rows, "conv": {dt: conv_status(dt) for dt in a.dtypes}}
     for what, group in fns.items():
         faults: dict = {}
         sec = interleaved(group, a.steps, a.rounds, faults)
         res[what] = {k: a.batch / float(np.median(v)) for k, v in sec.items()}
         res[what]["faults"] = faults
-        for k in variants:
-            ratios = [t / j for j, t in zip(sec[k], sec["pytorch"])]
-            res[what][f"{k} ratio"] = float(np.median(ratios))
-            res[what][f"{k} ratio_range"] = (min(ratios), max(ratios))
+        for dt, k in rows:
+            ratios = [t / j for j, t in zip(sec[f"{dt} {k}"], sec[f"{dt} pytorch"])]
+            res[what][f"{dt} {k} ratio"] = float(np.median(ratios))
+            res[what][f"{dt} {k} ratio_range"] = (min(ratios), max(ratios))
     res["torch_threads"] = torch.get_num_threads()
     return res
 
@@ -223,36 +252,41 @@ def compare_torch(a, plan: Plan, model) -> dict:
 def print_compare(a, plan: Plan, res: dict) -> None:
     flags = os.environ.get("XLA_FLAGS", "") or "(none)"
     print(f"\n{a.model} w={a.width}{' pruned ' + plan.describe() if a.pruned else ''}, "
-          f"{a.input_size}px, batch {a.batch}, float32; CPU: {cpu_description()}")
+          f"{a.input_size}px, batch {a.batch}, {', '.join(a.dtypes)}; "
+          f"CPU: {cpu_description()}")
     print(f"jax {jax.__version__}, XLA_FLAGS {flags}; malloc tuning {malloc_status()} (both "
           f"libraries, one process); torch threads {res['torch_threads']}; "
-          f"medians of {a.rounds} interleaved rounds x {a.steps} steps")
-    print(f"thinjax convolutions: {conv_status()}")
-    print("| step | variant | thinjax img/s | PyTorch img/s | thinjax/PyTorch (median, range) "
-          "| page faults per step, thinjax / PyTorch |")
-    print("|---|---|---|---|---|---|")
+          f"medians of {a.rounds} interleaved rounds x {a.steps} steps; PyTorch bfloat16: "
+          "autocast + channels_last")
+    for dt, st in res["conv"].items():
+        print(f"thinjax convolutions, {dt}: {st}")
+    print("| step | dtype | variant | thinjax img/s | PyTorch img/s | thinjax/PyTorch (median, "
+          "range) | page faults per step, thinjax / PyTorch |")
+    print("|---|---|---|---|---|---|---|")
     for what in ("train", "eval"):
         r = res[what]
-        for k in res["variants"]:
-            lo, hi = r[f"{k} ratio_range"]
-            print(f"| {what} | {k} | {r[k]:,.0f} | {r['pytorch']:,.0f} | "
-                  f"{r[f'{k} ratio']:.2f}x ({lo:.2f}-{hi:.2f}) | "
-                  f"{r['faults'][k]:,.0f} / {r['faults']['pytorch']:,.0f} |")
+        for dt, k in res["rows"]:
+            key, pt = f"{dt} {k}", f"{dt} pytorch"
+            lo, hi = r[f"{key} ratio_range"]
+            print(f"| {what} | {dt} | {k} | {r[key]:,.0f} | {r[pt]:,.0f} | "
+                  f"{r[f'{key} ratio']:.2f}x ({lo:.2f}-{hi:.2f}) | "
+                  f"{r['faults'][key]:,.0f} / {r['faults'][pt]:,.0f} |")
 
 
 def numerics_dump(a, path: str) -> None:
     """`a.check_steps` training steps of the plain step on a fixed stream of random images
     and labels (memorised, so the loss falls); saves the loss curve and eval-mode logits at
-    init and at the end to `path` (.npz). --perturb scales the inputs by 1 + 2^-23: a one-ulp
-    change that shows how far float noise alone moves the curve; --reference-model uses
-    nn.BatchNorm and no fusion barrier."""
+    init and at the end to `path` (.npz), computing in --dtype. --perturb=DTYPE scales the
+    inputs by 1 + DTYPE's epsilon (2^-23 for float32, 2^-7 for bfloat16): a one-ulp change
+    that shows how far rounding alone moves the curve; --reference-model uses nn.BatchNorm
+    and no fusion barrier."""
     from thinjax.models.resnet import build_model
     plan = plan_from_width(a.model, a.width, 10)
     ref = a.reference_model
-    model = build_model(plan, fused_bn=not ref, fusion_barrier=not ref)
+    model = build_model(plan, fused_bn=not ref, fusion_barrier=not ref, dtype=a.dtype)
     rng = np.random.default_rng(0)
     xs = rng.standard_normal((4, a.batch, 32, 32, 3)).astype(np.float32)
-    xs = xs * np.float32(1 + 2**-23) if a.perturb else xs
+    xs = xs * np.float32(1 + jnp.finfo(a.perturb).eps) if a.perturb else xs
     ys = jax.nn.one_hot(rng.integers(0, 10, (4, a.batch)), 10)
     v = jax.jit(model.init)(jax.random.PRNGKey(0), xs[0, :1])
     tx = optax.sgd(0.05, momentum=0.9)
@@ -284,45 +318,72 @@ NUMERICS_ARMS = {  # name -> (environment, extra arguments)
     "thinjax, XLA conv, flag off": ({**XLA_CONV}, []),
     "thinjax, XLA conv, flag on": ({**YNN, **XLA_CONV}, []),
     "reference": ({**XLA_CONV}, ["--reference-model"]),
-    "reference, inputs +1 ulp": ({**XLA_CONV}, ["--reference-model", "--perturb"]),
+    "reference, inputs +1 ulp": ({**XLA_CONV}, ["--reference-model", "--perturb=float32"]),
+}
+BF16 = ["--dtype=bfloat16"]
+BF16_BAND_FACTOR = 1.0  # bfloat16 init logits within this x the one-bfloat16-ulp band
+NUMERICS_ARMS_BF16 = {  # --check-numerics --dtype=bfloat16: bfloat16 against float32
+    "thinjax bfloat16 (oneDNN conv, barrier, fused BN)": ({}, BF16),
+    "thinjax bfloat16, XLA conv": ({**XLA_CONV}, BF16),
+    "reference": ({**XLA_CONV}, ["--reference-model"]),
+    "reference, inputs +1 bfloat16 ulp": ({**XLA_CONV}, ["--reference-model",
+                                                          "--perturb=bfloat16"]),
 }
 
 
-def check_numerics(a) -> int:
-    """Runs numerics_dump in fresh processes (XLA reads XLA_FLAGS once) for each of
-    NUMERICS_ARMS: thinjax's default model (oneDNN convolutions, fusion barrier, fused
-    BatchNorm), the same with XLA's convolutions with the YNN flag off and on, against the
-    reference path (XLA's convolutions, nn.BatchNorm, no barrier, flag off), and the
-    reference with one-ulp-perturbed inputs (the float-noise yardstick); compares."""
+def numerics_arms(a, arms: dict) -> dict:
+    """numerics_dump of each arm (name -> (environment, extra arguments)) in a fresh
+    process (XLA reads XLA_FLAGS once): name -> its losses and logits."""
     import subprocess
     base = [sys.executable, os.path.abspath(__file__), f"--model={a.model}",
             f"--width={a.width}", f"--batch={a.batch}", f"--check-steps={a.check_steps}"]
-    clean = {k: v for k, v in os.environ.items()
-             if k != "THINJAX_CONV"}
+    clean = {k: v for k, v in os.environ.items() if k != "THINJAX_CONV"}
     res = {}
     with tempfile.TemporaryDirectory() as d:
-        for name, (env, extra) in NUMERICS_ARMS.items():
+        for name, (env, extra) in arms.items():
             out = os.path.join(d, f"{len(res)}.npz")
             e = {**clean, **env}
             if "XLA_FLAGS" in env:  # appended to the caller's (device count, ...)
                 e["XLA_FLAGS"] = f"{clean.get('XLA_FLAGS', '')} {env['XLA_FLAGS']}".strip()
             subprocess.run(base + extra + [f"--dump-numerics={out}"], check=True, env=e)
             res[name] = dict(np.load(out))
+    return res
+
+
+def check_numerics(a) -> int:
+    """Runs numerics_dump for each of NUMERICS_ARMS: thinjax's default model (oneDNN
+    convolutions, fusion barrier, fused BatchNorm), the same with XLA's convolutions with
+    the YNN flag off and on, against the reference path (XLA's convolutions, nn.BatchNorm,
+    no barrier, flag off, float32), and the reference with one-ulp-perturbed inputs (the
+    float-noise yardstick); compares. With --dtype=bfloat16, NUMERICS_ARMS_BF16: thinjax in
+    bfloat16 (oneDNN's and XLA's convolutions) against the float32 reference, whose inputs
+    moved by one bfloat16 ulp give the yardstick."""
+    bf16 = a.dtype == "bfloat16"
+    arms = NUMERICS_ARMS_BF16 if bf16 else NUMERICS_ARMS
+    res = numerics_arms(a, arms)
     ref = res["reference"]
     print(f"\n{a.model} w={a.width}, batch {a.batch}, {a.check_steps} steps; CPU: "
           f"{cpu_description()}; the YNN flag: {YNN['XLA_FLAGS']}")
-    print("| vs reference (XLA conv, nn.BatchNorm, no barrier, flag off) "
+    print("| vs reference (XLA conv, nn.BatchNorm, no barrier, flag off, float32) "
           "| max abs logit diff (init) "
           "| (after training) | max abs loss diff | loss diff at last step | final loss |")
     print("|---|---|---|---|---|---|")
-    for name in (n for n in NUMERICS_ARMS if n != "reference"):
+    diff = {}
+    for name in (n for n in arms if n != "reference"):
         r = res[name]
         dl = np.abs(r["losses"] - ref["losses"])
-        print(f"| {name} | {np.abs(r['first'] - ref['first']).max():.2e} | "
+        diff[name] = float(np.abs(r["first"] - ref["first"]).max())
+        print(f"| {name} | {diff[name]:.2e} | "
               f"{np.abs(r['last'] - ref['last']).max():.2e} | {dl.max():.2e} | {dl[-1]:.2e} | "
               f"{r['losses'][-1]:.4f} (reference {ref['losses'][-1]:.4f}) |")
-    ok = all(np.abs(res[n]["first"] - ref["first"]).max() <= 1e-5 for n in NUMERICS_ARMS)
-    print("init logits of every arm within 1e-5:", ok)
+    if not bf16:
+        ok = all(d <= 1e-5 for d in diff.values())
+        print("init logits of every arm within 1e-5:", ok)
+        return 0 if ok else 1
+    band = diff["reference, inputs +1 bfloat16 ulp"]
+    ok = all(d <= BF16_BAND_FACTOR * band for d in diff.values())
+    print(f"init logits of the bfloat16 arms within {BF16_BAND_FACTOR} x the one-ulp band "
+          f"({band:.2e}):", ok)
     return 0 if ok else 1
 
 
@@ -384,7 +445,9 @@ def parse_args():
     ap.add_argument("--input-size", type=int, default=32)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="float32",
+                    help="compute dtype: float32 or bfloat16; --compare-torch takes a comma "
+                    "list (float32,bfloat16: both, each against PyTorch in that dtype)")
     ap.add_argument("--skip-loop", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--compare-torch", action="store_true",
@@ -401,9 +464,14 @@ def parse_args():
                     help="thinjax's CPU flags vs the reference path: logits and a loss curve")
     ap.add_argument("--check-steps", type=int, default=200)
     ap.add_argument("--dump-numerics", help=argparse.SUPPRESS)
-    ap.add_argument("--perturb", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--perturb", nargs="?", const="float32", help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.model = model_name(a.model, a.input_size)
+    a.dtypes = [d.strip() for d in a.dtype.split(",")]
+    if len(a.dtypes) > 1 and not a.compare_torch:
+        ap.error(f"--dtype={a.dtype}: a comma list only with --compare-torch")
+    if a.compare_torch and not set(a.dtypes) <= {"float32", "bfloat16"}:
+        ap.error(f"--dtype={a.dtype}: --compare-torch takes float32 and/or bfloat16")
     return a
 
 
@@ -418,11 +486,8 @@ def main() -> int:
     plan = plan_from_width(a.model, a.width, 10)
     if a.pruned:
         plan = pruned_plan(plan)
-    model = build_model(plan, dtype=a.dtype)
     if a.compare_torch:
-        if a.dtype != "float32":
-            raise SystemExit("--compare-torch compares float32 steps")
-        res = compare_torch(a, plan, model)
+        res = compare_torch(a, plan)
         print_compare(a, plan, res)
         if a.json:
             print(json.dumps({"model": a.model, "width": a.width, "pruned": a.pruned,
@@ -430,7 +495,7 @@ def main() -> int:
                               "xla_flags": os.environ.get("XLA_FLAGS", ""),
                               "malloc_tuning": malloc_status(), **res}))
         return 0
-    return report_rows(a, plan, model)
+    return report_rows(a, plan, build_model(plan, dtype=a.dtype))
 
 
 def report_rows(a, plan: Plan, model) -> int:

@@ -90,9 +90,9 @@ def test_choice_and_bad_input(monkeypatch):
     with pytest.raises(ValueError, match="unknown convolution implementation 'fast'.*auto, xla"):
         conv.resolve("auto")
     monkeypatch.delenv(conv.ENV)
-    with pytest.raises(build.KernelUnavailable, match="bfloat16.*float32"):
-        conv.resolve("onednn", jnp.bfloat16)
-    assert conv.resolve("auto", jnp.bfloat16) == "xla"  # silently: a dtype choice, not a fault
+    with pytest.raises(build.KernelUnavailable, match="float16.*float32 and bfloat16"):
+        conv.resolve("onednn", jnp.float16)
+    assert conv.resolve("auto", jnp.float16) == "xla"  # silently: a dtype choice, not a fault
 
 
 BUILD_TWICE = """

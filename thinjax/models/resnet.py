@@ -47,8 +47,10 @@ class Conv(nn.Module):
     def __call__(self, x):
         shape = (self.kernel, self.kernel, x.shape[-1], self.features)
         kernel = self.param("kernel", conv_init, shape, jnp.float32)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        return conv2d(x, kernel, self.stride, (self.kernel - 1) // 2, self.impl)
+        # float32 kernel, `dtype` activations: conv2d computes in `dtype` (oneDNN casts the
+        # kernel in its reorder and returns a float32 kernel gradient)
+        return conv2d(x.astype(self.dtype), kernel, self.stride, (self.kernel - 1) // 2,
+                      self.impl)
 
 
 def fusion_barrier(x, ref=None):

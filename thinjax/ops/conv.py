@@ -12,13 +12,18 @@ oneDNN through XLA FFI custom calls (``thinjax/ops/onednn_conv.cc``) when
 * JAX's default backend is the CPU and the process sees one device (``jax.device_count()
   == 1``; the custom calls carry no sharding rule, so a batch sharded over several CPU
   devices keeps XLA's convolution),
-* the computation is float32, and
+* the compute dtype (the activations') is float32 or bfloat16, and
 * the kernels build and load here (`thinjax.ops.build`: Linux x86-64, a C++ compiler, the
   oneDNN wheels that thinjax depends on there).
 
 Otherwise, and always with ``THINJAX_CONV=xla`` (or ``impl="xla"``), it is
 ``jax.lax.conv_general_dilated``. ``THINJAX_CONV=onednn`` (or ``impl="onednn"``) demands
-oneDNN and raises if it cannot be used. The results agree with XLA's to float32 rounding
+oneDNN and raises if it cannot be used. The kernel may be float32 with bfloat16
+activations (the model keeps float32 parameters): XLA's path casts it to the activations'
+dtype, oneDNN's does it in its kernel reorder (both round to nearest even) and returns the
+kernel gradient in float32 from oneDNN's float32 accumulation. In bfloat16 oneDNN uses its
+AMX or AVX-512 BF16 kernels where the CPU has them (float32 accumulation, the output rounded
+to bfloat16, as XLA's convolution). Results agree with XLA's to the rounding of the dtype
 (different summation order); ``docs/performance.md`` has the measurements and
 `status()` says which one ``auto`` picks here and why. The custom calls have a custom VJP
 (first derivatives only: no ``jax.jvp``/``jax.hessian`` through them).
@@ -42,6 +47,7 @@ __all__ = ["ENV", "IMPLS", "conv2d", "prefer_onednn", "resolve", "status", "xla_
 ENV = "THINJAX_CONV"
 IMPLS = ("auto", "xla", "onednn")
 DIMS = ("NHWC", "HWIO", "NHWC")
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))  # compute dtypes oneDNN takes
 
 log = logging.getLogger(__name__)
 _WARNED: list[str] = []
@@ -73,9 +79,11 @@ def _call(target: str, out_like, *args, stride: int, padding: int):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def onednn_conv2d(x, kernel, stride: int, padding: int):
-    """oneDNN's convolution (float32, CPU): same arguments and result as `xla_conv2d`."""
+    """oneDNN's convolution (CPU; `x` float32 or bfloat16, `kernel` either): the result of
+    `xla_conv2d` on `x` and `kernel` cast to `x`'s dtype; the kernel's gradient comes back in
+    `kernel`'s dtype."""
     out = jax.eval_shape(functools.partial(xla_conv2d, stride=stride, padding=padding),
-                         x, kernel)
+                         x, kernel.astype(x.dtype))
     return _call("thinjax_onednn_conv_fwd", out, x, kernel, stride=stride, padding=padding)
 
 
@@ -107,8 +115,9 @@ def _usable_reason(dtype) -> str | None:
         return f"the default backend is {jax.default_backend()}"
     if jax.device_count() != 1:
         return f"{jax.device_count()} devices (the custom calls have no sharding rule)"
-    if jnp.dtype(dtype) != jnp.float32:
-        return f"compute dtype {jnp.dtype(dtype).name} (the kernels are float32)"
+    if jnp.dtype(dtype) not in DTYPES:
+        return (f"compute dtype {jnp.dtype(dtype).name} (the kernels are float32 and "
+                "bfloat16)")
     try:
         build.load()
     except build.KernelUnavailable as e:
@@ -137,15 +146,16 @@ def resolve(impl: str = "auto", dtype=jnp.float32) -> str:
 
 
 def conv2d(x, kernel, stride: int = 1, padding: int = 0, impl: str = "auto"):
-    """NHWC `x` convolved with HWIO `kernel` (square stride, symmetric zero padding)."""
+    """NHWC `x` convolved with HWIO `kernel` (square stride, symmetric zero padding),
+    computed in `x`'s dtype (`kernel` is cast to it; its gradient keeps `kernel`'s dtype)."""
     if 0 in x.shape or 0 in kernel.shape or resolve(impl, x.dtype) == "xla":
-        return xla_conv2d(x, kernel, stride, padding)
+        return xla_conv2d(x, kernel.astype(x.dtype), stride, padding)
     return onednn_conv2d(x, kernel, stride, padding)
 
 
-def status() -> str:
-    """Which implementation ``auto`` picks for float32 here, and why."""
-    reason = _auto_reason(jnp.float32)
+def status(dtype=jnp.float32) -> str:
+    """Which implementation ``auto`` picks for compute `dtype` here, and why."""
+    reason = _auto_reason(dtype)
     env = os.environ.get(ENV, "").strip()
     if env and env != "auto":
         return f"{env} (${ENV}={env})"

@@ -1,11 +1,16 @@
 // 2-D convolutions (forward, input gradient, kernel gradient) for XLA:CPU as XLA FFI
 // handlers that call oneDNN, the library PyTorch's CPU convolutions use.
 //
-// Layouts are JAX's: activations NHWC, kernels HWIO, float32, no groups, no dilation.
-// Activations are handed to oneDNN in place (oneDNN's nhwc kernels); a kernel is reordered
-// into the blocked layout the chosen oneDNN kernel wants (a few KB to a few MB), and a
-// kernel gradient back from it. Primitives are built once per geometry and cached;
-// executing one is thread-safe (user-managed scratchpad, allocated per call).
+// Layouts are JAX's: activations NHWC, kernels HWIO, no groups, no dilation. Activations
+// are float32 or bfloat16 (the compute dtype: oneDNN picks its AMX / AVX-512 BF16 kernels
+// for bf16 descriptors, accumulating in f32); a kernel is float32 or bfloat16 whatever the
+// activations are. Activations are handed to oneDNN in place (oneDNN's nhwc kernels); a
+// kernel is reordered into the blocked layout and compute dtype the chosen oneDNN kernel
+// wants (a few KB to a few MB; the reorder converts f32 to bf16, rounding to nearest even),
+// and a kernel gradient back from it: with bf16 activations the kernel gradient leaves
+// oneDNN in f32 and is rounded only if the kernel is bf16. Primitives are built once per
+// geometry and dtypes and cached; executing one is thread-safe (user-managed scratchpad,
+// allocated per call).
 //
 // Built and loaded by thinjax/ops/build.py; used through thinjax/ops/conv.py.
 
@@ -28,16 +33,22 @@ namespace {
 
 enum Kind : int { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
+using DT = memory::data_type;
+
+// Shapes, strides, paddings, and the dtypes of the activations (the compute dtype) and of
+// the kernel as JAX holds it.
 struct Geometry {
   int64_t n, h, w, ci, kh, kw, co, oh, ow;
   int64_t sh, sw, pt, pb, pl, pr;
+  DT act, wei;
 };
 
 using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int>;
 
 Key KeyOf(int kind, const Geometry& g) {
-  return {kind, g.n, g.h, g.w, g.ci, g.kh, g.kw, g.co, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr};
+  return {kind, g.n,  g.h,  g.w,  g.ci, g.kh, g.kw, g.co, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr,
+          static_cast<int>(g.act), static_cast<int>(g.wei)};
 }
 
 dnnl::engine& Engine() {
@@ -45,17 +56,20 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+// kernel_any: the kernel in the compute dtype, any layout (forward, input gradient);
+// grad_any: the kernel gradient, any layout, in f32 (oneDNN accumulates bf16 in f32).
 struct Descs {
-  memory::desc src, dst, kernel_user, kernel_any;
+  memory::desc src, dst, kernel_user, kernel_any, grad_any;
   memory::dims strides, pad_l, pad_r;
 };
 
 Descs DescsOf(const Geometry& g) {
-  const auto f32 = memory::data_type::f32;
-  return {memory::desc({g.n, g.ci, g.h, g.w}, f32, Tag::nhwc),
-          memory::desc({g.n, g.co, g.oh, g.ow}, f32, Tag::nhwc),
-          memory::desc({g.co, g.ci, g.kh, g.kw}, f32, Tag::hwio),
-          memory::desc({g.co, g.ci, g.kh, g.kw}, f32, Tag::any),
+  const memory::dims k = {g.co, g.ci, g.kh, g.kw};
+  return {memory::desc({g.n, g.ci, g.h, g.w}, g.act, Tag::nhwc),
+          memory::desc({g.n, g.co, g.oh, g.ow}, g.act, Tag::nhwc),
+          memory::desc(k, g.wei, Tag::hwio),
+          memory::desc(k, g.act, Tag::any),
+          memory::desc(k, DT::f32, Tag::any),
           {g.sh, g.sw}, {g.pt, g.pl}, {g.pb, g.pr}};
 }
 
@@ -108,7 +122,7 @@ std::shared_ptr<Entry> Build(int kind, const Geometry& g) {
     Finish<dnnl::convolution_backward_data>(*e, pd, pd.weights_desc(), false);
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
-        Engine(), algo, d.src, d.kernel_any, d.dst, d.strides, d.pad_l, d.pad_r, fwd, attr);
+        Engine(), algo, d.src, d.grad_any, d.dst, d.strides, d.pad_l, d.pad_r, fwd, attr);
     Finish<dnnl::convolution_backward_weights>(*e, pd, pd.diff_weights_desc(), true);
   }
   return e;
@@ -170,18 +184,35 @@ void Run(int kind, const Geometry& g, void* a, void* k, void* out) {
   stream.wait();
 }
 
-using F32 = ffi::Buffer<ffi::F32>;
+using Buf = ffi::AnyBuffer;
+using Out = ffi::Result<ffi::AnyBuffer>;
 
-// The geometry from the NHWC input, the HWIO kernel and the NHWC output shapes.
-ffi::Error GeometryOf(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
-                      ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
-                      int64_t pl, int64_t pr, Geometry* g) {
-  if (x.size() != 4 || k.size() != 4 || y.size() != 4) {
+// oneDNN's name for an XLA dtype that the kernels take (f32, bf16), or false.
+bool DnnlType(ffi::DataType t, DT* out) {
+  if (t == ffi::DataType::F32) *out = DT::f32;
+  else if (t == ffi::DataType::BF16) *out = DT::bf16;
+  else return false;
+  return true;
+}
+
+// The geometry from the NHWC input, the HWIO kernel and the NHWC output (shapes and
+// dtypes: the input and output share the compute dtype, the kernel's may differ).
+ffi::Error GeometryOf(const Buf& x, const Buf& k, const Buf& y, int64_t sh, int64_t sw,
+                      int64_t pt, int64_t pb, int64_t pl, int64_t pr, Geometry* g) {
+  auto xd = x.dimensions(), kd = k.dimensions(), yd = y.dimensions();
+  if (xd.size() != 4 || kd.size() != 4 || yd.size() != 4) {
     return ffi::Error::InvalidArgument("thinjax oneDNN conv: operands must be 4-D");
   }
-  *g = {x[0], x[1], x[2], x[3], k[0], k[1], k[3], y[1], y[2], sh, sw, pt, pb, pl, pr};
-  if (k[2] != x[3] || y[3] != k[3] || y[0] != x[0]) {
+  *g = {xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], kd[3], yd[1], yd[2],
+        sh,    sw,    pt,    pb,    pl,    pr,    DT::f32, DT::f32};
+  if (kd[2] != xd[3] || yd[3] != kd[3] || yd[0] != xd[0]) {
     return ffi::Error::InvalidArgument("thinjax oneDNN conv: operand shapes do not agree");
+  }
+  if (x.element_type() != y.element_type() || !DnnlType(x.element_type(), &g->act) ||
+      !DnnlType(k.element_type(), &g->wei)) {
+    return ffi::Error::InvalidArgument(
+        "thinjax oneDNN conv: activations must be f32 or bf16 (input and output alike), "
+        "the kernel f32 or bf16");
   }
   return ffi::Error::Success();
 }
@@ -195,29 +226,26 @@ ffi::Error Guarded(int kind, const Geometry& g, void* a, void* k, void* out) {
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw,
-                   int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error Forward(Buf x, Buf k, Out y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                   int64_t pl, int64_t pr) {
   Geometry g;
-  auto err = GeometryOf(x.dimensions(), k.dimensions(), y->dimensions(), sh, sw, pt, pb, pl,
-                        pr, &g);
+  auto err = GeometryOf(x, k, *y, sh, sw, pt, pb, pl, pr, &g);
   if (err.failure()) return err;
   return Guarded(kForward, g, x.untyped_data(), k.untyped_data(), y->untyped_data());
 }
 
-ffi::Error BackwardData(F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw,
-                        int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error BackwardData(Buf dy, Buf k, Out dx, int64_t sh, int64_t sw, int64_t pt,
+                        int64_t pb, int64_t pl, int64_t pr) {
   Geometry g;
-  auto err = GeometryOf(dx->dimensions(), k.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
-                        pr, &g);
+  auto err = GeometryOf(*dx, k, dy, sh, sw, pt, pb, pl, pr, &g);
   if (err.failure()) return err;
   return Guarded(kBackwardData, g, dy.untyped_data(), k.untyped_data(), dx->untyped_data());
 }
 
-ffi::Error BackwardWeights(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, int64_t sh,
-                           int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error BackwardWeights(Buf x, Buf dy, Out dk, int64_t sh, int64_t sw, int64_t pt,
+                           int64_t pb, int64_t pl, int64_t pr) {
   Geometry g;
-  auto err = GeometryOf(x.dimensions(), dk->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl,
-                        pr, &g);
+  auto err = GeometryOf(x, *dk, dy, sh, sw, pt, pb, pl, pr, &g);
   if (err.failure()) return err;
   return Guarded(kBackwardWeights, g, x.untyped_data(), dy.untyped_data(), dk->untyped_data());
 }
@@ -226,9 +254,9 @@ ffi::Error BackwardWeights(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, int64_
 
 #define THINJAX_CONV_BINDING                                                              \
   ffi::Ffi::Bind()                                                                        \
-      .Arg<F32>()                                                                         \
-      .Arg<F32>()                                                                         \
-      .Ret<F32>()                                                                         \
+      .Arg<ffi::AnyBuffer>()                                                              \
+      .Arg<ffi::AnyBuffer>()                                                              \
+      .Ret<ffi::AnyBuffer>()                                                              \
       .Attr<int64_t>("sh")                                                                \
       .Attr<int64_t>("sw")                                                                \
       .Attr<int64_t>("pt")                                                                \
