@@ -44,7 +44,8 @@ RULES = [
 ]
 EVAL = ["--split=test[:200]", "--batch_size=200"]
 # Python blocks that are fragments of something else, not scripts
-PY_SKIP = r"c\.\w+ = "  # a study config's body (docs/study.md)
+# a study config's body (docs/study.md); a block the docs mark as a fragment
+PY_SKIP = r"c\.\w+ = |# \(a fragment"
 # what a `short` run adds: two steps, a 200-image evaluation; `run` commands on the sample
 # evaluate 200 of its 1,000 test images (EVAL)
 SHORT = ["--config.train.total_steps=2", "--config.train.batch_size=16",
