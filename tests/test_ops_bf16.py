@@ -3,6 +3,8 @@ one-ulp change of the inputs makes, and a few bf16 training steps through them."
 
 import io
 import os
+import subprocess
+import sys
 import zipfile
 
 import jax
@@ -17,8 +19,19 @@ from thinjax.models.resnet import build_model
 from thinjax.ops import conv
 from thinjax.plan import plan_from_width
 
-needs_onednn = pytest.mark.skipif(not BUILDABLE, reason="oneDNN kernels build on Linux x86-64 "
-                                                        "with a C++ compiler only")
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {w for line in f if line.startswith("flags") for w in line.split()}
+    except OSError:
+        return set()
+
+
+# oneDNN computes bfloat16 with native instructions only with AVX-512 BF16 or AMX
+needs_onednn = pytest.mark.skipif(
+    not BUILDABLE or not {"avx512_bf16", "amx_bf16"} & _cpu_flags(),
+    reason="oneDNN's bfloat16 kernels: Linux x86-64, a C++ compiler, AVX-512 BF16 or AMX")
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "thinjax",
                       "assets", "cifar10_sample.zip")
 
@@ -45,6 +58,29 @@ def conv_and_grads(impl: str, x, w, dy, stride: int, pad: int):
 def test_bfloat16_is_onednn_here():
     assert conv.resolve("auto", jnp.bfloat16) == "onednn", conv.status(jnp.bfloat16)
     assert conv.status(jnp.bfloat16).startswith("onednn (oneDNN 3.")
+    assert any(t in conv.bf16_kernel() for t in conv.BF16_NATIVE)
+
+
+NO_BF16_ISA = """
+import jax.numpy as jnp
+from thinjax import cpu
+from thinjax.ops import conv
+cpu.enable()
+print(conv.resolve("auto", jnp.float32), "|", conv.status(jnp.bfloat16))
+"""
+
+
+@needs_onednn
+@pytest.mark.parametrize("isa,kernel", [("AVX512_CORE", "jit_bf16:avx512_core"),
+                                        ("AVX2", "none")])
+def test_without_native_bfloat16_kernels_bfloat16_keeps_xla(isa, kernel):
+    # oneDNN limited to an older ISA, as on a CPU without AVX-512 BF16: it would emulate
+    # bfloat16 (AVX-512) or has no bfloat16 convolution (AVX2); float32 still uses it
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", NO_BF16_ISA], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    assert out.startswith("onednn | xla (no native bfloat16 convolution in oneDNN on this "
+                          f"CPU (it would run {kernel}"), out
 
 
 @needs_onednn

@@ -41,6 +41,9 @@ SOURCE = Path(__file__).with_name("onednn_conv.cc")
 HANDLERS = {"thinjax_onednn_conv_fwd": "ThinjaxConvForward",
             "thinjax_onednn_conv_bwd_data": "ThinjaxConvBackwardData",
             "thinjax_onednn_conv_bwd_weights": "ThinjaxConvBackwardWeights"}
+# functions returning a C string: oneDNN's version, and the implementation a bfloat16
+# convolution gets here
+QUERIES = ("ThinjaxOneDnnVersion", "ThinjaxOneDnnBf16Impl")
 RUNTIME_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
 INSTALL_HINT = f"pip install {RUNTIME_DIST} {HEADERS_DIST}"
 
@@ -196,8 +199,7 @@ def _open(path: Path) -> ctypes.CDLL:
 
 
 def _checked(lib: ctypes.CDLL, path: Path) -> ctypes.CDLL:
-    missing = [s for s in list(HANDLERS.values()) + ["ThinjaxOneDnnVersion"]
-               if not hasattr(lib, s)]
+    missing = [s for s in list(HANDLERS.values()) + list(QUERIES) if not hasattr(lib, s)]
     if missing:
         raise AttributeError(f"{path} lacks {', '.join(missing)}")
     return lib
@@ -208,5 +210,6 @@ def _load() -> ctypes.CDLL:
     for target, symbol in HANDLERS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                     platform="cpu")
-    lib.ThinjaxOneDnnVersion.restype = ctypes.c_char_p
+    for query in QUERIES:
+        getattr(lib, query).restype = ctypes.c_char_p
     return lib

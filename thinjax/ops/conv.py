@@ -12,7 +12,8 @@ oneDNN through XLA FFI custom calls (``thinjax/ops/onednn_conv.cc``) when
 * JAX's default backend is the CPU and the process sees one device (``jax.device_count()
   == 1``; the custom calls carry no sharding rule, so a batch sharded over several CPU
   devices keeps XLA's convolution),
-* the compute dtype (the activations') is float32 or bfloat16, and
+* the compute dtype (the activations') is float32, or bfloat16 on a CPU where oneDNN has
+  native bfloat16 kernels (AVX-512 BF16 or AMX: `bf16_kernel`), and
 * the kernels build and load here (`thinjax.ops.build`: Linux x86-64, a C++ compiler, the
   oneDNN wheels that thinjax depends on there).
 
@@ -21,9 +22,9 @@ Otherwise, and always with ``THINJAX_CONV=xla`` (or ``impl="xla"``), it is
 oneDNN and raises if it cannot be used. The kernel may be float32 with bfloat16
 activations (the model keeps float32 parameters): XLA's path casts it to the activations'
 dtype, oneDNN's does it in its kernel reorder (both round to nearest even) and returns the
-kernel gradient in float32 from oneDNN's float32 accumulation. In bfloat16 oneDNN uses its
-AMX or AVX-512 BF16 kernels where the CPU has them (float32 accumulation, the output rounded
-to bfloat16, as XLA's convolution). Results agree with XLA's to the rounding of the dtype
+kernel gradient in float32 from oneDNN's float32 accumulation. In bfloat16 oneDNN's AMX or
+AVX-512 BF16 kernels accumulate in float32 and round the output to bfloat16, as XLA's
+convolution does. Results agree with XLA's to the rounding of the dtype
 (different summation order); ``docs/performance.md`` has the measurements and
 `status()` says which one ``auto`` picks here and why. The custom calls have a custom VJP
 (first derivatives only: no ``jax.jvp``/``jax.hessian`` through them).
@@ -42,12 +43,17 @@ import numpy as np
 from thinjax.errors import ConfigError
 from thinjax.ops import build
 
-__all__ = ["ENV", "IMPLS", "conv2d", "prefer_onednn", "resolve", "status", "xla_conv2d"]
+__all__ = ["ENV", "IMPLS", "bf16_kernel", "conv2d", "prefer_onednn", "resolve", "status",
+           "xla_conv2d"]
 
 ENV = "THINJAX_CONV"
 IMPLS = ("auto", "xla", "onednn")
 DIMS = ("NHWC", "HWIO", "NHWC")
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))  # compute dtypes oneDNN takes
+# oneDNN kernels with native bfloat16 instructions (AVX-512 BF16, AMX, AVX2-VNNI-2); other
+# CPUs keep XLA's convolution for bfloat16 (oneDNN would emulate it, or use its reference
+# code)
+BF16_NATIVE = ("avx512_core_bf16", "amx", "avx2_vnni_2")
 
 log = logging.getLogger(__name__)
 _WARNED: list[str] = []
@@ -125,7 +131,16 @@ def _usable_reason(dtype) -> str | None:
             _WARNED.append(str(e))
             log.warning("thinjax: XLA's convolutions, not oneDNN's: %s", e)
         return str(e)
+    if jnp.dtype(dtype) == jnp.bfloat16 and not any(t in bf16_kernel() for t in BF16_NATIVE):
+        return (f"no native bfloat16 convolution in oneDNN on this CPU (it would run "
+                f"{bf16_kernel()}; wanted one of {', '.join(BF16_NATIVE)})")
     return None
+
+
+def bf16_kernel() -> str:
+    """The oneDNN implementation a bfloat16 convolution gets on this CPU (the kernels must
+    load: `build.load`), e.g. ``brgconv:avx512_core_bf16``."""
+    return build.load().ThinjaxOneDnnBf16Impl().decode()
 
 
 def resolve(impl: str = "auto", dtype=jnp.float32) -> str:
@@ -162,4 +177,5 @@ def status(dtype=jnp.float32) -> str:
     if reason:
         return f"xla ({reason})"
     version = build.load().ThinjaxOneDnnVersion().decode()
-    return f"onednn (oneDNN {version})"
+    kernel = f", {bf16_kernel()}" if jnp.dtype(dtype) == jnp.bfloat16 else ""
+    return f"onednn (oneDNN {version}{kernel})"

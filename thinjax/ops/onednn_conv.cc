@@ -277,3 +277,20 @@ extern "C" const char* ThinjaxOneDnnVersion() {
   }();
   return v.c_str();
 }
+
+// The oneDNN implementation a bfloat16 3x3 convolution (16 -> 16 channels, NHWC) gets on
+// this CPU, e.g. "brgconv:avx512_core_bf16" or "brgconv:avx512_core_amx"; thinjax uses
+// oneDNN for bfloat16 only where that is a kernel with native bfloat16 instructions.
+extern "C" const char* ThinjaxOneDnnBf16Impl() {
+  static std::string impl = [] {
+    Geometry g = {32, 16, 16, 16, 3, 3, 16, 16, 16, 1, 1, 1, 1, 1, 1,
+                  DT::bf16, DT::bf16};
+    try {
+      dnnl::primitive_attr attr;
+      return std::string(ForwardPd(DescsOf(g), attr).impl_info_str());
+    } catch (const dnnl::error& err) {
+      return std::string("none (") + err.what() + ")";
+    }
+  }();
+  return impl.c_str();
+}
