@@ -6,7 +6,8 @@
 Runs ``python -m thinjax.evaluate --json`` on the same checkpoint, per round: with the
 cache off (THINJAX_NO_COMPILATION_CACHE=1), with an empty cache (the first run, which
 fills it) and again (the second run), and prints each run's seconds from the process's
-start to its first evaluated batch (`first_batch_s`) and its wall time. The other caches
+start to its first evaluated batch (`first_batch_s`) and its wall time. The zoo reads the release
+from ../shared beside the repo when it is there ($THINJAX_ZOO_DIR). The other caches
 (the oneDNN kernels, the zoo's converted networks) are warmed first, so only compiling
 differs. The CPU is named in the output.
 """
@@ -24,6 +25,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "..", "shared", "checkpoints", "thinresnet-release")
 sys.path.insert(0, ROOT)
 
 from thinjax import cache, cpu  # noqa: E402  (after the path above: the repo's thinjax)
@@ -48,6 +50,8 @@ def main() -> None:
     args = p.parse_args()
     root = tempfile.mkdtemp(prefix="thinjax-startup-")
     env = {**os.environ, "THINJAX_CACHE": root}
+    if os.path.isdir(RELEASE):  # the release beside the repo: no download
+        env.setdefault("THINJAX_ZOO_DIR", RELEASE)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     run(args, {**env, "THINJAX_NO_COMPILATION_CACHE": "1"})  # builds kernels, converts
     os.environ["THINJAX_CACHE"] = root
