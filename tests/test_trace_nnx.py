@@ -234,6 +234,48 @@ def test_train_mode_is_kept_and_the_pruned_model_trains():
     assert not np.allclose(small.bn1.mean[...], mean)          # updated in place
 
 
+# -- the other layers: surgery gives what their constructors build -----------------------
+
+class Layers(nnx.Module):
+    """Embed, Einsum, LinearGeneral both ways, a 1-D conv, GroupNorm with a group per
+    channel (exact: statistics over positions), a transposed conv; widths as fields."""
+
+    def __init__(self, rngs: nnx.Rngs, d=8, h=12, g=(2, 5), c=6, u=4):
+        self.embed = nnx.Embed(11, d, rngs=rngs)
+        self.mix = nnx.Einsum("btd,dh->bth", (d, h), (h,), rngs=rngs)
+        self.gen = nnx.LinearGeneral(h, g, rngs=rngs)
+        self.back = nnx.LinearGeneral(g, d, axis=(-2, -1), rngs=rngs)
+        self.conv = nnx.Conv(d, c, (3,), rngs=rngs)
+        self.gn = nnx.GroupNorm(c, num_groups=c, rngs=rngs)
+        self.up = nnx.ConvTranspose(c, u, (2,), strides=(2,), rngs=rngs)
+        self.head = nnx.Linear(u, 3, rngs=rngs)
+
+    def __call__(self, ids):
+        x = self.embed(ids)
+        x = x + self.back(nnx.relu(self.gen(nnx.gelu(self.mix(x)))))
+        x = self.up(nnx.relu(self.gn(self.conv(x))))
+        return self.head(x.mean(axis=1))
+
+
+def test_every_layers_width_attributes_are_what_its_constructor_sets():
+    model, ids = Layers(nnx.Rngs(0)), jnp.asarray([[1, 5, 7, 2, 3, 9]])
+    r = np.random.default_rng(0)
+    model = T.nnx_rebuild.with_variables(model, jax.tree_util.tree_map(
+        lambda a: (0.5 * r.standard_normal(np.shape(a))).astype(np.float32),
+        T.variables_of(model)))
+    small, report = T.prune_nnx(model, ids, target=0.5)
+    k = {n: kept for n, (kept, _) in report.kept.items()}
+    assert sorted(report.kept) == ["back", "conv", "gen:1", "gen:2", "mix", "up"]
+    fresh = Layers(nnx.Rngs(0), k["back"], k["mix"], (k["gen:1"], k["gen:2"]), k["conv"],
+                   k["up"])
+    assert _snapshot(small)[1] == _snapshot(fresh)[1] != _snapshot(model)[1]
+    assert jax.tree_util.tree_map(np.shape, T.variables_of(small)) \
+        == jax.tree_util.tree_map(np.shape, T.variables_of(fresh))
+    _close(small(ids), T.mask_nnx(T.trace_nnx(model, ids), report.allocation.masks,
+                                  model)(ids))
+    assert report.pruned == T.trace_nnx(small, ids).net().cost()
+
+
 # -- what is refused, and says so -----------------------------------------------------------
 
 class LayerScale(nnx.Module):

@@ -97,15 +97,16 @@ def _norm(m: Any, shapes: Shapes) -> dict[str, Any]:
 
 
 def _group_norm(m: Any, shapes: Shapes) -> dict[str, Any]:
-    """GroupNorm: the trace prunes it only with one group or one channel per group."""
+    """GroupNorm (no `num_features`: its groups' number and size): the trace prunes it
+    only with one group or one channel per group."""
     out = _norm(m, shapes)
     if not out:
         return out
     n = out["num_features"]
     if m.num_groups == 1:
-        return {**out, "group_size": n}
+        return {"group_size": n}
     if m.group_size == 1:
-        return {**out, "num_groups": n}
+        return {"num_groups": n}
     raise TraceError(f"nnx.GroupNorm with {m.num_groups} groups of {m.group_size}: its "
                      "groups cannot follow the pruning")
 
