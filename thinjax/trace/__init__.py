@@ -2,12 +2,14 @@
 
 `trace` follows the forward pass's jaxpr and finds the channels that must go together;
 `prune` scores, allocates and materialises them as thinjax does for a plan. See
-docs/prune_any_model.md.
+docs/prune_any_model.md. NNX modules: `trace_nnx`, `prune_nnx` (thinjax.trace.nnx_trace).
 """
 
 from thinjax.trace.api import Report, compute_masks, mask_variables, materialize, prune
 from thinjax.trace.network import Trace, TracedNet, trace
+from thinjax.trace.nnx_trace import mask_nnx, materialize_nnx, prune_nnx, trace_nnx, variables_of
 from thinjax.trace.rebuild import Pruned, register_layer
 
 __all__ = ["Pruned", "Report", "Trace", "TracedNet", "compute_masks", "mask_variables",
            "materialize", "prune", "register_layer", "trace"]
+__all__ += ["mask_nnx", "materialize_nnx", "prune_nnx", "trace_nnx", "variables_of"]  # NNX

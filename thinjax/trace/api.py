@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from flax import nnx
 
 from thinjax.cost import Cost
 from thinjax.errors import TargetError, TraceError
@@ -153,6 +154,9 @@ def prune(module: nn.Module, variables: Any, example_input: Any, *, criterion: s
     Groups whose channels feed a statistic over channels (LayerNorm) are not exact (the
     pruned network computes otherwise than the masked one): they stay whole unless
     `inexact`. `check`: compare both networks' outputs on the example input."""
+    if isinstance(module, nnx.Module):   # NNX: thinjax.trace.nnx_trace
+        raise TraceError("module: an NNX module; prune it with thinjax.trace.prune_nnx(model, "
+                         "x, ...), which returns (the smaller model, the report)")
     bad = sorted(set(options) - set(ONE_SHOT))
     if bad:
         raise TraceError(f"{bad[0]}={options[bad[0]]!r}: not an option of prune; valid: "
