@@ -105,7 +105,7 @@ def trace(module: nn.Module, variables: Any, *inputs: Any, **apply_kwargs: Any) 
     batch statistics as inputs, nothing mutable) and finds its channel groups."""
     if not isinstance(module, nn.Module):
         raise TraceError(f"module: got {type(module).__name__}; give a flax.linen Module "
-                         "(NNX modules are not traced)")
+                         "(an NNX module: thinjax.trace.trace_nnx / prune_nnx)")
     closed, modules = _jaxpr(module, variables, inputs, apply_kwargs)
     leaves = leaves_of(variables)
     cx = Context(rules=calls.table())
