@@ -11,9 +11,13 @@ tuning (`thinjax.cpu.enable`: malloc settings and oneDNN's convolutions, each wi
 (``jax-compile/<machine>/``: a second run of a command skips compiling what the first
 compiled; ``THINJAX_NO_COMPILATION_CACHE=1`` turns it off, a ``JAX_COMPILATION_CACHE_DIR``
 of your own is kept). Library modules never import it.
+
+`import_tensorflow` is for the commands that read data: TensorFlow for tf.data, without the
+Keras that TensorFlow imports eagerly (see there).
 """
 
 import os
+import sys
 
 from thinjax import cache, cpu
 
@@ -37,3 +41,27 @@ def compilation_cache() -> str | None:
 
 
 COMPILATION_CACHE = compilation_cache()
+
+# TensorFlow >= 2.16 ends its import with `import keras.src.optimizers` (to register Keras's
+# optimizers for SavedModels), which loads all of Keras 3 and matplotlib: a quarter of
+# TensorFlow's import (0.7 of 3.1 CPU-s, benchmarks/startup.py). No command uses Keras.
+_KERAS_EAGER = "keras.src.optimizers"
+
+
+def import_tensorflow():
+    """Imports TensorFlow (for tf.data) without its eager import of Keras: the name is
+    kept from `sys.modules` while TensorFlow loads, so TensorFlow skips it as it skips a
+    missing Keras, and importable again afterwards (a later ``import keras`` works and
+    registers its optimizers then). The module, or None where TensorFlow is not
+    installed (thinjax.data then says which extra to install)."""
+    if "tensorflow" in sys.modules or _KERAS_EAGER in sys.modules:
+        return sys.modules.get("tensorflow")
+    sys.modules[_KERAS_EAGER] = None  # type: ignore[assignment]  # "not importable"
+    try:
+        import tensorflow  # heavy: only for the commands that read data, when they run
+    except ImportError:
+        return None
+    finally:
+        del sys.modules[_KERAS_EAGER]
+    return tensorflow
+
