@@ -10,7 +10,9 @@ tuning (`thinjax.cpu.enable`: malloc settings and oneDNN's convolutions, each wi
 ``THINJAX_*`` opt-out) and JAX's persistent compilation cache in the thinjax cache
 (``jax-compile/<machine>/``: a second run of a command skips compiling what the first
 compiled; ``THINJAX_NO_COMPILATION_CACHE=1`` turns it off, a ``JAX_COMPILATION_CACHE_DIR``
-of your own is kept). Library modules never import it.
+of your own is kept, as is a ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``: programs that
+compile in less, 0.2 s unless set, are compiled again on every run). Library modules never
+import it.
 
 `import_tensorflow` is for the commands that read data: TensorFlow for tf.data, without the
 Keras that TensorFlow imports eagerly (see there).
@@ -36,7 +38,8 @@ def compilation_cache() -> str | None:
         return os.environ["JAX_COMPILATION_CACHE_DIR"]
     path = cache.compilation_dir(cpu.machine_id())
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own: 1 s
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     return path
 
 
