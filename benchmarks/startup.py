@@ -108,7 +108,8 @@ def phases(args, env: dict, compiled_dir: str) -> None:
             if r.returncode != 0:
                 sys.exit(r.stderr[-2000:])
             res[kind].append(json.loads(r.stdout.strip().splitlines()[-1]))
-    print(f"\nwhere start-up goes, median of {args.rounds} (wall s / CPU s of the process)")
+    print(f"\nwhere start-up goes, median of {args.rounds} (wall s / CPU s of the process: all "
+          "its threads, tf.data's decoding of the next batches included)")
     print("| step | first run | second run |\n|---|---|---|")
     steps = [s for s, _, _ in res["second run"][0]]
     total = {k: [0.0, 0.0] for k in res}
