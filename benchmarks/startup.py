@@ -1,15 +1,23 @@
 """Start-up of a command with and without JAX's persistent compilation cache.
 
     python benchmarks/startup.py [--checkpoint=zoo:resnet56_w16_cifar10] [--data=sample:cifar10]
-        [--rounds=2]
+        [--split=test] [--batch_size=500] [--rounds=2] [--phases]
 
 Runs ``python -m thinjax.evaluate --json`` on the same checkpoint, per round: with the
 cache off (THINJAX_NO_COMPILATION_CACHE=1), with an empty cache (the first run, which
 fills it) and again (the second run), and prints each run's seconds from the process's
-start to its first evaluated batch (`first_batch_s`) and its wall time. The zoo reads the release
-from ../shared beside the repo when it is there ($THINJAX_ZOO_DIR). The other caches
-(the oneDNN kernels, the zoo's converted networks) are warmed first, so only compiling
-differs. The CPU is named in the output.
+start to its first evaluated batch (`first_batch_s`), the CPU seconds the process had spent
+by then (`first_batch_cpu_s`: on a machine that other work keeps busy, the wall clock
+stretches by the load, the CPU seconds do not) and its wall time; every run must give the
+same top-1 and loss. The zoo reads the release from ../shared beside the repo when it is
+there ($THINJAX_ZOO_DIR). The other caches (the oneDNN kernels, the zoo's converted
+networks, the unpacked sample) are warmed first, so only compiling differs. The CPU and
+the load average are named in the output.
+
+``--phases`` also times where a run's start-up goes, step by step as thinjax.evaluate takes
+them (imports, loading, the input pipeline, tracing, compiling or reading the compiled
+program from the cache, the first batch), in a first and a second run (medians over
+``--rounds``).
 """
 
 from __future__ import annotations
@@ -29,25 +37,130 @@ RELEASE = os.path.join(ROOT, "..", "shared", "checkpoints", "thinresnet-release"
 sys.path.insert(0, ROOT)
 
 from thinjax import cache, cpu  # noqa: E402  (after the path above: the repo's thinjax)
+from thinjax.progress import process_seconds  # noqa: E402
+
+KINDS = ("cache off", "first run (empty cache)", "second run")
 
 
-def run(args, env: dict) -> tuple[float, float]:
+def run(args, env: dict) -> dict:
+    """One ``thinjax.evaluate --json`` process: its result, with its wall time added."""
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "thinjax.evaluate", f"--checkpoint={args.checkpoint}",
-                        f"--data={args.data}", "--json"], capture_output=True, text=True,
-                       env=env, cwd=ROOT)
+                        f"--data={args.data}", f"--split={args.split}",
+                        f"--batch_size={args.batch_size}", "--json"],
+                       capture_output=True, text=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - t
     if r.returncode != 0:
         sys.exit(r.stderr[-2000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])["first_batch_s"], wall
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "wall_s": wall}
+
+
+def _phases_child(args) -> None:
+    """The steps of thinjax.evaluate (commands.evaluate.main -> evaluate_checkpoint ->
+    evaluate), one at a time, each timed: prints [(step, wall s, CPU s), ...] as JSON."""
+    marks = [("python, site, this script", process_seconds(), time.process_time())]
+
+    def mark(step: str) -> None:
+        marks.append((step, process_seconds(), time.process_time()))
+
+    import thinjax.commands  # noqa: F401
+    mark("import jax, thinjax.commands (CPU tuning, cache on)")
+    import thinjax.commands.evaluate  # noqa: F401
+    mark("import thinjax.commands.evaluate (evaluation, load)")
+    thinjax.commands.import_tensorflow()
+    mark("import TensorFlow")
+    from thinjax import evaluation
+    from thinjax.data import eval_batches, get_source
+    mark("import thinjax.data (tensorflow_datasets)")
+    from thinjax.load import load_model
+    plan, variables, _ = load_model(args.checkpoint)
+    mark("load the checkpoint")
+    source = get_source(args.data)
+    evaluation.check_classes(plan, source, args.data)
+    size, resize = evaluation.eval_view(plan, source.image_size)
+    batches = eval_batches(source, args.split, args.batch_size, image_size=size, resize=resize)
+    mark("build the input pipeline")
+    batch = next(batches)
+    mark("first input batch")
+    import jax
+
+    from thinjax.models.resnet import ResNet
+    traced = evaluation.eval_step.trace(variables, batch, None, model=ResNet(plan))
+    mark("trace eval_step")
+    lowered = traced.lower()
+    mark("lower to StableHLO")
+    compiled = lowered.compile()
+    mark("compile, or read the cache")
+    jax.block_until_ready(compiled(variables, batch, None))
+    mark("compute the first batch")
+    print(json.dumps([(s, w - marks[i - 1][1], c - marks[i - 1][2]) if i else (s, w, c)
+                      for i, (s, w, c) in enumerate(marks)]))
+
+
+def phases(args, env: dict, compiled_dir: str) -> None:
+    """Median seconds per step of a first (empty cache) and a second run."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--phases-child"] + sys.argv[1:]
+    res: dict[str, list] = {"first run": [], "second run": []}
+    for _ in range(args.rounds):
+        shutil.rmtree(compiled_dir, ignore_errors=True)
+        for kind in res:
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            if r.returncode != 0:
+                sys.exit(r.stderr[-2000:])
+            res[kind].append(json.loads(r.stdout.strip().splitlines()[-1]))
+    print(f"\nwhere start-up goes, median of {args.rounds} (wall s / CPU s of the process: all "
+          "its threads, tf.data's decoding of the next batches included)")
+    print("| step | first run | second run |\n|---|---|---|")
+    steps = [s for s, _, _ in res["second run"][0]]
+    total = {k: [0.0, 0.0] for k in res}
+    for i, step in enumerate(steps):
+        cells = []
+        for k, runs in res.items():
+            w, c = (statistics.median(r[i][j] for r in runs) for j in (1, 2))
+            total[k][0] += w
+            total[k][1] += c
+            cells.append(f"{w:.2f} / {c:.2f}")
+        print(f"| {step} | {' | '.join(cells)} |")
+    print("| **to the first batch** | "
+          + " | ".join(f"{w:.2f} / {c:.2f}" for w, c in total.values()) + " |")
+
+
+def report(args, res: dict[str, list[dict]], loads: tuple) -> None:
+    """The table of runs (medians, all values in brackets) and the first/second ratios."""
+    print(f"CPU: {cpu.cpu_description()}; load average {loads[0]:.2f} before, "
+          f"{loads[1]:.2f} after")
+    print(f"thinjax.evaluate --checkpoint={args.checkpoint} --data={args.data} "
+          f"--split={args.split} --batch_size={args.batch_size}, {args.rounds} round(s); "
+          "median (all)")
+    print("| run | first batch after (s) | CPU s by then | wall (s) |\n|---|---|---|---|")
+    for k, runs in res.items():
+        cells = []
+        for key in ("first_batch_s", "first_batch_cpu_s", "wall_s"):
+            xs = [r[key] for r in runs]
+            cells.append(f"{statistics.median(xs):.1f} ({', '.join(f'{x:.1f}' for x in xs)})")
+        print(f"| {k} | {' | '.join(cells)} |")
+    for key, what in (("first_batch_s", "sooner"), ("first_batch_cpu_s", "less CPU")):
+        first = statistics.median(r[key] for r in res[KINDS[1]])
+        second = statistics.median(r[key] for r in res[KINDS[2]])
+        print(f"second run reaches its first batch {first / second:.2f}x {what} than the first")
+    outcomes = {(r["top1"], r["loss"]) for runs in res.values() for r in runs}
+    top1, loss = next(iter(outcomes))
+    print(f"top-1 {top1:.2f}%, loss {loss:.6f} in every run" if len(outcomes) == 1
+          else f"RUNS DIFFER: (top-1, loss) {sorted(outcomes)}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="zoo:resnet56_w16_cifar10")
     p.add_argument("--data", default="sample:cifar10")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch_size", type=int, default=500)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--phases", action="store_true", help="also time each start-up step")
+    p.add_argument("--phases-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.phases_child:
+        return _phases_child(args)
     root = tempfile.mkdtemp(prefix="thinjax-startup-")
     env = {**os.environ, "THINJAX_CACHE": root}
     if os.path.isdir(RELEASE):  # the release beside the repo: no download
@@ -56,23 +169,16 @@ def main() -> None:
     run(args, {**env, "THINJAX_NO_COMPILATION_CACHE": "1"})  # builds kernels, converts
     os.environ["THINJAX_CACHE"] = root
     compiled = cache.compilation_dir(cpu.machine_id())
-    res: dict[str, list] = {"cache off": [], "first run (empty cache)": [], "second run": []}
+    res: dict[str, list] = {k: [] for k in KINDS}
+    load_before = os.getloadavg()[0]
     for _ in range(args.rounds):
-        res["cache off"].append(run(args, {**env, "THINJAX_NO_COMPILATION_CACHE": "1"}))
+        res[KINDS[0]].append(run(args, {**env, "THINJAX_NO_COMPILATION_CACHE": "1"}))
         shutil.rmtree(compiled, ignore_errors=True)
-        res["first run (empty cache)"].append(run(args, env))
-        res["second run"].append(run(args, env))
-    print(f"CPU: {cpu.cpu_description()}")
-    print(f"thinjax.evaluate --checkpoint={args.checkpoint} --data={args.data}, "
-          f"{args.rounds} round(s); median (all)")
-    print("| run | first batch after (s) | wall (s) |\n|---|---|---|")
-    for k, v in res.items():
-        fb, wall = [x[0] for x in v], [x[1] for x in v]
-        print(f"| {k} | {statistics.median(fb):.1f} ({', '.join(f'{x:.1f}' for x in fb)}) | "
-              f"{statistics.median(wall):.1f} |")
-    first = statistics.median(x[0] for x in res["first run (empty cache)"])
-    second = statistics.median(x[0] for x in res["second run"])
-    print(f"second run starts its first batch {first / second:.2f}x sooner than the first")
+        res[KINDS[1]].append(run(args, env))
+        res[KINDS[2]].append(run(args, env))
+    report(args, res, (load_before, os.getloadavg()[0]))
+    if args.phases:
+        phases(args, env, compiled)
     shutil.rmtree(root, ignore_errors=True)
 
 

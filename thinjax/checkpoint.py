@@ -16,11 +16,11 @@ sits above this module.
 from __future__ import annotations
 
 import os
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from thinjax import fs
@@ -29,10 +29,22 @@ from thinjax.interop.torch import import_checkpoint
 from thinjax.models.resnet import variable_shapes
 from thinjax.plan import Plan
 
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
+
 PYTORCH_EXTS = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
 
+def _orbax() -> ModuleType:
+    """orbax.checkpoint, imported where a checkpoint directory is written or read: loading a
+    PyTorch/safetensors file or a zoo network (most evaluations) goes without it (its
+    import, with tensorstore's, is ~0.15 CPU-s of every evaluation's start-up)."""
+    import orbax.checkpoint as ocp
+    return ocp
+
+
 def manager(directory: str, max_to_keep: int | None = None, **options) -> ocp.CheckpointManager:
+    ocp = _orbax()
     opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, **options)
     return ocp.CheckpointManager(fs.absolute(directory), options=opts, item_handlers={
         "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
@@ -40,12 +52,14 @@ def manager(directory: str, max_to_keep: int | None = None, **options) -> ocp.Ch
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
     """Saves now: the caller decides when (force=True skips orbax's own save policy)."""
+    ocp = _orbax()
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def _write_model(directory: str, plan: Plan, variables: dict, meta: dict | None) -> None:
     # written by this process alone (the caller picks one on multi-host jobs)
+    ocp = _orbax()
     me = jax.process_index()
     fs.makedirs(directory)
     m = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
@@ -82,7 +96,7 @@ def _step_dir(path: str) -> tuple[str, int]:
     if not fs.isdir(path):
         raise CheckpointError(f"no checkpoint at {path}: neither a thinjax checkpoint "
                               f"directory nor a file ({', '.join(PYTORCH_EXTS)})")
-    m = ocp.CheckpointManager(path)
+    m = _orbax().CheckpointManager(path)
     steps = sorted(m.all_steps(), reverse=True)
     m.close()
     if not steps:
@@ -104,6 +118,7 @@ def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
         check_finite(variables, where=path)
         return plan, variables, {"source": os.path.abspath(path)}
     directory, step = _step_dir(path)
+    ocp = _orbax()
     m = ocp.CheckpointManager(directory, item_handlers={
         "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
     try:

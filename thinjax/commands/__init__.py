@@ -10,10 +10,16 @@ tuning (`thinjax.cpu.enable`: malloc settings and oneDNN's convolutions, each wi
 ``THINJAX_*`` opt-out) and JAX's persistent compilation cache in the thinjax cache
 (``jax-compile/<machine>/``: a second run of a command skips compiling what the first
 compiled; ``THINJAX_NO_COMPILATION_CACHE=1`` turns it off, a ``JAX_COMPILATION_CACHE_DIR``
-of your own is kept). Library modules never import it.
+of your own is kept, as is a ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``: programs that
+compile in less, 0.2 s unless set, are compiled again on every run). Library modules never
+import it.
+
+`import_tensorflow` is for the commands that read data: TensorFlow for tf.data, without the
+Keras that TensorFlow imports eagerly (see there).
 """
 
 import os
+import sys
 
 from thinjax import cache, cpu
 
@@ -32,8 +38,33 @@ def compilation_cache() -> str | None:
         return os.environ["JAX_COMPILATION_CACHE_DIR"]
     path = cache.compilation_dir(cpu.machine_id())
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own: 1 s
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     return path
 
 
 COMPILATION_CACHE = compilation_cache()
+
+# TensorFlow >= 2.16 ends its import with `import keras.src.optimizers` (to register Keras's
+# optimizers for SavedModels), which loads all of Keras 3 and matplotlib: a quarter of
+# TensorFlow's import (0.7 of 3.1 CPU-s, benchmarks/startup.py). No command uses Keras.
+_KERAS_EAGER = "keras.src.optimizers"
+
+
+def import_tensorflow():
+    """Imports TensorFlow (for tf.data) without its eager import of Keras: the name is
+    kept from `sys.modules` while TensorFlow loads, so TensorFlow skips it as it skips a
+    missing Keras, and importable again afterwards (a later ``import keras`` works and
+    registers its optimizers then). The module, or None where TensorFlow is not
+    installed (thinjax.data then says which extra to install)."""
+    if "tensorflow" in sys.modules or _KERAS_EAGER in sys.modules:
+        return sys.modules.get("tensorflow")
+    sys.modules[_KERAS_EAGER] = None  # type: ignore[assignment]  # "not importable"
+    try:
+        import tensorflow  # heavy: only for the commands that read data, when they run
+    except ImportError:
+        return None
+    finally:
+        del sys.modules[_KERAS_EAGER]
+    return tensorflow
+

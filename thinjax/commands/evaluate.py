@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from thinjax.commands import cli
+from thinjax.commands import cli, import_tensorflow
 from thinjax.commands.cli import UsageError
 from thinjax.cost import check_input_size
 from thinjax.evaluation import evaluate_checkpoint
@@ -50,6 +50,7 @@ def main(argv: list[str]) -> dict:
     if len(argv) > 1:
         raise UsageError(f"unexpected argument {argv[1]!r}; give --checkpoint and --data")
     check_input_size(_INPUT_SIZE.value)
+    import_tensorflow()  # tf.data's, before thinjax.data imports it (without Keras)
     results = []
     for checkpoint in _CHECKPOINT.value:
         r = evaluate_checkpoint(checkpoint, _DATA.value, _SPLIT.value, _BATCH_SIZE.value,
