@@ -1,0 +1,103 @@
+"""Example networks (thinjax.models.examples) through the commands: trained by
+``python -m thinjax.main`` with ``config.model.example``, resumed, evaluated, and their
+checkpoints rebuilt from the metadata alone (thinjax.trace.example).
+
+The training runs are subprocesses (XLA -O0, as tests/test_train.py's) on the bundled
+CIFAR-10 sample: MobileNetV2 at width 0.25 (250,922 params, 9.48 M MACs at 32x32), a few
+steps at batch 16."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, sub_env
+from thinjax.checkpoint import load_model, load_network
+from thinjax.errors import CheckpointError, ConfigError
+from thinjax.evaluation import evaluate_checkpoint
+from thinjax.trace.example import ExampleNet, example_net, network_from_meta, network_meta
+
+MNV2 = ["--config=configs/quick_mobilenetv2.py", "--config.data.name=sample:cifar10",
+        "--config.model.width_mult=0.25", "--config.train.batch_size=16",
+        "--config.train.total_steps=6", "--config.train.checkpoint_every=2",
+        "--config.train.log_every=2", "--config.train.eval_every_epochs=1000",
+        "--config.data.eval_batch_size=50", "--config.data.eval_split=test[:50]",
+        "--config.train.async_checkpoints=False", "--config.ema.decay=0.9",
+        "--config.optim.warmup_epochs=0.02"]
+
+
+def main(workdir, *args, check=True):
+    r = subprocess.run([sys.executable, "-m", "thinjax.main", f"--workdir={workdir}", *args],
+                       capture_output=True, text=True, cwd=ROOT, env=sub_env(), timeout=900)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def leaves_equal(a, b) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A MobileNetV2 run of 6 steps (checkpoints at 2, 4 and 6; EMA on)."""
+    wd = tmp_path_factory.mktemp("mnv2") / "run"
+    main(wd, *MNV2)
+    return wd
+
+
+def test_example_networks_are_described_by_name_and_arguments():
+    net = example_net("mobilenetv2", 32, width=0.5, num_classes=7)
+    meta = network_meta(net)
+    assert meta["example"]["name"] == "mobilenetv2" and meta["example"]["shapes"] == {}
+    assert meta["example"]["args"]["width"] == 0.5 and meta["example"]["args"]["strides"] \
+        == [1, 1, 2, 2, 1, 2, 1]              # every argument, defaults included
+    assert network_from_meta(json.loads(json.dumps(meta))) == net
+    assert ExampleNet.from_dict(meta["example"]).module().num_classes == 7
+    for bad, match in [(dict(name="mobilenet"), "config.model.example='mobilenet': unknown "
+                        "example network; use one of convnext, mobilenetv2, vit"),
+                       (dict(name="vit", width=0.0), "config.model.width_mult=0.0: the width "
+                        "multiplier of vit must be a number > 0"),
+                       (dict(name="convnext", width=float("nan")), "width_mult=nan"),
+                       (dict(name="vit", depht=2), "vit: no argument 'depht'")]:
+        name = bad.pop("name")
+        with pytest.raises(ConfigError, match=match):
+            example_net(name, **bad)
+
+
+def test_an_unknown_example_is_one_error_line(tmp_path):
+    r = main(tmp_path / "w", *MNV2, "--config.model.example=resnet", check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith("error: config.model.example='resnet': unknown example")
+    assert not (tmp_path / "w").exists()       # a start that fails leaves nothing behind
+
+
+def test_mobilenetv2_trains_resumes_bit_for_bit_and_evaluates(trained, tmp_path):
+    """The checkpoints record the network; resuming from step 2 (the later ones deleted)
+    ends where the uninterrupted run ended, bit for bit; evaluate reads the workdir."""
+    res = json.loads((trained / "results.json").read_text())
+    net = example_net("mobilenetv2", 32, width=0.25, num_classes=10)
+    assert res["example"] == net.to_dict() and res["steps"] == 6
+    assert (res["params"], res["macs"]) == (250_922, 9_481_216)
+    desc, final, meta = load_network(str(trained / "checkpoints" / "6"))
+    assert desc == net and meta["example"] == net.to_dict() and meta["has_ema"]
+    with pytest.raises(CheckpointError, match="holds an example network"):
+        load_model(str(trained))             # the ThinResNet-only loader says why not
+    wd = tmp_path / "resumed"
+    shutil.copytree(trained, wd)
+    for step in ("4", "6"):
+        shutil.rmtree(wd / "checkpoints" / step)
+    (wd / "results.json").unlink()
+    r = main(wd, *MNV2)
+    assert f"resumed from {wd / 'checkpoints'} step 2" in r.stdout
+    assert leaves_equal(load_network(str(wd / "checkpoints" / "6"))[1], final)
+    ev = evaluate_checkpoint(str(trained), "sample:cifar10", "test[:50]", 50, progress=False)
+    assert ev["top1"] == res["eval_top1"] and ev["params"] == 250_922
+    assert ev["plan"] == "mobilenetv2 (num_classes=10, width=0.25)"
+
