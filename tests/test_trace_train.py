@@ -19,7 +19,9 @@ from tests.helpers import ROOT, sub_env
 from thinjax.checkpoint import load_model, load_network
 from thinjax.errors import CheckpointError, ConfigError
 from thinjax.evaluation import evaluate_checkpoint
+from thinjax.prune.spec import PruneSpec
 from thinjax.trace.example import ExampleNet, example_net, network_from_meta, network_meta
+from thinjax.trace.networks import network
 
 MNV2 = ["--config=configs/quick_mobilenetv2.py", "--config.data.name=sample:cifar10",
         "--config.model.width_mult=0.25", "--config.train.batch_size=16",
@@ -101,3 +103,69 @@ def test_mobilenetv2_trains_resumes_bit_for_bit_and_evaluates(trained, tmp_path)
     assert ev["top1"] == res["eval_top1"] and ev["params"] == 250_922
     assert ev["plan"] == "mobilenetv2 (num_classes=10, width=0.25)"
 
+
+def prune_cmd(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "thinjax.convert", *args], capture_output=True,
+                       text=True, cwd=ROOT, env=sub_env(), timeout=900)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+PRUNE = PruneSpec(criterion="l1", target_kind="macs_fraction", target=0.5, round_to=2)
+
+
+@pytest.fixture(scope="module")
+def pruned(trained, tmp_path_factory):
+    """The prune command's output for `trained` (EMA weights), L1 global to half the MACs,
+    channel counts even."""
+    out = tmp_path_factory.mktemp("pruned") / "out"
+    prune_cmd(f"--checkpoint={trained}", f"--output={out}", *PRUNE.to_command_flags())
+    return out
+
+
+def test_the_prune_command_materialises_what_the_masked_network_computes(trained, pruned):
+    desc, v, _ = load_network(str(trained), use_ema=True)
+    net = network(desc)
+    alloc = net.compute_masks(v, PRUNE, PRUNE.goal())      # what the command decided
+    small, (small_desc, small_vars, meta) = net.small(alloc.masks), load_network(
+        str(pruned / "model"))
+    assert small_desc == small.desc and small_desc.pruned
+    assert network_from_meta(meta, "dense_") == desc
+    assert network_from_meta(json.loads((pruned / "plan.json").read_text())) == small_desc
+    kept = [int(np.sum(m)) for m in alloc.masks.values()]
+    sizes = [g.size for g in net.groups.values()]
+    assert all(k % 2 == 0 or k == n for k, n in zip(kept, sizes)) and sum(kept) < sum(sizes)
+    s = json.loads((pruned / "summary.json").read_text())
+    assert (s["before"]["params"], s["before"]["macs"]) == (250_922, 9_481_216)
+    assert abs(s["after"]["macs"] / s["before"]["macs"] - 0.5) <= 0.01
+    assert (s["after"]["params"], s["after"]["macs"]) == (small.cost().params,
+                                                          small.cost().macs)
+    x = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)
+    masked = {k: net.mask_tree(t, alloc.masks) for k, t in v.items()}
+    y_masked = jax.jit(net.model.apply)(masked, x)
+    y_small = jax.jit(small.model.apply)(small_vars, x)
+    # float32 sums in another order (measured: up to 3e-7 of the logits' size)
+    np.testing.assert_allclose(y_small, y_masked, rtol=0,
+                               atol=1e-5 * float(np.abs(y_masked).max()))
+    assert not np.allclose(y_masked, jax.jit(net.model.apply)(v, x), atol=1e-3)
+
+
+def test_the_pruned_example_fine_tunes_and_evaluates_from_its_folder(pruned, tmp_path):
+    """The prune command's config.py fine-tunes the smaller network (its plan.json holds
+    the example's description, its model/ the weights, loaded as init_from)."""
+    small_desc, small_vars, _ = load_network(str(pruned / "model"))
+    wd = tmp_path / "ft"
+    main(wd, f"--config={pruned}/config.py", "--config.data.name=sample:cifar10",
+         "--config.train.total_steps=2", "--config.train.batch_size=16",
+         "--config.data.eval_split=test[:50]", "--config.data.eval_batch_size=50",
+         "--config.train.checkpoint_every=1", "--config.ema.enabled=False")
+    res = json.loads((wd / "results.json").read_text())
+    assert res["example"] == small_desc.to_dict() and res["steps"] == 2
+    assert res["params"] == network(small_desc).cost().params < 250_922 / 2 + 10_000
+    desc, tuned, meta = load_network(str(wd / "checkpoints" / "1"))
+    assert desc == small_desc and meta["config"]["init_from"] == str(pruned / "model")
+    # one step from the pruned weights: every leaf the same shape, the kernels moved
+    assert jax.tree.map(np.shape, tuned) == jax.tree.map(np.shape, small_vars)
+    assert not np.array_equal(tuned["params"]["head"]["kernel"],
+                              small_vars["params"]["head"]["kernel"])
