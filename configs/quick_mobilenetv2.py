@@ -4,9 +4,9 @@ and data pipeline of configs/quick_cifar10.py (ThinResNet-20 w=8).
 Command (data: the unzipped ../shared/data/cifar10-jpeg.zip, or TFDS `cifar10`):
     python -m thinjax.main --config=configs/quick_mobilenetv2.py --workdir=runs/mnv2 \
         --config.data.name=$HOME/data/cifar10-jpeg
-Expected: not measured at full length yet (see docs/prune_any_model.md, "Training"); on the
-bundled sample (`--config.data.name=sample:cifar10`) it trains, resumes, evaluates and
-checkpoints like a ThinResNet run.
+Expected: top-1 not measured at full length yet; on the bundled sample
+(`--config.data.name=sample:cifar10`) it trains, resumes, evaluates and checkpoints like a
+ThinResNet run (tests/test_trace_train.py runs it at width 0.25).
 Cost: MobileNetV2 width 0.5 at 32x32 (CIFAR strides) is 700,490 params and 27.97 M MACs
 (a ThinResNet-20 w=8: 68,786 and 10.31 M); 13 epochs x 390 steps at batch 128.
 The network is `thinjax.models.examples.MobileNetV2(width=0.5, num_classes=10)`; its

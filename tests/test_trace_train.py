@@ -169,3 +169,39 @@ def test_the_pruned_example_fine_tunes_and_evaluates_from_its_folder(pruned, tmp
     assert jax.tree.map(np.shape, tuned) == jax.tree.map(np.shape, small_vars)
     assert not np.array_equal(tuned["params"]["head"]["kernel"],
                               small_vars["params"]["head"]["kernel"])
+
+
+GRADUAL = ["--config=configs/quick_mobilenetv2.py", "--config.data.name=sample:cifar10",
+           "--config.model.example=convnext", "--config.model.width_mult=0.125",
+           "--config.train.batch_size=16", "--config.train.total_steps=8",
+           "--config.train.checkpoint_every=2", "--config.train.log_every=2",
+           "--config.train.eval_every_epochs=1000", "--config.data.eval_batch_size=50",
+           "--config.data.eval_split=test[:50]", "--config.train.async_checkpoints=False",
+           "--config.ema.enabled=False", "--config.optim.warmup_epochs=0.02",
+           # 156 steps an epoch: events at steps 2 and 4, then the smaller network
+           "--config.prune.schedule=gradual", "--config.prune.end_epoch=0.0257",
+           "--config.prune.every_epochs=0.0129", "--config.prune.target_kind=macs_fraction",
+           "--config.prune.target=0.5"]
+
+
+def test_a_gradual_schedule_on_traced_groups_ends_materialised_at_its_target(tmp_path):
+    """ConvNeXt (width 0.125: no BatchNorm; its LayerNorm streams stay whole, its four MLP
+    groups are pruned) under a gradual schedule: two events on the traced groups, then
+    the smaller network, whose MACs (counted on its own trace) are the target; resumed
+    from a checkpoint of the smaller network, it ends where the uninterrupted run ends."""
+    wd = tmp_path / "run"
+    out = main(wd, *GRADUAL).stdout
+    res = json.loads((wd / "results.json").read_text())
+    dense = example_net("convnext", 32, width=0.125, num_classes=10)
+    assert [e["step"] for e in res["prune_events"]] == [2, 4] and "materialised" in out
+    assert res["dense_macs"] == 2_037_312 and res["prune_events"][1]["macs"] == res["macs"]
+    assert abs(res["macs"] / res["dense_macs"] - 0.5) <= 0.01
+    small, final, meta = load_network(str(wd / "checkpoints" / "8"))
+    assert meta["materialized"] and network_from_meta(meta, "dense_") == dense
+    assert small.pruned and res["example"] == small.to_dict()
+    assert network(small).cost().macs == res["macs"]
+    assert "masks" in load_network(str(wd / "checkpoints" / "4"))[2]   # before event 2
+    shutil.rmtree(wd / "checkpoints" / "8")
+    (wd / "results.json").unlink()
+    assert f"resumed from {wd / 'checkpoints'} step 6" in main(wd, *GRADUAL).stdout
+    assert leaves_equal(load_network(str(wd / "checkpoints" / "8"))[1], final)
