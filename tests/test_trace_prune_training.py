@@ -1,6 +1,7 @@
 """Training-time pruning on traced groups: what the training loop does with a network's
 masks (zeroing, soft events, the regularisers' penalties, Taylor and HRank scores), on
-traced groups as on plan groups.
+traced groups as on plan groups; every criterion, allocation and target kind on an example
+network's traced groups, one-shot and on top of earlier masks.
 
 Oracle: on thinjax's ResNets the traced groups are the plan's groups (tests/test_trace.py),
 in the same order, so every operation on the traced network (`thinjax.trace.networks.
@@ -19,16 +20,20 @@ import pytest
 
 from tests.helpers import irregular_plan
 from thinjax import trace as T
-from thinjax.cost import count
+from thinjax.cost import Cost, count
 from thinjax.errors import TraceError
+from thinjax.models.examples import random_variables as example_variables
 from thinjax.models.resnet import ResNet, random_variables
 from thinjax.plan import plan_from_width
 from thinjax.prune import criteria, regularize
+from thinjax.prune.allocate import Target
 from thinjax.prune.groups import channel_groups, mask_tree
 from thinjax.prune.pruner import compute_masks as plan_compute_masks
 from thinjax.prune.soft import soft_event
 from thinjax.prune.spec import PruneSpec
 from thinjax.trace import masking, scores
+from thinjax.trace.example import example_net
+from thinjax.trace.networks import network
 
 PLANS = {"resnet20": plan_from_width("resnet20", 4), "irregular": irregular_plan()}
 
@@ -138,3 +143,37 @@ def test_data_criteria_need_their_data():
     with pytest.raises(TraceError, match="needs the masked model's forward pass on training "
                        "batches"):
         scores.compute_masks(net, v, spec, spec.goal())
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    """MobileNetV2 width 0.25 as the training loop sees it, with random variables."""
+    net = network(example_net("mobilenetv2", 32, width=0.25, num_classes=10))
+    return net, example_variables(net.model, (1, 32, 32, 3))
+
+
+@pytest.mark.parametrize("criterion,allocation,kind,target", [
+    ("l2", "global", "params_fraction", 0.6), ("fpgm", "uniform", "ratio", 0.3),
+    ("bn_scale", "global", "macs", 5e6), ("random", "uniform", "macs_fraction", 0.7)])
+def test_every_criterion_allocation_and_target_on_traced_groups(mobilenet, criterion,
+                                                                 allocation, kind, target):
+    """One-shot, then a second event on top (a schedule's masks only shrink); the cost
+    the allocator predicts is the materialised network's own."""
+    net, v = mobilenet
+    dense = net.cost()
+    spec = PruneSpec(criterion=criterion, allocation=allocation, target_kind=kind,
+                     target=target, round_to=2 if allocation == "global" else 1)
+    first = net.compute_masks(v, spec, spec.goal())
+    if kind == "ratio":
+        kept = sum(int(m.sum()) for m in first.masks.values())
+        assert abs(1 - kept / sum(g.size for g in net.groups.values()) - target) < 0.03
+    else:
+        want = {"params_fraction": dense.params * target, "macs_fraction": dense.macs * target,
+                "macs": target}[kind]
+        got = first.params if kind.startswith("params") else first.macs
+        assert abs(got / want - 1) <= 0.01
+    assert net.small(first.masks).cost() == Cost(first.params, first.macs, 32)
+    second = net.compute_masks(v, spec, Target("ratio", 0.5), masks=first.masks)
+    for n, m in second.masks.items():
+        assert np.all(m <= first.masks[n]) and m.sum() >= 1
+    assert second.macs < first.macs

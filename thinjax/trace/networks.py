@@ -6,12 +6,13 @@ the group members, the smaller network rebuilt by `thinjax.trace.rebuild.Pruned`
     net = network(desc, template, input_size)    # desc: a Plan or an ExampleNet
     alloc = net.compute_masks(variables, spec, spec.goal())
     small = net.small(alloc.masks)               # the materialised network
-    small_vars = net.slice_tree(alloc.masks, variables, small)
+    small_vars = {k: net.slice_tree(alloc.masks, t, small) for k, t in variables.items()}
 
 Both answer the same questions: the module (`model`), what rebuilds it (`desc`, `meta`),
-its groups and cost, how masks act on a tree (`mask_tree`; `masks_in_apply` says whether
-the module also takes them), the criteria and allocation, a soft event, the regulariser,
-the smaller network and its trees. `PlanNetwork` calls the plan functions the training loop
+its groups and cost, how masks act on one collection's tree (`mask_tree`: params, batch
+statistics, EMA, optimizer state; `masks_in_apply` says whether the module also takes
+them), the criteria and allocation, a soft event, the regulariser, the smaller network and
+its trees. `PlanNetwork` calls the plan functions the training loop
 always called, so a ThinResNet run computes what it did before.
 """
 
