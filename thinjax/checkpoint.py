@@ -3,12 +3,15 @@
 Each step directory holds two items:
   * ``state``: the array pytree (``params``, ``batch_stats``, and during training the
     optimizer state, EMA, step, RNG, ...), saved with ``StandardSave``;
-  * ``meta``: JSON with the channel ``plan`` (always), the model options and whatever
+  * ``meta``: JSON with the channel ``plan`` (or, for one of `thinjax.models.examples`,
+    ``example``: its name, constructor arguments, input size and the shapes of the leaves
+    pruning narrowed, `thinjax.trace.example.ExampleNet`), the model options and whatever
     describes where the weights came from (``source``, ``config``).
 
-``load_model`` opens any of: a thinjax checkpoint directory (latest complete step), a
+``load_network`` opens any of: a thinjax checkpoint directory (latest complete step), a
 step directory inside one, a training workdir, a ``thinjax.convert`` output, or a
-PyTorch/safetensors/npz file (imported on the fly). A pruning run's masks come back in
+PyTorch/safetensors/npz file (imported on the fly); ``load_model`` the same, ThinResNets
+alone. A pruning run's masks come back in
 ``meta["masks"]``. A released network by name (``zoo:NAME``) is `thinjax.load`'s: the zoo
 sits above this module.
 """
@@ -28,6 +31,12 @@ from thinjax.errors import CheckpointError
 from thinjax.interop.torch import import_checkpoint
 from thinjax.models.resnet import variable_shapes
 from thinjax.plan import Plan
+from thinjax.trace.example import (
+    ExampleNet,
+    abstract_variables,
+    network_from_meta,
+    network_meta,
+)
 
 if TYPE_CHECKING:
     import orbax.checkpoint as ocp
@@ -57,7 +66,8 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None
                                             meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def _write_model(directory: str, plan: Plan, variables: dict, meta: dict | None) -> None:
+def _write_model(directory: str, plan: Plan | ExampleNet, variables: dict,
+                 meta: dict | None) -> None:
     # written by this process alone (the caller picks one on multi-host jobs)
     ocp = _orbax()
     me = jax.process_index()
@@ -68,15 +78,17 @@ def _write_model(directory: str, plan: Plan, variables: dict, meta: dict | None)
             primary_host=me, active_processes={me})))
     try:
         state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-        save(m, 0, state, {"plan": plan.to_dict(), **(meta or {})})
+        save(m, 0, state, {**network_meta(plan), **(meta or {})})
         m.wait_until_finished()
     finally:
         m.close()
 
 
-def export_model(dst: str, plan: Plan, variables: dict, meta: dict | None = None,
-                 overwrite: bool = False, sources: tuple[str, ...] = ()) -> str:
-    """Writes a standalone model checkpoint (step 0) atomically: all of it, or nothing
+def export_model(dst: str, plan: Plan | ExampleNet, variables: dict,
+                 meta: dict | None = None, overwrite: bool = False,
+                 sources: tuple[str, ...] = ()) -> str:
+    """Writes a standalone model checkpoint (step 0) of `plan`'s network (a ThinResNet's
+    plan or an example's description) atomically: all of it, or nothing
     (`fs.atomic_dir`). An existing `dst` is replaced only with `overwrite` and only if
     thinjax wrote it; `dst` may not be, lie inside or contain one of `sources`."""
     dst = fs.absolute(dst)
@@ -109,7 +121,20 @@ def _step_dir(path: str) -> tuple[str, int]:
 
 
 def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
-    """(plan, {'params', 'batch_stats'}, meta) from a thinjax or PyTorch checkpoint."""
+    """(plan, {'params', 'batch_stats'}, meta) from a thinjax or PyTorch checkpoint of a
+    ThinResNet (an example network's is refused: `load_network` reads both)."""
+    net, variables, meta = load_network(path, use_ema)
+    if not isinstance(net, Plan):
+        raise CheckpointError(f"{meta.get('directory', path)}: holds an example network "
+                              f"({net.describe()}), not a ThinResNet; this tool reads "
+                              "ThinResNets (the train, evaluate and prune commands read both)")
+    return net, variables, meta
+
+
+def load_network(path: str, use_ema: bool = False
+                 ) -> tuple[Plan | ExampleNet, dict, dict]:
+    """(plan or example network, {'params', 'batch_stats'}, meta) from a thinjax or PyTorch
+    checkpoint."""
     if path.startswith("zoo:"):  # a released network by name: resolved a layer above
         raise CheckpointError(f"{path}: a zoo name; load it with thinjax.load.load_model, "
                               "which fetches the file through thinjax.zoo")
@@ -118,6 +143,30 @@ def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
         check_finite(variables, where=path)
         return plan, variables, {"source": os.path.abspath(path)}
     directory, step = _step_dir(path)
+    meta, state = _restore(directory, step)
+    where = f"{directory} step {step}"
+    net = network_from_meta(meta, where=where) if isinstance(meta, dict) else None
+    if net is None:
+        raise CheckpointError(f"{where}: meta has no channel plan")
+    if use_ema and "ema_params" in state:  # a training checkpoint's EMA weights
+        variables = {"params": state["ema_params"], "batch_stats": state["ema_batch_stats"]}
+    else:
+        variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+    variables = _to_numpy(variables)
+    if isinstance(net, Plan):
+        check_shapes(net, variables, where=where)
+    else:
+        _check_example_shapes(net, variables, where)
+    check_finite(variables, where=where)
+    extra = {}
+    if state.get("masks"):  # a pruning run's channel masks (checked where they are used)
+        extra["masks"] = _to_numpy(state["masks"])
+    return net, variables, {**meta, **extra, "step": step, "directory": directory,
+                            "has_ema": "ema_params" in state}
+
+
+def _restore(directory: str, step: int) -> tuple[Any, dict]:
+    """(meta, state) of one step, every array on this process's first device."""
     ocp = _orbax()
     m = ocp.CheckpointManager(directory, item_handlers={
         "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
@@ -130,21 +179,21 @@ def load_model(path: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
                               f"{e}); the checkpoint is incomplete or corrupt") from e
     finally:
         m.close()
-    if not isinstance(meta, dict) or "plan" not in meta:
-        raise CheckpointError(f"{directory} step {step}: meta has no channel plan")
-    plan = Plan.from_dict(meta["plan"])
-    if use_ema and "ema_params" in state:  # a training checkpoint's EMA weights
-        variables = {"params": state["ema_params"], "batch_stats": state["ema_batch_stats"]}
-    else:
-        variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
-    variables = _to_numpy(variables)
-    check_shapes(plan, variables, where=f"{directory} step {step}")
-    check_finite(variables, where=f"{directory} step {step}")
-    extra = {}
-    if state.get("masks"):  # a pruning run's channel masks (checked where they are used)
-        extra["masks"] = _to_numpy(state["masks"])
-    return plan, variables, {**meta, **extra, "step": step, "directory": directory,
-                             "has_ema": "ema_params" in state}
+    return meta, state
+
+
+def _check_example_shapes(net: ExampleNet, variables: dict, where: str) -> None:
+    """Refuses variables whose leaves differ from what `net`'s module makes."""
+    want = abstract_variables(net.module(), net.input_size, net.in_channels)
+    for col in ("params", "batch_stats"):
+        w = traverse_util.flatten_dict(want.get(col, {}), sep="/")
+        g = traverse_util.flatten_dict(variables.get(col, {}), sep="/")
+        for k in sorted(set(w) | set(g)):
+            got = tuple(np.shape(g[k])) if k in g else "absent"
+            need = tuple(w[k].shape) if k in w else "absent"
+            if got != need:
+                raise CheckpointError(f"{where}: {col}/{k} is {got} but {net.describe()} "
+                                      f"makes {need}")
 
 
 def _host_target(tree_metadata):

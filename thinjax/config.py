@@ -42,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.zero_init_last_bn = False
     c.model.bn_momentum = 0.9   # Flax convention (PyTorch 0.1)
     c.model.bn_epsilon = 1e-5
+    c.model.example = ""        # one of thinjax.models.examples (mobilenetv2, convnext, vit),
+    #                             pruned on traced groups; "": the ThinResNet above
+    c.model.width_mult = 1.0    # the example's width multiplier (its ``width``)
 
     c.data = C()
     c.data.name = "sample:cifar10"   # TFDS name | image folder | sample:cifar10
@@ -269,8 +272,9 @@ def config_changes(workdir: str, cfg, plan: Plan) -> list[str]:
                for k in sorted(set(old) | set(new)) if old.get(k, default.get(k)) != new.get(k)]
     plan_path = os.path.join(workdir, "plan.json")
     if fs.exists(plan_path) and _recorded(plan_path) != json.loads(plan.to_json()):
-        changes.append(f"plan: {Plan.from_dict(_recorded(plan_path)).describe()} -> "
-                       f"{plan.describe()}")
+        old = _recorded(plan_path)
+        was = str(old["example"]) if "example" in old else Plan.from_dict(old).describe()
+        changes.append(f"plan: {was} -> {plan.describe()}")
     return changes
 
 

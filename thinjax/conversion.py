@@ -5,11 +5,14 @@ behind ``python -m thinjax.convert`` and the study's pruning runs).
 target), materialises the smaller network, optionally re-estimates its BN statistics and
 measures top-1 before and after, and writes, atomically, a directory with:
   model/        the smaller network (orbax; EMA weights of a training run unless raw)
-  plan.json     its channel plan
+  plan.json     its channel plan (an example network's description, with the shapes of
+                the leaves pruning narrowed: `thinjax.trace.example`)
   config.py     the config that fine-tunes it (``--config.mode=evaluate`` evaluates it): the
                 same lines in every output, reading finetune.json (`finetune_config`)
   finetune.json the fine-tune's settings (the source run's recipe) and the provenance
   summary.json  the before/after table, as JSON
+A ThinResNet is pruned on its plan's groups, an example network (thinjax.models.examples)
+on the groups its trace finds: both through `thinjax.trace.networks`.
 """
 
 from __future__ import annotations
@@ -22,18 +25,15 @@ import numpy as np
 from thinjax import __version__, fs, settings
 from thinjax.checkpoint import export_model
 from thinjax.config import base_config
-from thinjax.cost import check_input_size, count
+from thinjax.cost import check_input_size
 from thinjax.errors import ConfigError, TargetError
 from thinjax.evaluation import IMAGENET_RESIZE, evaluate_on
-from thinjax.load import load_model
-from thinjax.models.resnet import ResNet
+from thinjax.load import load_network
 from thinjax.plan import Plan, default_input_size
 from thinjax.prune.criteria import needs_data
-from thinjax.prune.groups import init_masks
-from thinjax.prune.materialize import materialize, small_plan
-from thinjax.prune.pruner import check_target, compute_masks
-from thinjax.prune.recalibrate import recalibrate_bn as recalibrate
 from thinjax.prune.spec import PruneSpec
+from thinjax.trace.example import ExampleNet, network_meta
+from thinjax.trace.networks import Network, network
 
 FINETUNE = {  # a short fine-tune for networks imported without a training config
     "train.epochs": 10.0, "train.batch_size": 128, "optim.lr": 0.04, "optim.lr_batch": 128,
@@ -44,8 +44,11 @@ FINETUNE = {  # a short fine-tune for networks imported without a training confi
 }
 
 
-def stage_widths(plan: Plan) -> list[str]:
-    """Per stage: 'residual width / mean inner width (blocks kept)'."""
+def stage_widths(plan: Plan | ExampleNet) -> list[str]:
+    """Per stage: 'residual width / mean inner width (blocks kept)' (none for an example
+    network: its summary lists its groups)."""
+    if isinstance(plan, ExampleNet):
+        return []
     out = []
     for i, s in enumerate(plan.stages):
         live = [b for b in s.blocks if not b.removed]
@@ -66,23 +69,26 @@ def convert(checkpoint: str, output: str, *, spec: PruneSpec | None = None,
     output = os.path.abspath(output)
     check_output(output, checkpoint, overwrite)
     _check_args(spec, data, recalibrate_bn, input_size)
-    plan, variables, meta = load_model(checkpoint, use_ema=use_ema)
-    size = input_size or default_input_size(plan)
+    plan, variables, meta = load_network(checkpoint, use_ema=use_ema)
+    size = input_size or _input_size(plan)
+    net = network(plan, input_size=size)
     if spec is not None:
-        check_target(plan, meta.get("masks"), size, spec.target_kind, spec.target)
+        net.check_target(meta.get("masks"), spec.target_kind, spec.target)
     batches = lambda n: _train_batches(data, data_dir, train_split, size, n)  # noqa: E731
-    masks, how = _masks(checkpoint, plan, variables, meta, spec, batches, size, seed)
-    new_plan, new_vars = materialize(plan, masks, variables)
-    if spec is not None and new_plan == small_plan(plan, meta.get("masks") or
-                                                    init_masks(plan)):
+    masks, how = _masks(checkpoint, net, variables, meta, spec, batches, seed)
+    small = net.small(masks)
+    new_plan = small.desc
+    new_vars = {k: net.slice_tree(masks, v, small) for k, v in variables.items()}
+    if spec is not None and new_plan == net.small(meta.get("masks") or
+                                                  net.init_masks()).desc:
         raise TargetError(f"--target_kind={spec.target_kind} --target={spec.target:g} removes "
                           "no channel (rounding keeps every group whole); give a lower target")
     pruned_vars = new_vars
     if recalibrate_bn:
-        new_vars = recalibrate(ResNet(new_plan), new_vars, batches(128), recalibrate_bn)
+        new_vars = small.recalibrate(new_vars, batches(128), recalibrate_bn)
         how += f", BN recalibrated on {recalibrate_bn} batches"
     summary = _summary(checkpoint, output, how, size, use_ema and meta.get("has_ema"),
-                       plan, new_plan)
+                       (net, small), masks)
     if data:
         ev = lambda p, v, m=None: _evaluate(p, v, data, data_dir, split, batch_size, size,  # noqa: E731
                                             m)
@@ -109,39 +115,52 @@ def check_output(output: str, source: str, overwrite: bool) -> None:
     fs.check_replaceable(output, [source], overwrite)
 
 
-def _masks(checkpoint, plan, variables, meta, spec, batches, size, seed):
+def _input_size(plan: Plan | ExampleNet) -> int:
+    return plan.input_size if isinstance(plan, ExampleNet) else default_input_size(plan)
+
+
+def _masks(checkpoint, net: Network, variables, meta, spec, batches, seed):
     """(masks, description): new masks from `spec` (on top of the checkpoint's own),
     or the checkpoint's masks."""
     masks = meta.get("masks")
     if spec is not None:
-        alloc = compute_masks(
-            plan, variables, spec, spec.goal(), masks=masks, model=ResNet(plan),
-            input_size=size, seed=seed,
+        alloc = net.compute_masks(
+            variables, spec, spec.goal(), masks=masks, seed=seed,
             batches=batches(64) if needs_data(spec.criterion) else None)
         return alloc.masks, (f"{spec.criterion} {spec.allocation} to "
                              f"{spec.target_kind}={spec.target:g}")
     if masks is None and meta.get("materialized"):  # a pruning run that ended materialised
-        return init_masks(plan), "the pruning run's materialised network (no masks left)"
+        return net.init_masks(), "the pruning run's materialised network (no masks left)"
     if masks is None:
         raise ConfigError(f"{checkpoint} has no pruning masks; give a criterion and a target, "
                           "e.g. --criterion=l1 --target_kind=macs_fraction --target=0.5")
     return masks, "the checkpoint's masks"
 
 
-def _summary(checkpoint, output, how, size, ema, plan, new_plan) -> dict:
-    before, after = count(plan, size), count(new_plan, size)
-    return {"source": os.path.abspath(checkpoint) if os.path.exists(checkpoint)
-            else checkpoint, "output": output, "pruning": how, "input_size": size,
-            "weights": "ema" if ema else "raw",
-            "before": {"params": before.params, "macs": before.macs,
-                       "stages": stage_widths(plan), "plan": plan.to_dict()},
-            "after": {"params": after.params, "macs": after.macs,
-                      "stages": stage_widths(new_plan), "plan": new_plan.to_dict()}}
+def _summary(checkpoint, output, how, size, ema, nets: tuple[Network, Network],
+             masks: dict) -> dict:
+    (net, small), plan, new_plan = nets, nets[0].desc, nets[1].desc
+    before, after = net.cost(size), small.cost(size)
+    out = {"source": os.path.abspath(checkpoint) if os.path.exists(checkpoint)
+           else checkpoint, "output": output, "pruning": how, "input_size": size,
+           "weights": "ema" if ema else "raw",
+           "before": {"params": before.params, "macs": before.macs,
+                      "stages": stage_widths(plan), "plan": plan.to_dict()},
+           "after": {"params": after.params, "macs": after.macs,
+                     "stages": stage_widths(new_plan), "plan": new_plan.to_dict()}}
+    if isinstance(plan, ExampleNet):  # the traced groups: channels kept / size
+        out["after"]["groups"] = {n: [int(np.sum(np.asarray(m) > 0)), int(np.size(m))]
+                                  for n, m in masks.items()}
+    return out
 
 
 def _evaluate(plan, variables, data, data_dir, split, batch_size, size, masks=None) -> dict:
     from thinjax.data import get_source  # tf.data: only when something is measured
-    resize = IMAGENET_RESIZE if plan.stem == "imagenet" and size == 224 else None
+    resize = IMAGENET_RESIZE if getattr(plan, "stem", "") == "imagenet" and size == 224 \
+        else None
+    if masks is not None and not network(plan, input_size=size).masks_in_apply:
+        net = network(plan, input_size=size)   # a traced network: masks zero its variables
+        variables, masks = {k: net.mask_tree(v, masks) for k, v in variables.items()}, None
     return evaluate_on(plan, variables, get_source(data, data_dir=data_dir), split,
                        batch_size, data=data, image_size=size, resize=resize, masks=masks)
 
@@ -170,7 +189,7 @@ def _write(output, new_plan, new_vars, plan, summary, overrides) -> None:
     with fs.writing(output), fs.atomic_dir(output) as tmp:
         export_model(os.path.join(tmp, "model"), new_plan, new_vars,
                      {"source": summary["source"], "pruning": summary["pruning"],
-                      "dense_plan": plan.to_dict()})
+                      **network_meta(plan, "dense_")})
         new_plan.save(os.path.join(tmp, "plan.json"))
         with open(os.path.join(tmp, "finetune.json"), "w") as f:
             json.dump({"overrides": overrides, "source": summary["source"],
@@ -229,7 +248,8 @@ def _overrides(meta: dict, plan: Plan, data: str | None, input_size: int) -> dic
         base = base_config()
         for sec in ("data", "train", "optim", "ema", "model"):
             for k, v in (src_cfg.get(sec) or {}).items():
-                model_key = sec == "model" and k in ("plan_file", "name", "width", "base_width")
+                model_key = sec == "model" and k in ("plan_file", "name", "width", "base_width",
+                                                     "example", "width_mult")
                 if k in base[sec] and not model_key and v != base[sec][k] and v is not None:
                     out[f"{sec}.{k}"] = tuple(v) if isinstance(v, list) else v
         out["train.epochs"] = min(float(src_cfg.get("train", {}).get("epochs", 10)), 10.0)
@@ -240,7 +260,8 @@ def _overrides(meta: dict, plan: Plan, data: str | None, input_size: int) -> dic
     if data:
         out["data.name"] = data
     elif "data.name" not in out:
-        out["data.name"] = "cifar10" if plan.stem == "cifar" else "imagenet2012"
+        out["data.name"] = "cifar10" if getattr(plan, "stem", "cifar") == "cifar" \
+            else "imagenet2012"
     out["data.image_size"] = input_size
     return out
 

@@ -16,13 +16,14 @@ from collections.abc import Iterable
 import jax
 import jax.numpy as jnp
 
-from thinjax.cost import count
 from thinjax.errors import DataError
-from thinjax.load import load_model
+from thinjax.load import load_network
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
 from thinjax.progress import process_seconds, progress_bar
 from thinjax.sharding import global_batch
+from thinjax.trace.example import ExampleNet
+from thinjax.trace.networks import network
 
 IMAGENET_RESIZE = 232  # the release: Resize(232) then CenterCrop(224)
 
@@ -32,7 +33,8 @@ def eval_step(variables: dict, batch: dict, masks: dict | None = None, *,
               model: ResNet) -> dict[str, jax.Array]:
     """Sums over a batch's real examples: top-1 and top-5 hits, NLL, example count.
     `masks`: channel masks of a masked (pruned, not yet materialised) network."""
-    logits = model.apply(variables, batch["image"], train=False, masks=masks)
+    logits = model.apply(variables, batch["image"], train=False,
+                         **({} if masks is None else {"masks": masks}))
     labels = batch["label"]
     m = batch["mask"].astype(jnp.float32)
     # the NLL of thinjax.optim.cross_entropy against one-hot targets, written out here:
@@ -97,29 +99,39 @@ def check_classes(plan: Plan, source, data: str) -> None:
                         "or set config.model.num_classes")
 
 
-def eval_view(plan: Plan, source_size: int | None, image_size: int | None = None,
+def _input_size(plan: Plan | ExampleNet) -> int:
+    return plan.input_size if isinstance(plan, ExampleNet) else default_input_size(plan)
+
+
+def eval_view(plan: Plan | ExampleNet, source_size: int | None, image_size: int | None = None,
               resize: int | None = None) -> tuple[int | None, int | None]:
     """(crop size, shorter-side resize) for evaluation. Explicit values win; otherwise
     images of a fixed size (CIFAR) are used as they are, and variable-size images for an
-    ImageNet-stem model get the release's Resize(232) + CenterCrop(224)."""
+    ImageNet-stem model get the release's Resize(232) + CenterCrop(224) (an example network
+    its own input size)."""
+    if isinstance(plan, ExampleNet) and image_size is None and source_size is None:
+        return plan.input_size, resize
     if image_size is None and source_size is None and plan.stem == "imagenet":
         return default_input_size(plan), resize or IMAGENET_RESIZE
     return image_size or source_size, resize
 
 
-def evaluate_on(plan: Plan, variables: dict, source, split: str, batch_size: int, *,
-                data: str = "", image_size: int | None = None, resize: int | None = None,
-                masks: dict | None = None, model: ResNet | None = None,
-                progress: bool = True) -> dict:
+def evaluate_on(plan: Plan | ExampleNet, variables: dict, source, split: str,
+                batch_size: int, *, data: str = "", image_size: int | None = None,
+                resize: int | None = None, masks: dict | None = None,
+                model: ResNet | None = None, progress: bool = True) -> dict:
     """Evaluates `variables` on a split of `source` (a thinjax.data Source), with the view
-    `eval_view` picks; the result also names the crop size it used (`input_size`)."""
+    `eval_view` picks; the result also names the crop size it used (`input_size`).
+    `plan`: a ThinResNet's plan or an example network's description."""
     from thinjax.data import eval_batches  # tf.data: loaded only when data is evaluated
     check_classes(plan, source, data or source.name)
     size, resize = eval_view(plan, source.image_size, image_size, resize)
     batches = eval_batches(source, split, batch_size, image_size=size, resize=resize)
-    res = evaluate(model or ResNet(plan), variables, batches, source.num_examples(split),
-                   progress, masks=masks)
-    return {**res, "input_size": size or default_input_size(plan)}
+    if model is None:
+        model = plan.module() if isinstance(plan, ExampleNet) else ResNet(plan)
+    res = evaluate(model, variables, batches, source.num_examples(split), progress,
+                   masks=masks)
+    return {**res, "input_size": size or _input_size(plan)}
 
 
 def evaluate_checkpoint(checkpoint: str, data: str, split: str = "test", batch_size: int = 500,
@@ -128,10 +140,10 @@ def evaluate_checkpoint(checkpoint: str, data: str, split: str = "test", batch_s
                         progress: bool = True) -> dict:
     """Loads `checkpoint` and evaluates it on `data`:`split` (thinjax.evaluation)."""
     from thinjax.data import get_source  # loads TensorFlow: only when data is read
-    plan, variables, _ = load_model(checkpoint, use_ema=use_ema)
+    plan, variables, _ = load_network(checkpoint, use_ema=use_ema)
     source = get_source(data, data_dir=data_dir)
     res = evaluate_on(plan, variables, source, split, batch_size, data=data,
                       image_size=image_size, resize=resize, progress=progress)
-    c = count(plan, res["input_size"])
+    c = network(plan, input_size=res["input_size"]).cost(res["input_size"])
     return {"checkpoint": checkpoint, "data": data, "split": split, **res,
             "params": c.params, "macs": c.macs, "plan": plan.describe()}

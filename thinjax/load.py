@@ -13,6 +13,7 @@ import os
 
 from thinjax import checkpoint, zoo
 from thinjax.plan import Plan
+from thinjax.trace.example import ExampleNet
 
 
 def resolve(spec: str) -> str:
@@ -28,3 +29,10 @@ def load_model(spec: str, use_ema: bool = False) -> tuple[Plan, dict, dict]:
         checkpoint.check_finite(variables, where=path)
         return plan, variables, {"source": os.path.abspath(path)}
     return checkpoint.load_model(spec, use_ema=use_ema)
+
+
+def load_network(spec: str, use_ema: bool = False) -> tuple[Plan | ExampleNet, dict, dict]:
+    """As `load_model`, for a ThinResNet (a plan) or an example network (`ExampleNet`)."""
+    if spec.startswith("zoo:"):
+        return load_model(spec, use_ema)
+    return checkpoint.load_network(spec, use_ema=use_ema)

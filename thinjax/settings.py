@@ -32,6 +32,8 @@ class ModelSettings:
     zero_init_last_bn: bool
     bn_momentum: float
     bn_epsilon: float
+    example: str = ""           # one of thinjax.models.examples ("": a ThinResNet)
+    width_mult: float = 1.0     # the example's width multiplier
 
 
 @_frozen
@@ -139,6 +141,9 @@ _SECTIONS = {"model": ModelSettings, "data": DataSettings, "train": TrainSetting
 def _section(kind, section) -> Any:
     values = {}
     for f in dataclasses.fields(kind):
+        if f.name not in section and f.default is not dataclasses.MISSING:
+            values[f.name] = f.default    # a key added since the config was recorded
+            continue
         v = section[f.name]
         values[f.name] = tuple(v) if isinstance(v, list) else v
     return kind(**values)

@@ -7,7 +7,10 @@
 
 SRC: a pruning run's workdir or checkpoint (its masks are used), or any unmasked thinjax
 or PyTorch checkpoint, pruned here by ``--criterion`` and ``--target_kind/--target`` (also
-applied on top of a run's masks). DST (new; ``--overwrite`` to replace) receives, written
+applied on top of a run's masks). A checkpoint of an example network
+(thinjax.models.examples, ``config.model.example``) is pruned on the channel groups its
+trace finds (thinjax.trace); every flag means the same (``--allow_block_removal`` aside).
+DST (new; ``--overwrite`` to replace) receives, written
 atomically:
   model/        the smaller network (orbax; EMA weights of a training run unless --noema)
   plan.json     its channel plan
@@ -91,6 +94,9 @@ def table(summary: dict) -> str:
     for sb, sa in zip(b["stages"], a["stages"]):
         name = sb.split()[0]
         rows.append((f"{name} width/inner", sb.split(" ", 1)[1], sa.split(" ", 1)[1], ""))
+    if "groups" in a:  # an example network's traced groups
+        cut = sum(1 for k, n in a["groups"].values() if k < n)
+        rows.append(("channel groups cut", "", f"{cut} of {len(a['groups'])}", ""))
     if "top1_before_recalibration" in a:
         rows.append(("top-1 before BN recalibration", "", f"{a['top1_before_recalibration']:.2f}%",
                      ""))

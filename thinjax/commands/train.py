@@ -6,7 +6,9 @@
 
 Modes (config.mode):
   * ``train``: train the configured ThinResNet (from scratch, or from ``init_from``), then
-    evaluate raw and EMA weights. Rerunning with the same workdir resumes.
+    evaluate raw and EMA weights. Rerunning with the same workdir resumes. With
+    ``config.model.example`` (mobilenetv2, convnext, vit; ``config.model.width_mult``) an
+    example network of thinjax.models.examples instead, pruned on traced channel groups.
   * ``evaluate``: evaluate ``init_from`` (a thinjax checkpoint or workdir, or an imported
     PyTorch/safetensors/npz file; its plan must match the configured one) on ``data``.
 DIR receives config.json, plan.json and results.json (see thinjax.train.loop for the rest).
@@ -37,13 +39,15 @@ from ml_collections import config_flags
 from thinjax import fs, settings
 from thinjax.commands import cli
 from thinjax.config import check_overrides, check_rerun, validate
-from thinjax.cost import count, format_cost
+from thinjax.cost import format_cost
 from thinjax.errors import CheckpointError, ConfigError, user_errors
 from thinjax.evaluation import evaluate_on
-from thinjax.load import load_model
+from thinjax.load import load_network
 from thinjax.models.resnet import build_model
 from thinjax.plan import Plan, plan_from_width
 from thinjax.sharding import initialize_distributed
+from thinjax.trace.example import ExampleNet, example_net, network_from_meta
+from thinjax.trace.networks import network
 from thinjax.workdir import check_workdir, locked, mark_workdir
 
 _FLAGS: dict = {}  # name -> flag holder, once define_flags has run
@@ -64,32 +68,53 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
 
-def plan_from_config(cfg):
+def plan_from_config(cfg) -> Plan | ExampleNet:
+    """The configured network: a plan (``model.plan_file`` or name and width), or with
+    ``model.example`` an example network's description (a ``plan_file`` the prune command
+    wrote for an example holds that description)."""
     if cfg.model.plan_file:
-        return Plan.load(cfg.model.plan_file)
+        return _network_file(cfg.model.plan_file)
+    if cfg.model.get("example"):
+        return example_net(cfg.model.example, cfg.data.image_size,
+                           width=cfg.model.width_mult, num_classes=cfg.model.num_classes)
     return plan_from_width(cfg.model.name, cfg.model.width, cfg.model.num_classes,
                            cfg.model.base_width)
 
 
+def _network_file(path: str) -> Plan | ExampleNet:
+    """A plan file, or the file form of an example network's description."""
+    try:
+        d = json.loads(fs.read_text(path))
+    except (OSError, ValueError):
+        d = None          # Plan.load says what is wrong with it
+    if isinstance(d, dict) and "example" in d:
+        return network_from_meta(d, where=path)
+    return Plan.load(path)
+
+
 def model_from_config(cfg, plan):
+    if isinstance(plan, ExampleNet):  # its own options (examples have no dtype, BN fields)
+        return plan.module()
     return build_model(plan, dtype=cfg.model.dtype, zero_init_last_bn=cfg.model.zero_init_last_bn,
                        bn_momentum=cfg.model.bn_momentum, bn_epsilon=cfg.model.bn_epsilon)
 
 
 def _load_init(cfg, plan, use_ema: bool = False):
-    ck_plan, variables, meta = load_model(cfg.init_from, use_ema=use_ema)
+    ck_plan, variables, meta = load_network(cfg.init_from, use_ema=use_ema)
     if ck_plan != plan:
-        raise CheckpointError(f"{cfg.init_from}: its plan ({ck_plan.describe()}) differs from "
-                              f"the configured one ({plan.describe()}); set config.model to "
-                              "match or config.model.plan_file")
+        raise CheckpointError(f"{cfg.init_from}: its network ({ck_plan.describe()}) differs "
+                              f"from the configured one ({plan.describe()}); set config.model "
+                              "to match or config.model.plan_file")
     print(f"loaded {cfg.init_from}" + (" (EMA weights)" if use_ema else ""))
     return variables, meta
 
 
 def run_evaluate(cfg, workdir: str, plan, model) -> dict:
     size = cfg.data.eval_size or cfg.data.image_size
-    cost = count(plan, size)
-    print(format_cost(f"{cfg.model.name} w={plan.stem_width}", cost))
+    cost = network(plan, model, size).cost(size)
+    name = cfg.model.example if isinstance(plan, ExampleNet) else \
+        f"{cfg.model.name} w={plan.stem_width}"
+    print(format_cost(name, cost))
     print(plan.describe())
     if not cfg.init_from:
         raise ConfigError("mode 'evaluate' needs config.init_from (a checkpoint to evaluate)")
@@ -99,8 +124,8 @@ def run_evaluate(cfg, workdir: str, plan, model) -> dict:
         weights["ema_eval"] = _load_init(cfg, plan, use_ema=True)[0]
     from thinjax.data import get_source  # TensorFlow (the train extra): loaded when used
     source = get_source(cfg.data.name, data_dir=cfg.data.data_dir)
-    out = {"mode": "evaluate", "workdir": workdir, **cost.to_dict(), "plan": plan.to_dict(),
-           "init_from": cfg.init_from}
+    out = {"mode": "evaluate", "workdir": workdir, **cost.to_dict(),
+           "plan": plan.to_dict(), "init_from": cfg.init_from}
     for name, v in weights.items():
         res = evaluate_on(plan, v, source, cfg.data.eval_split, cfg.data.eval_batch_size,
                           data=cfg.data.name, image_size=size,

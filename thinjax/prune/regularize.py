@@ -31,22 +31,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from thinjax.plan import Plan
-from thinjax.prune.groups import channel_groups, flatten
+from thinjax.prune.groups import flatten
 from thinjax.prune.pruner import compute_masks, target_from_config
+from thinjax.prune.search import network_groups
 
 REGULARIZERS = ("none", "group_lasso", "greg")
 
 
-def channel_sq_norms(params: Any, plan: Plan) -> dict[str, jax.Array]:
+def channel_sq_norms(params: Any, plan: Plan | Any) -> dict[str, jax.Array]:
     """Group -> [channels]: the sum over the channel's slices (producer filters, BN scale
-    and shift, consumer input slices) of the squared weights."""
+    and shift, consumer input slices) of the squared weights (`plan`: a plan, or a traced
+    network, whose channel j may sit at other or several indices: `Group.rows`)."""
     flat = flatten(params)
     out = {}
-    for n, g in channel_groups(plan).items():
+    for n, g in network_groups(plan).items():
         s = jnp.zeros((g.size,), jnp.float32)
         for path, axis in g.producers + g.consumers:
             if path in flat:        # BN mean / var live in batch_stats, not in params
                 w = jnp.moveaxis(flat[path].astype(jnp.float32), axis, 0)
+                rows = g.rows(path, axis)
+                w = w if rows is None else w[rows]
                 s = s + jnp.sum(jnp.reshape(w * w, (g.size, -1)), axis=1)
         out[n] = s
     return out
@@ -64,7 +68,7 @@ def greg_coefficient(cfg_prune: Any, step: jax.Array | int) -> jax.Array:
     return jnp.minimum(jnp.float32(cfg_prune.greg_ceiling), grown.astype(jnp.float32))
 
 
-def penalty(params: Any, plan: Plan, cfg_prune: Any, step: jax.Array | int,
+def penalty(params: Any, plan: Plan | Any, cfg_prune: Any, step: jax.Array | int,
             masks: dict | None) -> jax.Array:
     """The ``cfg_prune.regularizer`` penalty of `params` (a scalar; jit-able).
 
@@ -92,8 +96,9 @@ def penalty(params: Any, plan: Plan, cfg_prune: Any, step: jax.Array | int,
 @dataclasses.dataclass(frozen=True, eq=False)
 class Regularizer:
     """`penalty` bound to a plan, settings and masks: ``reg(params, step) -> scalar``.
-    Its fields are named like the ``prune`` config keys, so it is its own ``cfg_prune``."""
-    plan: Plan
+    Its fields are named like the ``prune`` config keys, so it is its own ``cfg_prune``.
+    `plan`: a plan or a traced network (`thinjax.trace.TracedNet`)."""
+    plan: Plan | Any
     regularizer: str
     reg_strength: float = 0.0
     greg_step: float = 0.0
@@ -106,12 +111,12 @@ class Regularizer:
         return penalty(params, self.plan, self, step, self.masks)
 
 
-def check_shapes(params: Any, plan: Plan) -> None:
+def check_shapes(params: Any, plan: Plan | Any) -> None:
     """Raises ValueError unless `params` has `plan`'s channel counts (a regulariser built
     for the dense plan must not run on the materialised network: drop it there)."""
     flat = flatten(params)
-    for n, g in channel_groups(plan).items():
-        path, axis = g.producers[0]
+    for n, g in network_groups(plan).items():
+        path, axis = g.kernel_members[0]
         if path not in flat or flat[path].shape[axis] != g.size:
             raise ValueError(f"the pruning regulariser was built for {plan.describe()}, but "
                              f"the parameters do not match its group {n!r} ({g.size} "
@@ -119,15 +124,16 @@ def check_shapes(params: Any, plan: Plan) -> None:
                              "(StepConfig.prune_reg=None)")
 
 
-def build(plan: Plan, cfg_prune: Any, variables: dict | None = None, *, target=None,
+def build(plan: Plan | Any, cfg_prune: Any, variables: dict | None = None, *, target=None,
           masks: dict | None = None, model=None, batches=None, input_size: int = 32,
-          seed: int = 0) -> Regularizer | None:
+          seed: int = 0, select=compute_masks) -> Regularizer | None:
     """The `Regularizer` for ``cfg_prune.regularizer`` (None for ``none``).
 
     ``greg`` selects the channels to remove here, once: ``cfg_prune.criterion`` on
     `variables` (the weights at the start of regularisation), allocated to `target`
-    (default: the config's target) on top of `masks`. ``group_lasso`` skips the channels
-    that `masks` already removes."""
+    (default: the config's target) on top of `masks`, by `select` (called as
+    `thinjax.prune.pruner.compute_masks`, the default; a traced network passes its own).
+    ``group_lasso`` skips the channels that `masks` already removes."""
     kind = cfg_prune.regularizer
     if kind not in REGULARIZERS:
         raise ValueError(f"prune.regularizer {kind!r} unknown; use one of "
@@ -138,8 +144,8 @@ def build(plan: Plan, cfg_prune: Any, variables: dict | None = None, *, target=N
         if variables is None:
             raise ValueError("prune.regularizer 'greg' needs the weights to select from")
         target = target if target is not None else target_from_config(cfg_prune)
-        masks = compute_masks(plan, variables, cfg_prune, target, masks=masks, model=model,
-                              batches=batches, input_size=input_size, seed=seed).masks
+        masks = select(plan, variables, cfg_prune, target, masks=masks, model=model,
+                       batches=batches, input_size=input_size, seed=seed).masks
     frozen = None if masks is None else {k: np.asarray(v, np.float32)
                                          for k, v in masks.items()}
     return Regularizer(plan, kind, float(cfg_prune.reg_strength), float(cfg_prune.greg_step),

@@ -23,15 +23,18 @@ import jax
 import jax.numpy as jnp
 
 from thinjax.plan import Plan
-from thinjax.prune.groups import _param_suffix, channel_groups
+from thinjax.prune.groups import _param_suffix
+from thinjax.prune.search import network_groups
 
 
-def filter_axes(plan: Plan) -> dict[str, tuple[int, str]]:
-    """Producing conv kernel path -> (output axis, group): the entries a soft event zeroes."""
-    return {k: (3, n) for n, g in channel_groups(plan).items() for k in g.kernels}
+def filter_axes(plan: Plan | Any) -> dict[str, tuple[int, str]]:
+    """Producing kernel path -> (output axis, group): the entries a soft event zeroes
+    (`plan`: a plan, or a traced network, `thinjax.trace.TracedNet`)."""
+    return {k: (axis, n) for n, g in network_groups(plan).items()
+            for k, axis in g.kernel_members}
 
 
-def soft_event(plan: Plan, state_like_variables: Any, masks: dict) -> Any:
+def soft_event(plan: Plan | Any, state_like_variables: Any, masks: dict) -> Any:
     """`state_like_variables` with the producing conv filters of every channel that `masks`
     removes set to zero. Any tree whose leaf paths end in the parameters' paths works:
     ``{'params': ..., 'batch_stats': ...}``, a TrainState's params, EMA or optimizer state.
@@ -42,7 +45,7 @@ def soft_event(plan: Plan, state_like_variables: Any, masks: dict) -> Any:
         parts = _param_suffix(path).split("/")
         hit = next((axes[k] for k in ("/".join(parts[i:]) for i in range(len(parts)))
                     if k in axes), None)
-        if hit is None or getattr(x, "ndim", 0) != 4:
+        if hit is None or getattr(x, "ndim", 0) <= hit[0]:
             return x
         axis, g = hit
         return x * jnp.reshape(jnp.asarray(masks[g]), (1,) * axis + (-1,)).astype(x.dtype)

@@ -6,10 +6,11 @@
     print(report)
     y = small_model.apply(small_vars, x)
 
-Scores come from `thinjax.prune.criteria` (the data-free ones), the allocation from
-`thinjax.prune.allocate`, exactly as for a plan; `materialize` slices the variables and
-rebuilds the module (`thinjax.trace.rebuild`); `prune` then checks on the example input
-that the smaller network computes what the masked one does.
+Scores come from `thinjax.prune.criteria` (the data-free ones: this one-shot prune has no
+training data; `thinjax.trace.scores.compute_masks` takes batches for taylor and hrank),
+the allocation from `thinjax.prune.allocate`, exactly as for a plan; `materialize`
+slices the variables and rebuilds the module (`thinjax.trace.rebuild`); `prune` then
+checks on the example input that the smaller network computes what the masked one does.
 """
 
 from __future__ import annotations
@@ -25,41 +26,13 @@ from flax import nnx
 from thinjax.cost import Cost
 from thinjax.errors import TargetError, TraceError
 from thinjax.prune import spec as prune_spec
-from thinjax.prune.allocate import Allocation, Target, allocate
-from thinjax.prune.criteria import ScoreInputs, needs_data, score_groups
+from thinjax.prune.allocate import Allocation
 from thinjax.trace import rebuild
-from thinjax.trace.graph import Refusal, TracedGroup
+from thinjax.trace.graph import Refusal
 from thinjax.trace.network import Trace, TracedNet, trace
+from thinjax.trace.scores import TracedScoreInputs, compute_masks  # noqa: F401 (re-exported)
 
 ONE_SHOT = ("score_members", "fpgm_p", "reduce", "normalization", "group_ratios")
-
-
-@dataclasses.dataclass
-class TracedScoreInputs(ScoreInputs):
-    """`ScoreInputs` whose `plan` is a `TracedNet` (its groups are the trace's)."""
-
-    @property
-    def groups(self) -> dict[str, TracedGroup]:
-        return self.plan.groups
-
-
-def compute_masks(net: TracedNet, variables: Any, spec: prune_spec.PruneSpec,
-                  target: Target, seed: int = 0) -> Allocation:
-    """Scores `net`'s groups with ``spec.criterion`` and allocates `target`, as
-    `thinjax.prune.pruner.compute_masks` does on a plan."""
-    if needs_data(spec.criterion):
-        raise TraceError(f"criterion={spec.criterion!r} needs the masked model's forward "
-                         "pass, which traced networks do not have yet; use l1, l2, fpgm, "
-                         "group_norm, bn_scale or random")
-    if spec.allow_block_removal:
-        raise TraceError("allow_block_removal: traced groups never fall to zero channels "
-                         "(the trace does not know which branch could go); leave it False")
-    inputs = TracedScoreInputs(net, variables, seed=seed, members=spec.score_members,
-                               fpgm_p=int(spec.fpgm_p))
-    scores = score_groups(inputs, spec.criterion, spec.reduce)
-    return allocate(net, scores, target, method=spec.allocation, round_to=spec.round_to,
-                    normalization=spec.normalization,
-                    group_ratios=tuple(tuple(x) for x in spec.group_ratios))
 
 
 def materialize(tr: Trace, masks: dict[str, np.ndarray], variables: Any

@@ -157,17 +157,27 @@ def mask_variables(leaves: tuple[Leaf, ...], keep: dict[int, dict[int, np.ndarra
 
 def new_shapes(leaves: tuple[Leaf, ...], keep: dict[int, dict[int, np.ndarray]]
                ) -> tuple[tuple[str, tuple[tuple[str, tuple, tuple], ...]], ...]:
-    """Module path -> every variable under it (name relative to it), old and new shape:
-    ((name, old, new), ...). Unchanged ones too: a layer whose width its parent computes
-    from a pruned input is set back to its variables' shapes."""
-    out: dict[str, list] = {}
+    """`shapes_table` of `leaves` after slicing them by `keep`."""
+    new = []
     for k, leaf in enumerate(leaves):
         axes = keep.get(k, {})
-        new = tuple(int(axes[a].sum()) if a in axes else n for a, n in enumerate(leaf.shape))
+        new.append(tuple(int(axes[a].sum()) if a in axes else n
+                         for a, n in enumerate(leaf.shape)))
+    return shapes_table(leaves, new)
+
+
+def shapes_table(leaves: tuple[Leaf, ...], new: list[tuple[int, ...]]
+                 ) -> tuple[tuple[str, tuple[tuple[str, tuple, tuple], ...]], ...]:
+    """Module path -> every variable under it (name relative to it), old and new shape:
+    ((name, old, new), ...), `Pruned`'s table for `leaves` at shapes `new`. Unchanged ones
+    too: a layer whose width its parent computes from a pruned input is set back to its
+    variables' shapes."""
+    out: dict[str, list] = {}
+    for leaf, shape in zip(leaves, new, strict=True):
         parts = leaf.path.split("/")
         for i in range(len(parts)):
             out.setdefault("/".join(parts[:i]), []).append(
-                ("/".join(parts[i:]), leaf.shape, new))
+                ("/".join(parts[i:]), leaf.shape, tuple(shape)))
     return tuple((p, tuple(v)) for p, v in sorted(out.items()))
 
 

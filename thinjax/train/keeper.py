@@ -33,6 +33,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from thinjax import checkpoint as ckpt
 from thinjax import fs
 from thinjax.errors import CheckpointError, NonFiniteLoss
+from thinjax.trace.example import network_meta
 
 
 def best_metric(metrics: dict | None, phase: int) -> float:
@@ -144,12 +145,13 @@ class CheckpointKeeper:
         return self.keep_best and phase == self.final_phase and top1 > self.best["top1"]
 
     def export_best(self, step: int, top1: float, plan, variables: dict, meta: dict) -> None:
-        """Writes the best network so far to workdir/best (process 0 alone)."""
+        """Writes the best network so far to workdir/best (process 0 alone); `plan`: its
+        `Plan` or `ExampleNet`."""
         self.best = {"top1": top1, "step": step}
         if jax.process_index() == 0:
             fs.write_text(os.path.join(self.workdir, "best_metric.json"), json.dumps(self.best))
             ckpt.export_model(os.path.join(self.workdir, "best"), plan, variables,
-                              {**meta, "plan": plan.to_dict(), "step": step, "top1": top1},
+                              {**meta, **network_meta(plan), "step": step, "top1": top1},
                               overwrite=True)
 
     # -- preemption ---------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 A run lives in its workdir:
   config.json          the resolved config
-  plan.json            the channel plan
+  plan.json            the channel plan (an example network's description: thinjax.trace)
   checkpoints/<step>/  orbax: `state` (the whole TrainState) and `meta` (plan, pruning log)
   best/                model checkpoint (EMA weights if enabled) with the best eval top-1
   metrics.jsonl        one JSON object per log line / evaluation
@@ -29,15 +29,15 @@ import jax.numpy as jnp
 
 from thinjax import optim, sharding
 from thinjax.allocator import malloc_status
-from thinjax.cost import count
 from thinjax.data import get_source, train_batches
 from thinjax.data.pipeline import EvalBatches
 from thinjax.errors import NonFiniteLoss
 from thinjax.evaluation import evaluate
 from thinjax.ops import conv
 from thinjax.plan import Plan
-from thinjax.prune.materialize import slice_tree, small_plan
 from thinjax.settings import Settings, as_settings
+from thinjax.trace.example import ExampleNet, network_from_meta
+from thinjax.trace.networks import Network, network
 from thinjax.train.keeper import CheckpointKeeper
 from thinjax.train.metrics import MetricWriter, Reporter
 from thinjax.train.pruning import PruningController, regularized
@@ -58,9 +58,11 @@ class Parts:
     evaluator: Evaluator
 
 
-def train_and_evaluate(cfg: Settings, workdir: str, model, plan: Plan,
+def train_and_evaluate(cfg: Settings, workdir: str, model, plan: Plan | ExampleNet,
                        init_variables=None) -> dict:
-    """Trains (or resumes) the run in `workdir`; returns its results."""
+    """Trains (or resumes) the run in `workdir`; returns its results. `plan`: a ThinResNet's
+    plan (`model`: the ResNet carrying its options) or an example network's description
+    (`model`: its module)."""
     p = assemble(cfg, workdir, model, plan, init_variables)
     s, keeper, pruner = p.setting, p.keeper, p.pruner
     batches = _train_stream(s, p.source, p.start)
@@ -120,16 +122,16 @@ def _save(p: Parts, step: int, ev: dict | None) -> None:
     ema = p.setting.config.ema.enabled
     top1 = ev["ema_eval_top1" if ema else "eval_top1"] if ev else None
     metrics = {"top1": top1, "phase": p.pruner.phase} if ev else None
-    meta = {**p.pruner.meta(p.run.plan), "config": p.setting.config.to_dict(), "step": step,
+    meta = {**p.pruner.meta(p.run.net), "config": p.setting.config.to_dict(), "step": step,
         "convolution": convolution_of(p.run.model)}
     p.keeper.save(step, p.state, meta, metrics)
     if ev and p.keeper.is_new_best(top1, p.pruner.phase):
-        plan, v = p.run.plan, jax.device_get(p.state.variables(ema))  # replicated: on host
+        net, v = p.run.net, jax.device_get(p.state.variables(ema))  # replicated: on host
         if p.state.masks:  # export the materialised network, not the masked wide one
             masks = jax.device_get(p.state.masks)
-            plan = small_plan(p.run.plan, masks)
-            v = {k: slice_tree(p.run.plan, masks, x, plan) for k, x in v.items()}
-        p.keeper.export_best(step, top1, plan, v, meta)
+            net = p.run.net.small(masks)
+            v = {k: p.run.net.slice_tree(masks, x, net) for k, x in v.items()}
+        p.keeper.export_best(step, top1, net.desc, v, meta)
 
 
 def _raise_if_non_finite(window: list[dict], step: int, keeper: CheckpointKeeper) -> None:
@@ -169,53 +171,56 @@ class Evaluator:
 
     def __call__(self, state, run: Run) -> dict:
         out = {}
+        masks = state.masks if state.masks and run.net.masks_in_apply else None
         for prefix, ema in [("", False)] + ([("ema_", True)] if self.ema else []):
             r = evaluate(run.model, state.variables(ema), self.data, progress=False,
-                         mesh=self.mesh, masks=state.masks or None)
+                         mesh=self.mesh, masks=masks)
             out.update({f"{prefix}eval_top1": r["top1"], f"{prefix}eval_top5": r["top5"],
                         f"{prefix}eval_loss": r["loss"]})
         return out
 
 
-def assemble(cfg: Settings, workdir: str, model, plan: Plan, init_variables=None) -> Parts:
+def assemble(cfg: Settings, workdir: str, model, plan: Plan | ExampleNet,
+             init_variables=None) -> Parts:
     """Builds every part of the run and restores its newest readable checkpoint (`cfg`: the
     typed settings; a ConfigDict is resolved here, once)."""
     cfg = as_settings(cfg)
     sharding.initialize_distributed()
     main_process = jax.process_index() == 0
     source = get_source(cfg.data.name, data_dir=cfg.data.data_dir)
-    s = make_setting(cfg, plan, source, sharding.make_mesh(cfg.train.mesh_model))
-    pruner = PruningController(s, plan, workdir, lambda step: _train_stream(s, source, step, 1),
+    net = network(plan, model, cfg.data.image_size)
+    s = make_setting(cfg, net, source, sharding.make_mesh(cfg.train.mesh_model))
+    pruner = PruningController(s, net, workdir, lambda step: _train_stream(s, source, step, 1),
                                main_process)
     keeper = CheckpointKeeper(workdir, cfg.train.keep_checkpoints, cfg.train.keep_best,
                               len(pruner.events), cfg.train.async_checkpoints)
-    state, start, ck_meta = keeper.restore(lambda meta: _restore_target(s, model, plan, meta,
-                                                                        pruner))
-    now = plan  # the plan the run goes on with (the smaller one once materialised)
+    state, start, ck_meta = keeper.restore(lambda meta: _restore_target(s, net, meta, pruner))
+    now = net  # the network the run goes on with (the smaller one once materialised)
     if state is None:
-        m, tx = s.model_and_tx(model, plan)
-        state, start = s.init_state(m, tx, init_variables, pruner.initial_masks(plan)), 0
+        _, tx = s.model_and_tx(net)
+        state, start = s.init_state(net, tx, init_variables, pruner.initial_masks(net)), 0
     else:
-        pruner.resume(plan, ck_meta, start)
+        pruner.resume(net, ck_meta, start)
         if ck_meta.get("materialized"):
-            now = Plan.from_dict(ck_meta["plan"])
+            now = net.at(network_from_meta(ck_meta))
         print(f"resumed from {keeper.mngr.directory} step {start}", flush=True)
         _warn_if_convolution_changed(ck_meta, model, start)
     if not pruner.materialized:  # a pruning regulariser trains the dense network only
-        s = regularized(s, now, model, state, lambda st: _train_stream(s, source, st, 1), start)
-    run = s.run_for(model, now)  # the one Run of this plan (a materialisation makes the next)
+        s = regularized(s, now, state, lambda st: _train_stream(s, source, st, 1), start)
+    run = s.run_for(now)  # the one Run of this network (a materialisation makes the next)
     writer = MetricWriter(workdir, main_process, resume_step=start, logging=cfg.logging,
                           config=cfg.to_dict())
     reporter = Reporter(writer, s.total, s.global_batch, s.steps_per_epoch, start, main_process)
     if main_process:
-        print(_header(s, run.plan, cfg), flush=True)
+        print(_header(s, run.net, cfg), flush=True)
     return Parts(s, run, state, start, source, keeper, pruner, reporter, Evaluator(s, source))
 
 
-def _restore_target(s: Setting, model, plan: Plan, meta: dict, pruner: PruningController):
+def _restore_target(s: Setting, net: Network, meta: dict, pruner: PruningController):
     if meta.get("materialized"):  # a pruned run that already continues on the small net
-        return s.abstract_state(*s.model_and_tx(model, Plan.from_dict(meta["plan"])), {})
-    return s.abstract_state(*s.model_and_tx(model, plan), pruner.initial_masks(plan))
+        small = net.at(network_from_meta(meta))
+        return s.abstract_state(small, s.model_and_tx(small)[1], {})
+    return s.abstract_state(net, s.model_and_tx(net)[1], pruner.initial_masks(net))
 
 
 def _warn_if_convolution_changed(ck_meta: dict, model, start: int) -> None:
@@ -227,9 +232,9 @@ def _warn_if_convolution_changed(ck_meta: dict, model, start: int) -> None:
               file=sys.stderr, flush=True)
 
 
-def _header(s: Setting, plan: Plan, cfg: Settings) -> str:
-    cost = count(plan, s.image_size)
-    return (f"{plan.describe()}\n{cost.params:,} params, {cost.macs / 1e6:.2f} M MACs at "
+def _header(s: Setting, net: Network, cfg: Settings) -> str:
+    cost = net.cost(s.image_size)
+    return (f"{net.describe()}\n{cost.params:,} params, {cost.macs / 1e6:.2f} M MACs at "
             f"{s.image_size}px; {s.n_train} train images, batch {s.global_batch}, "
             f"{s.steps_per_epoch} steps/epoch, {s.total} steps ({s.epochs:.1f} epochs); "
             f"peak lr {optim.scaled_lr(cfg.optim, s.global_batch):.4g}; EMA decay "
@@ -239,17 +244,18 @@ def _header(s: Setting, plan: Plan, cfg: Settings) -> str:
 
 def convolution_of(model) -> str:
     """'xla' or 'onednn': the convolution `model`'s layers use here (thinjax.ops.conv)."""
-    return conv.resolve(getattr(model, "conv_impl", "auto"), jnp.dtype(model.dtype))
+    return conv.resolve(getattr(model, "conv_impl", "auto"),
+                        jnp.dtype(getattr(model, "dtype", None) or jnp.float32))
 
 
 def _results(p: Parts, workdir: str, final: dict) -> dict:
     s, pruner = p.setting, p.pruner
-    out_plan = pruner.out_plan(p.state, p.run.plan)
+    out_net = pruner.out_network(p.state, p.run.net)
     out = {"mode": "train", "workdir": workdir, "steps": s.total, "epochs": s.epochs,
-           **count(out_plan, s.image_size).to_dict(), **final, "best": p.keeper.best,
+           **out_net.cost(s.image_size).to_dict(), **final, "best": p.keeper.best,
            "train_images_per_s": (s.total - p.start) * s.global_batch / max(p.reporter.wall(),
                                                                            1e-9),
-           "wall_s": p.reporter.wall(), "plan": out_plan.to_dict(),
+           "wall_s": p.reporter.wall(), **out_net.meta(),
            "convolution": convolution_of(p.run.model), "malloc": malloc_status()}
     if pruner.events:
         out.update(prune_events=pruner.log, dense_params=pruner.dense_cost.params,

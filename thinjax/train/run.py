@@ -1,8 +1,9 @@
 """What a training run is made of: the fixed setting (data sizes, schedule, mesh, step
-options) and, per channel plan, the model, optimizer and jitted step.
+options) and, per network, the model, optimizer and jitted step.
 
-A `Run` belongs to one plan and is rebuilt, never mutated, when pruning materialises a
-smaller network (`Setting.run_for(new_plan)`).
+A network (`thinjax.trace.networks`) is a ThinResNet's plan or an example network pruned
+on traced groups. A `Run` belongs to one network and is rebuilt, never mutated, when
+pruning materialises a smaller one (`Setting.run_for(smaller)`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import optax
 
 from thinjax import optim, sharding
 from thinjax.errors import ConfigError, DataError
-from thinjax.models.resnet import ResNet
-from thinjax.plan import Plan
 from thinjax.prune.spec import PruneSpec
 from thinjax.settings import Settings
+from thinjax.trace.networks import Network
 from thinjax.train import state as state_lib
 from thinjax.train.step import StepConfig, train_step
 
@@ -32,11 +32,16 @@ RUN_ONCE = {"xla_backend_optimization_level": 0}
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One plan's model, optimizer and jitted train step."""
-    plan: Plan
-    model: ResNet
+    """One network's model, optimizer and jitted train step."""
+    net: Network
+    model: Any
     tx: optax.GradientTransformation
     step: Callable  # (state, global batch) -> (state, metrics), donating the state
+
+    @property
+    def plan(self):
+        """What rebuilds the network: its `Plan` (an `ExampleNet` for an example)."""
+        return self.net.desc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,52 +71,52 @@ class Setting:
     def repl(self):
         return sharding.replicated(self.mesh)
 
-    def model_and_tx(self, template: ResNet, plan: Plan):
-        """(model, optimizer) for `plan`, without a jitted step: what a state's shapes need.
-        `template` carries the model options."""
-        m = template.clone(plan=plan)
+    def model_and_tx(self, net: Network):
+        """(model, optimizer) for `net`, without a jitted step: what a state's shapes need."""
+        m = net.model
         size = self.image_size
         shapes = jax.eval_shape(lambda: m.init(self.rng, np.zeros((1, size, size, 3),
                                                                   np.float32)))
         return m, optim.make_optimizer(self.config.optim, self.schedule, shapes["params"])
 
-    def run_for(self, template: ResNet, plan: Plan) -> Run:
-        """(model, optimizer, jitted step) for `plan`; `template` carries model options. A
-        pruning regulariser (``step_cfg.prune_reg``) built for another plan (the dense one,
-        when `plan` is materialised) is left out of the step."""
-        m, tx = self.model_and_tx(template, plan)
+    def run_for(self, net: Network) -> Run:
+        """(model, optimizer, jitted step) for `net`. A pruning regulariser
+        (``step_cfg.prune_reg``) built for another network (the dense one, when `net` is
+        materialised) is left out of the step."""
+        m, tx = self.model_and_tx(net)
         step_cfg = self.step_cfg
         reg = step_cfg.prune_reg
-        if reg is not None and getattr(reg, "plan", plan) != plan:  # the materialised network
+        if reg is not None and not net.keeps(reg):  # the materialised network
             step_cfg = dataclasses.replace(step_cfg, prune_reg=None)
         f = jax.jit(functools.partial(train_step, model=m, tx=tx, schedule=self.schedule,
-                                      cfg=step_cfg),
+                                      cfg=step_cfg, net=net),
                     in_shardings=(self.repl, sharding.batch_sharding(self.mesh)),
                     out_shardings=(self.repl, self.repl), donate_argnums=0)
-        return Run(plan, m, tx, f)
+        return Run(net, m, tx, f)
 
-    def init_state(self, model: ResNet, tx, init_variables: dict | None, masks: dict):
+    def init_state(self, net: Network, tx, init_variables: dict | None, masks: dict):
         """A fresh state on the mesh: from scratch, or from given weights."""
-        shape = (1, self.image_size, self.image_size, model.plan.in_channels)
+        shape = (1, self.image_size, self.image_size, net.in_channels)
         if init_variables is None:
-            f = functools.partial(state_lib.create, model, tx, input_shape=shape,
+            f = functools.partial(state_lib.create, net.model, tx, input_shape=shape,
                                   masks=masks)
             return jax.jit(f, out_shardings=self.repl, compiler_options=RUN_ONCE)(self.rng)
         f = functools.partial(state_lib.from_variables, tx=tx, masks=masks)
         return jax.jit(f, out_shardings=self.repl, compiler_options=RUN_ONCE)(
             init_variables, rng=self.rng)
 
-    def abstract_state(self, model: ResNet, tx, masks: dict):
+    def abstract_state(self, net: Network, tx, masks: dict):
         """The state's shapes, placed on the mesh: a restore target."""
-        shape = (1, self.image_size, self.image_size, model.plan.in_channels)
-        st = jax.eval_shape(functools.partial(state_lib.create, model, tx,
+        shape = (1, self.image_size, self.image_size, net.in_channels)
+        st = jax.eval_shape(functools.partial(state_lib.create, net.model, tx,
                                               input_shape=shape, masks=masks), self.rng)
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                            sharding=self.repl), st)
 
 
-def make_setting(cfg: Settings, plan: Plan, source, mesh) -> Setting:
-    """Checks the data against the run and derives its sizes, schedule and step options."""
+def make_setting(cfg: Settings, plan: Network, source, mesh) -> Setting:
+    """Checks the data against the run and derives its sizes, schedule and step options
+    (`plan`: the network, or anything with its ``num_classes``)."""
     if source.num_classes != plan.num_classes:
         raise DataError(f"the model has {plan.num_classes} classes but data {cfg.data.name!r} "
                         f"has {source.num_classes}; set config.model.num_classes")
@@ -135,7 +140,8 @@ def make_setting(cfg: Settings, plan: Plan, source, mesh) -> Setting:
                    jax.random.PRNGKey(cfg.seed))
 
 
-def _step_config(cfg: Settings, plan: Plan, steps_per_epoch: int, ema_decay: float) -> StepConfig:
+def _step_config(cfg: Settings, plan: Network, steps_per_epoch: int,
+                 ema_decay: float) -> StepConfig:
     t = cfg.train
     return StepConfig(
         num_classes=plan.num_classes, label_smoothing=t.label_smoothing,

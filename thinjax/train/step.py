@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from thinjax import optim
-from thinjax.prune.groups import mask_tree
+from thinjax.trace.networks import Network, apply_kwargs, network
 from thinjax.train.mix import mix
 from thinjax.train.state import TrainState
 
@@ -40,25 +40,29 @@ def bn_scale_l1(params) -> jax.Array:
 
 def apply_masks(state: TrainState, plan) -> TrainState:
     """Zeroes every pruned channel's weights, BN statistics, optimizer moments and EMA, so
-    that nothing leaks back into a pruned channel (weight decay, momentum, EMA)."""
+    that nothing leaks back into a pruned channel (weight decay, momentum, EMA). `plan`: a
+    `Plan` or a network (`thinjax.trace.networks`; a traced one's masks act here alone)."""
     if not state.masks:
         return state
-    m = lambda t: mask_tree(plan, t, state.masks)  # noqa: E731
+    net = network(plan)
+    m = lambda t: net.mask_tree(t, state.masks)  # noqa: E731
     return state.replace(params=m(state.params), batch_stats=m(state.batch_stats),
                          opt_state=m(state.opt_state), ema_params=m(state.ema_params),
                          ema_batch_stats=m(state.ema_batch_stats))
 
 
-def _gradients(state: TrainState, images, targets, labels, *, model, cfg: StepConfig):
+def _gradients(state: TrainState, images, targets, labels, *, model, cfg: StepConfig,
+               net: Network):
     """Mean gradients over cfg.grad_accum micro-batches (a scan when > 1), the updated BN
     statistics, the loss and the accuracy."""
     loss_fn = optim.binary_cross_entropy if cfg.loss == "bce" else optim.cross_entropy
-    masks = state.masks or None
+    masks = apply_kwargs(net, state.masks or None)
 
     def micro(params, batch_stats, x, t, y):
         def f(p):
             logits, upd = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
-                                      mutable=["batch_stats"], masks=masks)
+                                      mutable=["batch_stats"], **masks)
+            upd = {"batch_stats": {}, **upd}  # a network without BatchNorm updates none
             loss = jnp.mean(loss_fn(logits, t))
             if cfg.bn_l1:
                 loss = loss + cfg.bn_l1 * bn_scale_l1(p)
@@ -101,14 +105,18 @@ def _ema(state: TrainState, params, batch_stats, step, cfg: StepConfig):
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
-               schedule: Callable, cfg: StepConfig) -> tuple[TrainState, dict]:
+               schedule: Callable, cfg: StepConfig,
+               net: Network | None = None) -> tuple[TrainState, dict]:
+    """One optimizer step. `net` (`thinjax.trace.networks`; default: the plan of `model`,
+    a ResNet) says how the state's masks act."""
+    net = network(model.plan, model) if net is None else net
     rng = jax.random.wrap_key_data(state.rng)
     rng, r_mix = jax.random.split(rng)
     labels = batch["label"]
     targets = optim.smooth_labels(labels, cfg.num_classes, cfg.label_smoothing)
     images, targets = mix(r_mix, batch["image"], targets, cfg.mixup_alpha, cfg.cutmix_alpha)
     grads, batch_stats, loss, acc = _gradients(state, images, targets, labels, model=model,
-                                               cfg=cfg)
+                                               cfg=cfg, net=net)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
@@ -120,7 +128,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     new = TrainState(step=step, params=params, batch_stats=batch_stats, opt_state=opt_state,
                      ema_params=ema_params, ema_batch_stats=ema_bs,
                      rng=jax.random.key_data(rng), masks=state.masks)
-    new = apply_masks(new, model.plan)
+    new = apply_masks(new, net)
     # a non-finite step leaves the state as it was; the loop stops the run
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = {"loss": loss, "accuracy": acc, "lr": schedule(state.step),
