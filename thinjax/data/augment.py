@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from thinjax.data import preprocess
 from thinjax.data._tf import tf
 
 TA_WIDE_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
@@ -114,8 +115,9 @@ def random_resized_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
 
     image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
     image.set_shape([None, None, 3])
-    image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
-    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+    # The draw of tf.image.stateless_random_flip_left_right(image, flip_seed).
+    mirror = tf.random.stateless_uniform([], flip_seed, 0, 1.0) < 0.5
+    return preprocess.resize_bilinear(image, size, size, mirror)
 
 
 def torch_linspace(start: float, stop: float, steps: int) -> np.ndarray:
@@ -336,7 +338,12 @@ def random_erasing(image: tf.Tensor, seed: tf.Tensor, p: float = 0.1,
                                       tf.int32)
     left = tf.random.stateless_uniform([], left_seed, 0, tf.maximum(width - w, 0) + 1,
                                        tf.int32)
-    rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
-    box = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
     erase = (tf.random.stateless_uniform([], apply_seed) < p) & tf.reduce_any(fits)
-    return tf.where(erase & box[..., None], tf.cast(value, image.dtype), image)
+
+    def erased() -> tf.Tensor:  # slices and concatenations: copies, no per-pixel select
+        rows = image[top:top + h]
+        box = tf.fill(tf.stack([h, w, tf.shape(image)[2]]), tf.cast(value, image.dtype))
+        middle = tf.concat([rows[:, :left], box, rows[:, left + w:]], axis=1)
+        return tf.concat([image[:top], middle, image[top + h:]], axis=0)
+
+    return tf.ensure_shape(tf.cond(erase, erased, lambda: image), image.shape)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from thinjax.data._tf import tf
 from thinjax.pixels import MEAN, STD  # the ImageNet statistics, CIFAR included
 
@@ -21,9 +23,47 @@ def decode(image_bytes: tf.Tensor) -> tf.Tensor:
 
 
 def normalize(image: tf.Tensor) -> tf.Tensor:
-    """uint8 or [0, 255] float -> float32 normalised with the ImageNet mean and std."""
+    """uint8 or [0, 255] float -> float32 normalised with the ImageNet mean and std.
+
+    With a static shape the mean and std are constants of the image's full shape: the
+    same arithmetic as broadcasting the (3,) vectors, bit for bit, at a fraction of the
+    cost (TensorFlow's broadcasting binary ops copy the operands block by block)."""
     x = tf.cast(image, tf.float32) / 255.0
-    return (x - tf.constant(MEAN)) / tf.constant(STD)
+    mean, std = np.array(MEAN, np.float32), np.array(STD, np.float32)
+    if x.shape.is_fully_defined():
+        mean, std = np.broadcast_to(mean, x.shape), np.broadcast_to(std, x.shape)
+    return (x - tf.constant(mean)) / tf.constant(std)
+
+
+def _resize_rows(x: tf.Tensor, rows: int | tf.Tensor) -> tf.Tensor:
+    """The rows of rank-2 `x` resampled to `rows`: float32, `tf.image.resize`'s antialiased
+    bilinear (ScaleAndTranslate's triangle kernel) along axis 0 only."""
+    scale = tf.cast(rows, tf.float32) / tf.cast(tf.shape(x)[0], tf.float32)
+    out = tf.raw_ops.ScaleAndTranslate(
+        images=x[None, :, None, :], size=tf.stack([rows, 1]), scale=tf.stack([scale, 1.0]),
+        translation=tf.zeros([2]), kernel_type="triangle", antialias=True)
+    return out[0, :, 0, :]
+
+
+def resize_bilinear(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor,
+                    mirror: tf.Tensor | None = None) -> tf.Tensor:
+    """`tf.image.resize(image, (height, width), "bilinear", antialias=True)` of an HWC
+    image, bit for bit, in about half the time; mirrored left-right where `mirror`.
+
+    TensorFlow's kernel resamples rows with vector code but columns one pixel and channel
+    at a time; here both passes are row passes (same weights, same order of summation),
+    with the image transposed in between."""
+    shape = tf.shape(image)
+    w, c = shape[1], shape[2]
+    x = _resize_rows(tf.reshape(image, tf.stack([shape[0], w * c])), height)
+    x = tf.reshape(tf.transpose(tf.reshape(x, tf.stack([height, w, c])), [1, 0, 2]),
+                   tf.stack([w, height * c]))
+    x = _resize_rows(x, width)  # (width, height * c): the image's columns as rows
+    if mirror is not None:
+        x = tf.gather(x, tf.where(mirror, tf.range(width - 1, -1, -1), tf.range(width)))
+    out = tf.transpose(tf.reshape(x, tf.stack([width, height, c])), [1, 0, 2])
+    static = [d if isinstance(d, int) else None for d in (height, width)]
+    return tf.ensure_shape(out, static + [image.shape[2]])
 
 
 def resized_size(height: tf.Tensor, width: tf.Tensor, size: int,
@@ -89,8 +129,7 @@ def resize_center_crop(image: tf.Tensor, resize: int, crop: int,
     nh, nw = resized_size(shape[0], shape[1], resize, max_size)
     image = tf.cast(image, tf.float32)
     image = tf.cond((nh == shape[0]) & (nw == shape[1]), lambda: image,
-                    lambda: tf.image.resize(image, tf.stack([nh, nw]), method="bilinear",
-                                            antialias=True))
+                    lambda: resize_bilinear(image, nh, nw))
     return center_crop(image, crop)
 
 
