@@ -16,12 +16,12 @@ checks on the example input that the smaller network computes what the masked on
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
-from flax import nnx
 
 from thinjax.cost import Cost
 from thinjax.errors import TargetError, TraceError
@@ -127,7 +127,10 @@ def prune(module: nn.Module, variables: Any, example_input: Any, *, criterion: s
     Groups whose channels feed a statistic over channels (LayerNorm) are not exact (the
     pruned network computes otherwise than the masked one): they stay whole unless
     `inexact`. `check`: compare both networks' outputs on the example input."""
-    if isinstance(module, nnx.Module):   # NNX: thinjax.trace.nnx_trace
+    # NNX: thinjax.trace.nnx_trace (flax.nnx is not imported here: it imports optax, and
+    # a module that is an nnx.Module means flax.nnx was imported already)
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is not None and isinstance(module, nnx.Module):
         raise TraceError("module: an NNX module; prune it with thinjax.trace.prune_nnx(model, "
                          "x, ...), which returns (the smaller model, the report)")
     bad = sorted(set(options) - set(ONE_SHOT))
