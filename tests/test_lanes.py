@@ -13,7 +13,7 @@ import pytest
 from thinjax.models import resnet
 from thinjax.models.batchnorm import BatchNorm
 from thinjax.ops import conv, lanes
-from thinjax.plan import BlockPlan, Plan, StagePlan
+from thinjax.plan import BlockPlan, Plan, StagePlan, plan_from_width
 
 
 def test_lane_factor():
@@ -148,3 +148,25 @@ def test_batchnorm_with_odd_channels_matches_flax(shape):
     e1 = ref.clone(use_running_average=True).apply(s1 | {"params": v["params"]}, x)
     e2 = new.clone(use_running_average=True).apply(s2 | {"params": v["params"]}, x)
     np.testing.assert_allclose(e1, e2, rtol=1e-5, atol=1e-5)
+
+
+def _largest_fusion_inputs(hlo: str) -> int:
+    comps = [c for c in hlo.split("\n\n") if not c.lstrip().startswith("ENTRY")]
+    return max(len(re.findall(r"parameter\(", c)) for c in comps)
+
+
+@pytest.mark.skipif(conv._usable_reason(jnp.float32) is not None, reason="needs oneDNN")
+def test_evaluation_graph_computes_each_block_once():
+    """ResNet-56 inference: XLA turns the fusion barrier's division into a multiplication
+    there, and without the boundary each block's fusion recomputed the stage's whole
+    residual chain (fusions reading 59 arrays); with it every fusion reads a handful."""
+    plan = plan_from_width("resnet56", 4, 10)
+    x = jnp.zeros((4, 32, 32, 3))
+    for impl, most in (("onednn", 16), ("xla", None)):
+        m = resnet.ResNet(plan, conv_impl=impl)
+        v = m.init(jax.random.PRNGKey(0), x[:1])
+        n = _largest_fusion_inputs(jax.jit(m.apply).lower(v, x).compile().as_text())
+        if most:
+            assert n <= most, n
+        else:  # XLA's convolutions: no boundary, and the pathology is still there
+            assert n >= 30, n

@@ -43,8 +43,8 @@ import numpy as np
 from thinjax.errors import ConfigError
 from thinjax.ops import build, lanes
 
-__all__ = ["ENV", "IMPLS", "bf16_kernel", "conv2d", "lane_boundary", "prefer_onednn",
-           "resolve", "status", "xla_conv2d"]
+__all__ = ["ENV", "IMPLS", "bf16_kernel", "boundary", "conv2d", "lane_boundary",
+           "prefer_onednn", "resolve", "status", "xla_conv2d"]
 
 ENV = "THINJAX_CONV"
 IMPLS = ("auto", "xla", "onednn")
@@ -177,20 +177,22 @@ def conv2d(x, kernel, stride: int = 1, padding: int = 0, impl: str = "auto",
 
 
 @jax.custom_vjp
-def _identity(x):
-    """`x`, computed by an FFI call whose result is aliased to `x` (no work, no copy);
-    XLA:CPU fuses nothing across it. The gradient passes as it is (no boundary)."""
+def boundary(x):
+    """`x`, computed by an FFI call whose result is aliased to `x` (no work, no copy):
+    XLA:CPU fuses nothing across it, so whatever computed `x` is computed once, as its
+    own fusion. The gradient passes as it is. The oneDNN kernels must be loaded (their
+    library holds the call)."""
     out = jax.ShapeDtypeStruct(x.shape, x.dtype)
     return jax.ffi.ffi_call("thinjax_identity", out, input_output_aliases={0: 0},
                             vmap_method="broadcast_all")(x)
 
 
-_identity.defvjp(lambda x: (_identity(x), None), lambda _, g: (g,))
+boundary.defvjp(lambda x: (boundary(x), None), lambda _, g: (g,))
 
 
 def lane_boundary(x):
     """`x` (NHWC, made by elementwise code for a oneDNN custom call) with its lane view
-    (`thinjax.ops.lanes`) passed through `_identity`: the same values and gradient.
+    (`thinjax.ops.lanes`) passed through `boundary`: the same values and gradient.
 
     XLA:CPU fuses the reshape from the lane view to NHWC into the fusion computing `x`,
     which then loops over (N, H, W, C) and fetches every per-channel constant through
@@ -202,7 +204,7 @@ def lane_boundary(x):
     k = lanes.lane_factor(x.shape)
     if k == 1 or 0 in x.shape:
         return x
-    return lanes.from_lanes(_identity(lanes.to_lanes(x, k)), x.shape)
+    return lanes.from_lanes(boundary(lanes.to_lanes(x, k)), x.shape)
 
 
 def status(dtype=jnp.float32) -> str:
