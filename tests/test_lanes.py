@@ -51,13 +51,15 @@ def test_lanewise_and_channel_sum_equal_the_direct_computation(shape):
 
 def test_per_channel_is_an_exact_tiling_whatever_the_values():
     v = jnp.asarray([1.5, -0.0, np.inf, np.nan, 3e38], jnp.float32)
-    for first in (np.nan, np.inf, -np.inf, 0.25, -7.0):  # the run-time ones read this row
-        like = jnp.zeros((3, 40), jnp.float32).at[0, :].set(first)
-        np.testing.assert_array_equal(lanes.per_channel(v, like), np.tile(v, 8))
-    assert lanes.per_channel(v, jnp.zeros((3, 5))) is v
-    g = jax.grad(lambda v: jnp.sum(lanes.per_channel(v, jnp.ones((2, 15))) * jnp.arange(15.)))(
-        jnp.ones(5))
-    np.testing.assert_array_equal(g, np.arange(15.).reshape(3, 5).sum(0))
+    holds = [None] if conv._usable_reason(jnp.float32) else [None, conv.boundary]
+    for hold in holds:
+        np.testing.assert_array_equal(lanes.per_channel(v, 8, hold), np.tile(v, 8))
+        np.testing.assert_array_equal(jax.jit(lambda v, h=hold: lanes.per_channel(v, 8, h))(v),
+                                      np.tile(v, 8))
+        g = jax.grad(lambda v, h=hold: jnp.sum(lanes.per_channel(v, 3, h) * jnp.arange(15.)))(
+            jnp.ones(5))
+        np.testing.assert_array_equal(g, np.arange(15.).reshape(3, 5).sum(0))
+    assert lanes.per_channel(v, 1, conv.boundary) is v
 
 
 def _compiled_step(model, x):
@@ -70,15 +72,15 @@ def _compiled_step(model, x):
     return jax.jit(jax.grad(loss)).lower(v["params"]).compile().as_text()
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion property")
+@pytest.mark.skipif(conv._usable_reason(jnp.float32) is not None, reason="needs oneDNN")
 def test_per_channel_constants_stay_out_of_the_large_fusions():
     """A 13-channel stage (lane view 8 x 13 = 104 columns): every fusion over the
     activations reads its per-channel constants as (104,) vectors computed once; none
     tiles a (13,) vector itself (the slow form: an index modulo 13 and a gather per
-    element)."""
+    element), with oneDNN's kernels (`conv.boundary` holds them)."""
     plan = Plan("basic", "cifar", 13, (StagePlan(13, 1, (BlockPlan((9,), False),)),),
                 num_classes=10)
-    hlo = _compiled_step(resnet.ResNet(plan), jnp.zeros((8, 16, 16, 3)))
+    hlo = _compiled_step(resnet.ResNet(plan, conv_impl="onednn"), jnp.zeros((8, 16, 16, 3)))
     big = [c for c in hlo.split("\n\n") if re.search(r"-> f32\[256,104\]", c.split("\n")[0])]
     assert len(big) >= 4, len(big)  # BatchNorm, ReLU, residual add: all in the lane view
     for c in big:

@@ -34,46 +34,48 @@ from thinjax.ops import lanes
 __all__ = ["BatchNorm", "batch_norm_train"]
 
 
-def _stats(v32, c: int):
+def _stats(v32, c: int, hold):
     """Per-channel mean and biased variance (two passes) of a float32 lane view."""
     n = v32.size // c
     mean = lanes.channel_sum(v32, c) / n
-    var = lanes.channel_sum(jnp.square(v32 - lanes.per_channel(mean, v32)), c) / n
+    k = v32.shape[-1] // c
+    var = lanes.channel_sum(jnp.square(v32 - lanes.per_channel(mean, k, hold)), c) / n
     return mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_train(x, scale, bias, epsilon: float):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x, scale, bias, epsilon: float, hold=None):
     """Training-mode BatchNorm over every axis but the last.
 
     Returns ``(y, mean, var)``: ``y = (x - mean) * scale / sqrt(var + epsilon) + bias`` in
-    ``x``'s dtype, and the float32 batch mean and biased batch variance."""
-    return _forward(x, scale, bias, epsilon)[0]
+    ``x``'s dtype, and the float32 batch mean and biased batch variance. `hold`: see
+    `thinjax.ops.lanes.per_channel`."""
+    return _forward(x, scale, bias, epsilon, hold)[0]
 
 
-def _normalize(x, mean, inv, scale, bias, dtype):
+def _normalize(x, mean, inv, scale, bias, dtype, hold=None):
     """(x - mean) * scale * inv + bias in float32, cast to `dtype`; `x` channel-minor,
     computed in its lane view (`thinjax.ops.lanes`)."""
     a = scale.astype(jnp.float32) * inv
     return lanes.lanewise(lambda v, m, a, b: ((v.astype(jnp.float32) - m) * a + b).astype(dtype),
-                    x, mean, a, bias.astype(jnp.float32))
+                          x, mean, a, bias.astype(jnp.float32), hold=hold)
 
 
-def _forward(x, scale, bias, epsilon):
+def _forward(x, scale, bias, epsilon, hold):
     c, k = x.shape[-1], lanes.lane_factor(x.shape)
-    mean, var = _stats(lanes.to_lanes(x, k).astype(jnp.float32), c)
+    mean, var = _stats(lanes.to_lanes(x, k).astype(jnp.float32), c, hold)
     inv = jax.lax.rsqrt(var + epsilon)
-    y = _normalize(x, mean, inv, scale, bias, x.dtype)
+    y = _normalize(x, mean, inv, scale, bias, x.dtype, hold)
     return (y, mean, var), (x, mean, inv, scale)
 
 
-def _bwd(epsilon, res, cts):
+def _bwd(epsilon, hold, res, cts):
     x, mean, inv, scale = res
     dy, dmean, dvar = cts
     c, k = x.shape[-1], lanes.lane_factor(x.shape)
     n = x.size // c
     dy32 = lanes.to_lanes(dy, k).astype(jnp.float32)
-    tile = functools.partial(lanes.per_channel, like=dy32)
+    tile = functools.partial(lanes.per_channel, k=k, hold=hold)
     xc = lanes.to_lanes(x, k).astype(jnp.float32) - tile(mean)
     sum_dy = lanes.channel_sum(dy32, c)
     sum_dy_xc = lanes.channel_sum(dy32 * xc, c)
@@ -103,6 +105,7 @@ class BatchNorm(nn.Module):
     param_dtype: Any = jnp.float32
     scale_init: Any = nn.initializers.ones
     bias_init: Any = nn.initializers.zeros
+    hold: Any = None  # thinjax.ops.lanes.per_channel's (ResNet passes oneDNN's identity)
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None):
@@ -116,8 +119,8 @@ class BatchNorm(nn.Module):
         dtype = self.dtype or jnp.result_type(x, scale)
         if use_ra:
             inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
-            return _normalize(x, ra_mean.value, inv, scale, bias, dtype)
-        y, mean, var = batch_norm_train(x.astype(dtype), scale, bias, self.epsilon)
+            return _normalize(x, ra_mean.value, inv, scale, bias, dtype, self.hold)
+        y, mean, var = batch_norm_train(x.astype(dtype), scale, bias, self.epsilon, self.hold)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

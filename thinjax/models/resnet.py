@@ -218,19 +218,20 @@ class ResNet(nn.Module):
         conv = functools.partial(Conv, dtype=self.dtype, impl=self.conv_impl)
         # variance E[(x - mean)^2], not E[x^2] - mean^2, which cancels catastrophically
         # for channels with a large mean (PyTorch is stable here too).
+        onednn = ops_conv.resolve(self.conv_impl, self.dtype) == "onednn"
         norm = functools.partial(BatchNorm if self.fused_bn else nn.BatchNorm,
                                  use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, dtype=self.dtype,
                                  param_dtype=jnp.float32)
         if not self.fused_bn:
             norm = functools.partial(norm, use_fast_variance=False)
+        elif onednn:  # per-channel constants of odd channel counts: computed once
+            norm = functools.partial(norm, hold=ops_conv.boundary)
         on = jax.default_backend() == "cpu" if self.fusion_barrier is None \
             else self.fusion_barrier
         if not on:
             return conv, norm, None
-        if ops_conv.resolve(self.conv_impl, self.dtype) == "onednn":
-            return conv, norm, _barrier_and_boundary
-        return conv, norm, fusion_barrier
+        return conv, norm, _barrier_and_boundary if onednn else fusion_barrier
 
     @nn.compact
     def __call__(self, x, train: bool = False, masks=None):

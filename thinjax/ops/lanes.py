@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 
 __all__ = ["LANES", "channel_sum", "from_lanes", "lane_factor", "lanewise", "per_channel",
@@ -56,25 +55,20 @@ def from_lanes(v, shape: tuple[int, ...]):
     return v.reshape(shape)
 
 
-def per_channel(vector, like):
-    """A per-channel vector (C,) for the columns of the lane view `like` (rows, k*C),
-    tiled k times and computed once (`vector` itself when k is 1).
+def per_channel(vector, k: int, hold: Callable | None = None):
+    """A per-channel vector (C,) for the columns of a lane view (k*C,): `vector` tiled
+    k times (`vector` itself when k is 1), passed through `hold` if given.
 
     Tiled as it is, XLA:CPU fuses the tiling, and whatever per-channel arithmetic made
     `vector`, into each consumer, where every element then fetches its constant through
     ``column % C`` and a gather (several times the cost of the elementwise work itself).
-    Divided by ones computed at run time from `like`'s first row (an exact identity, as
-    in `thinjax.models.resnet.fusion_barrier`; a divisor XLA cannot move ahead of the
-    tiling), it is an expensive op that XLA keeps out of consumers that reuse its
-    elements: a fusion of its own, which the consumers load contiguously."""
-    k = like.shape[-1] // vector.shape[-1]
+    `hold` (`thinjax.ops.conv.boundary`, with oneDNN's kernels) makes it a small array
+    computed once that the consumers load contiguously."""
     if k == 1:
         return vector
-    row = jax.lax.stop_gradient(like[0])  # like is 2-D when k > 1
-    ones = jnp.where(jnp.abs(row) < 1, row, 0).astype(vector.dtype) * 0 + 1
     # broadcast + reshape, not jnp.tile: primitives thinjax.trace follows
     tiled = jnp.broadcast_to(vector, (k,) + vector.shape).reshape(-1)
-    return tiled / ones
+    return tiled if hold is None else hold(tiled)
 
 
 def channel_sum(v, c: int):
@@ -84,17 +78,15 @@ def channel_sum(v, c: int):
     return s if s.shape[0] == c else jnp.sum(s.reshape(-1, c), axis=0)
 
 
-def lanewise(fn: Callable, *args):
+def lanewise(fn: Callable, *args, hold: Callable | None = None):
     """``fn(*args)`` for an elementwise `fn`, computed in the lane view: the
     channel-minor arrays among `args` (all of one shape, the first one's) go in as lane
-    views, per-channel vectors (C,) tiled to match, None and scalars as they are; `fn`'s
-    result comes back in the channel-minor shape."""
+    views, per-channel vectors (C,) tiled to match (`per_channel`, with `hold`), None
+    and scalars as they are; `fn`'s result comes back in the channel-minor shape."""
     shape = next(a.shape for a in args if a is not None and jnp.ndim(a) >= 2)
     k = lane_factor(shape)
     if k == 1:
         return fn(*args)
-
-    like = to_lanes(next(a for a in args if a is not None and jnp.ndim(a) >= 2), k)
 
     def view(a):
         if a is None or jnp.ndim(a) == 0:
@@ -102,7 +94,7 @@ def lanewise(fn: Callable, *args):
         if a.shape == shape:
             return to_lanes(a, k)
         if a.shape == shape[-1:]:
-            return per_channel(a, like)
+            return per_channel(a, k, hold)
         raise ValueError(f"lanewise: operand of shape {a.shape} is neither {shape} nor a "
                          f"per-channel vector {shape[-1:]}")
 
