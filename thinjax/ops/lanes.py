@@ -12,10 +12,10 @@ fusions of 13-channel stages took 4x the time of the 16-channel ones of the ``ro
 network of the same MACs.
 
 The lane view is the same memory read as ``(N*H*W / k, k*C)``: k consecutive pixels per
-row, k the smallest power of 2 that makes ``k*C`` a multiple of `LANES` (and divides
-``N*H*W``; 1 when C already is a multiple). Reshaping a row-major array is free (XLA
-makes it a bitcast, and cancels a reshape back followed by a reshape forth), a
-per-channel vector becomes ``tile(v, k)`` (column j holds channel ``j % C``), and a
+row, k the smallest power of 2 that makes ``k*C`` a multiple of `LANES` (1 when C
+already is one; less where ``N*H*W`` has fewer factors of 2). Reshaping a row-major
+array is free (XLA makes it a bitcast, and cancels a reshape back followed by a reshape
+forth), a per-channel vector becomes ``tile(v, k)`` (column j holds channel ``j % C``), and a
 per-channel sum is the column sum folded over k. Values are the same; only the order of
 the terms of a per-channel sum changes (float32 rounding).
 """
