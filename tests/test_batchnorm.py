@@ -33,13 +33,15 @@ def test_same_variables_outputs_and_running_stats():
     v = {"params": params, "batch_stats": v_ref["batch_stats"]}
     y1, s1 = ref.apply(v, x, mutable=["batch_stats"])
     y2, s2 = new.apply(v, x, mutable=["batch_stats"])
-    np.testing.assert_allclose(y1, y2, atol=1e-6)
+    # outputs up to ~10: a few float32 ulps (the 12 channels are summed in the lane view
+    # of thinjax.ops.lanes, another order than flax's)
+    np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-6)
     for k in ("mean", "var"):  # 0.9 * init + 0.1 * batch statistic
         np.testing.assert_allclose(s1["batch_stats"][k], s2["batch_stats"][k], rtol=1e-6)
     assert float(jnp.abs(s2["batch_stats"]["mean"] - 0.1 * x.mean((0, 1, 2))).max()) < 1e-5
     e1 = ref.clone(use_running_average=True).apply(s1 | {"params": params}, x)
     e2 = new.clone(use_running_average=True).apply(s2 | {"params": params}, x)
-    np.testing.assert_allclose(e1, e2, atol=1e-6)
+    np.testing.assert_allclose(e1, e2, rtol=1e-6, atol=1e-6)  # vector code may fuse a*x+b
 
 
 def test_gradient_equals_autodiff_including_the_statistics_outputs():
@@ -97,7 +99,7 @@ def test_resnet_train_step_matches_flax_batchnorm(name, width):
     assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, fused.init(
         jax.random.PRNGKey(0), x))
 
-    def loss(m, p):
+    def loss(m, p, x=x):
         y, st = m.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
                         mutable=["batch_stats"])
         return jnp.sum(jax.nn.log_softmax(y)[:, 0]), st
@@ -105,6 +107,12 @@ def test_resnet_train_step_matches_flax_batchnorm(name, width):
     (l1, s1), g1 = jax.value_and_grad(lambda p: loss(ref, p), has_aux=True)(v["params"])
     (l2, s2), g2 = jax.value_and_grad(lambda p: loss(fused, p), has_aux=True)(v["params"])
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves((g1, s1)), jax.tree.leaves((g2, s2))):
-        # float32 rounding, relative to the leaf's scale (gradients reach ~20 here)
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * max(1.0, np.abs(a).max()))
+    # the noise band: the reference again with every input value moved by one ulp
+    # (ResNet-50 with batch 8 amplifies it: up to thousands of times the tolerance below)
+    x_ulp = x * (1 + 2.0 ** -23)
+    (_, s3), g3 = jax.value_and_grad(lambda p: loss(ref, p, x_ulp), has_aux=True)(v["params"])
+    for a, b, c in zip(*(jax.tree.leaves(t) for t in ((g1, s1), (g2, s2), (g3, s3)))):
+        # float32 rounding, relative to the leaf's scale (gradients reach ~20 here), or
+        # within the one-ulp band (BatchNorm here sums in another order than flax)
+        if not np.allclose(a, b, rtol=1e-3, atol=1e-5 * max(1.0, np.abs(a).max())):
+            assert np.abs(a - b).max() <= np.abs(a - c).max(), (a, b, c)

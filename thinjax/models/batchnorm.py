@@ -16,7 +16,8 @@ mean and variance, so it is the exact gradient of its outputs, not only of ``y``
 (``params/{scale,bias}``, ``batch_stats/{mean,var}``, float32), the same biased batch
 variance ``mean((x - mean)^2)`` (two passes, stable for channels with a large mean), the
 same running-average update, and inference with the running statistics. Statistics are
-computed in float32 whatever the compute dtype.
+computed in float32 whatever the compute dtype. Everything per element is computed in the
+lane-dense view of `thinjax.ops.lanes` (vector code for any channel count).
 """
 
 from __future__ import annotations
@@ -28,56 +29,64 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from thinjax.ops import lanes
+
 __all__ = ["BatchNorm", "batch_norm_train"]
 
 
-def _stats(x32):
-    axes = tuple(range(x32.ndim - 1))
-    mean = jnp.mean(x32, axis=axes)
-    var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+def _stats(v32, c: int, hold):
+    """Per-channel mean and biased variance (two passes) of a float32 lane view."""
+    n = v32.size // c
+    mean = lanes.channel_sum(v32, c) / n
+    k = v32.shape[-1] // c
+    var = lanes.channel_sum(jnp.square(v32 - lanes.per_channel(mean, k, hold)), c) / n
     return mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_train(x, scale, bias, epsilon: float):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x, scale, bias, epsilon: float, hold=None):
     """Training-mode BatchNorm over every axis but the last.
 
     Returns ``(y, mean, var)``: ``y = (x - mean) * scale / sqrt(var + epsilon) + bias`` in
-    ``x``'s dtype, and the float32 batch mean and biased batch variance."""
-    return _forward(x, scale, bias, epsilon)[0]
+    ``x``'s dtype, and the float32 batch mean and biased batch variance. `hold`: see
+    `thinjax.ops.lanes.per_channel`."""
+    return _forward(x, scale, bias, epsilon, hold)[0]
 
 
-def _normalize(x32, mean, inv, scale, bias, dtype):
-    """(x - mean) * scale * inv + bias in float32, cast to `dtype`."""
+def _normalize(x, mean, inv, scale, bias, dtype, hold=None):
+    """(x - mean) * scale * inv + bias in float32, cast to `dtype`; `x` channel-minor,
+    computed in its lane view (`thinjax.ops.lanes`)."""
     a = scale.astype(jnp.float32) * inv
-    return ((x32 - mean) * a + bias.astype(jnp.float32)).astype(dtype)
+    return lanes.lanewise(lambda v, m, a, b: ((v.astype(jnp.float32) - m) * a + b).astype(dtype),
+                          x, mean, a, bias.astype(jnp.float32), hold=hold)
 
 
-def _forward(x, scale, bias, epsilon):
-    x32 = x.astype(jnp.float32)
-    mean, var = _stats(x32)
+def _forward(x, scale, bias, epsilon, hold):
+    c, k = x.shape[-1], lanes.lane_factor(x.shape)
+    mean, var = _stats(lanes.to_lanes(x, k).astype(jnp.float32), c, hold)
     inv = jax.lax.rsqrt(var + epsilon)
-    y = _normalize(x32, mean, inv, scale, bias, x.dtype)
+    y = _normalize(x, mean, inv, scale, bias, x.dtype, hold)
     return (y, mean, var), (x, mean, inv, scale)
 
 
-def _bwd(epsilon, res, cts):
+def _bwd(epsilon, hold, res, cts):
     x, mean, inv, scale = res
     dy, dmean, dvar = cts
-    axes = tuple(range(x.ndim - 1))
-    n = x.size // x.shape[-1]
-    xc = x.astype(jnp.float32) - mean
-    dy32 = dy.astype(jnp.float32)
-    sum_dy = jnp.sum(dy32, axis=axes)
-    sum_dy_xc = jnp.sum(dy32 * xc, axis=axes)
+    c, k = x.shape[-1], lanes.lane_factor(x.shape)
+    n = x.size // c
+    dy32 = lanes.to_lanes(dy, k).astype(jnp.float32)
+    tile = functools.partial(lanes.per_channel, k=k, hold=hold)
+    xc = lanes.to_lanes(x, k).astype(jnp.float32) - tile(mean)
+    sum_dy = lanes.channel_sum(dy32, c)
+    sum_dy_xc = lanes.channel_sum(dy32 * xc, c)
     g = scale.astype(jnp.float32) * inv
     dscale = sum_dy_xc * inv
     dbias = sum_dy
     # y = g * (x - mean) + bias, mean = E[x], var = E[(x - mean)^2]:
     # dx = g dy - g/n sum(dy) - g inv^2/n sum(dy xc) xc + dmean/n + 2 dvar/n xc
     b = (2.0 * dvar - g * inv * inv * sum_dy_xc) / n
-    c = (dmean - g * sum_dy) / n
-    dx = (g * dy32 + b * xc + c).astype(x.dtype)
+    c0 = (dmean - g * sum_dy) / n
+    dx = lanes.from_lanes((tile(g) * dy32 + tile(b) * xc + tile(c0)).astype(x.dtype), x.shape)
     return dx, dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 
 
@@ -96,6 +105,7 @@ class BatchNorm(nn.Module):
     param_dtype: Any = jnp.float32
     scale_init: Any = nn.initializers.ones
     bias_init: Any = nn.initializers.zeros
+    hold: Any = None  # thinjax.ops.lanes.per_channel's (ResNet passes oneDNN's identity)
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None):
@@ -109,8 +119,8 @@ class BatchNorm(nn.Module):
         dtype = self.dtype or jnp.result_type(x, scale)
         if use_ra:
             inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
-            return _normalize(x.astype(jnp.float32), ra_mean.value, inv, scale, bias, dtype)
-        y, mean, var = batch_norm_train(x.astype(dtype), scale, bias, self.epsilon)
+            return _normalize(x, ra_mean.value, inv, scale, bias, dtype, self.hold)
+        y, mean, var = batch_norm_train(x.astype(dtype), scale, bias, self.epsilon, self.hold)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

@@ -24,7 +24,9 @@ import numpy as np
 from flax import traverse_util
 
 from thinjax.models.batchnorm import BatchNorm
+from thinjax.ops import conv as ops_conv
 from thinjax.ops.conv import conv2d
+from thinjax.ops.lanes import lanewise
 from thinjax.plan import Plan, stream_of
 
 ModuleDef = Any
@@ -44,13 +46,14 @@ class Conv(nn.Module):
     impl: str = "auto"
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, sole_reader: bool = False):
+        """`sole_reader`: nothing else reads `x` (`thinjax.ops.conv.conv2d`)."""
         shape = (self.kernel, self.kernel, x.shape[-1], self.features)
         kernel = self.param("kernel", conv_init, shape, jnp.float32)
         # float32 kernel, `dtype` activations: conv2d computes in `dtype` (oneDNN casts the
         # kernel in its reorder and returns a float32 kernel gradient)
         return conv2d(x.astype(self.dtype), kernel, self.stride, (self.kernel - 1) // 2,
-                      self.impl)
+                      self.impl, sole_reader)
 
 
 def fusion_barrier(x, ref=None):
@@ -77,8 +80,24 @@ def fusion_barrier(x, ref=None):
     return x / jax.lax.stop_gradient(one).astype(x.dtype)
 
 
+def _barrier_and_boundary(x, ref=None):
+    """`fusion_barrier`, then `thinjax.ops.conv.boundary` (with oneDNN's kernels).
+
+    In an inference graph XLA's algebraic simplifier turns the barrier's ``x / one`` into
+    ``x * (1 / one)``, a multiplication it duplicates into consumers again: the residual
+    chain was recomputed in every block's fusion (ResNet-56 w=16 evaluation step: fusions
+    reading 59 arrays; 8% of the step for w=16, 10-13% for pruned networks). The boundary
+    (an FFI identity, no copy) holds in both graphs; the barrier stays for the training
+    graph's backward pass, where its division (the transpose) keeps the chain apart."""
+    return ops_conv.boundary(fusion_barrier(x, ref))
+
+
 def _masked(x, m):
     return x if m is None else x * m.astype(x.dtype)
+
+
+def _relu_masked(x, m):
+    return nn.relu(_masked(x, m))
 
 
 class ConvBN(nn.Module):
@@ -92,7 +111,7 @@ class ConvBN(nn.Module):
     @nn.compact
     def __call__(self, x, mask=None):
         x = self.conv(self.features, self.kernel, self.stride, name="conv")(x)
-        return _masked(self.norm(name="bn")(x), mask)
+        return lanewise(_masked, self.norm(name="bn")(x), mask)
 
 
 class Block(nn.Module):
@@ -115,32 +134,36 @@ class Block(nn.Module):
             shortcut = ConvBN(self.out, 1, self.stride, self.conv, self.norm,
                               name="proj")(x, out_mask)
         if all(c == 0 for c in self.inner):  # branch removed: the block is the identity
-            return nn.relu(shortcut)
+            return lanewise(nn.relu, shortcut)
         last_norm = functools.partial(self.norm, scale_init=nn.initializers.zeros) \
             if self.zero_init_last else self.norm
         conv = self.conv
         if len(self.inner) == 1:  # basic
             y = conv(self.inner[0], 3, self.stride, name="conv1")(x)
-            y = nn.relu(_masked(self.norm(name="bn1")(y), inner_masks[0]))
-            y = conv(self.out, 3, 1, name="conv2")(y)
+            y = lanewise(_relu_masked, self.norm(name="bn1")(y), inner_masks[0])
+            y = conv(self.out, 3, 1, name="conv2")(y, sole_reader=True)
             y = last_norm(name="bn2")(y)
         else:  # bottleneck, stride on the 3x3 conv (v1.5)
             y = conv(self.inner[0], 1, 1, name="conv1")(x)
-            y = nn.relu(_masked(self.norm(name="bn1")(y), inner_masks[0]))
-            y = conv(self.inner[1], 3, self.stride, name="conv2")(y)
-            y = nn.relu(_masked(self.norm(name="bn2")(y), inner_masks[1]))
-            y = conv(self.out, 1, 1, name="conv3")(y)
+            y = lanewise(_relu_masked, self.norm(name="bn1")(y), inner_masks[0])
+            y = conv(self.inner[1], 3, self.stride, name="conv2")(y, sole_reader=True)
+            y = lanewise(_relu_masked, self.norm(name="bn2")(y), inner_masks[1])
+            y = conv(self.out, 1, 1, name="conv3")(y, sole_reader=True)
             y = last_norm(name="bn3")(y)
-        y = _masked(y, out_mask)
+        alive = None
         if inner_masks[0] is not None:  # every inner channel masked: no branch at all
-            alive = jnp.all(jnp.stack([jnp.any(m > 0) for m in inner_masks]))
-            y = y * alive.astype(y.dtype)
-        out = nn.relu(y + shortcut)
-        if self.barrier is None:
-            return out
-        # the divisor from a (replicated) parameter: no collective on a sharded batch
-        last = self.variables["params"][f"bn{len(self.inner) + 1}"]["scale"]
-        return self.barrier(out, last)
+            alive = jnp.all(jnp.stack([jnp.any(m > 0) for m in inner_masks])).astype(y.dtype)
+        # the barrier's divisor from a (replicated) parameter: no collective on a sharded
+        # batch
+        last = None if self.barrier is None else \
+            self.variables["params"][f"bn{len(self.inner) + 1}"]["scale"]
+
+        def tail(y, shortcut, out_mask, alive):  # elementwise: in the lane view
+            y = _masked(y, out_mask)
+            out = nn.relu((y if alive is None else y * alive) + shortcut)
+            return out if last is None else self.barrier(out, last)
+
+        return lanewise(tail, y, shortcut, out_mask, alive)
 
 
 class Stage(nn.Module):
@@ -195,15 +218,20 @@ class ResNet(nn.Module):
         conv = functools.partial(Conv, dtype=self.dtype, impl=self.conv_impl)
         # variance E[(x - mean)^2], not E[x^2] - mean^2, which cancels catastrophically
         # for channels with a large mean (PyTorch is stable here too).
+        onednn = ops_conv.resolve(self.conv_impl, self.dtype) == "onednn"
         norm = functools.partial(BatchNorm if self.fused_bn else nn.BatchNorm,
                                  use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, dtype=self.dtype,
                                  param_dtype=jnp.float32)
         if not self.fused_bn:
             norm = functools.partial(norm, use_fast_variance=False)
+        elif onednn:  # per-channel constants of odd channel counts: computed once
+            norm = functools.partial(norm, hold=ops_conv.boundary)
         on = jax.default_backend() == "cpu" if self.fusion_barrier is None \
             else self.fusion_barrier
-        return conv, norm, fusion_barrier if on else None
+        if not on:
+            return conv, norm, None
+        return conv, norm, _barrier_and_boundary if onednn else fusion_barrier
 
     @nn.compact
     def __call__(self, x, train: bool = False, masks=None):
@@ -212,7 +240,8 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         stem_mask = None if masks is None else masks[stream_of(p)["stem"]]
         kernel, stride = (7, 2) if p.stem == "imagenet" else (3, 1)
-        x = nn.relu(ConvBN(p.stem_width, kernel, stride, conv, norm, name="stem")(x, stem_mask))
+        x = lanewise(nn.relu, ConvBN(p.stem_width, kernel, stride, conv, norm,
+                                      name="stem")(x, stem_mask))
         if p.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for si in range(len(p.stages)):

@@ -40,7 +40,8 @@ SOURCE = Path(__file__).with_name("onednn_conv.cc")
 # FFI target name -> symbol in the library
 HANDLERS = {"thinjax_onednn_conv_fwd": "ThinjaxConvForward",
             "thinjax_onednn_conv_bwd_data": "ThinjaxConvBackwardData",
-            "thinjax_onednn_conv_bwd_weights": "ThinjaxConvBackwardWeights"}
+            "thinjax_onednn_conv_bwd_weights": "ThinjaxConvBackwardWeights",
+            "thinjax_identity": "ThinjaxIdentity"}
 # functions returning a C string: oneDNN's version, and the implementation a bfloat16
 # convolution gets here
 QUERIES = ("ThinjaxOneDnnVersion", "ThinjaxOneDnnBf16Impl")

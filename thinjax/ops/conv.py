@@ -41,10 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from thinjax.errors import ConfigError
-from thinjax.ops import build
+from thinjax.ops import build, lanes
 
-__all__ = ["ENV", "IMPLS", "bf16_kernel", "conv2d", "prefer_onednn", "resolve", "status",
-           "xla_conv2d"]
+__all__ = ["ENV", "IMPLS", "bf16_kernel", "boundary", "conv2d", "lane_boundary",
+           "prefer_onednn", "resolve", "status", "xla_conv2d"]
 
 ENV = "THINJAX_CONV"
 IMPLS = ("auto", "xla", "onednn")
@@ -99,6 +99,7 @@ def _fwd(x, kernel, stride, padding):
 
 def _bwd(stride, padding, residuals, dy):
     x, kernel = residuals
+    dy = lane_boundary(dy)  # made by elementwise code, read by oneDNN twice
     dx = _call("thinjax_onednn_conv_bwd_data", x, dy, kernel, stride=stride, padding=padding)
     dk = _call("thinjax_onednn_conv_bwd_weights", kernel, x, dy, stride=stride,
                padding=padding)
@@ -160,12 +161,50 @@ def resolve(impl: str = "auto", dtype=jnp.float32) -> str:
     return "xla" if _auto_reason(dtype) else "onednn"
 
 
-def conv2d(x, kernel, stride: int = 1, padding: int = 0, impl: str = "auto"):
+def conv2d(x, kernel, stride: int = 1, padding: int = 0, impl: str = "auto",
+           sole_reader: bool = False):
     """NHWC `x` convolved with HWIO `kernel` (square stride, symmetric zero padding),
-    computed in `x`'s dtype (`kernel` is cast to it; its gradient keeps `kernel`'s dtype)."""
+    computed in `x`'s dtype (`kernel` is cast to it; its gradient keeps `kernel`'s dtype).
+
+    With oneDNN, `x` passes a `lane_boundary` where `sole_reader` says that nothing else
+    reads it (e.g. a ReLU's output made for this convolution; elsewhere the boundary
+    would cost a copy), and so does the gradient of the result."""
     if 0 in x.shape or 0 in kernel.shape or resolve(impl, x.dtype) == "xla":
         return xla_conv2d(x, kernel.astype(x.dtype), stride, padding)
+    if sole_reader:
+        x = lane_boundary(x)
     return onednn_conv2d(x, kernel, stride, padding)
+
+
+@jax.custom_vjp
+def boundary(x):
+    """`x`, computed by an FFI call whose result is aliased to `x` (no work, no copy):
+    XLA:CPU fuses nothing across it, so whatever computed `x` is computed once, as its
+    own fusion. The gradient passes as it is. The oneDNN kernels must be loaded (their
+    library holds the call)."""
+    out = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    return jax.ffi.ffi_call("thinjax_identity", out, input_output_aliases={0: 0},
+                            vmap_method="broadcast_all")(x)
+
+
+boundary.defvjp(lambda x: (boundary(x), None), lambda _, g: (g,))
+
+
+def lane_boundary(x):
+    """`x` (NHWC, made by elementwise code for a oneDNN custom call) with its lane view
+    (`thinjax.ops.lanes`) passed through `boundary`: the same values and gradient.
+
+    XLA:CPU fuses the reshape from the lane view to NHWC into the fusion computing `x`,
+    which then loops over (N, H, W, C) and fetches every per-channel constant through
+    integer index arithmetic and gathers: for the BatchNorm + ReLU feeding a 13-channel
+    convolution that is 5x slower than the same fusion over the lane view. Behind the
+    boundary the fusion loops over the lane view and the reshape is a free bitcast. A
+    no-op where the channel count is a multiple of `lanes.LANES`. The oneDNN kernels
+    must be loaded (`conv2d` calls it only then)."""
+    k = lanes.lane_factor(x.shape)
+    if k == 1 or 0 in x.shape:
+        return x
+    return lanes.from_lanes(boundary(lanes.to_lanes(x, k)), x.shape)
 
 
 def status(dtype=jnp.float32) -> str:

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -268,6 +269,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ThinjaxConvForward, Forward, THINJAX_CONV_BINDING)
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ThinjaxConvBackwardData, BackwardData, THINJAX_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ThinjaxConvBackwardWeights, BackwardWeights,
                               THINJAX_CONV_BINDING);
+
+// The identity, for thinjax.ops.conv.lane_boundary: a point XLA:CPU does not fuse across.
+// Called with the result aliased to the operand (input_output_aliases), it does nothing;
+// it copies only if XLA gave it two buffers.
+ffi::Error Identity(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  if (x.untyped_data() != y->untyped_data()) {
+    std::memcpy(y->untyped_data(), x.untyped_data(), x.size_bytes());
+  }
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ThinjaxIdentity, Identity,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 
 extern "C" const char* ThinjaxOneDnnVersion() {
   static std::string v = [] {

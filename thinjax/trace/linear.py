@@ -18,6 +18,7 @@ from thinjax.trace.channels import Axis, carries
 from thinjax.trace.walk import Context, Val
 
 ONEDNN_CONV = "thinjax_onednn_conv_fwd"   # thinjax.ops.conv's NHWC x HWIO convolution
+IDENTITY = "thinjax_identity"             # thinjax.ops.conv.lane_boundary's identity
 NHWC_HWIO = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
@@ -80,10 +81,13 @@ def conv_general_dilated(cx: Context, eqn: Any, vals: list[Val]) -> list[Val]:
 
 
 def ffi_call(cx: Context, eqn: Any, vals: list[Val]) -> list[Val]:
-    """thinjax's own oneDNN convolution is a convolution; other foreign calls are opaque."""
+    """thinjax's own oneDNN convolution is a convolution, its identity (a fusion boundary)
+    the identity; other foreign calls are opaque."""
     target = eqn.params.get("target_name", "?")
     if target == ONEDNN_CONV:
         return convolution(cx, eqn, vals, NHWC_HWIO, 1, 1)
+    if target == IDENTITY:
+        return list(vals)
     return cx.refuse(eqn, vals, f"the foreign function call {target!r} is opaque")
 
 
