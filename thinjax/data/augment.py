@@ -196,27 +196,36 @@ def apply_op(image: tf.Tensor, op_index: int | tf.Tensor, magnitude: float | tf.
     """torchvision's autoaugment `_apply_op` for `TA_WIDE_OPS[op_index]` on a uint8 HWC
     RGB image, with `magnitude` already signed (ignored by ops without one)."""
     m = tf.cast(magnitude, tf.float32)
-    pixels = tf.cast(tf.cast(m, tf.int32), tf.float32)  # torchvision: int(magnitude)
+    pixels = tf.cast(m, tf.int32)  # torchvision: int(magnitude)
     ops = {
         "Identity": lambda: image,
         # Shears are about the top-left corner (torchvision passes center=[0, 0]).
         "ShearX": lambda: _affine(image, (1.0, m, 0.0, 0.0, 1.0, 0.0), fill),
         "ShearY": lambda: _affine(image, (1.0, 0.0, 0.0, m, 1.0, 0.0), fill),
-        "TranslateX": lambda: _affine(image, (1.0, 0.0, -pixels, 0.0, 1.0, 0.0), fill),
-        "TranslateY": lambda: _affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, -pixels), fill),
+        "TranslateX": lambda: _translate(image, pixels, 1, fill),
+        "TranslateY": lambda: _translate(image, pixels, 0, fill),
         "Rotate": lambda: _rotate(image, m, fill),
-        "Brightness": lambda: _blend(tf.zeros_like(image), image, 1 + m),
+        "Brightness": lambda: _blend(None, image, 1 + m),
         "Color": lambda: _blend(_grayscale(image), image, 1 + m),
         "Contrast": lambda: _blend(_mean_gray(image), image, 1 + m),
         "Sharpness": lambda: _blend(_smooth(image), image, 1 + m),
-        "Posterize": lambda: _posterize(image, tf.cast(m, tf.int32)),
-        "Solarize": lambda: tf.where(tf.cast(image, tf.float32) >= m, 255 - image, image),
+        "Posterize": lambda: _posterize(image, pixels),
+        "Solarize": lambda: _solarize(image, m),
         "AutoContrast": lambda: _autocontrast(image),
         "Equalize": lambda: _equalize(image),
     }
     out = tf.switch_case(tf.convert_to_tensor(op_index, tf.int32),
                          [ops[name] for name in TA_WIDE_OPS])
     return tf.ensure_shape(out, image.shape)
+
+
+# Costs below: TensorFlow's tf.where (SelectV2) broadcasts even operands of one shape,
+# block by block, at ~4x the cost of the v1 Select used here; its gather and uint8
+# arithmetic are slow too, so the per-pixel work is float32 elementwise ops and matmuls.
+
+def _select(cond: tf.Tensor, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """tf.where(cond, x, y) for operands of one shape (or a scalar `cond`)."""
+    return tf.raw_ops.Select(condition=cond, x=x, y=y)
 
 
 def _affine(image: tf.Tensor, matrix: tuple, fill: float) -> tf.Tensor:
@@ -235,6 +244,22 @@ def _affine(image: tf.Tensor, matrix: tuple, fill: float) -> tf.Tensor:
     return out[0]
 
 
+def _translate(image: tf.Tensor, shift: tf.Tensor, axis: int, fill: float) -> tf.Tensor:
+    """`_affine`'s integer translation, out[j] = image[j - shift] along `axis` (`fill`
+    outside), by slicing and concatenation."""
+    n = tf.shape(image)[axis]
+    k = tf.minimum(tf.abs(shift), n)
+    before = tf.where(shift > 0, k, 0)
+    begin, size, fills = [0, 0, 0], [-1, -1, -1], []
+    begin[axis], size[axis] = k - before, n - k
+    for length in (before, k - before):
+        shape = tf.unstack(tf.shape(image))
+        shape[axis] = length
+        fills.append(tf.fill(tf.stack(shape), tf.cast(fill, image.dtype)))
+    kept = tf.slice(image, tf.stack(begin), tf.stack(size))
+    return tf.concat([fills[0], kept, fills[1]], axis)
+
+
 def _rotate(image: tf.Tensor, degrees: tf.Tensor, fill: float) -> tf.Tensor:
     """Counter-clockwise rotation by `degrees` about the image centre, as PIL's
     Image.rotate and torchvision's F.rotate."""
@@ -246,40 +271,46 @@ def _rotate(image: tf.Tensor, degrees: tf.Tensor, fill: float) -> tf.Tensor:
                            sin, cos, cy - sin * cx - cos * cy), fill)
 
 
-def _blend(degenerate: tf.Tensor, image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+def _blend(degenerate: tf.Tensor | None, image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
     """PIL's Image.blend(degenerate, image, factor), i.e. ImageEnhance's enhance(factor):
-    float32 interpolation (or extrapolation), clipped to [0, 255], truncated to uint8."""
-    d = tf.cast(degenerate, tf.float32)
-    out = d + factor * (tf.cast(image, tf.float32) - d)
+    float32 interpolation (or extrapolation), clipped to [0, 255], truncated to uint8.
+    `degenerate`: float32 of the image's shape, a scalar, or None for black."""
+    x = tf.cast(image, tf.float32)
+    out = factor * x if degenerate is None else degenerate + factor * (x - degenerate)
     return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
 
 
+def _luma(image: tf.Tensor, copies: int) -> tf.Tensor:
+    """PIL's convert("L") (ITU-R 601-2 luma in 16-bit fixed point) as float32, `copies`
+    times per pixel: (H * W, copies). Exact: every sum of the dot product is an integer
+    below 2**24."""
+    weights = np.array([[19595], [38470], [7471]], np.float32).repeat(copies, 1)
+    rgb = tf.reshape(tf.cast(image, tf.float32), [-1, 3])
+    return tf.floor((tf.linalg.matmul(rgb, tf.constant(weights)) + 0x8000) / 65536.0)
+
+
 def _grayscale(image: tf.Tensor) -> tf.Tensor:
-    """PIL's convert("L") as int32 (H, W, 1): ITU-R 601-2 luma in 16-bit fixed point."""
-    rgb = tf.cast(image, tf.int32)
-    luma = rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000
-    return tf.bitwise.right_shift(luma, 16)[..., None]
+    """The luma of each pixel in each of its 3 channels: float32 of the image's shape."""
+    return tf.reshape(_luma(image, 3), tf.shape(image))
 
 
 def _mean_gray(image: tf.Tensor) -> tf.Tensor:
     """ImageEnhance.Contrast's degenerate: the grayscale image's mean, rounded."""
-    return tf.floor(tf.reduce_mean(tf.cast(_grayscale(image), tf.float64)) + 0.5)
+    mean = tf.reduce_mean(tf.cast(_luma(image, 1), tf.float64))
+    return tf.cast(tf.floor(mean + 0.5), tf.float32)
 
 
 def _smooth(image: tf.Tensor) -> tf.Tensor:
-    """PIL's ImageFilter.SMOOTH ([[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13, in float32 and in
-    PIL's order of summation, rounded), border pixels unchanged."""
+    """PIL's ImageFilter.SMOOTH ([[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13, rounded) as
+    float32, border pixels unchanged. Any order of summation rounds alike: n / 13 lies
+    at least 1/26 from a half for every integer n, float32 errors are below 1e-4."""
     x = tf.cast(image, tf.float32)
-    side, centre = np.float32(1 / 13), np.float32(5 / 13)
-
-    def row(r: tf.Tensor, mid: np.float32) -> tf.Tensor:
-        return r[:, :-2] * side + r[:, 1:-1] * mid + r[:, 2:] * side
-
-    inner = row(x[2:], side) + row(x[1:-1], centre) + row(x[:-2], side)
-    inner = tf.cast(tf.clip_by_value(inner, 0.0, 255.0) + 0.5, tf.uint8)
-    paddings = [[1, 1], [1, 1], [0, 0]]
-    interior = tf.pad(tf.ones_like(inner, tf.bool), paddings)
-    return tf.where(interior, tf.pad(inner, paddings), image)
+    k = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / np.float32(13)
+    kernel = np.einsum("ij,cd->ijcd", k, np.eye(3, dtype=np.float32))
+    inner = tf.nn.conv2d(x[None], tf.constant(kernel), 1, "VALID")[0]
+    inner = tf.floor(tf.clip_by_value(inner, 0.0, 255.0) + 0.5)
+    rows = tf.concat([x[1:-1, :1], inner, x[1:-1, -1:]], axis=1)
+    return tf.concat([x[:1], rows, x[-1:]], axis=0)
 
 
 def _posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
@@ -288,31 +319,41 @@ def _posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
     return tf.bitwise.bitwise_and(image, tf.cast(mask, tf.uint8))
 
 
+def _solarize(image: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
+    """PIL's ImageOps.solarize: values at or above `threshold` inverted."""
+    x = tf.cast(image, tf.float32)
+    return tf.cast(_select(x >= threshold, 255.0 - x, x), tf.uint8)
+
+
 def _autocontrast(image: tf.Tensor) -> tf.Tensor:
     """PIL's ImageOps.autocontrast: per channel, v -> int(v * scale - lo * scale) with
     scale = 255 / (hi - lo) in float64, for the channel's min lo and max hi; a constant
-    channel is unchanged."""
-    x = tf.cast(image, tf.float64)
-    lo = tf.reduce_min(x, axis=[0, 1])
-    hi = tf.reduce_max(x, axis=[0, 1])
-    scale = 255.0 / tf.maximum(hi - lo, 1.0)
-    out = tf.cast(tf.clip_by_value(x * scale + -lo * scale, 0.0, 255.0), tf.uint8)
-    return tf.where(hi > lo, out, image)
+    channel is unchanged (scale 1, offset 0). Per-channel products by a diagonal matmul:
+    exact, its other terms are zeros."""
+    lo = tf.cast(tf.reduce_min(image, axis=[0, 1]), tf.float64)
+    hi = tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.float64)
+    spread = hi > lo
+    scale = _select(spread, 255.0 / tf.maximum(hi - lo, 1.0), tf.ones_like(hi))
+    lo = _select(spread, lo, tf.zeros_like(lo))
+    x = tf.reshape(tf.cast(image, tf.float64), [-1, 3])
+    offset = tf.linalg.matmul(tf.ones_like(x[:, :1]), (-lo * scale)[None])
+    out = tf.linalg.matmul(x, tf.linalg.diag(scale)) + offset
+    return tf.reshape(tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8), tf.shape(image))
 
 
 def _equalize(image: tf.Tensor) -> tf.Tensor:
     """PIL's ImageOps.equalize, per channel: with step = (pixels not at the channel's
     maximum) // 255, value v -> (step // 2 + pixels below v) // step, capped at 255; a
-    channel with step 0 is unchanged."""
-    channels = tf.transpose(tf.reshape(tf.cast(image, tf.int32), [-1, tf.shape(image)[2]]))
-    hist = tf.math.bincount(channels, minlength=256, maxlength=256, axis=-1)
-    top = tf.gather(hist, tf.reduce_max(channels, axis=1), batch_dims=1)
+    channel with step 0 is unchanged. One histogram and one table for all channels,
+    indexed by value + 256 * channel."""
+    flat = tf.reshape(tf.cast(image, tf.int32), [-1, 3]) + tf.range(0, 768, 256)
+    hist = tf.reshape(tf.math.bincount(flat, minlength=768, maxlength=768), [3, 256])
+    top = tf.gather(hist, tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.int32), batch_dims=1)
     step = ((tf.reduce_sum(hist, axis=1) - top) // 255)[:, None]
     below = tf.cumsum(hist, axis=1, exclusive=True)
     lut = tf.minimum((step // 2 + below) // tf.maximum(step, 1), 255)
-    lut = tf.where(step > 0, lut, tf.range(256))
-    out = tf.transpose(tf.gather(lut, channels, batch_dims=1))
-    return tf.reshape(tf.cast(out, tf.uint8), tf.shape(image))
+    lut = tf.cast(tf.where(step > 0, lut, tf.range(256)), tf.uint8)
+    return tf.reshape(tf.gather(tf.reshape(lut, [-1]), flat), tf.shape(image))
 
 
 def random_erasing(image: tf.Tensor, seed: tf.Tensor, p: float = 0.1,
