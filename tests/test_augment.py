@@ -238,10 +238,12 @@ def augmenters(jpegs, images):
 
 def test_same_seed_same_output_different_seeds_differ(jpegs, images):
     for name, fn in augmenters(jpegs, images):
-        outs = [fn(1, s).numpy() for s in seeds(8, tf.int32)]
+        # Erasing (p=0.5) leaves about half the images alone: 40 seeds erase at least 10
+        # distinct boxes but with probability ~1e-4.
+        outs = [fn(1, s).numpy() for s in seeds(40 if name == "random_erasing" else 8, tf.int32)]
         np.testing.assert_array_equal(fn(1, seeds(1, tf.int32)[0]), outs[0], err_msg=name)
         distinct = {o.tobytes() for o in outs}
-        assert len(distinct) >= (4 if name == "random_erasing" else 6), name
+        assert len(distinct) >= (11 if name == "random_erasing" else 6), name
 
 
 def test_tf_data_parallel_map_equals_eager(jpegs, images):

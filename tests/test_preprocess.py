@@ -78,14 +78,15 @@ def test_normalize_with_a_static_or_unknown_shape_is_the_broadcast_formula():
 
 
 def reference_random_resized_crop(jpeg: bytes, size: int, seed: tf.Tensor):
-    """The transform written with TensorFlow's plain ops: full decode, crop, resize,
-    tf.image's stateless flip, with augment's own seeds and window; and the image unflipped."""
-    crop_seed, flip_seed = tf.unstack(tf.random.split(seed, 2))
+    """The transform written with TensorFlow's plain ops: full decode, augment's window
+    for the seed, crop, resize, mirrored by the seed's 23rd uniform number; and the image
+    unflipped."""
     image = tf.io.decode_jpeg(jpeg, channels=3, dct_method="INTEGER_ACCURATE")
-    top, left, h, w = augment.rrc_window(image.shape[0], image.shape[1], crop_seed).numpy()
+    top, left, h, w = augment.rrc_window(image.shape[0], image.shape[1], seed).numpy()
     image = tf.image.resize(image[top:top + h, left:left + w], (size, size),
-                            method="bilinear", antialias=True)
-    return tf.image.stateless_random_flip_left_right(image, flip_seed).numpy(), image.numpy()
+                            method="bilinear", antialias=True).numpy()
+    mirror = tf.random.stateless_uniform([23], seed, dtype=tf.float64)[22] < 0.5
+    return (image[:, ::-1] if mirror else image), image
 
 
 def test_random_resized_crop_is_the_plain_ops_transform_bit_for_bit(imagenet_jpegs):

@@ -1,9 +1,11 @@
 """Per-example training augmentations in tf.data, mirroring torchvision's transforms.
 
 Every function takes an explicit `seed` (a shape-[2] int32/int64 tensor) and uses only
-stateless random ops, with sub-seeds from `tf.random.split`: an example's augmentation
+stateless random ops (one draw of all its numbers, `_uniforms`): an example's augmentation
 depends on its seed alone, whatever the tf.data parallelism or element order. All of them
-work eagerly and inside `tf.data.Dataset.map`.
+work eagerly and inside `tf.data.Dataset.map`. Per-pixel work avoids TensorFlow's slow
+paths (broadcasting binary ops and tf.where, gathers, uint8 arithmetic, column resampling):
+docs/performance.md, "ImageNet input pipeline per core".
 
 - `random_crop_flip`: `RandomCrop(size, padding=pad)` (zero padding), then
   `RandomHorizontalFlip(0.5)`.
@@ -33,18 +35,30 @@ TA_WIDE_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rota
                "AutoContrast", "Equalize")
 
 
-def _split(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
-    return tf.unstack(tf.random.split(seed, n))
-
-
 def random_crop_flip(image: tf.Tensor, seed: tf.Tensor, pad: int = 4) -> tf.Tensor:
     """A random window, the size of `image`, of `image` zero-padded by `pad` on each side,
     mirrored left-right with probability 1/2."""
-    crop_seed, flip_seed = _split(seed, 2)
+    crop_seed, flip_seed = tf.unstack(tf.random.split(seed, 2))
     padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     crop = tf.image.stateless_random_crop(padded, tf.shape(image), crop_seed)
     return tf.ensure_shape(tf.image.stateless_random_flip_left_right(crop, flip_seed),
                            image.shape)
+
+
+def _uniforms(seed: tf.Tensor, n: int) -> tf.Tensor:
+    """n float64 numbers uniform in [0, 1) from one stateless draw: every random number of
+    an augmentation comes from one op (each TensorFlow op costs microseconds per image)."""
+    return tf.random.stateless_uniform([n], seed, dtype=tf.float64)
+
+
+def _below(u: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+    """An integer uniform in [0, n) from `u` uniform in [0, 1): int32 floor(u * n)."""
+    n = tf.cast(n, tf.int32)
+    return tf.minimum(tf.cast(tf.floor(u * tf.cast(n, tf.float64)), tf.int32), n - 1)
+
+
+def _between(u: tf.Tensor, lo: float, hi: float) -> tf.Tensor:
+    return lo + (hi - lo) * u
 
 
 def rrc_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
@@ -60,13 +74,17 @@ def rrc_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
     fits, the central crop of torchvision's fallback: the whole image with its aspect
     ratio clamped into `ratio`.
     """
-    area_seed, aspect_seed, top_seed, left_seed = _split(seed, 4)
+    return _rrc_window(height, width, _uniforms(seed, 22), scale, ratio)
+
+
+def _rrc_window(height: tf.Tensor, width: tf.Tensor, u: tf.Tensor,
+                scale: tuple[float, float], ratio: tuple[float, float]) -> tf.Tensor:
+    """`rrc_window` from 22 uniform numbers: areas, aspects, top, left."""
+    u_area, u_aspect, u_top, u_left = tf.split(u[:22], [10, 10, 1, 1])
     height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
     h_f, w_f = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-    areas = h_f * w_f * tf.random.stateless_uniform([10], area_seed, scale[0], scale[1],
-                                                    tf.float64)
-    aspects = tf.exp(tf.random.stateless_uniform(
-        [10], aspect_seed, math.log(ratio[0]), math.log(ratio[1]), tf.float64))
+    areas = h_f * w_f * _between(u_area, *scale)
+    aspects = tf.exp(_between(u_aspect, math.log(ratio[0]), math.log(ratio[1])))
     ws = tf.cast(tf.round(tf.sqrt(areas * aspects)), tf.int32)
     hs = tf.cast(tf.round(tf.sqrt(areas / aspects)), tf.int32)
     fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
@@ -79,10 +97,8 @@ def rrc_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
     h = tf.where(found, hs[first], fb_h)
     w = tf.where(found, ws[first], fb_w)
     # torch.randint(0, height - h + 1): every position, the last row and column included.
-    top = tf.random.stateless_uniform([], top_seed, 0, height - h + 1, tf.int32)
-    left = tf.random.stateless_uniform([], left_seed, 0, width - w + 1, tf.int32)
-    top = tf.where(found, top, (height - h) // 2)
-    left = tf.where(found, left, (width - w) // 2)
+    top = tf.where(found, _below(u_top[0], height - h + 1), (height - h) // 2)
+    left = tf.where(found, _below(u_left[0], width - w + 1), (width - w) // 2)
     return tf.stack([top, left, h, w])
 
 
@@ -91,12 +107,19 @@ def random_resized_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
     """Encoded JPEG/PNG -> float32 (size, size, 3) in [0, 255]: the `rrc_window` of the
     image (torchvision's RandomResizedCrop window), resized (bilinear, antialias),
-    randomly mirrored left-right. JPEGs decode only the window."""
-    crop_seed, flip_seed = _split(seed, 2)
+    randomly mirrored left-right. JPEGs decode only the window (other formats twice:
+    once for their size)."""
+    u = _uniforms(seed, 23)
+    is_jpeg = tf.io.is_jpeg(image_bytes)
+
+    def decode() -> tf.Tensor:
+        return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+    shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(image_bytes, tf.int32),
+                    lambda: tf.shape(decode(), tf.int32))
+    top, left, h, w = tf.unstack(_rrc_window(shape[0], shape[1], u, scale, ratio))
 
     def jpeg() -> tf.Tensor:
-        shape = tf.image.extract_jpeg_shape(image_bytes, tf.int32)
-        top, left, h, w = tf.unstack(rrc_window(shape[0], shape[1], crop_seed, scale, ratio))
         # Decode one more column each side and drop it: libjpeg's chroma upsampling at a
         # window's left/right edge lacks the neighbouring samples, so those columns
         # would differ from a full decode's (by tens of grey levels on CIFAR).
@@ -107,17 +130,9 @@ def random_resized_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
             channels=3, dct_method="INTEGER_ACCURATE")
         return crop[:, pad_l:pad_l + w]
 
-    def other() -> tf.Tensor:
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        shape = tf.shape(image)
-        top, left, h, w = tf.unstack(rrc_window(shape[0], shape[1], crop_seed, scale, ratio))
-        return image[top:top + h, left:left + w]
-
-    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+    image = tf.cond(is_jpeg, jpeg, lambda: decode()[top:top + h, left:left + w])
     image.set_shape([None, None, 3])
-    # The draw of tf.image.stateless_random_flip_left_right(image, flip_seed).
-    mirror = tf.random.stateless_uniform([], flip_seed, 0, 1.0) < 0.5
-    return preprocess.resize_bilinear(image, size, size, mirror)
+    return preprocess.resize_bilinear(image, size, size, mirror=u[22] < 0.5)
 
 
 def torch_linspace(start: float, stop: float, steps: int) -> np.ndarray:
@@ -175,12 +190,10 @@ def _sample_op(seed: tf.Tensor, num_bins: int = 31) -> tuple[tf.Tensor, tf.Tenso
     """(op index, signed magnitude) drawn as TrivialAugmentWide draws them: op and bin
     uniformly, then for signed ops a sign with probability 1/2 each."""
     table, signed = _magnitudes(num_bins)
-    op_seed, bin_seed, sign_seed = _split(seed, 3)
-    op = tf.random.stateless_uniform([], op_seed, 0, len(TA_WIDE_OPS), tf.int32)
-    bin_ = tf.random.stateless_uniform([], bin_seed, 0, num_bins, tf.int32)
-    magnitude = tf.constant(table)[op, bin_]
-    negate = tf.constant(signed)[op] & (
-        tf.random.stateless_uniform([], sign_seed, 0, 2, tf.int32) == 1)
+    u = _uniforms(seed, 3)
+    op = _below(u[0], len(TA_WIDE_OPS))
+    magnitude = tf.gather(tf.constant(table.reshape(-1)), op * num_bins + _below(u[1], num_bins))
+    negate = tf.gather(tf.constant(signed), op) & (u[2] < 0.5)
     return op, tf.where(negate, -magnitude, magnitude)
 
 
@@ -362,24 +375,20 @@ def random_erasing(image: tf.Tensor, seed: tf.Tensor, p: float = 0.1,
     """With probability `p`, set to `value` a rectangle with area fraction uniform in
     `scale` and aspect ratio (height / width) log-uniform in `ratio`: the first of 10
     candidates that fits strictly inside the image, nothing if none does."""
-    apply_seed, area_seed, ratio_seed, top_seed, left_seed = _split(seed, 5)
+    u = _uniforms(seed, 23)
+    u_area, u_ratio = u[1:11], u[11:21]
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    area = tf.cast(height * width, tf.float64)
-    areas = area * tf.random.stateless_uniform([10], area_seed, scale[0], scale[1],
-                                               tf.float64)
-    aspects = tf.exp(tf.random.stateless_uniform(
-        [10], ratio_seed, math.log(ratio[0]), math.log(ratio[1]), tf.float64))
+    areas = tf.cast(height * width, tf.float64) * _between(u_area, *scale)
+    aspects = tf.exp(_between(u_ratio, math.log(ratio[0]), math.log(ratio[1])))
     hs = tf.cast(tf.round(tf.sqrt(areas * aspects)), tf.int32)
     ws = tf.cast(tf.round(tf.sqrt(areas / aspects)), tf.int32)
     fits = (hs < height) & (ws < width)
     first = tf.argmax(tf.cast(fits, tf.int32))
     h, w = hs[first], ws[first]
     # Positions are drawn even when nothing fits (then nothing is erased).
-    top = tf.random.stateless_uniform([], top_seed, 0, tf.maximum(height - h, 0) + 1,
-                                      tf.int32)
-    left = tf.random.stateless_uniform([], left_seed, 0, tf.maximum(width - w, 0) + 1,
-                                       tf.int32)
-    erase = (tf.random.stateless_uniform([], apply_seed) < p) & tf.reduce_any(fits)
+    top = _below(u[21], tf.maximum(height - h, 0) + 1)
+    left = _below(u[22], tf.maximum(width - w, 0) + 1)
+    erase = (u[0] < p) & tf.reduce_any(fits)
 
     def erased() -> tf.Tensor:  # slices and concatenations: copies, no per-pixel select
         rows = image[top:top + h]
