@@ -1,7 +1,8 @@
 """ImageNet training input pipeline, images/s per host core: thinjax (tf.data) vs PyTorch.
 
-    python benchmarks/input_pipeline.py                       # all cores of this process
     taskset -c 0 python benchmarks/input_pipeline.py          # one core: the per-core rate
+    python benchmarks/input_pipeline.py                       # all cores of this process
+    taskset -c 0 python benchmarks/input_pipeline.py --stages # thinjax's ms per image by stage
 
 Both pipelines read the same JPEGs (``../shared/data/imagenet-sample.zip``: 1,000 ImageNet
 images, unpacked once to a temporary folder and repeated epoch after epoch) and apply the
@@ -18,9 +19,15 @@ training transform of ``configs/thin_r50.py``: decode, random-resized crop to 17
   ``ImageOps``/``ImageEnhance``/``transform`` for TrivialAugmentWide's ops with its
   magnitude bins) and torch tensor ops for normalise and erasing.
 
-The two are timed in alternation (--rounds windows of --batches batches each) so that both
-see the same load on a shared machine; the median rate and the per-core rate (rate / cores
-the process may use) are printed with the CPU model.
+Each pipeline runs in its own process (its DataLoader workers are its children), started
+once and warmed up; the controller times them in alternation, --rounds windows of
+--batches batches each, and before each window waits until every pipeline process has
+gone quiet (its background prefetching done), so that one pipeline's refill is never
+counted in the other's window. Per window: images/s (wall) and the CPU time of the
+pipeline's whole process tree per image (user + system, workers included): on a machine
+shared with other work, the CPU time is the steadier measure of what an image costs.
+Printed: medians, images/s per core (images/s / cores of this process), images per
+CPU-second, the per-round ratio thinjax / PyTorch, the CPU model and the load average.
 """
 
 from __future__ import annotations
@@ -179,11 +186,86 @@ def torch_loader(root: str, batch: int, size: int, workers: int):
     return endless()
 
 
-def rate(it, batches: int, batch: int) -> float:
-    t = time.perf_counter()
-    for _ in range(batches):
+# -- the controller and one process per pipeline ------------------------------------------
+
+PIPELINES = {"thinjax": "thinjax (tf.data)",
+             "pytorch": "PyTorch DataLoader (PIL, torchvision's ops)"}
+
+
+def worker(a) -> int:
+    """One pipeline, started and warmed up; then, per line "N D" on stdin, D batches
+    untimed (what it had buffered while it waited), "go", N batches timed, "{seconds}";
+    an empty line ends it."""
+    n = cores()
+    it = (thinjax_batches(a.root, a.batch, a.size) if a.worker == "thinjax"
+          else torch_loader(a.root, a.batch, a.size, n))
+    for _ in range(2):  # start-up: workers, tf.data graph, first files
         next(it)
-    return batches * batch / (time.perf_counter() - t)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        timed, drained = (int(x) for x in line.split())
+        for _ in range(drained):
+            next(it)
+        print("go", flush=True)
+        t = time.perf_counter()
+        for _ in range(timed):
+            next(it)
+        print(f"{time.perf_counter() - t:.6f}", flush=True)
+    os._exit(0)  # DataLoader workers and tf.data threads: no orderly shutdown needed
+
+
+def tree_cpu(proc) -> float:
+    """CPU seconds (user + system) of `proc` and its live descendants."""
+    total = 0.0
+    for p in [proc] + proc.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except Exception:  # a worker that has just exited
+            pass
+    return total
+
+
+def settle(procs, quiet_s: float = 0.02, every_s: float = 0.5, limit_s: float = 60) -> None:
+    """Waits until no pipeline process tree uses more than `quiet_s` CPU seconds in
+    `every_s`: their prefetch buffers are full, nothing of theirs runs in a window."""
+    end = time.monotonic() + limit_s
+    last = [tree_cpu(p) for p in procs]
+    while time.monotonic() < end:
+        time.sleep(every_s)
+        now = [tree_cpu(p) for p in procs]
+        if all(b - a <= quiet_s for a, b in zip(last, now)):
+            return
+        last = now
+
+
+def start(name: str, root: str, a):
+    import subprocess
+
+    import psutil
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--root", root,
+           "--batch", str(a.batch), "--size", str(a.size)]
+    child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             stderr=subprocess.DEVNULL)
+    if child.stdout.readline().strip() != "ready":
+        raise SystemExit(f"the {name} pipeline did not start: run {' '.join(cmd)}")
+    return child, psutil.Process(child.pid)
+
+
+def window(child, proc, batches: int, batch: int, drain: int = 8) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of one window of `batches` batches, after `drain`
+    batches that take what the pipeline buffered while it waited (thinjax prefetches 4
+    batches and its map's output, a DataLoader 2 batches per worker): timed from the
+    pipeline's steady state, its output produced in the window."""
+    child.stdin.write(f"{batches} {drain}\n")
+    child.stdin.flush()
+    if child.stdout.readline().strip() != "go":
+        raise SystemExit("a pipeline process stopped")
+    cpu = tree_cpu(proc)
+    seconds = float(child.stdout.readline())
+    return batches * batch / seconds, (tree_cpu(proc) - cpu) / (batches * batch) * 1e3
 
 
 STAGES = {  # name -> (trivial_augment, random_erasing) of thinjax's transform
@@ -194,8 +276,8 @@ STAGES = {  # name -> (trivial_augment, random_erasing) of thinjax's transform
 
 
 def stage_costs(root: str, a) -> None:
-    """ms per image of thinjax's transform, stage by stage (one map call at a time, batches
-    of 1, files read from memory, thinjax's tf.data options): where tf.data's time goes."""
+    """ms per image of thinjax's transform, stage by stage (one map call at a time, in
+    batches of 32, files read from memory, thinjax's tf.data options): wall and CPU time."""
     import glob
 
     from thinjax.data._tf import tf
@@ -203,22 +285,43 @@ def stage_costs(root: str, a) -> None:
     data = [open(f, "rb").read() for f in sorted(glob.glob(os.path.join(root, "*", "*")))]
     ds0 = tf.data.Dataset.from_tensor_slices(data).cache().enumerate()
     print(f"\nthinjax's transform at {a.size}px, one map call at a time, ms per image "
-          f"(median of {a.rounds} passes over {len(data)} images); CPU: {cpu_description()}")
-    print("| stages | ms per image |\n|---|---|")
+          f"(median of {a.rounds} passes over {len(data)} images); CPU: {cpu_description()}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print("| stages | ms per image | CPU ms per image |\n|---|---|---|")
     for name, (ta, erasing) in STAGES.items():
         fn = _train_example_fn(data_config(root, a.size, ta, erasing), 0, 0)
         ds = ds0.map(lambda i, b: fn(i, {"image": b, "label": 0}),  # noqa: B023 (used now)
-                     num_parallel_calls=1)
+                     num_parallel_calls=1).batch(32)
         ds = ds.with_options(pipeline_options())
-        for _ in ds.take(20):
+        for _ in ds.take(2):
             pass
-        ms = []
+        ms, cpu = [], []
         for _ in range(a.rounds):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in ds:
                 pass
             ms.append((time.perf_counter() - t) / len(data) * 1e3)
-        print(f"| {name} | {np.median(ms):.2f} |")
+            cpu.append((time.process_time() - c) / len(data) * 1e3)
+        print(f"| {name} | {np.median(ms):.2f} | {np.median(cpu):.2f} |")
+
+
+def report(res: dict, a, n: int, load: tuple) -> None:
+    print(f"\nImageNet training transform at {a.size}px, batch {a.batch}, {n} core(s) for "
+          f"this process; CPU: {cpu_description()}; load average {load[0]:.2f} at the "
+          f"start, {os.getloadavg()[0]:.2f} at the end; medians of {a.rounds} "
+          f"{'alternating ' if len(res) > 1 else ''}windows of {a.batches} batches")
+    print("| pipeline | images/s | images/s per core | CPU ms per image | images per "
+          "CPU-second | windows (images/s) |\n|---|---|---|---|---|---|")
+    for k, v in res.items():
+        r, c = float(np.median([x[0] for x in v])), float(np.median([x[1] for x in v]))
+        print(f"| {PIPELINES[k]} | {r:,.0f} | {r / n:,.0f} | {c:.2f} | {1e3 / c:,.0f} | "
+              f"{', '.join(f'{x[0]:.0f}' for x in v)} |")
+    if len(res) == 2:
+        (tv, pv) = res["thinjax"], res["pytorch"]
+        rates = [t[0] / p[0] for t, p in zip(tv, pv)]
+        cpus = [p[1] / t[1] for t, p in zip(tv, pv)]
+        print(f"thinjax / PyTorch per round: images/s {', '.join(f'{x:.2f}x' for x in rates)}"
+              f"; by CPU time per image {', '.join(f'{x:.2f}x' for x in cpus)}")
 
 
 def main() -> int:
@@ -227,40 +330,34 @@ def main() -> int:
     ap.add_argument("--zip", default=ZIP)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=176)
-    ap.add_argument("--batches", type=int, default=16, help="batches per timed window")
+    ap.add_argument("--batches", type=int, default=31, help="batches per timed window")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", choices=["thinjax", "pytorch"],
-                    help="time one pipeline alone (timed in alternation, each pipeline's "
-                         "background prefetching runs while the other one is timed)")
+    ap.add_argument("--only", choices=list(PIPELINES), help="time one pipeline alone")
     ap.add_argument("--stages", action="store_true",
                     help="thinjax's per-image cost, stage by stage, instead")
+    ap.add_argument("--worker", choices=list(PIPELINES), help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    n = cores()
+    if a.worker:
+        return worker(a)
+    n, load = cores(), os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         root = unpack(a.zip, d)
         if a.stages:
             stage_costs(root, a)
             return 0
-        its = {}
-        if a.only != "pytorch":
-            its["thinjax (tf.data)"] = thinjax_batches(root, a.batch, a.size)
-        if a.only != "thinjax":
-            its["PyTorch DataLoader (PIL, torchvision's ops)"] = torch_loader(
-                root, a.batch, a.size, n)
-        for it in its.values():
-            rate(it, 2, a.batch)  # start-up: workers, tf.data graph, first files
-        res = {k: [] for k in its}
+        names = [a.only] if a.only else list(PIPELINES)
+        procs = {k: start(k, root, a) for k in names}
+        res = {k: [] for k in names}
         for _ in range(a.rounds):
-            for k, it in its.items():
-                res[k].append(rate(it, a.batches, a.batch))
-    print(f"\nImageNet training transform at {a.size}px, batch {a.batch}, {n} core(s) for "
-          f"this process; CPU: {cpu_description()}; medians of {a.rounds} "
-          f"{'alternating ' if len(its) > 1 else ''}windows of {a.batches} batches")
-    print("| pipeline | images/s | images/s per core | windows |")
-    print("|---|---|---|---|")
-    for k, v in res.items():
-        m = float(np.median(v))
-        print(f"| {k} | {m:,.0f} | {m / n:,.0f} | {', '.join(f'{x:.0f}' for x in v)} |")
+            for k, (child, proc) in procs.items():
+                settle([p for _, p in procs.values()])
+                res[k].append(window(child, proc, a.batches, a.batch))
+        for child, _ in procs.values():
+            child.stdin.write("\n")
+            child.stdin.flush()
+            child.wait()
+    report(res, a, n, load)
     return 0
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 from scipy import stats
 
-from thinjax.data import augment
+from thinjax.data import augment, trivial_augment
 from thinjax.data.preprocess import decode
 from thinjax.data.sources import ASSETS
 
@@ -107,7 +107,7 @@ def test_rotate_is_counter_clockwise_about_the_centre(images):
 
 
 def table_magnitudes(name: str) -> np.ndarray:
-    row = augment._magnitudes(31)[0][OP[name]]
+    row = trivial_augment._magnitudes(31)[0][OP[name]]
     return np.concatenate([row, -row]).astype(float)
 
 
@@ -152,7 +152,7 @@ def test_magnitude_tables_are_torchvisions():
                  "Sharpness": lin(0.0, 0.99),
                  "Posterize": (8 - (torch.arange(n) / ((n - 1) / 6)).round().int()).numpy(),
                  "Solarize": lin(255.0, 0.0), "AutoContrast": 0, "Equalize": 0}
-        table, signed = augment._magnitudes(n)
+        table, signed = trivial_augment._magnitudes(n)
         for i, name in enumerate(augment.TA_WIDE_OPS):
             ref = np.broadcast_to(space[name], n).astype(np.float32)
             if exact:
@@ -171,7 +171,7 @@ def test_torch_linspace_is_bit_exact():
         pytest.skip("PyTorch runs its non-vectorised kernel here")
     for n in range(2, 70):
         for a, b in ((0.0, 32.0), (0.0, 135.0), (0.0, 0.99), (255.0, 0.0), (-3.0, 14.4)):
-            np.testing.assert_array_equal(augment.torch_linspace(a, b, n),
+            np.testing.assert_array_equal(trivial_augment.torch_linspace(a, b, n),
                                           torch.linspace(a, b, n).numpy(), err_msg=(a, b, n))
 
 
@@ -179,7 +179,7 @@ def test_translate_bins_move_torchvisions_pixels(images):
     # torchvision translates by int(magnitude) of its float32 table: bin 15 of 31 holds
     # 15.999999 (linspace(0, 32, 31) in float32), i.e. 15 pixels, not 16.
     torch = pytest.importorskip("torch")
-    row = augment._magnitudes(31)[0][OP["TranslateX"]]
+    row = trivial_augment._magnitudes(31)[0][OP["TranslateX"]]
     tv = torch.linspace(0.0, 32.0, 31)
     if torch.backends.cpu.get_cpu_capability() != "DEFAULT":
         assert [int(m) for m in row] == [int(float(m)) for m in tv]
@@ -198,12 +198,12 @@ def test_translate_bins_move_torchvisions_pixels(images):
 def test_op_choice_is_uniform_and_signs_are_fair():
     n = 2000
     ds = tf.data.Dataset.from_tensor_slices(tf.stack(seeds(n)))
-    ops, mags = next(iter(ds.map(augment._sample_op).batch(n)))
+    ops, mags = next(iter(ds.map(trivial_augment._sample_op).batch(n)))
     ops, mags = ops.numpy(), mags.numpy()
     counts = np.bincount(ops, minlength=len(augment.TA_WIDE_OPS))
     expected = n / len(counts)
     assert np.abs(counts - expected).max() < 4 * math.sqrt(expected), counts
-    table, signed = augment._magnitudes(31)
+    table, signed = trivial_augment._magnitudes(31)
     for i, name in enumerate(augment.TA_WIDE_OPS):
         m = mags[ops == i]
         assert np.isin(np.abs(m), np.abs(table[i])).all(), name
@@ -219,7 +219,7 @@ def test_trivial_augment_wide_applies_the_sampled_op(images):
     for s in seeds(12):
         out = augment.trivial_augment_wide(im, s)
         assert out.dtype == tf.uint8 and out.shape == im.shape
-        op_index, magnitude = augment._sample_op(s)
+        op_index, magnitude = trivial_augment._sample_op(s)
         np.testing.assert_array_equal(out, augment.apply_op(im, op_index, magnitude))
 
 
@@ -238,10 +238,12 @@ def augmenters(jpegs, images):
 
 def test_same_seed_same_output_different_seeds_differ(jpegs, images):
     for name, fn in augmenters(jpegs, images):
-        outs = [fn(1, s).numpy() for s in seeds(8, tf.int32)]
+        # Erasing (p=0.5) leaves about half the images alone: 40 seeds erase at least 10
+        # distinct boxes but with probability ~1e-4.
+        outs = [fn(1, s).numpy() for s in seeds(40 if name == "random_erasing" else 8, tf.int32)]
         np.testing.assert_array_equal(fn(1, seeds(1, tf.int32)[0]), outs[0], err_msg=name)
         distinct = {o.tobytes() for o in outs}
-        assert len(distinct) >= (4 if name == "random_erasing" else 6), name
+        assert len(distinct) >= (11 if name == "random_erasing" else 6), name
 
 
 def test_tf_data_parallel_map_equals_eager(jpegs, images):

@@ -1,9 +1,11 @@
 """Per-example training augmentations in tf.data, mirroring torchvision's transforms.
 
 Every function takes an explicit `seed` (a shape-[2] int32/int64 tensor) and uses only
-stateless random ops, with sub-seeds from `tf.random.split`: an example's augmentation
-depends on its seed alone, whatever the tf.data parallelism or element order. All of them
-work eagerly and inside `tf.data.Dataset.map`.
+stateless random ops (one draw of all its numbers, `_random.uniforms`): an example's
+augmentation depends on its seed alone, whatever the tf.data parallelism or element
+order. All of them work eagerly and inside `tf.data.Dataset.map`. Per-pixel work avoids
+TensorFlow's slow paths (broadcasting binary ops and tf.where, gathers, uint8 arithmetic,
+column resampling): docs/performance.md, "ImageNet input pipeline per core".
 
 - `random_crop_flip`: `RandomCrop(size, padding=pad)` (zero padding), then
   `RandomHorizontalFlip(0.5)`.
@@ -14,8 +16,7 @@ work eagerly and inside `tf.data.Dataset.map`.
   distribution is torchvision's; the random numbers themselves are TensorFlow's stateless
   ones. JPEGs decode only the window (pixels as a full decode's).
 - `trivial_augment_wide`: `TrivialAugmentWide(num_magnitude_bins, NEAREST, fill)` applied
-  to a PIL image: the colour ops reproduce PIL's ImageEnhance/ImageOps arithmetic, the
-  geometric ops PIL's nearest-neighbour affine transforms. `apply_op` applies one op.
+  to a PIL image (`thinjax.data.trivial_augment`, with `apply_op`; here too).
 - `random_erasing`: `RandomErasing(p, scale, ratio, value)` on a normalised float image.
 """
 
@@ -23,24 +24,19 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from thinjax.data import preprocess
+from thinjax.data._random import below, between, uniforms
 from thinjax.data._tf import tf
+from thinjax.data.trivial_augment import TA_WIDE_OPS, apply_op, trivial_augment_wide
 
-TA_WIDE_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
-               "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
-               "AutoContrast", "Equalize")
-
-
-def _split(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
-    return tf.unstack(tf.random.split(seed, n))
+__all__ = ["TA_WIDE_OPS", "apply_op", "random_crop_flip", "random_erasing",
+           "random_resized_crop", "rrc_window", "trivial_augment_wide"]
 
 
 def random_crop_flip(image: tf.Tensor, seed: tf.Tensor, pad: int = 4) -> tf.Tensor:
     """A random window, the size of `image`, of `image` zero-padded by `pad` on each side,
     mirrored left-right with probability 1/2."""
-    crop_seed, flip_seed = _split(seed, 2)
+    crop_seed, flip_seed = tf.unstack(tf.random.split(seed, 2))
     padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     crop = tf.image.stateless_random_crop(padded, tf.shape(image), crop_seed)
     return tf.ensure_shape(tf.image.stateless_random_flip_left_right(crop, flip_seed),
@@ -60,13 +56,17 @@ def rrc_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
     fits, the central crop of torchvision's fallback: the whole image with its aspect
     ratio clamped into `ratio`.
     """
-    area_seed, aspect_seed, top_seed, left_seed = _split(seed, 4)
+    return _rrc_window(height, width, uniforms(seed, 22), scale, ratio)
+
+
+def _rrc_window(height: tf.Tensor, width: tf.Tensor, u: tf.Tensor,
+                scale: tuple[float, float], ratio: tuple[float, float]) -> tf.Tensor:
+    """`rrc_window` from 22 uniform numbers: areas, aspects, top, left."""
+    u_area, u_aspect, u_top, u_left = tf.split(u[:22], [10, 10, 1, 1])
     height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
     h_f, w_f = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-    areas = h_f * w_f * tf.random.stateless_uniform([10], area_seed, scale[0], scale[1],
-                                                    tf.float64)
-    aspects = tf.exp(tf.random.stateless_uniform(
-        [10], aspect_seed, math.log(ratio[0]), math.log(ratio[1]), tf.float64))
+    areas = h_f * w_f * between(u_area, *scale)
+    aspects = tf.exp(between(u_aspect, math.log(ratio[0]), math.log(ratio[1])))
     ws = tf.cast(tf.round(tf.sqrt(areas * aspects)), tf.int32)
     hs = tf.cast(tf.round(tf.sqrt(areas / aspects)), tf.int32)
     fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
@@ -79,10 +79,8 @@ def rrc_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
     h = tf.where(found, hs[first], fb_h)
     w = tf.where(found, ws[first], fb_w)
     # torch.randint(0, height - h + 1): every position, the last row and column included.
-    top = tf.random.stateless_uniform([], top_seed, 0, height - h + 1, tf.int32)
-    left = tf.random.stateless_uniform([], left_seed, 0, width - w + 1, tf.int32)
-    top = tf.where(found, top, (height - h) // 2)
-    left = tf.where(found, left, (width - w) // 2)
+    top = tf.where(found, below(u_top[0], height - h + 1), (height - h) // 2)
+    left = tf.where(found, below(u_left[0], width - w + 1), (width - w) // 2)
     return tf.stack([top, left, h, w])
 
 
@@ -91,12 +89,19 @@ def random_resized_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
     """Encoded JPEG/PNG -> float32 (size, size, 3) in [0, 255]: the `rrc_window` of the
     image (torchvision's RandomResizedCrop window), resized (bilinear, antialias),
-    randomly mirrored left-right. JPEGs decode only the window."""
-    crop_seed, flip_seed = _split(seed, 2)
+    randomly mirrored left-right. JPEGs decode only the window (other formats twice:
+    once for their size)."""
+    u = uniforms(seed, 23)
+    is_jpeg = tf.io.is_jpeg(image_bytes)
+
+    def decode() -> tf.Tensor:
+        return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+    shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(image_bytes, tf.int32),
+                    lambda: tf.shape(decode(), tf.int32))
+    top, left, h, w = tf.unstack(_rrc_window(shape[0], shape[1], u, scale, ratio))
 
     def jpeg() -> tf.Tensor:
-        shape = tf.image.extract_jpeg_shape(image_bytes, tf.int32)
-        top, left, h, w = tf.unstack(rrc_window(shape[0], shape[1], crop_seed, scale, ratio))
         # Decode one more column each side and drop it: libjpeg's chroma upsampling at a
         # window's left/right edge lacks the neighbouring samples, so those columns
         # would differ from a full decode's (by tens of grey levels on CIFAR).
@@ -107,212 +112,9 @@ def random_resized_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
             channels=3, dct_method="INTEGER_ACCURATE")
         return crop[:, pad_l:pad_l + w]
 
-    def other() -> tf.Tensor:
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        shape = tf.shape(image)
-        top, left, h, w = tf.unstack(rrc_window(shape[0], shape[1], crop_seed, scale, ratio))
-        return image[top:top + h, left:left + w]
-
-    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+    image = tf.cond(is_jpeg, jpeg, lambda: decode()[top:top + h, left:left + w])
     image.set_shape([None, None, 3])
-    # The draw of tf.image.stateless_random_flip_left_right(image, flip_seed).
-    mirror = tf.random.stateless_uniform([], flip_seed, 0, 1.0) < 0.5
-    return preprocess.resize_bilinear(image, size, size, mirror)
-
-
-def torch_linspace(start: float, stop: float, steps: int) -> np.ndarray:
-    """`torch.linspace(start, stop, steps)` (float32), bit for bit, as PyTorch's vectorised
-    CPU kernel (AVX2/AVX-512, the one x86-64 machines run) computes it: step =
-    (stop - start) / (steps - 1) in float32, then `start + step * i` for the first half
-    and `stop - step * (steps - 1 - i)` for the rest, each one fused multiply-add (one
-    rounding). So bin 15 of `linspace(0, 32, 31)` is 15.999999, not 16. (PyTorch's
-    non-vectorised fallback rounds the product first and gets 16.0 there.)"""
-    s32, e32 = np.float32(start), np.float32(stop)
-    if steps == 1:
-        return np.array([s32], np.float32)
-    step = np.float64(np.float32(np.float32(e32 - s32) / np.float32(steps - 1)))
-    i = np.arange(steps)
-    # float64 holds the float32 step times a small integer exactly: one rounding, as FMA.
-    low = np.float64(s32) + step * i
-    high = np.float64(e32) - step * (steps - 1 - i)
-    return np.where(i < steps // 2, low, high).astype(np.float32)
-
-
-def _magnitudes(num_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """torchvision's TrivialAugmentWide._augmentation_space: a (len(TA_WIDE_OPS), num_bins)
-    float32 table of magnitudes (0 for ops without one) and whether each op is signed.
-
-    The linspaces are torch's float32 ones (`torch_linspace`), so that `int(magnitude)`
-    gives torchvision's translations: bin 15 of 31 (15.999999) moves 15 pixels.
-    """
-    def lin(start: float, stop: float) -> np.ndarray:
-        return torch_linspace(start, stop, num_bins)
-
-    bits = 8 - np.round(np.arange(num_bins, dtype=np.float32)
-                        / np.float32((num_bins - 1) / 6))
-    none = np.zeros(num_bins)
-    space = {  # op: (magnitudes, signed)
-        "Identity": (none, False),
-        "ShearX": (lin(0.0, 0.99), True),
-        "ShearY": (lin(0.0, 0.99), True),
-        "TranslateX": (lin(0.0, 32.0), True),
-        "TranslateY": (lin(0.0, 32.0), True),
-        "Rotate": (lin(0.0, 135.0), True),
-        "Brightness": (lin(0.0, 0.99), True),
-        "Color": (lin(0.0, 0.99), True),
-        "Contrast": (lin(0.0, 0.99), True),
-        "Sharpness": (lin(0.0, 0.99), True),
-        "Posterize": (bits, False),
-        "Solarize": (lin(255.0, 0.0), False),
-        "AutoContrast": (none, False),
-        "Equalize": (none, False),
-    }
-    table = np.stack([space[op][0] for op in TA_WIDE_OPS]).astype(np.float32)
-    return table, np.array([space[op][1] for op in TA_WIDE_OPS])
-
-
-def _sample_op(seed: tf.Tensor, num_bins: int = 31) -> tuple[tf.Tensor, tf.Tensor]:
-    """(op index, signed magnitude) drawn as TrivialAugmentWide draws them: op and bin
-    uniformly, then for signed ops a sign with probability 1/2 each."""
-    table, signed = _magnitudes(num_bins)
-    op_seed, bin_seed, sign_seed = _split(seed, 3)
-    op = tf.random.stateless_uniform([], op_seed, 0, len(TA_WIDE_OPS), tf.int32)
-    bin_ = tf.random.stateless_uniform([], bin_seed, 0, num_bins, tf.int32)
-    magnitude = tf.constant(table)[op, bin_]
-    negate = tf.constant(signed)[op] & (
-        tf.random.stateless_uniform([], sign_seed, 0, 2, tf.int32) == 1)
-    return op, tf.where(negate, -magnitude, magnitude)
-
-
-def trivial_augment_wide(image: tf.Tensor, seed: tf.Tensor, num_bins: int = 31,
-                         fill: float = 0) -> tf.Tensor:
-    """uint8 HWC -> uint8 HWC: one op of `TA_WIDE_OPS`, with a random magnitude bin."""
-    op, magnitude = _sample_op(seed, num_bins)
-    return apply_op(image, op, magnitude, fill)
-
-
-def apply_op(image: tf.Tensor, op_index: int | tf.Tensor, magnitude: float | tf.Tensor,
-             fill: float = 0) -> tf.Tensor:
-    """torchvision's autoaugment `_apply_op` for `TA_WIDE_OPS[op_index]` on a uint8 HWC
-    RGB image, with `magnitude` already signed (ignored by ops without one)."""
-    m = tf.cast(magnitude, tf.float32)
-    pixels = tf.cast(tf.cast(m, tf.int32), tf.float32)  # torchvision: int(magnitude)
-    ops = {
-        "Identity": lambda: image,
-        # Shears are about the top-left corner (torchvision passes center=[0, 0]).
-        "ShearX": lambda: _affine(image, (1.0, m, 0.0, 0.0, 1.0, 0.0), fill),
-        "ShearY": lambda: _affine(image, (1.0, 0.0, 0.0, m, 1.0, 0.0), fill),
-        "TranslateX": lambda: _affine(image, (1.0, 0.0, -pixels, 0.0, 1.0, 0.0), fill),
-        "TranslateY": lambda: _affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, -pixels), fill),
-        "Rotate": lambda: _rotate(image, m, fill),
-        "Brightness": lambda: _blend(tf.zeros_like(image), image, 1 + m),
-        "Color": lambda: _blend(_grayscale(image), image, 1 + m),
-        "Contrast": lambda: _blend(_mean_gray(image), image, 1 + m),
-        "Sharpness": lambda: _blend(_smooth(image), image, 1 + m),
-        "Posterize": lambda: _posterize(image, tf.cast(m, tf.int32)),
-        "Solarize": lambda: tf.where(tf.cast(image, tf.float32) >= m, 255 - image, image),
-        "AutoContrast": lambda: _autocontrast(image),
-        "Equalize": lambda: _equalize(image),
-    }
-    out = tf.switch_case(tf.convert_to_tensor(op_index, tf.int32),
-                         [ops[name] for name in TA_WIDE_OPS])
-    return tf.ensure_shape(out, image.shape)
-
-
-def _affine(image: tf.Tensor, matrix: tuple, fill: float) -> tf.Tensor:
-    """Nearest-neighbour resampling where output point (x, y) reads input point
-    (a x + b y + c, d x + e y + f) for matrix (a, b, c, d, e, f), in PIL's (and
-    torchvision's) coordinates: pixel (i, j) spans [j, j+1] x [i, i+1]. Points outside the
-    image read `fill`."""
-    a, b, c, d, e, f = (tf.cast(v, tf.float64) for v in matrix)
-    # TensorFlow puts pixel centres at integer coordinates: shift half a pixel both ways.
-    transform = tf.stack([a, b, c + (a + b - 1) / 2, d, e, f + (d + e - 1) / 2, 0.0, 0.0])
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=tf.cast(transform, tf.float32)[None],
-        output_shape=tf.shape(image)[:2],
-        fill_value=tf.cast(fill, tf.float32), interpolation="NEAREST",
-        fill_mode="CONSTANT")
-    return out[0]
-
-
-def _rotate(image: tf.Tensor, degrees: tf.Tensor, fill: float) -> tf.Tensor:
-    """Counter-clockwise rotation by `degrees` about the image centre, as PIL's
-    Image.rotate and torchvision's F.rotate."""
-    shape = tf.cast(tf.shape(image), tf.float64)
-    cy, cx = shape[0] / 2, shape[1] / 2
-    t = tf.cast(degrees, tf.float64) * (math.pi / 180)
-    cos, sin = tf.cos(t), tf.sin(t)
-    return _affine(image, (cos, -sin, cx - cos * cx + sin * cy,
-                           sin, cos, cy - sin * cx - cos * cy), fill)
-
-
-def _blend(degenerate: tf.Tensor, image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-    """PIL's Image.blend(degenerate, image, factor), i.e. ImageEnhance's enhance(factor):
-    float32 interpolation (or extrapolation), clipped to [0, 255], truncated to uint8."""
-    d = tf.cast(degenerate, tf.float32)
-    out = d + factor * (tf.cast(image, tf.float32) - d)
-    return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
-
-
-def _grayscale(image: tf.Tensor) -> tf.Tensor:
-    """PIL's convert("L") as int32 (H, W, 1): ITU-R 601-2 luma in 16-bit fixed point."""
-    rgb = tf.cast(image, tf.int32)
-    luma = rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000
-    return tf.bitwise.right_shift(luma, 16)[..., None]
-
-
-def _mean_gray(image: tf.Tensor) -> tf.Tensor:
-    """ImageEnhance.Contrast's degenerate: the grayscale image's mean, rounded."""
-    return tf.floor(tf.reduce_mean(tf.cast(_grayscale(image), tf.float64)) + 0.5)
-
-
-def _smooth(image: tf.Tensor) -> tf.Tensor:
-    """PIL's ImageFilter.SMOOTH ([[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13, in float32 and in
-    PIL's order of summation, rounded), border pixels unchanged."""
-    x = tf.cast(image, tf.float32)
-    side, centre = np.float32(1 / 13), np.float32(5 / 13)
-
-    def row(r: tf.Tensor, mid: np.float32) -> tf.Tensor:
-        return r[:, :-2] * side + r[:, 1:-1] * mid + r[:, 2:] * side
-
-    inner = row(x[2:], side) + row(x[1:-1], centre) + row(x[:-2], side)
-    inner = tf.cast(tf.clip_by_value(inner, 0.0, 255.0) + 0.5, tf.uint8)
-    paddings = [[1, 1], [1, 1], [0, 0]]
-    interior = tf.pad(tf.ones_like(inner, tf.bool), paddings)
-    return tf.where(interior, tf.pad(inner, paddings), image)
-
-
-def _posterize(image: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
-    """PIL's ImageOps.posterize: keep the `bits` most significant bits."""
-    mask = 256 - tf.bitwise.left_shift(tf.constant(1), 8 - bits)
-    return tf.bitwise.bitwise_and(image, tf.cast(mask, tf.uint8))
-
-
-def _autocontrast(image: tf.Tensor) -> tf.Tensor:
-    """PIL's ImageOps.autocontrast: per channel, v -> int(v * scale - lo * scale) with
-    scale = 255 / (hi - lo) in float64, for the channel's min lo and max hi; a constant
-    channel is unchanged."""
-    x = tf.cast(image, tf.float64)
-    lo = tf.reduce_min(x, axis=[0, 1])
-    hi = tf.reduce_max(x, axis=[0, 1])
-    scale = 255.0 / tf.maximum(hi - lo, 1.0)
-    out = tf.cast(tf.clip_by_value(x * scale + -lo * scale, 0.0, 255.0), tf.uint8)
-    return tf.where(hi > lo, out, image)
-
-
-def _equalize(image: tf.Tensor) -> tf.Tensor:
-    """PIL's ImageOps.equalize, per channel: with step = (pixels not at the channel's
-    maximum) // 255, value v -> (step // 2 + pixels below v) // step, capped at 255; a
-    channel with step 0 is unchanged."""
-    channels = tf.transpose(tf.reshape(tf.cast(image, tf.int32), [-1, tf.shape(image)[2]]))
-    hist = tf.math.bincount(channels, minlength=256, maxlength=256, axis=-1)
-    top = tf.gather(hist, tf.reduce_max(channels, axis=1), batch_dims=1)
-    step = ((tf.reduce_sum(hist, axis=1) - top) // 255)[:, None]
-    below = tf.cumsum(hist, axis=1, exclusive=True)
-    lut = tf.minimum((step // 2 + below) // tf.maximum(step, 1), 255)
-    lut = tf.where(step > 0, lut, tf.range(256))
-    out = tf.transpose(tf.gather(lut, channels, batch_dims=1))
-    return tf.reshape(tf.cast(out, tf.uint8), tf.shape(image))
+    return preprocess.resize_bilinear(image, size, size, mirror=u[22] < 0.5)
 
 
 def random_erasing(image: tf.Tensor, seed: tf.Tensor, p: float = 0.1,
@@ -321,24 +123,20 @@ def random_erasing(image: tf.Tensor, seed: tf.Tensor, p: float = 0.1,
     """With probability `p`, set to `value` a rectangle with area fraction uniform in
     `scale` and aspect ratio (height / width) log-uniform in `ratio`: the first of 10
     candidates that fits strictly inside the image, nothing if none does."""
-    apply_seed, area_seed, ratio_seed, top_seed, left_seed = _split(seed, 5)
+    u = uniforms(seed, 23)
+    u_area, u_ratio = u[1:11], u[11:21]
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    area = tf.cast(height * width, tf.float64)
-    areas = area * tf.random.stateless_uniform([10], area_seed, scale[0], scale[1],
-                                               tf.float64)
-    aspects = tf.exp(tf.random.stateless_uniform(
-        [10], ratio_seed, math.log(ratio[0]), math.log(ratio[1]), tf.float64))
+    areas = tf.cast(height * width, tf.float64) * between(u_area, *scale)
+    aspects = tf.exp(between(u_ratio, math.log(ratio[0]), math.log(ratio[1])))
     hs = tf.cast(tf.round(tf.sqrt(areas * aspects)), tf.int32)
     ws = tf.cast(tf.round(tf.sqrt(areas / aspects)), tf.int32)
     fits = (hs < height) & (ws < width)
     first = tf.argmax(tf.cast(fits, tf.int32))
     h, w = hs[first], ws[first]
     # Positions are drawn even when nothing fits (then nothing is erased).
-    top = tf.random.stateless_uniform([], top_seed, 0, tf.maximum(height - h, 0) + 1,
-                                      tf.int32)
-    left = tf.random.stateless_uniform([], left_seed, 0, tf.maximum(width - w, 0) + 1,
-                                       tf.int32)
-    erase = (tf.random.stateless_uniform([], apply_seed) < p) & tf.reduce_any(fits)
+    top = below(u[21], tf.maximum(height - h, 0) + 1)
+    left = below(u[22], tf.maximum(width - w, 0) + 1)
+    erase = (u[0] < p) & tf.reduce_any(fits)
 
     def erased() -> tf.Tensor:  # slices and concatenations: copies, no per-pixel select
         rows = image[top:top + h]

@@ -48,20 +48,21 @@ def _resize_rows(x: tf.Tensor, rows: int | tf.Tensor) -> tf.Tensor:
 def resize_bilinear(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor,
                     mirror: tf.Tensor | None = None) -> tf.Tensor:
     """`tf.image.resize(image, (height, width), "bilinear", antialias=True)` of an HWC
-    image, bit for bit, in about half the time; mirrored left-right where `mirror`.
+    image, bit for bit, in about 0.4x the time; mirrored left-right where `mirror`.
 
     TensorFlow's kernel resamples rows with vector code but columns one pixel and channel
     at a time; here both passes are row passes (same weights, same order of summation),
-    with the image transposed in between."""
+    with plain 2-D transposes in between (rows of [x][channel][y] for the second pass:
+    a 3-D transpose would move 12-byte pixels one by one)."""
     shape = tf.shape(image)
     w, c = shape[1], shape[2]
-    x = _resize_rows(tf.reshape(image, tf.stack([shape[0], w * c])), height)
-    x = tf.reshape(tf.transpose(tf.reshape(x, tf.stack([height, w, c])), [1, 0, 2]),
-                   tf.stack([w, height * c]))
-    x = _resize_rows(x, width)  # (width, height * c): the image's columns as rows
+    x = _resize_rows(tf.reshape(image, tf.stack([shape[0], w * c])), height)  # [y][x][c]
+    x = tf.reshape(tf.transpose(x), tf.stack([w, c * height]))                # [x][c][y]
+    x = _resize_rows(x, width)
     if mirror is not None:
         x = tf.gather(x, tf.where(mirror, tf.range(width - 1, -1, -1), tf.range(width)))
-    out = tf.transpose(tf.reshape(x, tf.stack([width, height, c])), [1, 0, 2])
+    out = tf.reshape(tf.transpose(tf.reshape(x, tf.stack([width * c, height]))),
+                     tf.stack([height, width, c]))
     static = [d if isinstance(d, int) else None for d in (height, width)]
     return tf.ensure_shape(out, static + [image.shape[2]])
 
