@@ -1,0 +1,167 @@
+"""Inference with BatchNorm folded into the convolutions: the forward pass a deployment runs.
+
+In inference BatchNorm is a per-channel affine map with the running statistics, so it folds
+into the convolution before it (as ONNX exporters and TFLite do):
+
+    BN(conv(x, k)) = conv(x, k * s) + (bias - mean * s),    s = scale / sqrt(var + eps)
+
+`fold` computes these kernels and biases from a model's variables (channel masks of a
+masked network fold in too: a masked channel's kernel column and bias are zero), and
+`forward` runs the plan with them: every convolution is followed by one bias (+ residual)
++ ReLU, which `thinjax.ops.conv.conv2d_fused` computes in one oneDNN primitive where the
+oneDNN kernels are used (bias, sum and ReLU post-ops), or as XLA's convolution and one fused
+elementwise op elsewhere. The logits are those of ``ResNet(plan).apply(variables, x)``
+(inference mode) up to float32 rounding (the fold rounds once more per weight; measured in
+``tests/test_fold.py``).
+
+    folded = fold(plan, variables)                  # once: numpy or jax arrays
+    logits = forward(plan, folded, images)          # NHWC float32 -> logits (jit it)
+
+Folded variables are a dict: ``stem``, ``stageN/blockM/{conv1,conv2[,conv3],proj}`` each
+``{"kernel": HWIO, "bias": (out,)}``, and ``head`` (Dense kernel and bias); a removed
+block has no entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from thinjax.ops.conv import block_kernel, conv2d_fused, onednn_block, resolve
+from thinjax.plan import Plan, stream_of
+
+__all__ = ["fold", "fold_conv", "forward", "prepare"]
+
+
+def fold_conv(kernel, bn_params: Mapping, bn_stats: Mapping, eps: float = 1e-5,
+              mask=None) -> dict:
+    """{"kernel", "bias"} of a bias-free conv (HWIO `kernel`) followed by inference
+    BatchNorm, times `mask` (per output channel) when given; float32."""
+    s = jnp.asarray(bn_params["scale"], jnp.float32) * jax.lax.rsqrt(
+        jnp.asarray(bn_stats["var"], jnp.float32) + eps)
+    b = jnp.asarray(bn_params["bias"], jnp.float32) - jnp.asarray(bn_stats["mean"],
+                                                                  jnp.float32) * s
+    if mask is not None:
+        s, b = s * mask, b * mask
+    return {"kernel": jnp.asarray(kernel, jnp.float32) * s, "bias": b}
+
+
+def _block_masks(plan: Plan, masks: Mapping | None, si: int, bi: int, n: int):
+    """(out mask, inner masks, alive) of a block: None each without masks; alive is 0 when
+    every inner channel of the block is masked (the branch is gone, as in the model)."""
+    if masks is None:
+        return None, (None,) * n, None
+    out = jnp.asarray(masks[stream_of(plan)[f"stage{si + 1}"]], jnp.float32)
+    inner = tuple(jnp.asarray(masks[f"stage{si + 1}/block{bi}/conv{k + 1}"], jnp.float32)
+                  for k in range(n))
+    alive = jnp.all(jnp.stack([jnp.any(m > 0) for m in inner])).astype(jnp.float32)
+    return out, inner, alive
+
+
+def fold(plan: Plan, variables: Mapping, eps: float = 1e-5, masks: Mapping | None = None
+         ) -> dict:
+    """The folded variables of `plan` (module docstring) from a model's ``{"params",
+    "batch_stats"}``; `masks`: the channel masks of a masked network (as for
+    ``ResNet.apply(..., masks=masks)``). Pure: works on numpy arrays and under jit."""
+    p, st = variables["params"], variables["batch_stats"]
+    stem_mask = None if masks is None else jnp.asarray(masks[stream_of(plan)["stem"]],
+                                                       jnp.float32)
+    out: dict[str, Any] = {"stem": fold_conv(p["stem"]["conv"]["kernel"], p["stem"]["bn"],
+                                             st["stem"]["bn"], eps, stem_mask),
+                           "head": {k: jnp.asarray(v, jnp.float32)
+                                    for k, v in p["head"].items()}}
+    for si, stage in enumerate(plan.stages):
+        for bi, b in enumerate(stage.blocks):
+            bp, bs = p[f"stage{si + 1}"][f"block{bi}"], st[f"stage{si + 1}"][f"block{bi}"]
+            n = len(b.inner)
+            omask, inner, alive = _block_masks(plan, masks, si, bi, n)
+            f = {}
+            if b.proj:
+                f["proj"] = fold_conv(bp["proj"]["conv"]["kernel"], bp["proj"]["bn"],
+                                      bs["proj"]["bn"], eps, omask)
+            if not b.removed:
+                for k in range(n + 1):
+                    last = k == n
+                    m = inner[k] if not last else omask
+                    if last and alive is not None:
+                        m = m * alive
+                    f[f"conv{k + 1}"] = fold_conv(bp[f"conv{k + 1}"]["kernel"],
+                                                  bp[f"bn{k + 1}"], bs[f"bn{k + 1}"], eps, m)
+            out[f"stage{si + 1}/block{bi}"] = f
+    return out
+
+
+def _conv_inputs(plan: Plan, input_shape: tuple[int, ...]):
+    """Yields (folded key, conv name or None for the stem, NHWC input shape, stride) of
+    every convolution (odd kernels with padding (k-1)/2: a stride s maps size h to
+    ceil(h/s), as does the ImageNet stem's 3x3/2 max-pool)."""
+    n, h, w, _ = input_shape
+    stride = 2 if plan.stem == "imagenet" else 1
+    yield "stem", None, (n, h, w, plan.in_channels), stride
+    h, w = -(-h // stride), -(-w // stride)
+    if plan.stem == "imagenet":
+        h, w = -(-h // 2), -(-w // 2)
+    strided = 1 if plan.block == "basic" else 2  # the conv carrying the stride (v1.5)
+    for name, cin, _, s, b in plan.blocks():
+        if b.proj:
+            yield name, "proj", (n, h, w, cin), s
+        ih, iw, chans = h, w, (cin, *b.inner)
+        for k in range(0 if b.removed else len(b.inner) + 1):
+            st = s if k + 1 == strided else 1
+            yield name, f"conv{k + 1}", (n, ih, iw, chans[k]), st
+            ih, iw = -(-ih // st), -(-iw // st)
+        h, w = -(-h // s), -(-w // s)
+
+
+def prepare(plan: Plan, folded: Mapping, input_shape: tuple[int, ...], impl: str = "auto"
+            ) -> dict:
+    """`folded` with each kernel in the layout oneDNN's inference convolution wants for
+    inputs of `input_shape` (NHWC; `thinjax.ops.conv.block_kernel`), so that no call
+    reorders it; unchanged where `impl` resolves to XLA's convolution. Pure (jit-able)."""
+    if resolve(impl, jnp.float32) == "xla":
+        return dict(folded)
+    out = {k: dict(v) for k, v in folded.items()}
+    for key, conv, shape, stride in _conv_inputs(plan, tuple(input_shape)):
+        f = folded[key] if conv is None else folded[key][conv]
+        k = f["kernel"]
+        block = onednn_block(shape, k.shape[0], k.shape[3], stride, (k.shape[0] - 1) // 2)
+        g = {"kernel": block_kernel(jnp.asarray(k), block), "bias": f["bias"]}
+        if conv is None:
+            out[key] = g
+        else:
+            out[key][conv] = g
+    return out
+
+
+def _conv(x, f: Mapping, stride: int, relu: bool, residual=None, impl: str = "auto"):
+    k = f["kernel"]
+    size = k.shape[1] if k.ndim == 5 else k.shape[0]
+    return conv2d_fused(x, k, f["bias"], stride, (size - 1) // 2, residual=residual,
+                        relu=relu, impl=impl)
+
+
+def forward(plan: Plan, folded: Mapping, x, impl: str = "auto"):
+    """Logits (float32) of NHWC images `x` through `plan` with `fold`'s variables; `impl`
+    picks the convolution as in `thinjax.ops.conv.conv2d`."""
+    x = jnp.asarray(x, jnp.float32)
+    stride = 2 if plan.stem == "imagenet" else 1
+    x = _conv(x, folded["stem"], stride, True, impl=impl)
+    if plan.stem == "imagenet":  # post-ReLU: padding with 0 equals padding with -inf
+        x = jax.lax.reduce_window(x, 0.0, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                                  ((0, 0), (1, 1), (1, 1), (0, 0)))
+    strided = 1 if plan.block == "basic" else 2  # the conv carrying the stride (v1.5)
+    for name, _, _, s, b in plan.blocks():
+        f = folded[name]
+        shortcut = _conv(x, f["proj"], s, False, impl=impl) if b.proj else x
+        if b.removed:
+            x = jax.nn.relu(shortcut)
+            continue
+        y, n = x, len(b.inner) + 1
+        for k in range(1, n):
+            y = _conv(y, f[f"conv{k}"], s if k == strided else 1, True, impl=impl)
+        x = _conv(y, f[f"conv{n}"], s if n == strided else 1, True, shortcut, impl=impl)
+    x = jnp.mean(x, axis=(1, 2))
+    return x @ folded["head"]["kernel"] + folded["head"]["bias"]

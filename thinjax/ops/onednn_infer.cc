@@ -1,0 +1,324 @@
+// Inference convolutions for XLA:CPU: one oneDNN primitive computes
+//
+//     y = [relu](conv(x, k) + bias [+ residual])
+//
+// (a convolution with BatchNorm folded into its kernel and bias, the residual add and the
+// ReLU of a ResNet block as post-ops), as an XLA FFI handler beside the training kernels of
+// onednn_conv.cc. Layouts are JAX's: x, residual and y NHWC float32, k HWIO float32,
+// bias (co,) float32. The residual enters as oneDNN's `sum` post-op: it is the output
+// buffer's initial content (the Python side aliases the residual operand with the output).
+//
+// Per call the handler does only what depends on the buffers: the primitive, the kernel
+// reorder primitive and the sizes are cached per geometry, and the scratchpad and the
+// reordered kernel live in per-thread buffers that grow as needed (XLA may run handlers on
+// several threads at once; each thread has its own). A kernel whose preferred layout is
+// HWIO itself is handed over in place.
+//
+// Built into the same library as onednn_conv.cc by thinjax/ops/build.py; used through
+// thinjax/ops/conv.py (`conv2d_fused`).
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace thinjax_infer {
+
+using dnnl::memory;
+using Tag = memory::format_tag;
+using DT = memory::data_type;
+
+// block: the layout of the kernel as the caller holds it: 0 = HWIO, else oneDNN's
+// Acdb<block>a (output channels padded to a multiple of block: (co/block, kh, kw, ci,
+// block)), the layout oneDNN's x64 kernels want, which `ThinjaxInferBlock` names.
+struct Geometry {
+  int64_t n, h, w, ci, kh, kw, co, oh, ow, sh, sw, pt, pb, pl, pr, block;
+  bool sum, relu;
+};
+
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool,
+                       bool>;
+
+Key KeyOf(const Geometry& g) {
+  return {g.n, g.h, g.w, g.ci, g.kh, g.kw, g.co, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr,
+          g.block, g.sum, g.relu};
+}
+
+constexpr int64_t kBlocks[] = {4, 8, 16, 24, 32, 48, 64};
+
+// The format tag of Acdb<block>a, or false for a block size oneDNN has no tag for.
+bool BlockedTag(int64_t block, Tag* tag) {
+  switch (block) {
+    case 0: *tag = Tag::hwio; return true;
+    case 4: *tag = Tag::Acdb4a; return true;
+    case 8: *tag = Tag::Acdb8a; return true;
+    case 16: *tag = Tag::Acdb16a; return true;
+    case 24: *tag = Tag::Acdb24a; return true;
+    case 32: *tag = Tag::Acdb32a; return true;
+    case 48: *tag = Tag::Acdb48a; return true;
+    case 64: *tag = Tag::Acdb64a; return true;
+    default: return false;
+  }
+}
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Entry {
+  memory::desc src, dst, bias, kernel_user, kernel_prim;
+  dnnl::convolution_forward conv;
+  bool needs_reorder = false;
+  dnnl::reorder reorder;
+  size_t scratch_bytes = 0;
+};
+
+dnnl::convolution_forward::primitive_desc PrimitiveDesc(const Geometry& g) {
+  const memory::dims k = {g.co, g.ci, g.kh, g.kw};
+  dnnl::post_ops ops;
+  if (g.sum) ops.append_sum(1.0f);
+  if (g.relu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  attr.set_post_ops(ops);
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+      memory::desc({g.n, g.ci, g.h, g.w}, DT::f32, Tag::nhwc),
+      memory::desc(k, DT::f32, Tag::any), memory::desc({g.co}, DT::f32, Tag::a),
+      memory::desc({g.n, g.co, g.oh, g.ow}, DT::f32, Tag::nhwc), {g.sh, g.sw},
+      {g.pt, g.pl}, {g.pb, g.pr}, attr);
+}
+
+std::shared_ptr<Entry> Build(const Geometry& g) {
+  auto e = std::make_shared<Entry>();
+  Tag user_tag = Tag::hwio;
+  BlockedTag(g.block, &user_tag);  // checked by the handler
+  e->kernel_user = memory::desc({g.co, g.ci, g.kh, g.kw}, DT::f32, user_tag);
+  auto pd = PrimitiveDesc(g);
+  e->src = pd.src_desc(), e->dst = pd.dst_desc(), e->bias = pd.bias_desc();
+  e->conv = dnnl::convolution_forward(pd);
+  e->scratch_bytes = pd.scratchpad_desc().get_size();
+  e->kernel_prim = pd.weights_desc();
+  e->needs_reorder = e->kernel_prim != e->kernel_user;
+  if (e->needs_reorder) {
+    e->reorder = dnnl::reorder(
+        dnnl::reorder::primitive_desc(Engine(), e->kernel_user, Engine(), e->kernel_prim));
+  }
+  return e;
+}
+
+std::shared_ptr<Entry> Lookup(const Geometry& g) {
+  static std::mutex mu;
+  static std::map<Key, std::shared_ptr<Entry>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& slot = cache[KeyOf(g)];
+  if (!slot) slot = Build(g);
+  return slot;
+}
+
+// A per-thread, 64-byte aligned buffer that only grows.
+struct Buffer {
+  void* ptr = nullptr;
+  size_t size = 0;
+  ~Buffer() { std::free(ptr); }
+  void* Get(size_t bytes) {
+    if (bytes > size) {
+      std::free(ptr);
+      size = (bytes + 4095) / 4096 * 4096;
+      ptr = std::aligned_alloc(64, size);
+    }
+    return ptr;
+  }
+};
+
+// One thread's memory objects and argument map for one cached primitive: built on the
+// thread's first call of it; later calls only point them at the call's buffers (creating
+// oneDNN memory objects and maps allocates, which at batch 1 costs as much as a
+// convolution's own overhead). oneDNN zero-fills the padding of a blocked layout when a
+// handle is set, so a caller's kernel with padded output channels is copied into a buffer
+// of the thread's instead (never written to: it is XLA's buffer).
+struct Bound {
+  memory src, k_user, k_prim, bias, dst, scratch;
+  std::unordered_map<int, memory> args;
+  bool copy_kernel = false;  // the caller's kernel layout has padding
+  Buffer kernel_copy, kernel;  // the caller's kernel copied; reordered for the primitive
+};
+
+bool HasPadding(const memory::desc& d) {
+  size_t n = d.get_data_type() == DT::f32 ? 4 : 1;
+  for (auto dim : d.get_dims()) n *= static_cast<size_t>(dim);
+  return d.get_size() != n;
+}
+
+Bound& BoundOf(const std::shared_ptr<Entry>& e) {
+  static thread_local std::map<const Entry*, std::unique_ptr<Bound>> bound;
+  auto& slot = bound[e.get()];  // entries are never freed: the pointer is a stable key
+  if (slot) return *slot;
+  slot = std::make_unique<Bound>();
+  Bound& m = *slot;
+  m.copy_kernel = HasPadding(e->kernel_user);
+  m.src = memory(e->src, Engine(), nullptr);
+  m.k_user = memory(e->kernel_user, Engine(),
+                    m.copy_kernel ? m.kernel_copy.Get(e->kernel_user.get_size()) : nullptr);
+  m.k_prim = e->needs_reorder
+                 ? memory(e->kernel_prim, Engine(), m.kernel.Get(e->kernel_prim.get_size()))
+                 : m.k_user;
+  m.bias = memory(e->bias, Engine(), nullptr);
+  m.dst = memory(e->dst, Engine(), nullptr);
+  m.scratch = memory(memory::desc({static_cast<int64_t>(e->scratch_bytes)}, DT::u8, Tag::a),
+                     Engine(), nullptr);
+  m.args = {{DNNL_ARG_SRC, m.src}, {DNNL_ARG_WEIGHTS, m.k_prim}, {DNNL_ARG_BIAS, m.bias},
+            {DNNL_ARG_DST, m.dst}, {DNNL_ARG_SCRATCHPAD, m.scratch}};
+  return m;
+}
+
+void Run(const Geometry& g, void* x, void* k, void* b, void* y) {
+  static thread_local Buffer scratch;
+  static thread_local std::unique_ptr<dnnl::stream> stream;
+  if (!stream) stream = std::make_unique<dnnl::stream>(Engine());
+  auto e = Lookup(g);
+  Bound& m = BoundOf(e);
+  m.src.set_data_handle(x);
+  if (m.copy_kernel) {
+    std::memcpy(m.kernel_copy.ptr, k, e->kernel_user.get_size());
+  } else {
+    m.k_user.set_data_handle(k);
+  }
+  m.bias.set_data_handle(b);
+  m.dst.set_data_handle(y);
+  m.scratch.set_data_handle(e->scratch_bytes ? scratch.Get(e->scratch_bytes) : nullptr);
+  if (e->needs_reorder) e->reorder.execute(*stream, m.k_user, m.k_prim);
+  e->conv.execute(*stream, m.args);
+  stream->wait();
+}
+
+using Buf = ffi::AnyBuffer;
+
+// The geometry of x, the kernel (4-D HWIO, or 5-D (co/block, kh, kw, ci, block): block =
+// its last dimension), the bias and y; shapes and dtypes checked.
+ffi::Error Check(const Buf& x, const Buf& k, const Buf& b, const Buf& y, Geometry* g) {
+  auto xd = x.dimensions(), kd = k.dimensions(), bd = b.dimensions(), yd = y.dimensions();
+  if (xd.size() != 4 || (kd.size() != 4 && kd.size() != 5) || yd.size() != 4 ||
+      bd.size() != 1) {
+    return ffi::Error::InvalidArgument(
+        "thinjax oneDNN inference conv: x and y must be 4-D, the kernel 4-D (HWIO) or 5-D "
+        "(blocked), the bias 1-D");
+  }
+  const bool blocked = kd.size() == 5;
+  g->block = blocked ? kd[4] : 0;
+  g->n = xd[0], g->h = xd[1], g->w = xd[2], g->ci = xd[3];
+  g->kh = kd[blocked ? 1 : 0], g->kw = kd[blocked ? 2 : 1], g->co = bd[0];
+  g->oh = yd[1], g->ow = yd[2];
+  Tag tag;
+  if (!BlockedTag(g->block, &tag) ||
+      (blocked && kd[0] != (g->co + g->block - 1) / g->block)) {
+    return ffi::Error::InvalidArgument(
+        "thinjax oneDNN inference conv: a 5-D kernel must be (ceil(co/block), kh, kw, ci, "
+        "block) with block one of 4, 8, 16, 24, 32, 48, 64");
+  }
+  if (kd[blocked ? 3 : 2] != g->ci || yd[3] != g->co || yd[0] != g->n ||
+      (!blocked && kd[3] != g->co)) {
+    return ffi::Error::InvalidArgument(
+        "thinjax oneDNN inference conv: operand shapes do not agree");
+  }
+  for (const Buf* a : {&x, &k, &b, &y}) {
+    if (a->element_type() != ffi::DataType::F32) {
+      return ffi::Error::InvalidArgument("thinjax oneDNN inference conv: float32 only");
+    }
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Guarded(const Geometry& g, void* x, void* k, void* b, void* y) {
+  try {
+    Run(g, x, k, b, y);
+  } catch (const dnnl::error& err) {
+    return ffi::Error::Internal(std::string("thinjax oneDNN inference conv: ") + err.what());
+  }
+  return ffi::Error::Success();
+}
+
+// y = [relu](conv(x, k) + b)
+ffi::Error Infer(Buf x, Buf k, Buf b, ffi::Result<Buf> y, int64_t sh, int64_t sw,
+                 int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t relu) {
+  Geometry g{};
+  auto err = Check(x, k, b, *y, &g);
+  if (err.failure()) return err;
+  g.sh = sh, g.sw = sw, g.pt = pt, g.pb = pb, g.pl = pl, g.pr = pr;
+  g.sum = false, g.relu = relu != 0;
+  return Guarded(g, x.untyped_data(), k.untyped_data(), b.untyped_data(), y->untyped_data());
+}
+
+// y = [relu](conv(x, k) + b + r), where r is y's buffer (aliased by the caller).
+ffi::Error InferAdd(Buf x, Buf k, Buf b, Buf r, ffi::Result<Buf> y, int64_t sh, int64_t sw,
+                    int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t relu) {
+  Geometry g{};
+  auto err = Check(x, k, b, *y, &g);
+  if (err.failure()) return err;
+  if (r.untyped_data() != y->untyped_data()) {
+    return ffi::Error::InvalidArgument(
+        "thinjax oneDNN inference conv: the residual must alias the output");
+  }
+  g.sh = sh, g.sw = sw, g.pt = pt, g.pb = pb, g.pl = pl, g.pr = pr;
+  g.sum = true, g.relu = relu != 0;
+  return Guarded(g, x.untyped_data(), k.untyped_data(), b.untyped_data(), y->untyped_data());
+}
+
+}  // namespace thinjax_infer
+
+// The block size of the kernel layout (Acdb<block>a) oneDNN's inference convolution of this
+// geometry wants (x NHWC n x h x w x ci, kernel kh x kw, co outputs, stride, paddings), or
+// 0 when it wants another layout (the handlers then reorder an HWIO kernel in every call)
+// or the geometry is refused.
+extern "C" int64_t ThinjaxInferBlock(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t kh,
+                                     int64_t kw, int64_t co, int64_t sh, int64_t sw,
+                                     int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  using namespace thinjax_infer;
+  Geometry g{n, h, w, ci, kh, kw, co, (h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1,
+             sh, sw, pt, pb, pl, pr, 0, false, true};
+  try {
+    const memory::desc want = PrimitiveDesc(g).weights_desc();
+    for (int64_t block : kBlocks) {
+      Tag tag;
+      BlockedTag(block, &tag);
+      if (want == memory::desc({co, ci, kh, kw}, DT::f32, tag)) return block;
+    }
+  } catch (const dnnl::error&) {
+  }
+  return 0;
+}
+
+#define THINJAX_INFER_ATTRS                                                               \
+  .Attr<int64_t>("sh")                                                                    \
+      .Attr<int64_t>("sw")                                                                \
+      .Attr<int64_t>("pt")                                                                \
+      .Attr<int64_t>("pb")                                                                \
+      .Attr<int64_t>("pl")                                                                \
+      .Attr<int64_t>("pr")                                                                \
+      .Attr<int64_t>("relu")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ThinjaxConvInfer, thinjax_infer::Infer,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() THINJAX_INFER_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ThinjaxConvInferAdd, thinjax_infer::InferAdd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() THINJAX_INFER_ATTRS);
