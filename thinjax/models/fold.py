@@ -16,6 +16,13 @@ elementwise op elsewhere. The logits are those of ``ResNet(plan).apply(variables
 
     folded = fold(plan, variables)                  # once: numpy or jax arrays
     logits = forward(plan, folded, images)          # NHWC float32 -> logits (jit it)
+    run = forward_fn(plan, variables, images.shape)  # for deployment: folded, laid out,
+    logits = run(images)                             # jitted once; images -> logits
+
+`prepare` puts each folded kernel in the layout oneDNN's convolution wants for a given
+input shape, so that no call reorders it; `forward_fn` does all of it once and closes over
+the result, so that a call passes only the images (at batch 1 passing a hundred parameter
+arrays through ``jax.jit`` costs more than a convolution).
 
 Folded variables are a dict: ``stem``, ``stageN/blockM/{conv1,conv2[,conv3],proj}`` each
 ``{"kernel": HWIO, "bias": (out,)}``, and ``head`` (Dense kernel and bias); a removed
@@ -24,7 +31,7 @@ block has no entry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -33,7 +40,7 @@ import jax.numpy as jnp
 from thinjax.ops.conv import block_kernel, conv2d_fused, onednn_block, resolve
 from thinjax.plan import Plan, stream_of
 
-__all__ = ["fold", "fold_conv", "forward", "prepare"]
+__all__ = ["fold", "fold_conv", "forward", "forward_fn", "prepare"]
 
 
 def fold_conv(kernel, bn_params: Mapping, bn_stats: Mapping, eps: float = 1e-5,
@@ -55,6 +62,8 @@ def _block_masks(plan: Plan, masks: Mapping | None, si: int, bi: int, n: int):
     if masks is None:
         return None, (None,) * n, None
     out = jnp.asarray(masks[stream_of(plan)[f"stage{si + 1}"]], jnp.float32)
+    if plan.stages[si].blocks[bi].removed:
+        return out, (None,) * n, None
     inner = tuple(jnp.asarray(masks[f"stage{si + 1}/block{bi}/conv{k + 1}"], jnp.float32)
                   for k in range(n))
     alive = jnp.all(jnp.stack([jnp.any(m > 0) for m in inner])).astype(jnp.float32)
@@ -75,7 +84,9 @@ def fold(plan: Plan, variables: Mapping, eps: float = 1e-5, masks: Mapping | Non
                                     for k, v in p["head"].items()}}
     for si, stage in enumerate(plan.stages):
         for bi, b in enumerate(stage.blocks):
-            bp, bs = p[f"stage{si + 1}"][f"block{bi}"], st[f"stage{si + 1}"][f"block{bi}"]
+            # a removed block has no variables (nor a projection: `validate`)
+            bp = p[f"stage{si + 1}"].get(f"block{bi}", {})
+            bs = st[f"stage{si + 1}"].get(f"block{bi}", {})
             n = len(b.inner)
             omask, inner, alive = _block_masks(plan, masks, si, bi, n)
             f = {}
@@ -165,3 +176,12 @@ def forward(plan: Plan, folded: Mapping, x, impl: str = "auto"):
         x = _conv(y, f[f"conv{n}"], s if n == strided else 1, True, shortcut, impl=impl)
     x = jnp.mean(x, axis=(1, 2))
     return x @ folded["head"]["kernel"] + folded["head"]["bias"]
+
+
+def forward_fn(plan: Plan, variables: Mapping, input_shape: tuple[int, ...], eps: float = 1e-5,
+               impl: str = "auto") -> Callable:
+    """A jitted function NHWC float32 images -> logits for deployment: `fold` and `prepare`
+    (for `input_shape`; other shapes work, their kernels may be reordered in each call)
+    done once here, the result held by the function as constants."""
+    prepared = jax.device_put(prepare(plan, fold(plan, variables, eps), input_shape, impl))
+    return jax.jit(lambda x: forward(plan, prepared, x, impl))

@@ -17,6 +17,13 @@
 // Built into the same library as onednn_conv.cc by thinjax/ops/build.py; used through
 // thinjax/ops/conv.py (`conv2d_fused`).
 
+#include <immintrin.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -24,8 +31,11 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
+#include <functional>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -85,7 +95,22 @@ struct Entry {
   size_t scratch_bytes = 0;
 };
 
+// oneDNN's OpenMP runtime: a primitive takes its thread count from the creating thread's
+// omp_get_max_threads() (resolved through libdnnl's own dependencies at load time).
+extern "C" int omp_get_max_threads(void);
+extern "C" void omp_set_num_threads(int);
+
+// Sets the calling thread's OpenMP thread count to 1 while it lives: primitives built
+// meanwhile run on the thread that executes them, with no OpenMP team (`Team` splits the
+// work instead).
+struct SingleThreaded {
+  int before = omp_get_max_threads();
+  SingleThreaded() { omp_set_num_threads(1); }
+  ~SingleThreaded() { omp_set_num_threads(before); }
+};
+
 dnnl::convolution_forward::primitive_desc PrimitiveDesc(const Geometry& g) {
+  SingleThreaded one;
   const memory::dims k = {g.co, g.ci, g.kh, g.kw};
   dnnl::post_ops ops;
   if (g.sum) ops.append_sum(1.0f);
@@ -102,6 +127,7 @@ dnnl::convolution_forward::primitive_desc PrimitiveDesc(const Geometry& g) {
 }
 
 std::shared_ptr<Entry> Build(const Geometry& g) {
+  SingleThreaded one;  // the convolution and the kernel reorder
   auto e = std::make_shared<Entry>();
   Tag user_tag = Tag::hwio;
   BlockedTag(g.block, &user_tag);  // checked by the handler
@@ -184,7 +210,8 @@ Bound& BoundOf(const std::shared_ptr<Entry>& e) {
   return m;
 }
 
-void Run(const Geometry& g, void* x, void* k, void* b, void* y) {
+// Runs the convolution of `g` on raw buffers, on the calling thread.
+void RunPart(const Geometry& g, void* x, void* k, void* b, void* y) {
   static thread_local Buffer scratch;
   static thread_local std::unique_ptr<dnnl::stream> stream;
   if (!stream) stream = std::make_unique<dnnl::stream>(Engine());
@@ -202,6 +229,162 @@ void Run(const Geometry& g, void* x, void* k, void* b, void* y) {
   if (e->needs_reorder) e->reorder.execute(*stream, m.k_user, m.k_prim);
   e->conv.execute(*stream, m.args);
   stream->wait();
+}
+
+// One share of a convolution: its geometry and where its input and output start.
+struct Part {
+  Geometry g;
+  int64_t x_offset, y_offset;  // in floats
+};
+
+// `g` cut into at most `parts` shares of about equal work: a batch of several images by
+// images; one image by output rows (each share reads the input rows its output rows need,
+// with the padding that falls to it). Shares of under `min_macs` multiply-adds are merged.
+std::vector<Part> Split(const Geometry& g, int parts, int64_t min_macs) {
+  const int64_t macs = g.n * g.oh * g.ow * g.co * g.ci * g.kh * g.kw;
+  const int64_t rows = g.n > 1 ? g.n : g.oh;
+  int64_t n = std::min<int64_t>({parts, rows, std::max<int64_t>(1, macs / min_macs)});
+  std::vector<Part> out;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r0 = rows * i / n, r1 = rows * (i + 1) / n;
+    Part p{g, 0, 0};
+    if (g.n > 1) {
+      p.g.n = r1 - r0;
+      p.x_offset = r0 * g.h * g.w * g.ci;
+      p.y_offset = r0 * g.oh * g.ow * g.co;
+    } else {
+      const int64_t first = r0 * g.sh - g.pt, last = (r1 - 1) * g.sh - g.pt + g.kh;
+      const int64_t i0 = std::max<int64_t>(0, first), i1 = std::min(g.h, last);
+      p.g.h = i1 - i0, p.g.oh = r1 - r0;
+      p.g.pt = i0 - first, p.g.pb = last - i1;
+      p.x_offset = i0 * g.w * g.ci;
+      p.y_offset = r0 * g.ow * g.co;
+    }
+    out.push_back(p);
+  }
+  return out;
+}
+
+// The threads that run the shares of a convolution: the caller and helpers that live as
+// long as the process, one team for every caller (OpenMP would make a team per calling
+// thread, and XLA calls from several: their idle members then spin against each other on
+// few cores). Shares are claimed, not assigned: the caller works through them and a
+// helper joins in when it is running, so a helper that is asleep or descheduled (a loaded
+// machine) never holds the caller up beyond a share it has already claimed. A helper spins
+// for a while after its work (a network's next convolution follows within microseconds),
+// then sleeps until the next one. While one caller's convolution runs, another caller
+// runs its shares itself.
+class Team {
+ public:
+  explicit Team(int size) : size_(std::max(size, 1)) {
+    for (int i = 1; i < size_; ++i) helpers_.emplace_back([this] { Loop(); });
+  }
+  int size() const { return size_; }
+
+  // Calls fn(0) .. fn(n - 1) on the calling thread and the helpers.
+  template <typename Fn>
+  void Run(int n, Fn&& fn) {
+    if (n <= 1 || size_ == 1 || busy_.test_and_set(std::memory_order_acquire)) {
+      for (int i = 0; i < n; ++i) fn(i);
+      return;
+    }
+    const std::function<void(int)> task = fn;
+    task_.store(&task, std::memory_order_relaxed);
+    n_.store(n, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t run = (state_.load(std::memory_order_relaxed) >> 32) + 1;
+    state_.store(run << 32);  // publishes the task; a helper claims shares of this run
+    if (sleepers_.load() > 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      wake_.notify_all();
+    }
+    Work(run);
+    for (int spins = 0; done_.load(std::memory_order_acquire) != n; ++spins) {
+      _mm_pause();
+      if (spins > 4096) std::this_thread::yield();
+    }
+    busy_.clear(std::memory_order_release);
+  }
+
+ private:
+  // Claims and runs shares of `run` until none is left or the run is over.
+  void Work(uint64_t run) {
+    for (;;) {
+      uint64_t s = state_.load(std::memory_order_acquire);
+      const int i = static_cast<int>(s & 0xffffffffu);
+      if ((s >> 32) != run || i >= n_.load(std::memory_order_relaxed)) return;
+      if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) continue;
+      (*task_.load(std::memory_order_relaxed))(i);  // the run lasts until its shares are done
+      done_.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  void Loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      const auto start = std::chrono::steady_clock::now();
+      for (int spins = 1; (state_.load(std::memory_order_acquire) >> 32) == seen; ++spins) {
+        _mm_pause();
+        if (spins % 256 == 0 &&
+            std::chrono::steady_clock::now() - start > std::chrono::microseconds(kSpinUs)) {
+          std::unique_lock<std::mutex> lock(mu_);
+          sleepers_.fetch_add(1);
+          wake_.wait(lock, [&] { return (state_.load() >> 32) != seen; });
+          sleepers_.fetch_sub(1);
+        }
+      }
+      seen = state_.load(std::memory_order_acquire) >> 32;
+      Work(seen);
+    }
+  }
+
+  static constexpr int kSpinUs = 200;
+  const int size_;
+  std::vector<std::thread> helpers_;
+  std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
+  std::atomic<uint64_t> state_{0};  // run number << 32 | next unclaimed share
+  std::atomic<const std::function<void(int)>*> task_{nullptr};
+  std::atomic<int> n_{0}, done_{0}, sleepers_{0};
+  std::mutex mu_;
+  std::condition_variable wake_;
+};
+
+// The number of CPUs this process may run on (its affinity mask), or THINJAX_INFER_THREADS.
+int TeamSize() {
+  if (const char* env = std::getenv("THINJAX_INFER_THREADS")) {
+    const int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+Team& TheTeam() {
+  static Team* team = new Team(TeamSize());  // never destroyed: helpers outlive main()
+  return *team;
+}
+
+constexpr int64_t kMinShareMacs = 1 << 18;  // ~5 us of work: less is not worth a thread
+
+// Runs `g` split over the team; the first failure's message, or "" on success.
+std::string Run(const Geometry& g, void* x, void* k, void* b, void* y) {
+  Team& team = TheTeam();
+  const std::vector<Part> parts = Split(g, team.size(), kMinShareMacs);
+  auto* xs = static_cast<float*>(x);
+  auto* ys = static_cast<float*>(y);
+  std::mutex mu;
+  std::string failure;
+  team.Run(static_cast<int>(parts.size()), [&](int i) {
+    const Part& p = parts[i];
+    try {  // on a helper thread an escaping exception would end the process
+      RunPart(p.g, xs + p.x_offset, k, b, ys + p.y_offset);
+    } catch (const dnnl::error& err) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (failure.empty()) failure = err.what();
+    }
+  });
+  return failure;
 }
 
 using Buf = ffi::AnyBuffer;
@@ -242,10 +425,9 @@ ffi::Error Check(const Buf& x, const Buf& k, const Buf& b, const Buf& y, Geometr
 }
 
 ffi::Error Guarded(const Geometry& g, void* x, void* k, void* b, void* y) {
-  try {
-    Run(g, x, k, b, y);
-  } catch (const dnnl::error& err) {
-    return ffi::Error::Internal(std::string("thinjax oneDNN inference conv: ") + err.what());
+  const std::string failure = Run(g, x, k, b, y);
+  if (!failure.empty()) {
+    return ffi::Error::Internal("thinjax oneDNN inference conv: " + failure);
   }
   return ffi::Error::Success();
 }
@@ -289,7 +471,8 @@ extern "C" int64_t ThinjaxInferBlock(int64_t n, int64_t h, int64_t w, int64_t ci
   Geometry g{n, h, w, ci, kh, kw, co, (h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1,
              sh, sw, pt, pb, pl, pr, 0, false, true};
   try {
-    const memory::desc want = PrimitiveDesc(g).weights_desc();
+    const memory::desc want =
+        PrimitiveDesc(Split(g, TheTeam().size(), kMinShareMacs)[0].g).weights_desc();
     for (int64_t block : kBlocks) {
       Tag tag;
       BlockedTag(block, &tag);
