@@ -270,10 +270,11 @@ std::vector<Part> Split(const Geometry& g, int parts, int64_t min_macs) {
 // thread, and XLA calls from several: their idle members then spin against each other on
 // few cores). Shares are claimed, not assigned: the caller works through them and a
 // helper joins in when it is running, so a helper that is asleep or descheduled (a loaded
-// machine) never holds the caller up beyond a share it has already claimed. A helper spins
-// for a while after its work (a network's next convolution follows within microseconds),
-// then sleeps until the next one. While one caller's convolution runs, another caller
-// runs its shares itself.
+// machine) never holds the caller up beyond a share it has already claimed, and the team
+// stops sharing for a while when helpers keep arriving late or stalling (`Learn`). A
+// helper spins for a while after its work (a network's next convolution follows within
+// microseconds), then sleeps until the next one. While one caller's convolution runs,
+// another caller runs its shares itself.
 class Team {
  public:
   explicit Team(int size) : size_(std::max(size, 1)) {
@@ -284,7 +285,9 @@ class Team {
   // Calls fn(0) .. fn(n - 1) on the calling thread and the helpers.
   template <typename Fn>
   void Run(int n, Fn&& fn) {
-    if (n <= 1 || size_ == 1 || busy_.test_and_set(std::memory_order_acquire)) {
+    using Clock = std::chrono::steady_clock;
+    if (n <= 1 || size_ == 1 || Clock::now() < solo_until_.load(std::memory_order_relaxed) ||
+        busy_.test_and_set(std::memory_order_acquire)) {
       for (int i = 0; i < n; ++i) fn(i);
       return;
     }
@@ -298,24 +301,52 @@ class Team {
       std::lock_guard<std::mutex> lock(mu_);
       wake_.notify_all();
     }
-    Work(run);
+    const auto start = Clock::now();
+    const int mine = Work(run);
+    const auto own = Clock::now();
     for (int spins = 0; done_.load(std::memory_order_acquire) != n; ++spins) {
       _mm_pause();
       if (spins > 4096) std::this_thread::yield();
     }
+    Learn(own - start, Clock::now() - own, mine < n);
     busy_.clear(std::memory_order_release);
   }
 
  private:
-  // Claims and runs shares of `run` until none is left or the run is over.
-  void Work(uint64_t run) {
+  // Whether sharing pays, learnt from each shared run: `own`, the caller's time on its
+  // shares; `waited`, its wait for the helpers' shares after that; `helped`, whether a
+  // helper took any. A wait far beyond the caller's own work means a helper was
+  // descheduled holding a share, and runs where no helper arrives in time mean the
+  // helpers are not getting a CPU: both happen on a loaded machine, where a helper costs
+  // the caller CPU time and gains nothing. The team then backs off: callers work alone
+  // for a while that doubles with each stall or run of kMisses misses (up to kMaxSoloUs)
+  // and halves after kCalm helped runs in a row.
+  void Learn(std::chrono::nanoseconds own, std::chrono::nanoseconds waited, bool helped) {
+    using std::chrono::microseconds;
+    const bool stall = waited > own + microseconds(kStallUs);
+    misses_ = helped ? 0 : misses_ + 1;
+    if (stall || misses_ >= kMisses) {
+      backoff_ = std::min(backoff_ * 2, microseconds(kMaxSoloUs));
+      calm_ = misses_ = 0;
+      solo_until_.store(std::chrono::steady_clock::now() + backoff_,
+                        std::memory_order_relaxed);
+    } else if (helped && ++calm_ >= kCalm) {
+      backoff_ = std::max(backoff_ / 2, microseconds(kMinSoloUs));
+      calm_ = 0;
+    }
+  }
+
+  // Claims and runs shares of `run` until none is left or the run is over; how many.
+  int Work(uint64_t run) {
+    int ran = 0;
     for (;;) {
       uint64_t s = state_.load(std::memory_order_acquire);
       const int i = static_cast<int>(s & 0xffffffffu);
-      if ((s >> 32) != run || i >= n_.load(std::memory_order_relaxed)) return;
+      if ((s >> 32) != run || i >= n_.load(std::memory_order_relaxed)) return ran;
       if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) continue;
       (*task_.load(std::memory_order_relaxed))(i);  // the run lasts until its shares are done
       done_.fetch_add(1, std::memory_order_release);
+      ++ran;
     }
   }
 
@@ -338,7 +369,8 @@ class Team {
     }
   }
 
-  static constexpr int kSpinUs = 200;
+  static constexpr int kSpinUs = 100, kStallUs = 100, kMinSoloUs = 500,
+                       kMaxSoloUs = 100000, kCalm = 64, kMisses = 16;
   const int size_;
   std::vector<std::thread> helpers_;
   std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
@@ -347,6 +379,9 @@ class Team {
   std::atomic<int> n_{0}, done_{0}, sleepers_{0};
   std::mutex mu_;
   std::condition_variable wake_;
+  std::atomic<std::chrono::steady_clock::time_point> solo_until_{};
+  std::chrono::microseconds backoff_{kMinSoloUs};  // these three: the busy_ holder's
+  int calm_ = 0, misses_ = 0;
 };
 
 // The number of CPUs this process may run on (its affinity mask), or THINJAX_INFER_THREADS.
@@ -505,3 +540,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ThinjaxConvInferAdd, thinjax_infer::InferAdd,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() THINJAX_INFER_ATTRS);
+
