@@ -1,4 +1,4 @@
-"""thinjax.models.fold and the fused inference convolution (thinjax.ops.conv.conv2d_fused):
+"""thinjax.models.fold and the fused inference convolution (thinjax.ops.infer.conv2d_fused):
 BatchNorm folded into the convolutions gives the model's own logits.
 
 Tolerances are measured: over ResNet-20 w=4, the irregular plan, ResNet-18 w=8 (ImageNet
@@ -23,7 +23,7 @@ from thinjax import evaluation
 from thinjax.interop.export import jitted_forward
 from thinjax.models import fold
 from thinjax.models.resnet import ResNet, random_variables
-from thinjax.ops import conv
+from thinjax.ops import conv, infer
 from thinjax.plan import plan_from_width
 
 needs_onednn = pytest.mark.skipif(not BUILDABLE, reason="oneDNN kernels build on Linux x86-64 "
@@ -103,15 +103,17 @@ def test_prepared_kernels_change_nothing_but_the_layout(n):
     np.testing.assert_array_equal(run(prepared, x), run(folded, x))  # the same primitive
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(prepared)):
         np.testing.assert_array_equal(a, b)  # oneDNN never writes the caller's kernels
-    np.testing.assert_array_equal(conv.unblock_kernel(
+    np.testing.assert_array_equal(infer.unlayout_kernel(
         prepared["stage1/block2"]["conv1"]["kernel"], 12), folded["stage1/block2"]["conv1"][
         "kernel"])
 
 
 # (batch, size, in channels, out channels, kernel, stride): batch 1 is split by output rows
-# over the inference threads, larger batches by images
+# over the inference threads, larger batches by images; channels that are multiples of 16
+# are also tried in nChw16c (16 to 16 channels: the NHWC kernels on the same bytes)
 GEOMETRIES = [(1, 8, 16, 16, 3, 1), (1, 15, 5, 7, 3, 2), (3, 9, 6, 11, 1, 2),
-              (1, 20, 3, 8, 7, 2), (2, 7, 12, 24, 1, 1), (5, 32, 16, 16, 3, 1)]
+              (1, 20, 3, 8, 7, 2), (2, 7, 12, 24, 1, 1), (5, 32, 16, 16, 3, 1),
+              (3, 8, 32, 32, 3, 1), (2, 9, 16, 32, 3, 2), (2, 8, 32, 64, 1, 2)]
 
 
 @needs_onednn
@@ -125,17 +127,38 @@ def test_fused_convolution_matches_xla(geom):
     pad = (k - 1) // 2
     out = conv.xla_conv2d(x, w, stride, pad).shape
     res = jnp.asarray(r.standard_normal(out), jnp.float32)
-    block = conv.onednn_block(x.shape, k, co, stride, pad)
-    fn = jax.jit(lambda x, kk, b, r, relu, imp: conv.conv2d_fused(x, kk, b, stride, pad, r,
+    fn = jax.jit(lambda x, kk, b, r, relu, imp: infer.conv2d_fused(x, kk, b, stride, pad, r,
                                                                   relu, imp),
                  static_argnames=("relu", "imp"))
-    for kernel in (w, conv.block_kernel(w, block)):
-        for residual, relu in ((None, False), (None, True), (res, True), (res, False)):
-            got = fn(x, kernel, b, residual, relu, "onednn")
-            want = fn(x, w, b, residual, relu, "xla")
-            scale = float(jnp.max(jnp.abs(want)))
-            assert float(jnp.max(jnp.abs(got - want))) <= 2e-6 * scale + 1e-7
+    layouts = [(lambda a: a, lambda a: a)]
+    if ci % 16 == 0 and co % 16 == 0:
+        layouts.append((infer.to_blocked, infer.from_blocked))
+    for to, back in layouts:
+        code = infer.kernel_layout(to(x).shape, k, co, stride, pad)
+        assert code != 0  # a layout oneDNN names: prepared kernels are not reordered
+        for kernel in (w, infer.layout_kernel(w, code)):
+            for residual, relu in ((None, False), (None, True), (res, True), (res, False)):
+                r = None if residual is None else to(residual)
+                got = back(fn(to(x), kernel, b, r, relu, "onednn"))
+                want = fn(x, w, b, residual, relu, "xla")
+                scale = float(jnp.max(jnp.abs(want)))
+                assert float(jnp.max(jnp.abs(got - want))) <= 2e-6 * scale + 1e-7
     assert "thinjax_onednn_conv_infer" in fn.lower(x, w, b, res, True, "onednn").as_text()
+
+
+@needs_onednn
+def test_batches_of_multiple_of_16_networks_run_in_nchw16c():
+    plan = plan_from_width("resnet20", 16)  # 16, 32, 64 channels
+    v = random_variables(plan, seed=7)
+    x = images(plan, 3)
+    assert fold.blocked(plan, x.shape) and not fold.blocked(plan, (1, 32, 32, 3))
+    assert not fold.blocked(irregular_plan(), x.shape)
+    prepared = fold.prepare(plan, fold.fold(plan, v), x.shape)
+    assert prepared["stage2/block1"]["conv1"]["kernel"].shape == (2, 2, 3, 3, 16, 16)
+    assert prepared["stage1/block1"]["conv1"]["kernel"].ndim == 5  # 16 to 16: NHWC's
+    run = jax.jit(lambda f, x: fold.forward(plan, f, x))
+    assert rel_err(run(prepared, x), model_logits(plan, v, x)) < TOL
+    assert "tensor<3x2x16x16x16xf32>" in run.lower(prepared, x).as_text()  # nChw16c
 
 
 @needs_onednn

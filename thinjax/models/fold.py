@@ -8,9 +8,11 @@ into the convolution before it (as ONNX exporters and TFLite do):
 `fold` computes these kernels and biases from a model's variables (channel masks of a
 masked network fold in too: a masked channel's kernel column and bias are zero), and
 `forward` runs the plan with them: every convolution is followed by one bias (+ residual)
-+ ReLU, which `thinjax.ops.conv.conv2d_fused` computes in one oneDNN primitive where the
++ ReLU, which `thinjax.ops.infer.conv2d_fused` computes in one oneDNN primitive where the
 oneDNN kernels are used (bias, sum and ReLU post-ops), or as XLA's convolution and one fused
-elementwise op elsewhere. The logits are those of ``ResNet(plan).apply(variables, x)``
+elementwise op elsewhere. With oneDNN, a batch of several images through a network whose
+every channel count is a multiple of 16 keeps its activations in oneDNN's nChw16c layout
+(`blocked`). The logits are those of ``ResNet(plan).apply(variables, x)``
 (inference mode) up to float32 rounding (the fold rounds once more per weight; measured in
 ``tests/test_fold.py``).
 
@@ -20,9 +22,10 @@ elementwise op elsewhere. The logits are those of ``ResNet(plan).apply(variables
     logits = run(images)                             # jitted once; images -> logits
 
 `prepare` puts each folded kernel in the layout oneDNN's convolution wants for a given
-input shape, so that no call reorders it; `forward_fn` does all of it once and closes over
-the result, so that a call passes only the images (at batch 1 passing a hundred parameter
-arrays through ``jax.jit`` costs more than a convolution).
+input shape (`thinjax.ops.infer.layout_kernel`), so that no call reorders it;
+`forward_fn` does all of it once and closes over the result, so that a call passes only
+the images (at batch 1 passing a hundred parameter arrays through ``jax.jit`` costs more
+than a convolution).
 
 Folded variables are a dict: ``stem``, ``stageN/blockM/{conv1,conv2[,conv3],proj}`` each
 ``{"kernel": HWIO, "bias": (out,)}``, and ``head`` (Dense kernel and bias); a removed
@@ -37,10 +40,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from thinjax.ops.conv import block_kernel, conv2d_fused, onednn_block, resolve
+from thinjax.ops.conv import resolve
+from thinjax.ops.infer import conv2d_fused, kernel_layout, layout_kernel, to_blocked
 from thinjax.plan import Plan, stream_of
 
-__all__ = ["fold", "fold_conv", "forward", "forward_fn", "prepare"]
+__all__ = ["blocked", "fold", "fold_conv", "forward", "forward_fn", "prepare"]
 
 
 def fold_conv(kernel, bn_params: Mapping, bn_stats: Mapping, eps: float = 1e-5,
@@ -105,11 +109,25 @@ def fold(plan: Plan, variables: Mapping, eps: float = 1e-5, masks: Mapping | Non
     return out
 
 
-def _conv_inputs(plan: Plan, input_shape: tuple[int, ...]):
-    """Yields (folded key, conv name or None for the stem, NHWC input shape, stride) of
-    every convolution (odd kernels with padding (k-1)/2: a stride s maps size h to
-    ceil(h/s), as does the ImageNet stem's 3x3/2 max-pool)."""
+def blocked(plan: Plan, input_shape: tuple[int, ...], impl: str = "auto") -> bool:
+    """Whether `forward` keeps the activations in nChw16c (`thinjax.ops.infer`): oneDNN's
+    convolutions, several images (one image is split by rows, which nChw16c does not allow)
+    and every channel count of the plan a multiple of 16."""
+    if input_shape[0] < 2 or resolve(impl, jnp.float32) == "xla":
+        return False
+    widths = [plan.stem_width] + [s.width for s in plan.stages] + [
+        c for s in plan.stages for b in s.blocks for c in b.inner]
+    return all(c % 16 == 0 for c in widths)
+
+
+def _conv_inputs(plan: Plan, input_shape: tuple[int, ...], nchw16c: bool):
+    """Yields (folded key, conv name or None for the stem, input shape as `forward` holds
+    it, stride) of every convolution (odd kernels with padding (k-1)/2: a stride s maps
+    size h to ceil(h/s), as does the ImageNet stem's 3x3/2 max-pool)."""
     n, h, w, _ = input_shape
+    def shape(c, h, w):
+        return (n, c // 16, h, w, 16) if nchw16c else (n, h, w, c)
+
     stride = 2 if plan.stem == "imagenet" else 1
     yield "stem", None, (n, h, w, plan.in_channels), stride
     h, w = -(-h // stride), -(-w // stride)
@@ -118,11 +136,11 @@ def _conv_inputs(plan: Plan, input_shape: tuple[int, ...]):
     strided = 1 if plan.block == "basic" else 2  # the conv carrying the stride (v1.5)
     for name, cin, _, s, b in plan.blocks():
         if b.proj:
-            yield name, "proj", (n, h, w, cin), s
+            yield name, "proj", shape(cin, h, w), s
         ih, iw, chans = h, w, (cin, *b.inner)
         for k in range(0 if b.removed else len(b.inner) + 1):
             st = s if k + 1 == strided else 1
-            yield name, f"conv{k + 1}", (n, ih, iw, chans[k]), st
+            yield name, f"conv{k + 1}", shape(chans[k], ih, iw), st
             ih, iw = -(-ih // st), -(-iw // st)
         h, w = -(-h // s), -(-w // s)
 
@@ -130,16 +148,19 @@ def _conv_inputs(plan: Plan, input_shape: tuple[int, ...]):
 def prepare(plan: Plan, folded: Mapping, input_shape: tuple[int, ...], impl: str = "auto"
             ) -> dict:
     """`folded` with each kernel in the layout oneDNN's inference convolution wants for
-    inputs of `input_shape` (NHWC; `thinjax.ops.conv.block_kernel`), so that no call
+    NHWC inputs of `input_shape` (`thinjax.ops.infer.kernel_layout`), so that no call
     reorders it; unchanged where `impl` resolves to XLA's convolution. Pure (jit-able)."""
     if resolve(impl, jnp.float32) == "xla":
         return dict(folded)
     out = {k: dict(v) for k, v in folded.items()}
-    for key, conv, shape, stride in _conv_inputs(plan, tuple(input_shape)):
+    nchw16c = blocked(plan, input_shape, impl)
+    for key, conv, shape, stride in _conv_inputs(plan, tuple(input_shape), nchw16c):
         f = folded[key] if conv is None else folded[key][conv]
-        k = f["kernel"]
-        block = onednn_block(shape, k.shape[0], k.shape[3], stride, (k.shape[0] - 1) // 2)
-        g = {"kernel": block_kernel(jnp.asarray(k), block), "bias": f["bias"]}
+        k = jnp.asarray(f["kernel"])
+        if k.ndim == 4:  # as `fold` makes it: HWIO
+            code = kernel_layout(shape, k.shape[0], k.shape[3], stride, (k.shape[0] - 1) // 2)
+            k = layout_kernel(k, code)
+        g = {"kernel": k, "bias": f["bias"]}
         if conv is None:
             out[key] = g
         else:
@@ -149,20 +170,25 @@ def prepare(plan: Plan, folded: Mapping, input_shape: tuple[int, ...], impl: str
 
 def _conv(x, f: Mapping, stride: int, relu: bool, residual=None, impl: str = "auto"):
     k = f["kernel"]
-    size = k.shape[1] if k.ndim == 5 else k.shape[0]
+    size = k.shape[{4: 0, 5: 1, 6: 2}[k.ndim]]
     return conv2d_fused(x, k, f["bias"], stride, (size - 1) // 2, residual=residual,
                         relu=relu, impl=impl)
 
 
 def forward(plan: Plan, folded: Mapping, x, impl: str = "auto"):
-    """Logits (float32) of NHWC images `x` through `plan` with `fold`'s variables; `impl`
-    picks the convolution as in `thinjax.ops.conv.conv2d`."""
+    """Logits (float32) of NHWC images `x` through `plan` with `fold`'s (or `prepare`'s)
+    variables; `impl` picks the convolution as in `thinjax.ops.conv.conv2d`."""
     x = jnp.asarray(x, jnp.float32)
+    nchw16c = blocked(plan, x.shape, impl)
     stride = 2 if plan.stem == "imagenet" else 1
     x = _conv(x, folded["stem"], stride, True, impl=impl)
+    if nchw16c:
+        x = to_blocked(x)
+    a = x.ndim - 4  # 1 in nChw16c: the first spatial axis
     if plan.stem == "imagenet":  # post-ReLU: padding with 0 equals padding with -inf
-        x = jax.lax.reduce_window(x, 0.0, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                                  ((0, 0), (1, 1), (1, 1), (0, 0)))
+        window = (1,) * (1 + a) + (3, 3) + (1,)
+        x = jax.lax.reduce_window(x, 0.0, jax.lax.max, window, (1,) * (1 + a) + (2, 2, 1),
+                                  ((0, 0),) * (1 + a) + ((1, 1), (1, 1), (0, 0)))
     strided = 1 if plan.block == "basic" else 2  # the conv carrying the stride (v1.5)
     for name, _, _, s, b in plan.blocks():
         f = folded[name]
@@ -174,7 +200,7 @@ def forward(plan: Plan, folded: Mapping, x, impl: str = "auto"):
         for k in range(1, n):
             y = _conv(y, f[f"conv{k}"], s if k == strided else 1, True, impl=impl)
         x = _conv(y, f[f"conv{n}"], s if n == strided else 1, True, shortcut, impl=impl)
-    x = jnp.mean(x, axis=(1, 2))
+    x = jnp.mean(x, axis=(1 + a, 2 + a)).reshape(x.shape[0], -1)  # nChw16c: channel order
     return x @ folded["head"]["kernel"] + folded["head"]["bias"]
 
 

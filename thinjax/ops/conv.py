@@ -43,8 +43,8 @@ import numpy as np
 from thinjax.errors import ConfigError
 from thinjax.ops import build
 
-__all__ = ["ENV", "IMPLS", "bf16_kernel", "conv2d", "conv2d_fused", "prefer_onednn", "resolve",
-           "status", "xla_conv2d"]
+__all__ = ["ENV", "IMPLS", "bf16_kernel", "conv2d", "prefer_onednn", "resolve", "status",
+           "xla_conv2d"]
 
 ENV = "THINJAX_CONV"
 IMPLS = ("auto", "xla", "onednn")
@@ -166,72 +166,6 @@ def conv2d(x, kernel, stride: int = 1, padding: int = 0, impl: str = "auto"):
     if 0 in x.shape or 0 in kernel.shape or resolve(impl, x.dtype) == "xla":
         return xla_conv2d(x, kernel.astype(x.dtype), stride, padding)
     return onednn_conv2d(x, kernel, stride, padding)
-
-
-def _xla_fused(x, kernel, bias, stride, padding, residual, relu):
-    y = xla_conv2d(x, kernel, stride, padding) + bias
-    if residual is not None:
-        y = y + residual
-    return jax.nn.relu(y) if relu else y
-
-
-@functools.lru_cache(maxsize=4096)
-def onednn_block(x_shape: tuple[int, ...], kernel_size: int, co: int, stride: int,
-                 padding: int) -> int:
-    """The block size B of the kernel layout oneDNN's inference convolution wants for NHWC
-    input of `x_shape` (``(co/B, k, k, ci, B)``, output channels padded to a multiple of
-    B: `block_kernel`), or 0 where it wants another one or oneDNN is not loaded here."""
-    try:
-        lib = build.load()
-    except build.KernelUnavailable:
-        return 0
-    n, h, w, ci = (int(d) for d in x_shape)
-    return int(lib.ThinjaxInferBlock(n, h, w, ci, kernel_size, kernel_size, co, stride,
-                                     stride, padding, padding, padding, padding))
-
-
-def block_kernel(kernel, block: int):
-    """HWIO `kernel` in oneDNN's blocked layout ``(ceil(O/block), H, W, I, block)`` (output
-    channels zero-padded); `block` 0 returns it as it is."""
-    if not block:
-        return kernel
-    kh, kw, ci, co = kernel.shape
-    pad = -co % block
-    k = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, pad))) if pad else kernel
-    return jnp.transpose(k.reshape(kh, kw, ci, -1, block), (3, 0, 1, 2, 4))
-
-
-def unblock_kernel(kernel, co: int):
-    """`block_kernel`'s inverse: the HWIO kernel with `co` output channels."""
-    if kernel.ndim == 4:
-        return kernel
-    nb, kh, kw, ci, block = kernel.shape
-    return jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(kh, kw, ci, nb * block)[..., :co]
-
-
-def conv2d_fused(x, kernel, bias, stride: int = 1, padding: int = 0, residual=None,
-                 relu: bool = False, impl: str = "auto"):
-    """Inference: ``[relu](conv2d(x, kernel) + bias [+ residual])`` in float32 (NHWC `x` and
-    `residual`, `bias` per output channel; `kernel` HWIO or `block_kernel`'s layout): with
-    oneDNN one primitive with post-ops (``onednn_infer.cc``; no gradient), else XLA's
-    convolution and one elementwise fusion. Other dtypes take XLA's path."""
-    f32 = jnp.dtype(jnp.float32)
-    co = bias.shape[0]
-    if (0 in x.shape or 0 in kernel.shape or x.dtype != f32 or kernel.dtype != f32
-            or resolve(impl, x.dtype) == "xla"):
-        k = unblock_kernel(kernel, co).astype(x.dtype)
-        return _xla_fused(x, k, bias.astype(x.dtype), stride, padding, residual, relu)
-    ksize = kernel.shape[1] if kernel.ndim == 5 else kernel.shape[0]
-    n, h, w, _ = x.shape
-    out = jax.ShapeDtypeStruct((n, (h + 2 * padding - ksize) // stride + 1,
-                                (w + 2 * padding - ksize) // stride + 1, co), f32)
-    attrs = {**_attrs(stride, padding), "relu": np.int64(relu)}
-    if residual is None:
-        return jax.ffi.ffi_call("thinjax_onednn_conv_infer", out, vmap_method="sequential")(
-            x, kernel, bias, **attrs)
-    return jax.ffi.ffi_call("thinjax_onednn_conv_infer_add", out, vmap_method="sequential",
-                            input_output_aliases={3: 0})(
-        x, kernel, bias, residual.astype(f32), **attrs)
 
 
 def status(dtype=jnp.float32) -> str:

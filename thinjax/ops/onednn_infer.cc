@@ -4,9 +4,13 @@
 //
 // (a convolution with BatchNorm folded into its kernel and bias, the residual add and the
 // ReLU of a ResNet block as post-ops), as an XLA FFI handler beside the training kernels of
-// onednn_conv.cc. Layouts are JAX's: x, residual and y NHWC float32, k HWIO float32,
-// bias (co,) float32. The residual enters as oneDNN's `sum` post-op: it is the output
-// buffer's initial content (the Python side aliases the residual operand with the output).
+// onednn_conv.cc. Activations (x, residual, y) are float32 NHWC, or oneDNN's blocked
+// nChw16c held as (N, C/16, H, W, 16) when every channel count is a multiple of 16 (its
+// direct kernels beat the NHWC ones for 32 channels and more; for 16 channels both layouts
+// are the same bytes). The kernel is float32 HWIO or already in the layout the primitive
+// wants (see `KernelTag`), the bias (co,) float32. The residual enters as oneDNN's `sum`
+// post-op: it is the output buffer's initial content (the Python side aliases the residual
+// operand with the output).
 //
 // Per call the handler does only what depends on the buffers: the primitive, the kernel
 // reorder primitive and the sizes are cached per geometry, and the scratchpad and the
@@ -48,28 +52,32 @@ using dnnl::memory;
 using Tag = memory::format_tag;
 using DT = memory::data_type;
 
-// block: the layout of the kernel as the caller holds it: 0 = HWIO, else oneDNN's
-// Acdb<block>a (output channels padded to a multiple of block: (co/block, kh, kw, ci,
-// block)), the layout oneDNN's x64 kernels want, which `ThinjaxInferBlock` names.
+// kernel: the layout of the kernel as the caller holds it (`KernelTag`); blocked: the
+// activations are nChw16c.
 struct Geometry {
-  int64_t n, h, w, ci, kh, kw, co, oh, ow, sh, sw, pt, pb, pl, pr, block;
-  bool sum, relu;
+  int64_t n, h, w, ci, kh, kw, co, oh, ow, sh, sw, pt, pb, pl, pr, kernel;
+  bool blocked, sum, relu;
 };
 
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool,
-                       bool>;
+                       bool, bool>;
 
 Key KeyOf(const Geometry& g) {
   return {g.n, g.h, g.w, g.ci, g.kh, g.kw, g.co, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr,
-          g.block, g.sum, g.relu};
+          g.kernel, g.blocked, g.sum, g.relu};
 }
 
 constexpr int64_t kBlocks[] = {4, 8, 16, 24, 32, 48, 64};
+constexpr int64_t kOIhw16i16o = -16;  // the blocked layout of oneDNN's direct kernels
 
-// The format tag of Acdb<block>a, or false for a block size oneDNN has no tag for.
-bool BlockedTag(int64_t block, Tag* tag) {
-  switch (block) {
+// The format tag of a kernel layout code: 0 = HWIO; B > 0 = Acdb<B>a, output channels
+// padded to a multiple of B, held as (ceil(co/B), kh, kw, ci, B) (oneDNN's brgemm
+// kernels, NHWC activations); kOIhw16i16o = ABcd16b16a, held as (co/16, ci/16, kh, kw,
+// 16, 16) (its direct kernels, nChw16c activations). False for other codes.
+bool KernelTag(int64_t code, Tag* tag) {
+  switch (code) {
+    case kOIhw16i16o: *tag = Tag::ABcd16b16a; return true;
     case 0: *tag = Tag::hwio; return true;
     case 4: *tag = Tag::Acdb4a; return true;
     case 8: *tag = Tag::Acdb8a; return true;
@@ -112,6 +120,7 @@ struct SingleThreaded {
 dnnl::convolution_forward::primitive_desc PrimitiveDesc(const Geometry& g) {
   SingleThreaded one;
   const memory::dims k = {g.co, g.ci, g.kh, g.kw};
+  const Tag act = g.blocked ? Tag::nChw16c : Tag::nhwc;
   dnnl::post_ops ops;
   if (g.sum) ops.append_sum(1.0f);
   if (g.relu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
@@ -120,9 +129,9 @@ dnnl::convolution_forward::primitive_desc PrimitiveDesc(const Geometry& g) {
   attr.set_post_ops(ops);
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-      memory::desc({g.n, g.ci, g.h, g.w}, DT::f32, Tag::nhwc),
+      memory::desc({g.n, g.ci, g.h, g.w}, DT::f32, act),
       memory::desc(k, DT::f32, Tag::any), memory::desc({g.co}, DT::f32, Tag::a),
-      memory::desc({g.n, g.co, g.oh, g.ow}, DT::f32, Tag::nhwc), {g.sh, g.sw},
+      memory::desc({g.n, g.co, g.oh, g.ow}, DT::f32, act), {g.sh, g.sw},
       {g.pt, g.pl}, {g.pb, g.pr}, attr);
 }
 
@@ -130,7 +139,7 @@ std::shared_ptr<Entry> Build(const Geometry& g) {
   SingleThreaded one;  // the convolution and the kernel reorder
   auto e = std::make_shared<Entry>();
   Tag user_tag = Tag::hwio;
-  BlockedTag(g.block, &user_tag);  // checked by the handler
+  KernelTag(g.kernel, &user_tag);  // checked by the handler
   e->kernel_user = memory::desc({g.co, g.ci, g.kh, g.kw}, DT::f32, user_tag);
   auto pd = PrimitiveDesc(g);
   e->src = pd.src_desc(), e->dst = pd.dst_desc(), e->bias = pd.bias_desc();
@@ -242,7 +251,8 @@ struct Part {
 // with the padding that falls to it). Shares of under `min_macs` multiply-adds are merged.
 std::vector<Part> Split(const Geometry& g, int parts, int64_t min_macs) {
   const int64_t macs = g.n * g.oh * g.ow * g.co * g.ci * g.kh * g.kw;
-  const int64_t rows = g.n > 1 ? g.n : g.oh;
+  // nChw16c rows are not contiguous across channel blocks: one blocked image is not split
+  const int64_t rows = g.n > 1 ? g.n : (g.blocked ? 1 : g.oh);
   int64_t n = std::min<int64_t>({parts, rows, std::max<int64_t>(1, macs / min_macs)});
   std::vector<Part> out;
   for (int64_t i = 0; i < n; ++i) {
@@ -424,37 +434,44 @@ std::string Run(const Geometry& g, void* x, void* k, void* b, void* y) {
 
 using Buf = ffi::AnyBuffer;
 
-// The geometry of x, the kernel (4-D HWIO, or 5-D (co/block, kh, kw, ci, block): block =
-// its last dimension), the bias and y; shapes and dtypes checked.
+// The geometry of x, the kernel, the bias and y, shapes and dtypes checked. Activations
+// are NHWC (4-D) or nChw16c as (N, C/16, H, W, 16) (5-D); the kernel HWIO (4-D),
+// (ceil(co/B), kh, kw, ci, B) (5-D: Acdb<B>a) or (co/16, ci/16, kh, kw, 16, 16) (6-D).
 ffi::Error Check(const Buf& x, const Buf& k, const Buf& b, const Buf& y, Geometry* g) {
   auto xd = x.dimensions(), kd = k.dimensions(), bd = b.dimensions(), yd = y.dimensions();
-  if (xd.size() != 4 || (kd.size() != 4 && kd.size() != 5) || yd.size() != 4 ||
-      bd.size() != 1) {
-    return ffi::Error::InvalidArgument(
-        "thinjax oneDNN inference conv: x and y must be 4-D, the kernel 4-D (HWIO) or 5-D "
-        "(blocked), the bias 1-D");
+  const auto bad = [](const char* what) {
+    return ffi::Error::InvalidArgument(std::string("thinjax oneDNN inference conv: ") + what);
+  };
+  if (xd.size() != yd.size() || (xd.size() != 4 && xd.size() != 5) || bd.size() != 1 ||
+      kd.size() < 4 || kd.size() > 6) {
+    return bad("x and y must be 4-D (NHWC) or 5-D (nChw16c) alike, the kernel 4-D to 6-D, "
+               "the bias 1-D");
   }
-  const bool blocked = kd.size() == 5;
-  g->block = blocked ? kd[4] : 0;
-  g->n = xd[0], g->h = xd[1], g->w = xd[2], g->ci = xd[3];
-  g->kh = kd[blocked ? 1 : 0], g->kw = kd[blocked ? 2 : 1], g->co = bd[0];
-  g->oh = yd[1], g->ow = yd[2];
-  Tag tag;
-  if (!BlockedTag(g->block, &tag) ||
-      (blocked && kd[0] != (g->co + g->block - 1) / g->block)) {
-    return ffi::Error::InvalidArgument(
-        "thinjax oneDNN inference conv: a 5-D kernel must be (ceil(co/block), kh, kw, ci, "
-        "block) with block one of 4, 8, 16, 24, 32, 48, 64");
+  g->blocked = xd.size() == 5;
+  if (g->blocked && (xd[4] != 16 || yd[4] != 16)) return bad("nChw16c blocks are 16 wide");
+  const int a = g->blocked ? 1 : 0;  // the first spatial dimension
+  g->n = xd[0], g->h = xd[1 + a], g->w = xd[2 + a], g->oh = yd[1 + a], g->ow = yd[2 + a];
+  g->ci = g->blocked ? xd[1] * 16 : xd[3];
+  g->co = bd[0];
+  if ((g->blocked ? yd[1] * 16 : yd[3]) != g->co || yd[0] != g->n) {
+    return bad("the output's shape does not agree with the input's and the bias's");
   }
-  if (kd[blocked ? 3 : 2] != g->ci || yd[3] != g->co || yd[0] != g->n ||
-      (!blocked && kd[3] != g->co)) {
-    return ffi::Error::InvalidArgument(
-        "thinjax oneDNN inference conv: operand shapes do not agree");
+  bool ok;
+  if (kd.size() == 4) {  // HWIO
+    g->kernel = 0, g->kh = kd[0], g->kw = kd[1];
+    ok = kd[2] == g->ci && kd[3] == g->co;
+  } else if (kd.size() == 5) {  // Acdb<B>a
+    g->kernel = kd[4], g->kh = kd[1], g->kw = kd[2];
+    Tag tag;
+    ok = KernelTag(g->kernel, &tag) && g->kernel > 0 && kd[3] == g->ci &&
+         kd[0] == (g->co + g->kernel - 1) / g->kernel;
+  } else {  // OIhw16i16o
+    g->kernel = kOIhw16i16o, g->kh = kd[2], g->kw = kd[3];
+    ok = kd[4] == 16 && kd[5] == 16 && kd[0] * 16 == g->co && kd[1] * 16 == g->ci;
   }
-  for (const Buf* a : {&x, &k, &b, &y}) {
-    if (a->element_type() != ffi::DataType::F32) {
-      return ffi::Error::InvalidArgument("thinjax oneDNN inference conv: float32 only");
-    }
+  if (!ok) return bad("the kernel's shape does not agree with x, the bias and its layout");
+  for (const Buf* t : {&x, &k, &b, &y}) {
+    if (t->element_type() != ffi::DataType::F32) return bad("float32 only");
   }
   return ffi::Error::Success();
 }
@@ -495,29 +512,32 @@ ffi::Error InferAdd(Buf x, Buf k, Buf b, Buf r, ffi::Result<Buf> y, int64_t sh, 
 
 }  // namespace thinjax_infer
 
-// The block size of the kernel layout (Acdb<block>a) oneDNN's inference convolution of this
-// geometry wants (x NHWC n x h x w x ci, kernel kh x kw, co outputs, stride, paddings), or
-// 0 when it wants another layout (the handlers then reorder an HWIO kernel in every call)
-// or the geometry is refused.
-extern "C" int64_t ThinjaxInferBlock(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t kh,
-                                     int64_t kw, int64_t co, int64_t sh, int64_t sw,
-                                     int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+// The layout code (`KernelTag`) of the kernel layout oneDNN's inference convolution of
+// this geometry (NHWC, or nChw16c where `blocked`, input n x h x w x ci, kernel kh x kw,
+// co outputs, strides, paddings) wants, as split over the inference threads; 0 when it is
+// none of those (the handlers then reorder an HWIO kernel in every call) or the geometry
+// is refused.
+extern "C" int64_t ThinjaxInferKernelLayout(int64_t n, int64_t h, int64_t w, int64_t ci,
+                                            int64_t kh, int64_t kw, int64_t co, int64_t sh,
+                                            int64_t sw, int64_t pt, int64_t pb, int64_t pl,
+                                            int64_t pr, int64_t blocked) {
   using namespace thinjax_infer;
-  Geometry g{n, h, w, ci, kh, kw, co, (h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1,
-             sh, sw, pt, pb, pl, pr, 0, false, true};
+  Geometry g{n,  h,  w,  ci, kh, kw, co, (h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1,
+             sh, sw, pt, pb, pl, pr, 0,  blocked != 0, false, true};
   try {
     const memory::desc want =
         PrimitiveDesc(Split(g, TheTeam().size(), kMinShareMacs)[0].g).weights_desc();
+    Tag tag;
+    KernelTag(kOIhw16i16o, &tag);
+    if (want == memory::desc({co, ci, kh, kw}, DT::f32, tag)) return kOIhw16i16o;
     for (int64_t block : kBlocks) {
-      Tag tag;
-      BlockedTag(block, &tag);
+      KernelTag(block, &tag);
       if (want == memory::desc({co, ci, kh, kw}, DT::f32, tag)) return block;
     }
   } catch (const dnnl::error&) {
   }
   return 0;
 }
-
 #define THINJAX_INFER_ATTRS                                                               \
   .Attr<int64_t>("sh")                                                                    \
       .Attr<int64_t>("sw")                                                                \
