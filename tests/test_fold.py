@@ -162,6 +162,20 @@ def test_batches_of_multiple_of_16_networks_run_in_nchw16c():
 
 
 @needs_onednn
+def test_large_batches_run_in_chunks_with_the_same_logits():
+    plan = plan_from_width("resnet20", 4)
+    v = random_variables(plan, seed=8)
+    x = images(plan, 70)  # over MAX_BATCH: 2 chunks of 35
+    run = jax.jit(lambda v, x: fold.forward(plan, fold.fold(plan, v), x))
+    got = run(v, x)
+    assert got.shape == (70, 10) and rel_err(got, model_logits(plan, v, x)) < TOL
+    assert "stablehlo.while" in run.lower(v, x).as_text()
+    prepared = fold.prepare(plan, fold.fold(plan, v), x.shape)  # laid out for the chunks
+    assert rel_err(jax.jit(lambda f, x: fold.forward(plan, f, x))(prepared, x),
+                   model_logits(plan, v, x)) < TOL
+
+
+@needs_onednn
 def test_concurrent_callers_get_their_own_results():
     plan = plan_from_width("resnet20", 4)
     v = random_variables(plan, seed=5)

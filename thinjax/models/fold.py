@@ -44,7 +44,9 @@ from thinjax.ops.conv import resolve
 from thinjax.ops.infer import conv2d_fused, kernel_layout, layout_kernel, to_blocked
 from thinjax.plan import Plan, stream_of
 
-__all__ = ["blocked", "fold", "fold_conv", "forward", "forward_fn", "prepare"]
+__all__ = ["MAX_BATCH", "blocked", "fold", "fold_conv", "forward", "forward_fn", "prepare"]
+
+MAX_BATCH = 64  # `forward` computes larger batches in chunks of at most this many images
 
 
 def fold_conv(kernel, bn_params: Mapping, bn_stats: Mapping, eps: float = 1e-5,
@@ -145,13 +147,16 @@ def _conv_inputs(plan: Plan, input_shape: tuple[int, ...], nchw16c: bool):
         h, w = -(-h // s), -(-w // s)
 
 
-def prepare(plan: Plan, folded: Mapping, input_shape: tuple[int, ...], impl: str = "auto"
-            ) -> dict:
+def prepare(plan: Plan, folded: Mapping, input_shape: tuple[int, ...], impl: str = "auto",
+            max_batch: int = MAX_BATCH) -> dict:
     """`folded` with each kernel in the layout oneDNN's inference convolution wants for
-    NHWC inputs of `input_shape` (`thinjax.ops.infer.kernel_layout`), so that no call
-    reorders it; unchanged where `impl` resolves to XLA's convolution. Pure (jit-able)."""
+    NHWC inputs of `input_shape` passed to `forward` (`thinjax.ops.infer.kernel_layout`),
+    so that no call reorders it; unchanged where `impl` resolves to XLA's convolution.
+    Pure (jit-able)."""
     if resolve(impl, jnp.float32) == "xla":
         return dict(folded)
+    if _chunked(input_shape[0], max_batch, impl):  # `forward` computes it in chunks
+        input_shape = (_chunk_size(input_shape[0], max_batch), *input_shape[1:])
     out = {k: dict(v) for k, v in folded.items()}
     nchw16c = blocked(plan, input_shape, impl)
     for key, conv, shape, stride in _conv_inputs(plan, tuple(input_shape), nchw16c):
@@ -175,10 +180,34 @@ def _conv(x, f: Mapping, stride: int, relu: bool, residual=None, impl: str = "au
                         relu=relu, impl=impl)
 
 
-def forward(plan: Plan, folded: Mapping, x, impl: str = "auto"):
+def _chunked(n: int, max_batch: int, impl: str) -> bool:
+    return n > max_batch and resolve(impl, jnp.float32) != "xla"
+
+
+def _chunk_size(n: int, max_batch: int) -> int:
+    """The images per chunk when `forward` splits `n` into equal chunks of <= max_batch."""
+    return -(-n // -(-n // max_batch))
+
+
+def forward(plan: Plan, folded: Mapping, x, impl: str = "auto", max_batch: int = MAX_BATCH):
     """Logits (float32) of NHWC images `x` through `plan` with `fold`'s (or `prepare`'s)
-    variables; `impl` picks the convolution as in `thinjax.ops.conv.conv2d`."""
+    variables; `impl` picks the convolution as in `thinjax.ops.conv.conv2d`. With oneDNN, a
+    batch of more than `max_batch` images runs in equal chunks of at most that many, one
+    after another (``lax.map``; the batch padded to a multiple), so that a convolution's
+    activations stay in cache: ResNet-56 w=16 at batch 500, 205-260 instead of 157 img/s
+    on a 2-core AMD EPYC."""
     x = jnp.asarray(x, jnp.float32)
+    n = x.shape[0]
+    if _chunked(n, max_batch, impl):
+        chunks, size = -(-n // max_batch), _chunk_size(n, max_batch)
+        xs = jnp.pad(x, ((0, chunks * size - n),) + ((0, 0),) * 3)
+        out = jax.lax.map(lambda c: _forward(plan, folded, c, impl), xs.reshape(
+            chunks, size, *x.shape[1:]))
+        return out.reshape(chunks * size, -1)[:n]
+    return _forward(plan, folded, x, impl)
+
+
+def _forward(plan: Plan, folded: Mapping, x, impl: str):
     nchw16c = blocked(plan, x.shape, impl)
     stride = 2 if plan.stem == "imagenet" else 1
     x = _conv(x, folded["stem"], stride, True, impl=impl)
