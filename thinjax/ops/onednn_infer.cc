@@ -12,14 +12,15 @@
 // post-op: it is the output buffer's initial content (the Python side aliases the residual
 // operand with the output).
 //
-// Per call the handler does only what depends on the buffers: the primitive, the kernel
-// reorder primitive and the sizes are cached per geometry, and the scratchpad and the
-// reordered kernel live in per-thread buffers that grow as needed (XLA may run handlers on
-// several threads at once; each thread has its own). A kernel whose preferred layout is
-// HWIO itself is handed over in place.
+// Each convolution is split into shares (a batch by images, one NHWC image by output rows)
+// that single-threaded primitives compute on thinjax's own thread team (`Team`), not on
+// oneDNN's OpenMP threads. Per call a share does only what depends on the buffers: the
+// primitives (and a kernel reorder where the caller's layout is not the primitive's) are
+// cached per geometry, memory objects and argument maps per thread and primitive, and the
+// scratchpad and a reordered kernel live in per-thread buffers that only grow.
 //
 // Built into the same library as onednn_conv.cc by thinjax/ops/build.py; used through
-// thinjax/ops/conv.py (`conv2d_fused`).
+// thinjax/ops/infer.py (`conv2d_fused`).
 
 #include <immintrin.h>
 #include <sched.h>
@@ -31,6 +32,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -39,7 +41,6 @@
 #include <tuple>
 #include <unordered_map>
 #include <vector>
-#include <functional>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
