@@ -11,7 +11,8 @@ each fraction the regular ThinResNet-56 whose width gives the closest MACs (rele
 weights of that width). Each is exported with ``thinjax.interop.export.export`` (checked in
 onnxruntime against thinjax's logits on real images), then measured: single-image latency
 (batch 1, median ms over all calls) and batch-64 throughput (images/s from the median
-batch time), in onnxruntime (CPU execution provider, default threads) and in thinjax
+batch time), in onnxruntime (CPU execution provider, default threads; --threads sets
+both runtimes' thread counts) and in thinjax
 (`thinjax.models.fold.forward_fn`: BatchNorm folded into the convolutions and the kernels
 laid out for oneDNN once, then one ``jax.jit`` call per batch; what ``thinjax.evaluate``
 computes, to float32 rounding). The rounds interleave the networks (every network is measured once
@@ -91,13 +92,14 @@ def _time(fn, calls: int) -> list[float]:
     return out
 
 
-def measure(rows: list[dict], rounds: int, batch: int, calls1: int, calls_b: int) -> None:
+def measure(rows: list[dict], rounds: int, batch: int, calls1: int, calls_b: int,
+            threads: int = 0) -> None:
     """Adds median latency (ms) and throughput (img/s), ONNX Runtime and thinjax, to rows."""
     import jax
     x1, xb = sample_images(1, 32), sample_images(batch, 32, seed=1)
     runs = []
     for r in rows:
-        sess = onnx_session(r["onnx"])
+        sess = onnx_session(r["onnx"], threads)
         o1, ob = np.ascontiguousarray(x1.transpose(0, 3, 1, 2)), \
             np.ascontiguousarray(xb.transpose(0, 3, 1, 2))
         # thinjax as deployed: BatchNorm folded and kernels laid out once, per input shape
@@ -169,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--callsb", type=int, default=2, help="batch calls per round")
     ap.add_argument("--write-doc", action="store_true", help=f"replace the table in {DOC}")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for both runtimes (0: each its default, all cores)")
     a = ap.parse_args(argv)
+    if a.threads:  # read when thinjax's inference threads start (the first export's check)
+        os.environ["THINJAX_INFER_THREADS"] = str(a.threads)
     if not os.environ.get("THINJAX_ZOO_DIR") and os.path.isdir(RELEASE):
         os.environ["THINJAX_ZOO_DIR"] = RELEASE
     rows = networks(a.fractions)
@@ -179,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             r["err"] = export(r["plan"], r["vars"], "onnx", r["onnx"])["max_relative_error"]
         load0 = os.getloadavg()[0]
         t0 = time.time()
-        measure(rows, a.rounds, a.batch, a.calls1, a.callsb)
+        measure(rows, a.rounds, a.batch, a.calls1, a.callsb, a.threads)
         minutes, load1 = (time.time() - t0) / 60, os.getloadavg()[0]
-    info = (f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; {a.rounds} interleaved "
+    used = f"{a.threads} thread(s) each" if a.threads else "default threads"
+    info = (f"CPU: {cpu_model()}, {os.cpu_count()} logical cores ({used}); {a.rounds} interleaved "
             f"rounds in {minutes:.1f} min; 1-min load average {load0:.1f} before, "
             f"{load1:.1f} after; largest ONNX-vs-thinjax relative logit error "
             f"{max(r['err'] for r in rows):.1e}.")
