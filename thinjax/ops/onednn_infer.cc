@@ -395,7 +395,7 @@ class Team {
   }
 
   static constexpr int kSpinUs = 100, kStallUs = 100, kMinSoloUs = 500,
-                       kMaxSoloUs = 100000, kCalm = 64, kMisses = 16;
+                       kMaxSoloUs = 20000, kCalm = 64, kMisses = 16;
   const int size_;
   std::vector<std::thread> helpers_;
   std::atomic_flag busy_ = ATOMIC_FLAG_INIT;
