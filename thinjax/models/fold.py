@@ -41,7 +41,13 @@ import jax
 import jax.numpy as jnp
 
 from thinjax.ops.conv import resolve
-from thinjax.ops.infer import conv2d_fused, kernel_layout, layout_kernel, to_blocked
+from thinjax.ops.infer import (
+    blocked_kernels,
+    conv2d_fused,
+    kernel_layout,
+    layout_kernel,
+    to_blocked,
+)
 from thinjax.plan import Plan, stream_of
 
 __all__ = ["MAX_BATCH", "blocked", "fold", "fold_conv", "forward", "forward_fn", "prepare"]
@@ -113,9 +119,11 @@ def fold(plan: Plan, variables: Mapping, eps: float = 1e-5, masks: Mapping | Non
 
 def blocked(plan: Plan, input_shape: tuple[int, ...], impl: str = "auto") -> bool:
     """Whether `forward` keeps the activations in nChw16c (`thinjax.ops.infer`): oneDNN's
-    convolutions, several images (one image is split by rows, which nChw16c does not allow)
-    and every channel count of the plan a multiple of 16."""
-    if input_shape[0] < 2 or resolve(impl, jnp.float32) == "xla":
+    convolutions with direct nChw16c kernels on this CPU, several images (one image is
+    split by rows, which nChw16c does not allow) and every channel count of the plan a
+    multiple of 16."""
+    if (input_shape[0] < 2 or resolve(impl, jnp.float32) == "xla"
+            or not blocked_kernels()):
         return False
     widths = [plan.stem_width] + [s.width for s in plan.stages] + [
         c for s in plan.stages for b in s.blocks for c in b.inner]

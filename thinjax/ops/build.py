@@ -50,7 +50,7 @@ HANDLERS = {"thinjax_onednn_conv_fwd": "ThinjaxConvForward",
 # convolution gets here
 QUERIES = ("ThinjaxOneDnnVersion", "ThinjaxOneDnnBf16Impl")
 # int64 functions: the kernel layout oneDNN's inference convolution wants (onednn_infer.cc)
-INT_QUERIES = ("ThinjaxInferKernelLayout",)
+INT_QUERIES = ("ThinjaxInferKernelLayout", "ThinjaxInferBlockedKernels")
 RUNTIME_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
 INSTALL_HINT = f"pip install {RUNTIME_DIST} {HEADERS_DIST}"
 
@@ -222,5 +222,6 @@ def _load() -> ctypes.CDLL:
         getattr(lib, query).restype = ctypes.c_char_p
     for query in INT_QUERIES:
         getattr(lib, query).restype = ctypes.c_int64
-        getattr(lib, query).argtypes = [ctypes.c_int64] * 14
+    lib.ThinjaxInferKernelLayout.argtypes = [ctypes.c_int64] * 14
+    lib.ThinjaxInferBlockedKernels.argtypes = []
     return lib

@@ -34,8 +34,8 @@ import numpy as np
 from thinjax.ops import build
 from thinjax.ops.conv import resolve, xla_conv2d
 
-__all__ = ["OIHW16I16O", "conv2d_fused", "from_blocked", "kernel_layout", "layout_kernel",
-           "to_blocked", "unlayout_kernel"]
+__all__ = ["OIHW16I16O", "blocked_kernels", "conv2d_fused", "from_blocked", "kernel_layout",
+           "layout_kernel", "to_blocked", "unlayout_kernel"]
 
 OIHW16I16O = -16  # the layout code of (co/16, ci/16, kh, kw, 16, 16) (oneDNN's ABcd16b16a)
 
@@ -50,6 +50,16 @@ def from_blocked(x):
     """`to_blocked`'s inverse."""
     n, cb, h, w, _ = x.shape
     return jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(n, h, w, cb * 16)
+
+
+@functools.lru_cache(maxsize=1)
+def blocked_kernels() -> bool:
+    """Whether oneDNN has direct kernels for nChw16c here (AVX-512 CPUs; on others it would
+    fall back to its reference convolution, so activations stay NHWC)."""
+    try:
+        return bool(build.load().ThinjaxInferBlockedKernels())
+    except build.KernelUnavailable:
+        return False
 
 
 def _nhwc_view(x_shape: tuple[int, ...], co: int) -> bool:

@@ -553,6 +553,21 @@ extern "C" int64_t ThinjaxInferKernelLayout(int64_t n, int64_t h, int64_t w, int
   }
   return 0;
 }
+// 1 when oneDNN has a direct (not reference) kernel for nChw16c convolutions on this CPU
+// (AVX-512; an AVX2 CPU's kernels block by 8), else 0.
+extern "C" int64_t ThinjaxInferBlockedKernels() {
+  using namespace thinjax_infer;
+  static const int64_t ok = [] {
+    Geometry g{2, 8, 8, 32, 3, 3, 32, 8, 8, 1, 1, 1, 1, 1, 1, 0, true, false, true};
+    try {
+      return std::string(PrimitiveDesc(g).impl_info_str()).rfind("ref", 0) == 0 ? 0 : 1;
+    } catch (const dnnl::error&) {
+      return 0;
+    }
+  }();
+  return ok;
+}
+
 #define THINJAX_INFER_ATTRS                                                               \
   .Attr<int64_t>("sh")                                                                    \
       .Attr<int64_t>("sw")                                                                \
