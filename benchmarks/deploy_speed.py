@@ -11,8 +11,11 @@ each fraction the regular ThinResNet-56 whose width gives the closest MACs (rele
 weights of that width). Each is exported with ``thinjax.interop.export.export`` (checked in
 onnxruntime against thinjax's logits on real images), then measured: single-image latency
 (batch 1, median ms over all calls) and batch-64 throughput (images/s from the median
-batch time), in onnxruntime (CPU execution provider, default threads) and in thinjax
-(``jax.jit`` on CPU). The rounds interleave the networks (every network is measured once
+batch time), in onnxruntime (CPU execution provider, default threads; --threads sets
+both runtimes' thread counts) and in thinjax
+(`thinjax.models.fold.forward_fn`: BatchNorm folded into the convolutions and the kernels
+laid out for oneDNN once, then one ``jax.jit`` call per batch; what ``thinjax.evaluate``
+computes, to float32 rounding). The rounds interleave the networks (every network is measured once
 per round, --rounds rounds), so background load spreads over all rows alike.
 """
 
@@ -34,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import thinjax.commands  # noqa: E402,F401  (tunes the process as the commands do: first)
 from thinjax import zoo  # noqa: E402
 from thinjax.cost import count  # noqa: E402
-from thinjax.interop.export import export, jitted_forward, onnx_session, sample_images  # noqa: E402
+from thinjax.interop.export import export, onnx_session, sample_images  # noqa: E402
+from thinjax.models.fold import forward_fn  # noqa: E402
 from thinjax.models.resnet import random_variables  # noqa: E402
 from thinjax.plan import plan_from_width  # noqa: E402
 from thinjax.prune.allocate import Target, allocate  # noqa: E402
@@ -88,22 +92,24 @@ def _time(fn, calls: int) -> list[float]:
     return out
 
 
-def measure(rows: list[dict], rounds: int, batch: int, calls1: int, calls_b: int) -> None:
+def measure(rows: list[dict], rounds: int, batch: int, calls1: int, calls_b: int,
+            threads: int = 0) -> None:
     """Adds median latency (ms) and throughput (img/s), ONNX Runtime and thinjax, to rows."""
     import jax
     x1, xb = sample_images(1, 32), sample_images(batch, 32, seed=1)
     runs = []
     for r in rows:
-        sess = onnx_session(r["onnx"])
-        f, v = jitted_forward(r["plan"]), jax.device_put(r["vars"])
+        sess = onnx_session(r["onnx"], threads)
         o1, ob = np.ascontiguousarray(x1.transpose(0, 3, 1, 2)), \
             np.ascontiguousarray(xb.transpose(0, 3, 1, 2))
+        # thinjax as deployed: BatchNorm folded and kernels laid out once, per input shape
+        f1, fb = (forward_fn(r["plan"], r["vars"], x.shape) for x in (x1, xb))
         j1, jb = jax.device_put(x1), jax.device_put(xb)
         runs.append({
             "ort1": lambda s=sess, x=o1: s.run(None, {"images": x}),
             "ortb": lambda s=sess, x=ob: s.run(None, {"images": x}),
-            "jax1": lambda f=f, v=v, x=j1: f(v, x).block_until_ready(),
-            "jaxb": lambda f=f, v=v, x=jb: f(v, x).block_until_ready()})
+            "jax1": lambda f=f1, x=j1: f(x).block_until_ready(),
+            "jaxb": lambda f=fb, x=jb: f(x).block_until_ready()})
         for fn in runs[-1].values():  # compile, warm up
             fn()
         r["t"] = {k: [] for k in runs[-1]}
@@ -165,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--callsb", type=int, default=2, help="batch calls per round")
     ap.add_argument("--write-doc", action="store_true", help=f"replace the table in {DOC}")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for both runtimes (0: each its default, all cores)")
     a = ap.parse_args(argv)
+    if a.threads:  # read when thinjax's inference threads start (the first export's check)
+        os.environ["THINJAX_INFER_THREADS"] = str(a.threads)
     if not os.environ.get("THINJAX_ZOO_DIR") and os.path.isdir(RELEASE):
         os.environ["THINJAX_ZOO_DIR"] = RELEASE
     rows = networks(a.fractions)
@@ -175,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             r["err"] = export(r["plan"], r["vars"], "onnx", r["onnx"])["max_relative_error"]
         load0 = os.getloadavg()[0]
         t0 = time.time()
-        measure(rows, a.rounds, a.batch, a.calls1, a.callsb)
+        measure(rows, a.rounds, a.batch, a.calls1, a.callsb, a.threads)
         minutes, load1 = (time.time() - t0) / 60, os.getloadavg()[0]
-    info = (f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; {a.rounds} interleaved "
+    used = f"{a.threads} thread(s) each" if a.threads else "default threads"
+    info = (f"CPU: {cpu_model()}, {os.cpu_count()} logical cores ({used}); {a.rounds} interleaved "
             f"rounds in {minutes:.1f} min; 1-min load average {load0:.1f} before, "
             f"{load1:.1f} after; largest ONNX-vs-thinjax relative logit error "
             f"{max(r['err'] for r in rows):.1e}.")

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from thinjax.errors import DataError
 from thinjax.load import load_network
+from thinjax.models import fold
 from thinjax.models.resnet import ResNet
 from thinjax.plan import Plan, default_input_size
 from thinjax.progress import process_seconds, progress_bar
@@ -28,13 +29,24 @@ from thinjax.trace.networks import network
 IMAGENET_RESIZE = 232  # the release: Resize(232) then CenterCrop(224)
 
 
+def inference_logits(model: ResNet, variables: dict, images, masks: dict | None = None):
+    """``model.apply(variables, images, train=False, masks=masks)``: for a float32 model
+    with BatchNorm folded into the convolutions (`thinjax.models.fold`: the same logits to
+    float32 rounding, each convolution one oneDNN primitive with its bias, residual add and
+    ReLU where oneDNN computes the convolutions); other dtypes run the model as it is."""
+    if not isinstance(model, ResNet) or jnp.dtype(model.dtype) != jnp.float32:
+        return model.apply(variables, images, train=False,
+                           **({} if masks is None else {"masks": masks}))
+    folded = fold.fold(model.plan, variables, model.bn_epsilon, masks)
+    return fold.forward(model.plan, folded, images, model.conv_impl)
+
+
 @functools.partial(jax.jit, static_argnames="model")
 def eval_step(variables: dict, batch: dict, masks: dict | None = None, *,
               model: ResNet) -> dict[str, jax.Array]:
     """Sums over a batch's real examples: top-1 and top-5 hits, NLL, example count.
     `masks`: channel masks of a masked (pruned, not yet materialised) network."""
-    logits = model.apply(variables, batch["image"], train=False,
-                         **({} if masks is None else {"masks": masks}))
+    logits = inference_logits(model, variables, batch["image"], masks)
     labels = batch["label"]
     m = batch["mask"].astype(jnp.float32)
     # the NLL of thinjax.optim.cross_entropy against one-hot targets, written out here:

@@ -58,7 +58,7 @@ from thinjax.errors import require as require_extra
 from thinjax.interop import metadata
 from thinjax.interop.quiet import stderr_without
 from thinjax.interop.torch import to_state_dict
-from thinjax.models.resnet import ResNet
+from thinjax.models import fold
 from thinjax.plan import Plan, default_input_size
 
 FORMATS = ("onnx", "torch", "tflite")
@@ -276,10 +276,12 @@ def sample_images(n: int = 16, size: int = 32, seed: int = 0) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def jitted_forward(plan: Plan) -> Callable:
-    """thinjax's jitted inference forward pass of `plan`: (variables, NHWC images) -> logits
-    (one per plan, so repeated calls on one shape compile once)."""
-    model = ResNet(plan)
-    return jax.jit(lambda v, x: model.apply(v, x, train=False))
+    """thinjax's jitted inference forward pass of `plan`: (variables, NHWC images) -> logits,
+    with BatchNorm folded into the convolutions (`thinjax.models.fold`: the logits of
+    ``ResNet(plan).apply(variables, x)`` to float32 rounding) as in the exported graphs.
+    One per plan, so repeated calls on one shape compile once. For deployment,
+    `thinjax.models.fold.forward_fn` also folds once and passes only the images."""
+    return jax.jit(lambda v, x: fold.forward(plan, fold.fold(plan, v), x))
 
 
 def thinjax_logits(plan: Plan, variables: Mapping, images_nhwc: np.ndarray) -> np.ndarray:

@@ -1,11 +1,12 @@
-"""Build and load thinjax's oneDNN convolution kernels (``onednn_conv.cc``) for XLA:CPU.
+"""Build and load thinjax's oneDNN convolution kernels (``onednn_conv.cc`` for training,
+``onednn_infer.cc`` for inference) for XLA:CPU.
 
 The kernels are an XLA FFI library compiled on first use with the C++ compiler (``$CXX``,
 else ``g++``) against the headers of jaxlib (``jax.ffi.include_dir()``) and of oneDNN (the
 ``onednn-devel-cpu-gomp`` wheel, a thinjax dependency on Linux x86-64), linked with the
 ``onednn-cpu-gomp`` wheel's ``libdnnl.so.3``. The library goes to the cache's ``ops/``
 folder (`thinjax.cache`: ``$THINJAX_CACHE/ops``, by default ``~/.cache/thinjax/ops``) under
-a name that hashes the source, the compiler command and the library versions, so a build
+a name that hashes the sources, the compiler command and the library versions, so a build
 happens once per machine and environment (about 5 s). Concurrent processes take a file
 lock; the library is written to a temporary file and renamed, so a half-written library is
 never loaded, and a cached file that does not load is rebuilt once.
@@ -36,15 +37,21 @@ from thinjax.errors import ThinjaxError
 
 __all__ = ["HANDLERS", "KernelUnavailable", "cache_dir", "load", "onednn_paths"]
 
-SOURCE = Path(__file__).with_name("onednn_conv.cc")
+SOURCE = Path(__file__).with_name("onednn_conv.cc")  # training: forward and gradients
+INFER_SOURCE = Path(__file__).with_name("onednn_infer.cc")  # inference: fused post-ops
+SOURCES = (SOURCE, INFER_SOURCE)
 # FFI target name -> symbol in the library
 HANDLERS = {"thinjax_onednn_conv_fwd": "ThinjaxConvForward",
             "thinjax_onednn_conv_bwd_data": "ThinjaxConvBackwardData",
             "thinjax_onednn_conv_bwd_weights": "ThinjaxConvBackwardWeights",
-            "thinjax_identity": "ThinjaxIdentity"}
+            "thinjax_identity": "ThinjaxIdentity",
+            "thinjax_onednn_conv_infer": "ThinjaxConvInfer",
+            "thinjax_onednn_conv_infer_add": "ThinjaxConvInferAdd"}
 # functions returning a C string: oneDNN's version, and the implementation a bfloat16
 # convolution gets here
 QUERIES = ("ThinjaxOneDnnVersion", "ThinjaxOneDnnBf16Impl")
+# int64 functions: the kernel layout oneDNN's inference convolution wants (onednn_infer.cc)
+INT_QUERIES = ("ThinjaxInferKernelLayout", "ThinjaxInferBlockedKernels")
 RUNTIME_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
 INSTALL_HINT = f"pip install {RUNTIME_DIST} {HEADERS_DIST}"
 
@@ -95,13 +102,13 @@ def _command(out: Path) -> list[str]:
         raise KernelUnavailable(f"no C++ compiler: {cxx!r} is not on PATH (install g++, or set "
                                 "CXX), so thinjax's oneDNN kernels cannot be built")
     return [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-I", jax.ffi.include_dir(),
-            "-I", str(include), str(SOURCE), "-o", str(out), "-L", str(libdir),
+            "-I", str(include), *map(str, SOURCES), "-o", str(out), "-L", str(libdir),
             "-l:libdnnl.so.3", f"-Wl,-rpath,{libdir}"]
 
 
 def _library_path() -> Path:
     """The cached library's path: a hash of the source, the command and the versions."""
-    h = hashlib.sha256(SOURCE.read_bytes())
+    h = hashlib.sha256(b"".join(src.read_bytes() for src in SOURCES))
     h.update(" ".join(_command(Path("OUT"))).encode())
     for dist in ("jaxlib", RUNTIME_DIST, HEADERS_DIST):
         h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
@@ -121,7 +128,8 @@ def _build(path: Path) -> None:
         try:
             res = subprocess.run(_command(Path(tmp)), capture_output=True, text=True)
             if res.returncode != 0:
-                raise KernelUnavailable(f"building {SOURCE.name} failed ({res.returncode}):\n"
+                names = ", ".join(src.name for src in SOURCES)
+                raise KernelUnavailable(f"building {names} failed ({res.returncode}):\n"
                                         f"{res.stderr[-2000:]}")
             _record(Path(tmp), path)
             os.replace(tmp, path)
@@ -200,7 +208,7 @@ def _open(path: Path) -> ctypes.CDLL:
 
 
 def _checked(lib: ctypes.CDLL, path: Path) -> ctypes.CDLL:
-    missing = [s for s in list(HANDLERS.values()) + list(QUERIES) if not hasattr(lib, s)]
+    missing = [s for s in (*HANDLERS.values(), *QUERIES, *INT_QUERIES) if not hasattr(lib, s)]
     if missing:
         raise AttributeError(f"{path} lacks {', '.join(missing)}")
     return lib
@@ -213,4 +221,8 @@ def _load() -> ctypes.CDLL:
                                     platform="cpu")
     for query in QUERIES:
         getattr(lib, query).restype = ctypes.c_char_p
+    for query in INT_QUERIES:
+        getattr(lib, query).restype = ctypes.c_int64
+    lib.ThinjaxInferKernelLayout.argtypes = [ctypes.c_int64] * 14
+    lib.ThinjaxInferBlockedKernels.argtypes = []
     return lib

@@ -1,0 +1,160 @@
+"""Inference convolutions: ``[relu](conv(x, kernel) + bias [+ residual])`` as one op.
+
+A network with BatchNorm folded into its convolutions (`thinjax.models.fold`) needs, after
+each convolution, a per-channel bias, at the end of a residual block the shortcut, and a
+ReLU. `conv2d_fused` computes all of it in one oneDNN primitive with bias, sum and ReLU
+post-ops (``onednn_infer.cc``, an XLA FFI handler in the library `thinjax.ops.build`
+builds) where `thinjax.ops.conv.resolve` picks oneDNN, and as XLA's convolution plus one
+elementwise fusion elsewhere. Forward only: it has no gradient.
+
+Where oneDNN computes, two layouts matter:
+
+* the kernel: oneDNN's kernels read their own blocked layouts; `kernel_layout` names the
+  one a convolution wants and `layout_kernel` puts an HWIO kernel into it, once (a kernel
+  passed as HWIO is reordered in every call: negligible for large batches, not at batch 1);
+* the activations: NHWC, or oneDNN's nChw16c held as ``(N, C/16, H, W, 16)``
+  (`to_blocked`), which its direct kernels compute faster for 32 channels and more
+  (ResNet-56 w=16 at batch 64: 5% less convolution time on an AMD EPYC); one image in
+  nChw16c cannot be split by rows over the inference threads, so batches of one stay
+  NHWC. For 16 channels both are the same bytes, and such a convolution runs the NHWC
+  kernels on them.
+
+The library splits each convolution over its own threads (a batch by images, one image by
+output rows): see the comment on ``Team`` in ``onednn_infer.cc``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from thinjax.ops import build
+from thinjax.ops.conv import resolve, xla_conv2d
+
+__all__ = ["OIHW16I16O", "blocked_kernels", "conv2d_fused", "from_blocked", "kernel_layout",
+           "layout_kernel", "to_blocked", "unlayout_kernel"]
+
+OIHW16I16O = -16  # the layout code of (co/16, ci/16, kh, kw, 16, 16) (oneDNN's ABcd16b16a)
+
+
+def to_blocked(x):
+    """NHWC `x` (channels a multiple of 16) as nChw16c: ``(N, C/16, H, W, 16)``."""
+    n, h, w, c = x.shape
+    return jnp.transpose(x.reshape(n, h, w, c // 16, 16), (0, 3, 1, 2, 4))
+
+
+def from_blocked(x):
+    """`to_blocked`'s inverse."""
+    n, cb, h, w, _ = x.shape
+    return jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(n, h, w, cb * 16)
+
+
+@functools.lru_cache(maxsize=1)
+def blocked_kernels() -> bool:
+    """Whether oneDNN has direct kernels for nChw16c here (AVX-512 CPUs; on others it would
+    fall back to its reference convolution, so activations stay NHWC)."""
+    try:
+        return bool(build.load().ThinjaxInferBlockedKernels())
+    except build.KernelUnavailable:
+        return False
+
+
+def _nhwc_view(x_shape: tuple[int, ...], co: int) -> bool:
+    """Whether a convolution of nChw16c input `x_shape` runs the NHWC kernels: 16 channels
+    in and out (nChw16c and NHWC are then the same bytes, and the NHWC kernels are faster)."""
+    return len(x_shape) == 5 and x_shape[1] == 1 and co == 16
+
+
+@functools.lru_cache(maxsize=4096)
+def kernel_layout(x_shape: tuple[int, ...], kernel_size: int, co: int, stride: int,
+                  padding: int) -> int:
+    """The code of the kernel layout oneDNN's inference convolution wants for input of
+    `x_shape` (4-D NHWC or 5-D nChw16c): B > 0 for ``(ceil(co/B), k, k, ci, B)`` (output
+    channels zero-padded to a multiple of B), `OIHW16I16O`, or 0 (HWIO: another layout, or
+    oneDNN is not loaded here)."""
+    try:
+        lib = build.load()
+    except build.KernelUnavailable:
+        return 0
+    shape = tuple(int(d) for d in x_shape)
+    if _nhwc_view(shape, co):
+        shape = (shape[0], shape[2], shape[3], 16)
+    blocked = len(shape) == 5
+    n, h, w = shape[0], shape[1 + blocked], shape[2 + blocked]
+    ci = shape[1] * 16 if blocked else shape[3]
+    return int(lib.ThinjaxInferKernelLayout(n, h, w, ci, kernel_size, kernel_size, co, stride,
+                                            stride, padding, padding, padding, padding,
+                                            int(blocked)))
+
+
+def layout_kernel(kernel, code: int):
+    """HWIO `kernel` in the layout `code` names (`kernel_layout`); 0 returns it as it is."""
+    kh, kw, ci, co = kernel.shape
+    if code == OIHW16I16O:
+        k = kernel.reshape(kh, kw, ci // 16, 16, co // 16, 16)
+        return jnp.transpose(k, (4, 2, 0, 1, 3, 5))
+    if not code:
+        return kernel
+    pad = -co % code
+    k = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, pad))) if pad else kernel
+    return jnp.transpose(k.reshape(kh, kw, ci, -1, code), (3, 0, 1, 2, 4))
+
+
+def unlayout_kernel(kernel, co: int):
+    """`layout_kernel`'s inverse: the HWIO kernel with `co` output channels."""
+    if kernel.ndim == 6:
+        ob, ib, kh, kw, _, _ = kernel.shape
+        return jnp.transpose(kernel, (2, 3, 1, 4, 0, 5)).reshape(kh, kw, ib * 16, ob * 16)
+    if kernel.ndim == 4:
+        return kernel
+    nb, kh, kw, ci, block = kernel.shape
+    return jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(kh, kw, ci, nb * block)[..., :co]
+
+
+def _kernel_size(kernel) -> int:
+    return kernel.shape[{4: 0, 5: 1, 6: 2}[kernel.ndim]]
+
+
+def _xla_fused(x, kernel, bias, stride, padding, residual, relu):
+    if x.ndim == 5:  # nChw16c: computed in NHWC
+        r = None if residual is None else from_blocked(residual)
+        return to_blocked(_xla_fused(from_blocked(x), kernel, bias, stride, padding, r, relu))
+    y = xla_conv2d(x, unlayout_kernel(kernel, bias.shape[0]), stride, padding) + bias
+    if residual is not None:
+        y = y + residual
+    return jax.nn.relu(y) if relu else y
+
+
+def conv2d_fused(x, kernel, bias, stride: int = 1, padding: int = 0, residual=None,
+                 relu: bool = False, impl: str = "auto"):
+    """``[relu](conv2d(x, kernel) + bias [+ residual])`` in float32 (module docstring): `x`
+    and `residual` NHWC or nChw16c (`to_blocked`; the result has `x`'s layout), `kernel`
+    HWIO or in a `layout_kernel` layout, `bias` per output channel; square `stride`,
+    symmetric zero `padding`."""
+    f32 = jnp.dtype(jnp.float32)
+    co = bias.shape[0]
+    if (0 in x.shape or 0 in kernel.shape or x.dtype != f32 or kernel.dtype != f32
+            or resolve(impl, f32) == "xla"):
+        return _xla_fused(x, kernel.astype(f32), bias.astype(f32), stride, padding,
+                          residual, relu)
+    if _nhwc_view(x.shape, co):
+        r = None if residual is None else residual.reshape(residual.shape[0], *residual.shape[2:])
+        y = conv2d_fused(x.reshape(x.shape[0], *x.shape[2:]), kernel, bias, stride, padding,
+                         r, relu, impl)
+        return y.reshape(y.shape[0], 1, *y.shape[1:])
+    k = _kernel_size(kernel)
+    a = x.ndim - 4  # 1 where nChw16c: the first spatial axis
+    oh, ow = ((x.shape[1 + a + i] + 2 * padding - k) // stride + 1 for i in (0, 1))
+    shape = (x.shape[0], co // 16, oh, ow, 16) if a else (x.shape[0], oh, ow, co)
+    out = jax.ShapeDtypeStruct(shape, f32)
+    s, p = np.int64(stride), np.int64(padding)
+    attrs = dict(sh=s, sw=s, pt=p, pb=p, pl=p, pr=p, relu=np.int64(relu))
+    if residual is None:
+        return jax.ffi.ffi_call("thinjax_onednn_conv_infer", out, vmap_method="sequential")(
+            x, kernel, bias, **attrs)
+    return jax.ffi.ffi_call("thinjax_onednn_conv_infer_add", out, vmap_method="sequential",
+                            input_output_aliases={3: 0})(
+        x, kernel, bias, residual.astype(f32), **attrs)
