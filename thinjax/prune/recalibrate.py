@@ -8,7 +8,7 @@ fine-tuning (a standard step in pruning pipelines, e.g. EagleEye, Li et al. 2020
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import numpy as np
@@ -27,9 +27,16 @@ def recalibrate_bn(model, variables: dict, batches: Iterable[dict], num_batches:
         _, upd = m0.apply(v, x, train=True, masks=masks, mutable=["batch_stats"])
         return upd["batch_stats"]
 
+    return average_batch_stats(batch_stats, variables, batches, num_batches)
+
+
+def average_batch_stats(stats: Callable, variables: dict, batches: Iterable[dict],
+                        num_batches: int) -> dict:
+    """`variables` with ``batch_stats`` := the mean of ``stats(variables, image batch)``
+    (one batch's statistics) over the first `num_batches` of `batches`."""
     acc, n = None, 0
     for b in batches:
-        s = jax.device_get(batch_stats(variables, b["image"]))
+        s = jax.device_get(stats(variables, b["image"]))
         acc = s if acc is None else jax.tree.map(np.add, acc, s)
         n += 1
         if n >= num_batches:

@@ -11,7 +11,7 @@ example inputs' axes and the outputs' hold no channels (they cannot change).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -107,7 +107,16 @@ def trace(module: nn.Module, variables: Any, *inputs: Any, **apply_kwargs: Any) 
         raise TraceError(f"module: got {type(module).__name__}; give a flax.linen Module "
                          "(an NNX module: thinjax.trace.trace_nnx / prune_nnx)")
     closed, modules = _jaxpr(module, variables, inputs, apply_kwargs)
-    leaves = leaves_of(variables)
+    return from_jaxpr(module, closed, leaves_of(variables), inputs,
+                      lambda groups: rebuild.check_layers(groups, modules))
+
+
+def from_jaxpr(module: Any, closed, leaves: list[Leaf], inputs: Any,
+               check_layers: Callable[[list[TracedGroup]], dict[str, str]]) -> Trace:
+    """The `Trace` of a traced forward pass `closed` (jaxpr over the `leaves`, then the
+    `inputs`): channel ids per leaf axis, walked through the jaxpr, grouped, the groups
+    `check_layers` refuses (name -> why) and those the cost model cannot count refused;
+    shared by the linen and the NNX tracers."""
     cx = Context(rules=calls.table())
     ids = [[cx.ch.new(k, a, n) for a, n in enumerate(leaf.shape)]
            for k, leaf in enumerate(leaves)]
@@ -117,7 +126,7 @@ def trace(module: nn.Module, variables: Any, *inputs: Any, **apply_kwargs: Any) 
         for a in out.ids:
             cx.ch.fix(a, OUTPUT)
     groups, refused = graph.build(cx, list(leaves), ids)
-    bad = rebuild.check_layers(groups, modules)
+    bad = check_layers(groups)
     model, bad_cost = cost.model(cx.ch, list(leaves), ids, cx.terms,
                                  [g for g in groups if g.name not in bad])
     bad.update(bad_cost)

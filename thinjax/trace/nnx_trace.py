@@ -30,12 +30,9 @@ from flax import nnx
 
 from thinjax.errors import TargetError, TraceError
 from thinjax.prune import spec as prune_spec
-from thinjax.trace import calls, cost, graph, nnx_rebuild, rebuild
+from thinjax.trace import nnx_rebuild, rebuild
 from thinjax.trace.api import ONE_SHOT, Report, compute_masks, mask_variables
-from thinjax.trace.channels import fixed_axes
-from thinjax.trace.graph import Refusal
-from thinjax.trace.network import OUTPUT, Trace, TracedNet, leaves_of
-from thinjax.trace.walk import Context, Val, walk_closed
+from thinjax.trace.network import Trace, TracedNet, from_jaxpr, leaves_of
 
 
 def inference_copy(model: nnx.Module) -> nnx.Module:
@@ -70,28 +67,9 @@ def trace_nnx(model: nnx.Module, *inputs: Any, **call_kwargs: Any) -> Trace:
                          "linen module: thinjax.trace.trace)")
     view = inference_copy(model)
     closed, variables = _jaxpr(view, inputs, call_kwargs)
-    leaves = leaves_of(variables)
-    # as thinjax.trace.network.trace from here; only the layer check is NNX's
-    cx = Context(rules=calls.table())
-    ids = [[cx.ch.new(k, a, n) for a, n in enumerate(leaf.shape)]
-           for k, leaf in enumerate(leaves)]
-    ins = [Val(tuple(a), True) for a in ids]
-    ins += [Val(fixed_axes(np.shape(x))) for x in jax.tree_util.tree_leaves(inputs)]
-    for out in walk_closed(cx, closed, ins):
-        for a in out.ids:
-            cx.ch.fix(a, OUTPUT)
-    groups, refused = graph.build(cx, list(leaves), ids)
-    bad = nnx_rebuild.check_layers(groups, nnx_rebuild.module_classes(view))
-    model_cost, bad_cost = cost.model(cx.ch, list(leaves), ids, cx.terms,
-                                      [g for g in groups if g.name not in bad])
-    bad.update(bad_cost)
-    if bad_cost:
-        model_cost, _ = cost.model(cx.ch, list(leaves), ids, cx.terms,
-                                   [g for g in groups if g.name not in bad])
-    refused += [Refusal(g.name, g.size, (bad[g.name],)) for g in groups if g.name in bad]
-    unsupported = {p: tuple(dict.fromkeys(w)) for p, w in cx.unsupported.items()}
-    return Trace(view, leaves, {g.name: g for g in groups if g.name not in bad},
-                 tuple(refused), unsupported, model_cost)
+    classes = nnx_rebuild.module_classes(view)
+    return from_jaxpr(view, closed, leaves_of(variables), inputs,
+                      lambda groups: nnx_rebuild.check_layers(groups, classes))
 
 
 def variables_of(model: nnx.Module) -> dict[str, Any]:

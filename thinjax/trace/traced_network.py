@@ -22,11 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from thinjax.cost import Cost
-from thinjax.errors import DataError, TargetError
+from thinjax.errors import TargetError
 from thinjax.models.batchnorm import BatchNorm
 from thinjax.prune import regularize, soft
 from thinjax.prune.allocate import Allocation, Target
 from thinjax.prune.groups import keep_counts
+from thinjax.prune.recalibrate import average_batch_stats
 from thinjax.trace import masking, rebuild, scores
 from thinjax.trace.example import ExampleNet, abstract_variables, network_meta
 from thinjax.trace.graph import TracedGroup
@@ -192,13 +193,4 @@ def recalibrate_bn(module: nn.Module, variables: Any, batches: Iterable[dict],
             _, upd = module.apply(v, x, train=True, mutable=["batch_stats"])
         return upd["batch_stats"]
 
-    acc, n = None, 0
-    for b in batches:
-        s = jax.device_get(stats(variables, b["image"]))
-        acc = s if acc is None else jax.tree.map(np.add, acc, s)
-        n += 1
-        if n >= num_batches:
-            break
-    if n == 0:
-        raise DataError("BatchNorm recalibration got no batches")
-    return {**variables, "batch_stats": jax.tree.map(lambda a: a / n, acc)}
+    return average_batch_stats(stats, variables, batches, num_batches)
