@@ -240,7 +240,7 @@ def check_report(csv_path: str, report_path: str, delta: float) -> int:
     the margin) and compares with the report's table row by row; the number compared."""
     comps = analysis.comparisons(analysis.read_csv(csv_path), delta)
     table = [ln for ln in open(report_path).read().splitlines()
-             if re.match(r"\| w=\d+, E=", ln)]
+             if re.match(r"\| w=[\d.]+, E=", ln)]
     assert len(table) == len(comps)
     for ln, c in zip(table, comps):
         cells = [x.strip() for x in ln.strip("|").split("|")]
@@ -277,8 +277,17 @@ def test_tiny_protocol_end_to_end(tmp_path):
         k: r["val_top1"] for k, r in rows.items()}
 
 
-@pytest.mark.parametrize("report_dir", sorted(glob.glob(os.path.join(
-    ROOT, "docs", "study_*_protocol*", ""))))
+def _protocol_report_dirs() -> list[str]:
+    """docs/study_NAME/ for every configs/study_NAME.py with a protocol section."""
+    out = []
+    for d in sorted(glob.glob(os.path.join(ROOT, "docs", "study_*", ""))):
+        cfg = os.path.join(ROOT, "configs", os.path.basename(d.rstrip("/")) + ".py")
+        if os.path.exists(cfg) and "c.protocol" in open(cfg).read():
+            out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("report_dir", _protocol_report_dirs())
 def test_committed_protocol_reports_recompute(report_dir):
     cfg_name = os.path.basename(report_dir.rstrip("/")).replace("study_", "study_", 1)
     import importlib.util
@@ -295,9 +304,10 @@ def test_committed_protocol_reports_recompute(report_dir):
 
 
 @pytest.mark.parametrize("name,n_runs", [("study_cifar10_r20_protocol", 123),
-                                         ("study_cifar10_r20_protocol_gpu", None)])
+                                         ("study_cifar10_r20_protocol_gpu", None),
+                                         ("study_cifar10_mobilenetv2", 24)])
 def test_protocol_configs_load_and_plan(name, n_runs):
-    """Both committed protocol configs validate and plan to the end (with made-up
+    """The committed protocol configs validate and plan to the end (with made-up
     validation numbers), every trained arm with >= 3 seeds."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("c", os.path.join(ROOT, "configs",

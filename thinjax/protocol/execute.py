@@ -11,21 +11,29 @@ Row fields: run, arm, target, target_macs, criterion, seed, E, T, lr, epochs_tot
 train_flops (3 x MACs x images per phase; gradual's masked steps at dense MACs; BN
 recalibration 1 x MACs x images), params, macs, val_top1, top1, top5 (test; None until
 final), selection (a grid run), wall_s, commit, key.
+
+The network is a ThinResNet (``--config.model.name``, ``--config.model.width``) or, with
+``protocol.example``, an example network (``--config.model.example``,
+``--config.model.width_mult``): pruned on its traced groups by the same prune command, its
+MACs counted on its trace at the recipe's ``data.image_size`` (`macs_of_width`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
 from thinjax import jobs
-from thinjax.cost import count
+from thinjax.cost import Cost, count
 from thinjax.errors import NonFiniteLoss, ThinjaxError
 from thinjax.plan import Plan, plan_from_width
 from thinjax.protocol import plan as planning
-from thinjax.protocol.spec import FROM_SCRATCH, Protocol, RunSpec
+from thinjax.protocol.spec import FROM_SCRATCH, Protocol, RunSpec, recipe_config, width_text
 from thinjax.prune.spec import PruneSpec
+from thinjax.trace.example import example_net, network_from_meta
+from thinjax.trace.networks import network
 
 
 class RunFailed(ThinjaxError, RuntimeError):
@@ -35,8 +43,6 @@ class RunFailed(ThinjaxError, RuntimeError):
 class Diverged(RunFailed):
     """A training run stopped by a non-finite loss or weights (`NonFiniteLoss`): a result
     of its LR, recorded as a row at chance accuracy, not a failure."""
-
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +58,40 @@ class Context:
         return os.path.join(self.workdir, "runs", spec.id)
 
 
-def macs_of_width(p: Protocol, width: int) -> int:
-    return count(plan_from_width(p.arch, width)).macs
+def macs_of_width(p: Protocol, width: int | float) -> int:
+    """The MACs of the uniform network at `width`: a ThinResNet's plan, or the example at
+    that width multiplier (traced at the recipe's image size, with its classes)."""
+    if not p.example:
+        return count(plan_from_width(p.arch, width)).macs
+    c = recipe_config(p.recipe)
+    return _example_macs(p.example, int(c.data.image_size), float(width),
+                         int(c.model.num_classes))
+
+
+@functools.lru_cache(maxsize=64)
+def _example_macs(name: str, size: int, width: float, num_classes: int) -> int:
+    return network(example_net(name, size, width=width, num_classes=num_classes)).cost().macs
+
+
+def width_flags(p: Protocol, width: int | float) -> list[str]:
+    """The thinjax.main flag(s) that build the uniform network at `width`."""
+    if p.example:
+        return [f"--config.model.width_mult={float(width)!r}"]
+    return [f"--config.model.width={width}"]
+
+
+def _network_flag(p: Protocol) -> str:
+    return f"--config.model.example={p.example}" if p.example else f"--config.model.name={p.arch}"
+
+
+def network_cost(plan_file: str) -> Cost:
+    """Params and MACs of the network a plan.json describes: a ThinResNet's plan, or an
+    example network's description (the prune command's, or a training run's)."""
+    with open(plan_file) as f:
+        d = json.load(f)
+    if "example" in d:
+        return network(network_from_meta(d, where=plan_file)).cost()
+    return count(Plan.load(plan_file))
 
 
 def train(ctx: Context, p: Protocol, spec: RunSpec, epochs: float, flags: list[str]) -> dict:
@@ -62,7 +100,7 @@ def train(ctx: Context, p: Protocol, spec: RunSpec, epochs: float, flags: list[s
     lr = p.dense_lr if spec.arm == "dense" else spec.lr
     cmd = [f"--config={p.recipe}", f"--workdir={wd}",
            f"--config.data.name={ctx.data}", f"--config.data.train_split={p.train_split}",
-           f"--config.data.eval_split={p.val_split}", f"--config.model.name={p.arch}",
+           f"--config.data.eval_split={p.val_split}", _network_flag(p),
            f"--config.seed={spec.seed}", f"--config.train.epochs={epochs:g}",
            f"--config.train.eval_every_epochs={epochs:g}",
            f"--config.train.batch_size={p.batch_size}",
@@ -97,11 +135,11 @@ def _flags_and_epochs(ctx, p, spec) -> tuple[list[str], float]:
     """(--config flags, epochs) of a trained arm."""
     a, T = spec.arm, p.dense_epochs
     if a == "dense":
-        return [f"--config.model.width={p.base_width}"], T
+        return width_flags(p, p.base_width), T
     if a == "thin":
-        return [f"--config.model.width={spec.target}"], T + spec.E
+        return width_flags(p, spec.target), T + spec.E
     if a == "dense+ft":
-        return [f"--config.model.width={p.base_width}",
+        return [*width_flags(p, p.base_width),
                 f"--config.init_from={dense_dir(ctx, spec.seed)}"], spec.E
     if a == "pruned+ft":
         d = oneshot_dir(ctx, spec)
@@ -110,7 +148,7 @@ def _flags_and_epochs(ctx, p, spec) -> tuple[list[str], float]:
         d = oneshot_dir(ctx, spec)
         ep = T + spec.E
         if a == "scratch-B":
-            plan_macs = count(Plan.load(f"{d}/plan.json")).macs
+            plan_macs = network_cost(f"{d}/plan.json").macs
             ep = planning.scratch_b_epochs(p, macs_of_width(p, p.base_width), plan_macs)
         return [f"--config.model.plan_file={d}/plan.json"], ep
     if a == "gradual":
@@ -118,7 +156,7 @@ def _flags_and_epochs(ctx, p, spec) -> tuple[list[str], float]:
         gradual = prune_spec(p, spec).replace(schedule="gradual", start_epoch=0.0,
                                               end_epoch=p.gradual_end * E,
                                               every_epochs=p.gradual_every * E)
-        return [f"--config.model.width={p.base_width}",
+        return [*width_flags(p, p.base_width),
                 f"--config.init_from={dense_dir(ctx, spec.seed)}"] + gradual.to_flags(), E
     raise ValueError(f"not a trained arm: {a}")
 
@@ -132,7 +170,8 @@ def prune_spec(p: Protocol, spec: RunSpec) -> PruneSpec:
 
 def _base_row(ctx: Context, p: Protocol, spec: RunSpec) -> dict:
     return {"run": spec.id, "arm": spec.arm,
-            "target": f"w={spec.target}" if spec.target else f"w={p.base_width} (dense)",
+            "target": f"w={width_text(spec.target)}" if spec.target
+            else f"w={width_text(p.base_width)} (dense)",
             "target_macs": macs_of_width(p, spec.target or p.base_width),
             "criterion": spec.criterion, "seed": spec.seed, "E": spec.E, "lr": spec.lr,
             "T": 0.0 if spec.arm in FROM_SCRATCH + ("dense",) else p.dense_epochs,
@@ -159,8 +198,7 @@ def _diverged_result(ctx: Context, p: Protocol, spec: RunSpec, rows: dict,
     of its workdir) and chance accuracy."""
     d = _dense_row(rows, spec)
     steps = round(d["images"] / d["epochs_here"] * epochs / p.batch_size)
-    plan = Plan.load(os.path.join(ctx.run_dir(spec), "train", "plan.json"))
-    c = count(plan)
+    c = network_cost(os.path.join(ctx.run_dir(spec), "train", "plan.json"))
     return {"steps": steps, "epochs": epochs, "macs": c.macs, "params": c.params,
             "eval_top1": 100.0 / _num_classes(ctx, spec.seed), "diverged": True}
 

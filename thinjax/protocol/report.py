@@ -192,7 +192,7 @@ def markdown(p: Protocol, rows: list[dict], comps, plots: dict, text: dict) -> s
              f"top-1 points (declared in the config before any run), 95% t-intervals of the "
              "mean paired difference, Holm correction over the arms compared at one target "
              "and E (`thinjax.stats`). Dense network: "
-             f"{p.arch} w={p.base_width}, T = {p.dense_epochs:g} epochs in-domain; thin: the "
+             f"{p.network_name}, T = {p.dense_epochs:g} epochs in-domain; thin: the "
              f"uniform network at the target width trained from scratch for T + E epochs; "
              f"pruned+ft: the dense network pruned one-shot ({p.allocation} allocation, BN "
              f"recalibrated on {p.recalibrate_bn} batches) then fine-tuned E epochs. Recipe: "

@@ -3,6 +3,11 @@
 A study config's ``protocol`` section (a ConfigDict) becomes a frozen `Protocol`; every run
 the study makes is a frozen `RunSpec`, whose `id` names its folder and whose `key` (a hash
 of everything that determines the run) decides whether a finished row still holds.
+
+The network is a ThinResNet by integer width (``arch``, ``base_width``, ``targets``: 16,
+(8, 11)) or one of `thinjax.models.examples` by width multiplier (``example``, e.g.
+"mobilenetv2", ``base_width`` 1.0, ``targets`` (0.5, 0.75)); the runs' ids read ``w8`` or
+``w0.5`` alike.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import os
 
 from thinjax.errors import ConfigError
+from thinjax.trace.example import EXAMPLES
 
 # The arms. Every arm but `dense` and `oneshot` is compared with `thin`, seed by seed.
 ARMS = ("dense", "oneshot", "thin", "pruned+ft", "dense+ft", "gradual", "scratch-E",
@@ -26,14 +32,16 @@ KEY_FIELDS = ("arch", "base_width", "dense_epochs", "dense_lr", "allocation", "r
               "recalibrate_bn", "gradual_end", "gradual_every", "warmup_fraction",
               "train_split", "val_split", "test_split", "recipe", "recipe_overrides",
               "batch_size")
+# read by a run only where set (a ThinResNet protocol's keys are those it always had)
+KEY_FIELDS_IF_SET = ("example",)
 
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
     """What the study runs (see configs/study_cifar10_r20_protocol.py for each field)."""
-    arch: str
-    base_width: int
-    targets: tuple[int, ...]          # widths whose MACs are the pruning targets
+    arch: str                         # a ThinResNet (thinjax.plan.ARCHS); "" with `example`
+    base_width: int | float           # the dense width (an example's: its width multiplier)
+    targets: tuple[int | float, ...]  # widths whose MACs are the pruning targets
     seeds: int                        # n: every arm runs seeds 0..n-1
     delta: float                      # equivalence margin (top-1 points), fixed in advance
     dense_epochs: float               # T: the dense network's in-domain training
@@ -41,8 +49,8 @@ class Protocol:
     ref_epochs: float                 # the E of LR selection and of the single-E arms
     criteria: tuple[str, ...]
     curve_criteria: int               # the best k criteria (at ref E, on val) run every E
-    curve_targets: tuple[int, ...]    # targets where the E curve runs (thin + best k)
-    control_targets: tuple[int, ...]  # targets of gradual, scratch-E and scratch-B
+    curve_targets: tuple[int | float, ...]    # targets where the E curve runs (thin + best k)
+    control_targets: tuple[int | float, ...]  # targets of gradual, scratch-E and scratch-B
     arms: tuple[str, ...]
     lr_grid: dict                     # arm -> peak LRs tried (seed 0, first target, ref E)
     dense_lr: float                   # the recipe's LR for the dense network (not an arm)
@@ -59,6 +67,14 @@ class Protocol:
     recipe_name: str = ""
     recipe_overrides: tuple[str, ...] = ()
     batch_size: int = 128
+    example: str = ""                 # thinjax.models.examples name ("": the ThinResNet `arch`)
+
+    @property
+    def network_name(self) -> str:
+        """'resnet20 w=16' or 'mobilenetv2 width_mult=1' (the dense network)."""
+        if self.example:
+            return f"{self.example} width_mult={self.base_width:g}"
+        return f"{self.arch} w={self.base_width}"
 
     @property
     def seed_list(self) -> tuple[int, ...]:
@@ -107,8 +123,7 @@ def _check(p: Protocol) -> None:
     if p.ref_epochs not in p.finetune_epochs:
         bad("ref_epochs", f"{p.ref_epochs:g} is not one of finetune_epochs "
             f"{p.finetune_epochs}")
-    if not p.targets or any(w >= p.base_width or w < 1 for w in p.targets):
-        bad("targets", f"{p.targets}: widths below base_width {p.base_width}")
+    _check_network(p, bad)
     unknown = [a for a in p.arms if a not in ARMS]
     if unknown or "thin" not in p.arms:
         bad("arms", f"{p.arms}: use {', '.join(ARMS)} (thin, the reference, is required)")
@@ -123,13 +138,44 @@ def _check(p: Protocol) -> None:
         bad("curve_criteria", f"{p.curve_criteria}: between 0 and {len(p.criteria)}")
 
 
+def width_text(w: int | float) -> str:
+    """A width as ids and rows show it: 8, 0.5 (a ThinResNet's int exactly as it always
+    was; a multiplier to 6 significant digits)."""
+    return str(w) if isinstance(w, int) else f"{w:g}"
+
+
+def _number(w) -> bool:
+    return isinstance(w, (int, float)) and not isinstance(w, bool)
+
+
+def _check_network(p: Protocol, bad) -> None:
+    """A ThinResNet by whole widths, or an example network by width multipliers > 0."""
+    widths = (p.base_width, *p.targets)
+    if p.example:
+        if p.example not in EXAMPLES or p.arch:
+            bad("example", f"{p.example!r} with arch {p.arch!r}: name one of "
+                f"{', '.join(sorted(EXAMPLES))} and leave arch '' (or set arch alone for a "
+                "ThinResNet)")
+        if not all(_number(w) and w > 0 for w in widths):
+            bad("targets", f"{p.targets} (base_width {p.base_width}): width multipliers > 0")
+    elif not p.arch:
+        bad("arch", "name the network: arch (a ThinResNet, e.g. 'resnet20') or example "
+            f"({', '.join(sorted(EXAMPLES))})")
+    elif not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+        bad("targets", f"{p.targets} (base_width {p.base_width}): a ThinResNet's widths are "
+            "whole numbers >= 1 (width multipliers need config.protocol.example)")
+    if not p.targets or any(w >= p.base_width for w in p.targets):
+        bad("targets", f"{p.targets}: widths below base_width {p.base_width}")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """One run: an arm at a target width (None: the dense width), a criterion (pruned
-    arms), E epochs after the dense phase (0 for dense/oneshot), a seed and a peak LR."""
+    arms), E epochs after the dense phase (0 for dense/oneshot), a seed and a peak LR.
+    A ThinResNet's target is an int and stays one (its key hashes ``8``, never ``8.0``)."""
     arm: str
     seed: int
-    target: int | None = None
+    target: int | float | None = None
     criterion: str | None = None
     E: float = 0.0
     lr: float | None = None
@@ -140,7 +186,7 @@ class RunSpec:
         if self.criterion:
             parts.append(self.criterion)
         if self.target:
-            parts.append(f"w{self.target}")
+            parts.append(f"w{width_text(self.target)}")
         if self.E:
             parts.append(f"E{self.E:g}")
         if self.lr is not None:
@@ -152,6 +198,8 @@ class RunSpec:
         settings it reads (the recipe file by its content) and the data's name (a changed
         config reruns it; a moved clone or data folder does not)."""
         settings = {k: getattr(protocol, k) for k in KEY_FIELDS}
+        settings.update({k: getattr(protocol, k) for k in KEY_FIELDS_IF_SET
+                         if getattr(protocol, k)})
         settings["recipe"] = _file_digest(protocol.recipe)
         data = os.path.basename(data.rstrip("/"))  # where the data lies does not matter
         blob = json.dumps([dataclasses.asdict(self), settings, data], sort_keys=True,
@@ -159,13 +207,27 @@ class RunSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _load_recipe(path: str):
+    spec = importlib.util.spec_from_file_location("_thinjax_recipe", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
 def _file_digest(path: str) -> str:
     """A digest of the config a recipe file makes (its comments and docstring aside)."""
     try:
-        spec = importlib.util.spec_from_file_location("_thinjax_recipe", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        text = mod.get_config().to_json_best_effort(sort_keys=True)
+        text = _load_recipe(path).to_json_best_effort(sort_keys=True)
     except (OSError, AttributeError, ImportError):
         return os.path.basename(path)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recipe_config(path: str):
+    """The config the recipe file `path` makes (ConfigError naming it if it makes none)."""
+    try:
+        return _load_recipe(path)
+    except (OSError, AttributeError, ImportError) as e:
+        raise ConfigError(f"config.protocol.recipe={path!r}: not a config file with "
+                          f"get_config() ({e}); name one, e.g. configs/quick_mobilenetv2.py"
+                          ) from None
