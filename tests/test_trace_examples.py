@@ -27,6 +27,7 @@ import pytest
 from tests.helpers import ROOT
 from thinjax import trace as T
 from thinjax.models.examples import ConvNeXt, MobileNetV2, UNet, ViT, random_variables
+from thinjax.ops.depthwise import NAME as DEPTHWISE
 
 X = (1, 32, 32, 3)
 EXAMPLES = {"MobileNetV2": MobileNetV2(width=0.25), "ConvNeXt": ConvNeXt(width=0.125),
@@ -55,10 +56,13 @@ def pruned():
 def _macs(closed) -> int:
     """Multiply-accumulates of every convolution and dot product in a jaxpr (nested calls
     included), counted from the shapes alone: output size times the contracted size (a
-    convolution's kernel without its output axis)."""
+    convolution's kernel without its output axis; a depthwise one's taps)."""
     total = 0
     for eqn in closed.eqns:
         out = int(np.prod(eqn.outvars[0].aval.shape))
+        if eqn.params.get("name") == DEPTHWISE:   # thinjax.ops.depthwise's shifted sum
+            total += out * int(np.prod(eqn.invars[1].aval.shape[:2]))
+            continue
         if eqn.primitive.name == "conv_general_dilated":
             rhs = eqn.invars[1].aval.shape
             total += out * int(np.prod(rhs)) // rhs[eqn.params["dimension_numbers"].rhs_spec[0]]

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from thinjax.ops.depthwise import NAME as DEPTHWISE
 from thinjax.trace import linear, rules
 from thinjax.trace.walk import Context, Rule, Val, walk_closed
 
@@ -22,6 +23,11 @@ def _stack(cx: Context, eqn: Any) -> str:
 
 
 def call(cx: Context, eqn: Any, vals: list[Val]) -> list[Val]:
+    """The walk into a nested jaxpr; thinjax.ops.depthwise's shifted sum (a jit of its
+    name) is read as the depthwise convolution it computes."""
+    if eqn.params.get("name") == DEPTHWISE and len(vals) == 2:
+        groups = int(eqn.invars[0].aval.shape[-1])
+        return linear.convolution(cx, eqn, vals, linear.NHWC_HWIO, groups, 1)
     sub = eqn.params.get(CALLS[eqn.primitive.name])
     if sub is None:
         return cx.refuse(eqn, vals, "a call without its jaxpr")

@@ -8,7 +8,8 @@ Layers (parameter paths under ``params``; the network has no ``batch_stats``):
 * ``stage{s}`` for s = 0..3: for s > 0 a downsampling ``down_norm`` (LayerNorm) and
   ``down`` (2x2 convolution of stride 2, with bias), then ``block{j}`` for
   j < ``depths[s]``: a depthwise 7x7 convolution ``dwconv`` (with bias; kernel
-  ``(7, 7, 1, C)``), LayerNorm ``norm``, the channels-last MLP ``fc1`` (Dense C -> 4C),
+  ``(7, 7, 1, C)``; shifted multiply-adds, `thinjax.ops.depthwise`), LayerNorm ``norm``,
+  the channels-last MLP ``fc1`` (Dense C -> 4C),
   exact GELU, ``fc2`` (Dense 4C -> C), the layer scale ``gamma`` (a ``(C,)`` parameter,
   initialised to 1e-6) and the residual add;
 * global average pooling, ``head_norm`` (LayerNorm), ``head`` (Dense with bias).
@@ -26,6 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from thinjax.models.examples.common import dense_init, scaled
+from thinjax.ops import depthwise
 
 EPS = 1e-6
 
@@ -43,7 +45,7 @@ class Block(nn.Module):
     def __call__(self, x):
         c = x.shape[-1]
         y = nn.Conv(c, (7, 7), padding=3, feature_group_count=c, kernel_init=dense_init,
-                    name="dwconv")(x)
+                    conv_general_dilated=depthwise.conv_general_dilated, name="dwconv")(x)
         y = nn.LayerNorm(epsilon=EPS, name="norm")(y)
         y = gelu(nn.Dense(4 * c, kernel_init=dense_init, name="fc1")(y))
         y = nn.Dense(c, kernel_init=dense_init, name="fc2")(y)

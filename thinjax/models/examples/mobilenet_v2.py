@@ -7,7 +7,8 @@ Layers (parameter paths under ``params``; BatchNorm statistics under ``batch_sta
 * ``block{i}`` for i = 0..16, an inverted residual: ``expand/{conv,bn}`` (1x1 to
   ``t * in`` channels, BN, ReLU6; absent when the expansion t is 1), ``dw/{conv,bn}``
   (depthwise 3x3, ``feature_group_count`` = its channels, so its kernel is
-  ``(3, 3, 1, C)``; BN, ReLU6), ``project/{conv,bn}`` (1x1, BN, no activation), plus
+  ``(3, 3, 1, C)``, computed as shifted multiply-adds by `thinjax.ops.depthwise`; BN,
+  ReLU6), ``project/{conv,bn}`` (1x1, BN, no activation), plus
   the input when the stride is 1 and the width is unchanged (decided from the table, a
   field ``residual``, never from the input's shape: pruning changes widths);
 * ``last/{conv,bn}``: 1x1 convolution to ``make_divisible(1280 * max(1, width))``, BN,
@@ -29,6 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from thinjax.models.examples.common import conv_init, head_init, scaled
+from thinjax.ops import depthwise
 
 # torchvision's inverted-residual table: (expansion t, channels c, blocks n); the stride of
 # each stage's first block is given separately (IMAGENET_STRIDES, CIFAR_STRIDES)
@@ -39,7 +41,9 @@ CIFAR_STRIDES = (1, 1, 2, 2, 1, 2, 1)
 
 
 class ConvBN(nn.Module):
-    """``conv`` (bias-free, symmetric padding) then ``bn``, then ReLU6 if `act`."""
+    """``conv`` (bias-free, symmetric padding) then ``bn``, then ReLU6 if `act`; a
+    depthwise ``conv`` (`groups` > 1) computed by `thinjax.ops.depthwise` (XLA:CPU's
+    grouped convolution is several times slower), with nn.Conv's parameters."""
     features: int
     kernel: int = 1
     stride: int = 1
@@ -50,7 +54,9 @@ class ConvBN(nn.Module):
     def __call__(self, x, train: bool = False):
         x = nn.Conv(self.features, (self.kernel, self.kernel), self.stride,
                     padding=self.kernel // 2, feature_group_count=self.groups,
-                    use_bias=False, kernel_init=conv_init, name="conv")(x)
+                    use_bias=False, kernel_init=conv_init, name="conv",
+                    conv_general_dilated=depthwise.conv_general_dilated if self.groups > 1
+                    else None)(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          name="bn")(x)
         return nn.relu6(x) if self.act else x
