@@ -94,6 +94,17 @@ def test_values_and_gradients_match_float64_within_rounding(size, k, s, padding,
     assert np.abs(y).max() > 1 and np.abs(dw).max() > 1   # not trivially zero
 
 
+def test_bfloat16_sums_in_float32_and_rounds_once():
+    x, w = _inputs(8, 7, c=16)
+    xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
+    y = np.asarray(depthwise_conv(xb, wb, (1, 1), "SAME"))
+    assert y.dtype == jnp.bfloat16
+    exact = np.asarray(depthwise_conv(xb.astype(np.float32), wb.astype(np.float32)))
+    err = np.abs(y.astype(np.float32) - exact)
+    assert np.all(err <= 2.0 ** -8 * np.abs(exact) + 1e-30)   # bfloat16's half-ulp: 2^-8
+    assert err.max() > 0
+
+
 def test_conv_general_dilated_routes_depthwise_to_the_shifted_sum_and_the_rest_to_lax():
     x, w = _inputs(8, 3, c=4)
     dw = jax.make_jaxpr(lambda x, w: conv_general_dilated(

@@ -44,8 +44,10 @@ def _pairs(padding: Padding, shape: tuple[int, ...], window: tuple[int, ...],
 def _shifted(x: jax.Array, w: jax.Array, strides: tuple[int, int],
              pads: tuple[tuple[int, int], ...], dilation: tuple[int, int]) -> jax.Array:
     """NHWC `x` times HW1C `w`, depthwise: the sum over taps (i, j) of the padded input
-    shifted by (i, j) * dilation, strided, times tap (i, j)'s channel weights."""
+    shifted by (i, j) * dilation, strided, times tap (i, j)'s channel weights, summed in
+    float32 at least (bfloat16 inputs: one rounding at the end, as a convolution's)."""
     kh, kw = w.shape[:2]
+    acc = jnp.promote_types(x.dtype, jnp.float32)
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     n, h, wd, c = xp.shape
     (sh, sw), (dh, dw) = strides, dilation
@@ -57,9 +59,9 @@ def _shifted(x: jax.Array, w: jax.Array, strides: tuple[int, int],
             tap = lax.slice(xp, (0, r0, c0, 0),
                             (n, r0 + (ho - 1) * sh + 1, c0 + (wo - 1) * sw + 1, c),
                             (1, sh, sw, 1))
-            term = tap * w[i, j, 0]
+            term = tap.astype(acc) * w[i, j, 0].astype(acc)
             out = term if out is None else out + term
-    return out
+    return out.astype(jnp.result_type(x, w))
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
@@ -73,7 +75,8 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1,
     return named(x, kernel, s, pads, d)
 
 
-def _named_impl(x, kernel, strides, pads, dilation):
+def _named_impl(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                pads: tuple[tuple[int, int], ...], dilation: tuple[int, int]) -> jax.Array:
     return _shifted(x, kernel, strides, pads, dilation)
 
 
