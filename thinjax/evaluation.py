@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 
+from thinjax import split_cache
 from thinjax.errors import DataError
 from thinjax.load import load_network
 from thinjax.models import fold
@@ -128,34 +129,75 @@ def eval_view(plan: Plan | ExampleNet, source_size: int | None, image_size: int 
     return image_size or source_size, resize
 
 
+def _model(plan: Plan | ExampleNet):
+    return plan.module() if isinstance(plan, ExampleNet) else ResNet(plan)
+
+
+def _batches(source, split: str, batch_size: int, size: int | None, resize: int | None,
+             keep: split_cache.Entry | None):
+    """The evaluation batches of `source`:`split` through tf.data; with `keep` (the view's
+    entry in the evaluation-input cache) the inputs are also kept there, when they fit."""
+    from thinjax.data import EvalBatches  # tf.data: loaded only when data is evaluated
+    count = source.num_examples(split)
+    if keep is None or (keep.size, keep.resize) != (size, resize) \
+            or keep.nbytes(count) > split_cache.max_bytes():
+        return iter(EvalBatches(source, split, batch_size, image_size=size, resize=resize))
+    raw = EvalBatches(source, split, batch_size, image_size=size, resize=resize,
+                      normalized=False)
+    return split_cache.fill(keep, raw, count, batch_size)
+
+
 def evaluate_on(plan: Plan | ExampleNet, variables: dict, source, split: str,
                 batch_size: int, *, data: str = "", image_size: int | None = None,
                 resize: int | None = None, masks: dict | None = None,
-                model: ResNet | None = None, progress: bool = True) -> dict:
+                model: ResNet | None = None, progress: bool = True,
+                keep: split_cache.Entry | None = None) -> dict:
     """Evaluates `variables` on a split of `source` (a thinjax.data Source), with the view
     `eval_view` picks; the result also names the crop size it used (`input_size`).
-    `plan`: a ThinResNet's plan or an example network's description."""
-    from thinjax.data import eval_batches  # tf.data: loaded only when data is evaluated
+    `plan`: a ThinResNet's plan or an example network's description. `keep`: the split's
+    entry in the evaluation-input cache, filled by this evaluation (`thinjax.split_cache`)."""
     check_classes(plan, source, data or source.name)
     size, resize = eval_view(plan, source.image_size, image_size, resize)
-    batches = eval_batches(source, split, batch_size, image_size=size, resize=resize)
-    if model is None:
-        model = plan.module() if isinstance(plan, ExampleNet) else ResNet(plan)
-    res = evaluate(model, variables, batches, source.num_examples(split), progress,
-                   masks=masks)
+    batches = _batches(source, split, batch_size, size, resize, keep)
+    res = evaluate(model or _model(plan), variables, batches, source.num_examples(split),
+                   progress, masks=masks)
     return {**res, "input_size": size or _input_size(plan)}
+
+
+def evaluate_data(plan: Plan | ExampleNet, variables: dict, data: str, split: str = "test",
+                  batch_size: int = 500, data_dir: str | None = None,
+                  image_size: int | None = None, resize: int | None = None,
+                  progress: bool = True, load_tensorflow: Callable[[], object] | None = None
+                  ) -> dict:
+    """`evaluate_on` the split of `data` (`thinjax.data.get_source`), or on its inputs kept
+    in the evaluation-input cache (`thinjax.split_cache`: TensorFlow is then not imported;
+    an evaluation that reads the images keeps them there). `load_tensorflow`: called before
+    anything imports TensorFlow (the commands import it without Keras)."""
+    keep = split_cache.entry(data, split, functools.partial(
+        eval_view, plan, image_size=image_size, resize=resize))
+    kept = split_cache.read(keep) if keep is not None else None
+    if kept is not None:
+        check_classes(plan, keep.folder, data)
+        res = evaluate(_model(plan), variables, split_cache.batches(kept, batch_size),
+                       len(kept["label"]), progress)
+        return {**res, "input_size": keep.size}
+    if load_tensorflow is not None:
+        load_tensorflow()
+    from thinjax.data import get_source  # loads TensorFlow: only when images are read
+    return evaluate_on(plan, variables, get_source(data, data_dir=data_dir), split,
+                       batch_size, data=data, image_size=image_size, resize=resize,
+                       progress=progress, keep=keep)
 
 
 def evaluate_checkpoint(checkpoint: str, data: str, split: str = "test", batch_size: int = 500,
                         data_dir: str | None = None, image_size: int | None = None,
                         resize: int | None = None, use_ema: bool = False,
-                        progress: bool = True) -> dict:
-    """Loads `checkpoint` and evaluates it on `data`:`split` (thinjax.evaluation)."""
-    from thinjax.data import get_source  # loads TensorFlow: only when data is read
+                        progress: bool = True,
+                        load_tensorflow: Callable[[], object] | None = None) -> dict:
+    """Loads `checkpoint` and evaluates it on `data`:`split` (`evaluate_data`)."""
     plan, variables, _ = load_network(checkpoint, use_ema=use_ema)
-    source = get_source(data, data_dir=data_dir)
-    res = evaluate_on(plan, variables, source, split, batch_size, data=data,
-                      image_size=image_size, resize=resize, progress=progress)
+    res = evaluate_data(plan, variables, data, split, batch_size, data_dir, image_size,
+                        resize, progress, load_tensorflow)
     c = network(plan, input_size=res["input_size"]).cost(res["input_size"])
     return {"checkpoint": checkpoint, "data": data, "split": split, **res,
             "params": c.params, "macs": c.macs, "plan": plan.describe()}
