@@ -63,10 +63,12 @@ def eval_step(variables: dict, batch: dict, masks: dict | None = None, *,
 def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int | None = None,
              progress: bool = True, mesh=None, masks: dict | None = None) -> dict:
     """{'top1', 'top5' (percent), 'loss' (mean NLL), 'count', 'images_per_s',
-    'first_batch_s', 'first_batch_cpu_s'} over `batches`; 'first_batch_s': seconds from the
-    process's start to the first batch's result (start-up: imports, loading, compiling;
-    None off Linux), 'first_batch_cpu_s': the CPU seconds the process (all its threads)
-    had spent by then (on a busy machine, the part of start-up that is the process's own).
+    'startup_s', 'startup_cpu_s', 'first_batch_s', 'first_batch_cpu_s'} over `batches`;
+    'startup_s': seconds from the process's start to the moment the first batch starts
+    computing (handed to the device: imports, loading, the input, compiling; None off
+    Linux), 'first_batch_s': to the first batch's result (start-up and that batch's
+    compute); the '_cpu_s' ones: the CPU seconds the process (all its threads) had spent
+    by then (on a busy machine, the part that is the process's own).
 
     With a `mesh`, each batch is this process's slice of a global batch, sharded along
     'data'; the sums cover the global batch.
@@ -74,7 +76,7 @@ def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int
     sums = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0}
     t0 = time.perf_counter()
     bar = progress_bar(total, "img", "eval", progress, mininterval=2.0)
-    pending, first, first_cpu = None, None, None
+    pending, first, first_cpu, start, start_cpu = None, None, None, None, None
     for b in batches:
         n_local = int(b["mask"].sum())
         if mesh is not None:
@@ -82,7 +84,8 @@ def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int
         out = eval_step(variables, b, masks, model=model)
         if pending is not None:  # fetch the previous batch's sums while this one runs
             _accumulate(sums, pending)
-        else:
+        else:  # dispatched (JAX computes asynchronously): start-up ends here
+            start, start_cpu = process_seconds(), round(time.process_time(), 3)
             jax.block_until_ready(out)
             first, first_cpu = process_seconds(), round(time.process_time(), 3)
         pending = out
@@ -95,8 +98,8 @@ def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int
         raise DataError("evaluation saw no examples: the split is empty")
     return {"top1": 100 * sums["top1"] / n, "top5": 100 * sums["top5"] / n,
             "loss": sums["loss"] / n, "count": n,
-            "images_per_s": n / (time.perf_counter() - t0), "first_batch_s": first,
-            "first_batch_cpu_s": first_cpu}
+            "images_per_s": n / (time.perf_counter() - t0), "startup_s": start,
+            "startup_cpu_s": start_cpu, "first_batch_s": first, "first_batch_cpu_s": first_cpu}
 
 
 def _accumulate(sums: dict, out: dict) -> None:
