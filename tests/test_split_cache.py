@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import release_path
 from tests.helpers import ROOT
-from thinjax import cache, split_cache
+from thinjax import cache, fs, split_cache
 from thinjax.data import EvalBatches, get_source, sample_dir
 from thinjax.errors import ConfigError
 from thinjax.evaluation import IMAGENET_RESIZE, evaluate_checkpoint, evaluate_data
@@ -66,6 +66,7 @@ def test_kept_inputs_are_the_pipelines_bit_for_bit_on_the_sample(root):
     e = _same_batches("sample:cifar10", "test", CIFAR, 300)  # 1000 images: a padded last
     assert e.resize is None and _kept(root) == [os.path.basename(e.path)]
     assert os.path.getsize(e.path) == pytest.approx(1000 * 32 * 32 * 3 + 4000, abs=1024)
+    assert os.stat(e.path).st_mode & 0o777 == 0o666 & ~fs.umask()  # as any cache file
 
 
 def test_kept_inputs_are_the_pipelines_bit_for_bit_on_real_cifar_jpegs(root, cifar10_jpeg):

@@ -181,6 +181,7 @@ def write(e: Entry, arrays: dict[str, np.ndarray]) -> None:
         fd, tmp = fs.mkstemp(directory, f".{e.key[:16]}.part-")
         os.close(fd)
         save_file(arrays, tmp, metadata=meta)
+        os.chmod(tmp, 0o666 & ~fs.umask())  # save_file leaves 0600: group-readable as mkstemp's
         os.replace(tmp, e.path)
         tmp = None
     except (OSError, SafetensorError) as err:
