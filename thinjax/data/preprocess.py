@@ -52,7 +52,7 @@ def resize_bilinear(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.T
 
     TensorFlow's kernel resamples rows with vector code but columns one pixel and channel
     at a time; here both passes are row passes (same weights, same order of summation),
-    with plain 2-D transposes in between (rows of [x][channel][y] for the second pass:
+    with plain 2-D transposes in between (rows of `[x][channel][y]` for the second pass:
     a 3-D transpose would move 12-byte pixels one by one)."""
     shape = tf.shape(image)
     w, c = shape[1], shape[2]
