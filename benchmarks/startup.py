@@ -1,18 +1,23 @@
-"""Start-up of a command with and without JAX's persistent compilation cache.
+"""Start-up of a command with and without its caches: JAX's persistent compilation cache
+and the evaluation-input cache (`thinjax.split_cache`).
 
     python benchmarks/startup.py [--checkpoint=zoo:resnet56_w16_cifar10] [--data=sample:cifar10]
         [--split=test] [--batch_size=500] [--rounds=2] [--phases]
 
-Runs ``python -m thinjax.evaluate --json`` on the same checkpoint, per round: with the
-cache off (THINJAX_NO_COMPILATION_CACHE=1), with an empty cache (the first run, which
-fills it) and again (the second run), and prints each run's seconds from the process's
-start to its first evaluated batch (`first_batch_s`), the CPU seconds the process had spent
-by then (`first_batch_cpu_s`: on a machine that other work keeps busy, the wall clock
-stretches by the load, the CPU seconds do not) and its wall time; every run must give the
+Runs ``python -m thinjax.evaluate --json`` on the same checkpoint, per round: with both
+caches off (THINJAX_NO_COMPILATION_CACHE=1, THINJAX_NO_EVAL_CACHE=1), with empty caches
+(the first run, which fills them), again with the compilation cache alone (the split's
+images read again: THINJAX_NO_EVAL_CACHE=1) and again with both (the second run, which
+imports no TensorFlow), and prints each run's seconds from the process's
+start to the moment its first batch starts computing (`startup_s`: everything before is
+start-up) and to that batch's result (`first_batch_s`: start-up and the batch's compute),
+the CPU seconds the process had spent by then (`startup_cpu_s`, `first_batch_cpu_s`: on a
+machine that other work keeps busy, the wall clock stretches by the load, the CPU seconds
+do not) and its wall time; every run must give the
 same top-1 and loss. The zoo reads the release from ../shared beside the repo when it is
 there ($THINJAX_ZOO_DIR). The other caches (the oneDNN kernels, the zoo's converted
-networks, the unpacked sample) are warmed first, so only compiling differs. The CPU and
-the load average are named in the output.
+networks, the unpacked sample) are warmed first, so only the two caches differ. The CPU
+and the load average are named in the output.
 
 ``--phases`` also times where a run's start-up goes, step by step as thinjax.evaluate takes
 them (imports, loading, the input pipeline, tracing, compiling or reading the compiled
@@ -23,6 +28,7 @@ program from the cache, the first batch), in a first and a second run (medians o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -39,7 +45,9 @@ sys.path.insert(0, ROOT)
 from thinjax import cache, cpu  # noqa: E402  (after the path above: the repo's thinjax)
 from thinjax.progress import process_seconds  # noqa: E402
 
-KINDS = ("cache off", "first run (empty cache)", "second run")
+KINDS = ("caches off", "first run (empty caches)", "second run, compilation cache only",
+         "second run")
+OFF = {"THINJAX_NO_COMPILATION_CACHE": "1", "THINJAX_NO_EVAL_CACHE": "1"}
 
 
 def run(args, env: dict) -> dict:
@@ -57,7 +65,9 @@ def run(args, env: dict) -> dict:
 
 def _phases_child(args) -> None:
     """The steps of thinjax.evaluate (commands.evaluate.main -> evaluate_checkpoint ->
-    evaluate), one at a time, each timed: prints [(step, wall s, CPU s), ...] as JSON."""
+    evaluate_data -> evaluate), one at a time, each timed: prints [(step, wall s, CPU s),
+    ...] as JSON. A step that this run does not take (TensorFlow when the split's inputs
+    are kept) is listed with 0 s."""
     marks = [("python, site, this script", process_seconds(), time.process_time())]
 
     def mark(step: str) -> None:
@@ -67,42 +77,54 @@ def _phases_child(args) -> None:
     mark("import jax, thinjax.commands (CPU tuning, cache on)")
     import thinjax.commands.evaluate  # noqa: F401
     mark("import thinjax.commands.evaluate (evaluation, load)")
-    thinjax.commands.import_tensorflow()
-    mark("import TensorFlow")
-    from thinjax import evaluation
-    from thinjax.data import eval_batches, get_source
-    mark("import thinjax.data (tensorflow_datasets)")
-    from thinjax.load import load_model
-    plan, variables, _ = load_model(args.checkpoint)
+    from thinjax import evaluation, split_cache
+    from thinjax.load import load_network
+    plan, variables, _ = load_network(args.checkpoint)
     mark("load the checkpoint")
-    source = get_source(args.data)
-    evaluation.check_classes(plan, source, args.data)
-    size, resize = evaluation.eval_view(plan, source.image_size)
-    batches = eval_batches(source, args.split, args.batch_size, image_size=size, resize=resize)
+    view = functools.partial(evaluation.eval_view, plan, image_size=None, resize=None)
+    keep = split_cache.entry(args.data, args.split, view)
+    kept = split_cache.read(keep) if keep is not None else None
+    mark("look up the kept inputs (list the split, read them)")
+    if kept is None:
+        thinjax.commands.import_tensorflow()
+    mark("import TensorFlow")
+    if kept is None:
+        from thinjax.data import get_source
+    mark("import thinjax.data (tensorflow_datasets)")
+    if kept is None:
+        source = get_source(args.data)
+        size, resize = evaluation.eval_view(plan, source.image_size)
+        batches = evaluation._batches(source, args.split, args.batch_size, size, resize, keep)
+    else:
+        batches = split_cache.batches(kept, args.batch_size)
     mark("build the input pipeline")
     batch = next(batches)
     mark("first input batch")
     import jax
 
-    from thinjax.models.resnet import ResNet
-    traced = evaluation.eval_step.trace(variables, batch, None, model=ResNet(plan))
+    traced = evaluation.eval_step.trace(variables, batch, None, model=evaluation._model(plan))
     mark("trace eval_step")
     lowered = traced.lower()
     mark("lower to StableHLO")
     compiled = lowered.compile()
     mark("compile, or read the cache")
-    jax.block_until_ready(compiled(variables, batch, None))
+    out = compiled(variables, batch, None)
+    mark("hand the first batch to the device")
+    jax.block_until_ready(out)
     mark("compute the first batch")
+    for _ in batches:  # the rest of the split, untimed: a first run keeps its inputs at the end
+        pass
     print(json.dumps([(s, w - marks[i - 1][1], c - marks[i - 1][2]) if i else (s, w, c)
                       for i, (s, w, c) in enumerate(marks)]))
 
 
-def phases(args, env: dict, compiled_dir: str) -> None:
+def phases(args, env: dict, caches: list[str]) -> None:
     """Median seconds per step of a first (empty cache) and a second run."""
     cmd = [sys.executable, os.path.abspath(__file__), "--phases-child"] + sys.argv[1:]
     res: dict[str, list] = {"first run": [], "second run": []}
     for _ in range(args.rounds):
-        shutil.rmtree(compiled_dir, ignore_errors=True)
+        for d in caches:
+            shutil.rmtree(d, ignore_errors=True)
         for kind in res:
             r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if r.returncode != 0:
@@ -121,7 +143,10 @@ def phases(args, env: dict, compiled_dir: str) -> None:
             total[k][1] += c
             cells.append(f"{w:.2f} / {c:.2f}")
         print(f"| {step} | {' | '.join(cells)} |")
-    print("| **to the first batch** | "
+        if i == len(steps) - 2:
+            print("| **start-up: to the start of the first batch** | "
+                  + " | ".join(f"{w:.2f} / {c:.2f}" for w, c in total.values()) + " |")
+    print("| **to the first batch's result** | "
           + " | ".join(f"{w:.2f} / {c:.2f}" for w, c in total.values()) + " |")
 
 
@@ -132,17 +157,24 @@ def report(args, res: dict[str, list[dict]], loads: tuple) -> None:
     print(f"thinjax.evaluate --checkpoint={args.checkpoint} --data={args.data} "
           f"--split={args.split} --batch_size={args.batch_size}, {args.rounds} round(s); "
           "median (all)")
-    print("| run | first batch after (s) | CPU s by then | wall (s) |\n|---|---|---|---|")
+    keys = (("startup_s", "start-up (s)"), ("startup_cpu_s", "its CPU s"),
+            ("first_batch_s", "first batch done (s)"), ("first_batch_cpu_s", "its CPU s"),
+            ("wall_s", "wall (s)"))
+    print(f"| run | {' | '.join(h for _, h in keys)} |\n|---|{'---|' * len(keys)}")
     for k, runs in res.items():
         cells = []
-        for key in ("first_batch_s", "first_batch_cpu_s", "wall_s"):
+        for key, _ in keys:
             xs = [r[key] for r in runs]
-            cells.append(f"{statistics.median(xs):.1f} ({', '.join(f'{x:.1f}' for x in xs)})")
+            cells.append(f"{statistics.median(xs):.2f} ({', '.join(f'{x:.2f}' for x in xs)})")
         print(f"| {k} | {' | '.join(cells)} |")
-    for key, what in (("first_batch_s", "sooner"), ("first_batch_cpu_s", "less CPU")):
+    for key, what in (("startup_s", "starts its first batch {:.2f}x sooner"),
+                      ("startup_cpu_s", "starts it after {:.2f}x less CPU"),
+                      ("first_batch_s", "has its first batch's result {:.2f}x sooner"),
+                      ("first_batch_cpu_s", "has it after {:.2f}x less CPU")):
         first = statistics.median(r[key] for r in res[KINDS[1]])
-        second = statistics.median(r[key] for r in res[KINDS[2]])
-        print(f"second run reaches its first batch {first / second:.2f}x {what} than the first")
+        for kind in KINDS[2:]:
+            second = statistics.median(r[key] for r in res[kind])
+            print(f"{kind}: {what.format(first / second)} than the first run")
     outcomes = {(r["top1"], r["loss"]) for runs in res.values() for r in runs}
     top1, loss = next(iter(outcomes))
     print(f"top-1 {top1:.2f}%, loss {loss:.6f} in every run" if len(outcomes) == 1
@@ -166,19 +198,21 @@ def main() -> None:
     if os.path.isdir(RELEASE):  # the release beside the repo: no download
         env.setdefault("THINJAX_ZOO_DIR", RELEASE)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    run(args, {**env, "THINJAX_NO_COMPILATION_CACHE": "1"})  # builds kernels, converts
+    run(args, {**env, **OFF})  # builds kernels, converts, unpacks
     os.environ["THINJAX_CACHE"] = root
-    compiled = cache.compilation_dir(cpu.machine_id())
+    caches = [cache.compilation_dir(cpu.machine_id()), cache.eval_inputs_dir()]
     res: dict[str, list] = {k: [] for k in KINDS}
     load_before = os.getloadavg()[0]
     for _ in range(args.rounds):
-        res[KINDS[0]].append(run(args, {**env, "THINJAX_NO_COMPILATION_CACHE": "1"}))
-        shutil.rmtree(compiled, ignore_errors=True)
+        res[KINDS[0]].append(run(args, {**env, **OFF}))
+        for d in caches:
+            shutil.rmtree(d, ignore_errors=True)
         res[KINDS[1]].append(run(args, env))
-        res[KINDS[2]].append(run(args, env))
+        res[KINDS[2]].append(run(args, {**env, "THINJAX_NO_EVAL_CACHE": "1"}))
+        res[KINDS[3]].append(run(args, env))
     report(args, res, (load_before, os.getloadavg()[0]))
     if args.phases:
-        phases(args, env, compiled)
+        phases(args, env, caches)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -2,7 +2,8 @@
 run of a command fills jax-compile/<machine>/ in the thinjax cache, a second run of the same
 command compiles nothing (every program it compiles is read from the cache: JAX's own log
 says so), one setting turns it off; and an evaluation's start-up imports neither Keras,
-optax nor orbax (thinjax.commands.import_tensorflow, benchmarks/startup.py)."""
+optax nor orbax (thinjax.commands.import_tensorflow, benchmarks/startup.py), nor, when the
+split's inputs are kept (thinjax.split_cache), TensorFlow."""
 
 import json
 import os
@@ -50,7 +51,7 @@ def _entries(root, monkeypatch):
 
 def test_a_second_run_compiles_nothing_it_reads_the_first_runs_programs(tmp_path, monkeypatch):
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
-    first, log1, _ = _evaluate(tmp_path)
+    first, log1, imported1 = _evaluate(tmp_path)
     written = _entries(tmp_path, monkeypatch)
     assert any(n.startswith("jit_eval_step-") for n in written), written
     compiles = _count(log1, "Compiling ")
@@ -63,7 +64,8 @@ def test_a_second_run_compiles_nothing_it_reads_the_first_runs_programs(tmp_path
     assert _entries(tmp_path, monkeypatch) == written  # nothing written anew
     assert second["top1"] == first["top1"] and second["loss"] == first["loss"]
     assert 0 < second["first_batch_cpu_s"] and 0 < second["first_batch_s"]
-    assert imported == ["tensorflow"]  # for tf.data; not its Keras, nor optax or orbax
+    assert imported1 == ["tensorflow"]  # for tf.data; not its Keras, nor optax or orbax
+    assert imported == []  # the split's inputs were kept (thinjax.split_cache): no tf.data
 
 
 def test_the_cache_is_off_with_one_setting_and_a_users_own_folder_is_kept(tmp_path):

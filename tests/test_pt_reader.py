@@ -17,7 +17,7 @@ import pytest
 from flax import traverse_util
 
 from tests.conftest import RELEASE, ROOT, release_path
-from thinjax import zoo
+from thinjax import fs, zoo
 from thinjax.errors import CheckpointFormatError
 from thinjax.interop import pt_reader
 from thinjax.interop.torch import import_checkpoint, load_state_dict, to_variables
@@ -324,6 +324,7 @@ def test_second_load_reads_the_cache_not_the_release_file(zoo_offline, monkeypat
     plan, v = zoo.load(e.name)
     assert os.path.isfile(cached)
     assert os.listdir(os.path.dirname(cached)) == [os.path.basename(cached)]  # no leftovers
+    assert os.stat(cached).st_mode & 0o777 == 0o666 & ~fs.umask()  # group-readable
     _, ref = import_checkpoint(release_path(e.filename))
     _same_tree(v, ref)
     _no_reading(monkeypatch)

@@ -11,7 +11,11 @@ Inside it:
   ops/                     the compiled oneDNN convolution library (`thinjax.ops.build`)
   jax-compile/<machine>/   JAX's persistent compilation cache, one folder per CPU type
                            (the commands turn it on: `thinjax.commands`)
-  cifar10_sample-<hash>/   the bundled CIFAR-10 sample, unpacked (`thinjax.data.sources`)
+  eval-inputs/             evaluation splits' preprocessed inputs, one
+                           ``<key>.safetensors`` per split and view: a later evaluation
+                           reads no image (`thinjax.split_cache`; THINJAX_NO_EVAL_CACHE=1:
+                           off)
+  cifar10_sample-<hash>/   the bundled CIFAR-10 sample, unpacked (`thinjax.folders`)
 
 Everything there can be deleted: it is downloaded, unpacked or built again when needed.
 ``THINJAX_CACHE_DIR`` (the kernels' folder before there was one root) is no longer read:
@@ -67,6 +71,11 @@ def compilation_dir(machine: str) -> str:
     """JAX's persistent compilation cache for the machine type `machine` (executables
     compiled for one CPU's features are refused by another: one folder per type)."""
     return os.path.join(root(), "jax-compile", machine)
+
+
+def eval_inputs_dir() -> str:
+    """The evaluation-input cache's folder."""
+    return os.path.join(root(), "eval-inputs")
 
 
 def zoo_local_dir() -> str | None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 
+from thinjax import split_cache
 from thinjax.errors import DataError
 from thinjax.load import load_network
 from thinjax.models import fold
@@ -62,10 +63,12 @@ def eval_step(variables: dict, batch: dict, masks: dict | None = None, *,
 def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int | None = None,
              progress: bool = True, mesh=None, masks: dict | None = None) -> dict:
     """{'top1', 'top5' (percent), 'loss' (mean NLL), 'count', 'images_per_s',
-    'first_batch_s', 'first_batch_cpu_s'} over `batches`; 'first_batch_s': seconds from the
-    process's start to the first batch's result (start-up: imports, loading, compiling;
-    None off Linux), 'first_batch_cpu_s': the CPU seconds the process (all its threads)
-    had spent by then (on a busy machine, the part of start-up that is the process's own).
+    'startup_s', 'startup_cpu_s', 'first_batch_s', 'first_batch_cpu_s'} over `batches`;
+    'startup_s': seconds from the process's start to the moment the first batch starts
+    computing (handed to the device: imports, loading, the input, compiling; None off
+    Linux), 'first_batch_s': to the first batch's result (start-up and that batch's
+    compute); the '_cpu_s' ones: the CPU seconds the process (all its threads) had spent
+    by then (on a busy machine, the part that is the process's own).
 
     With a `mesh`, each batch is this process's slice of a global batch, sharded along
     'data'; the sums cover the global batch.
@@ -73,7 +76,7 @@ def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int
     sums = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0}
     t0 = time.perf_counter()
     bar = progress_bar(total, "img", "eval", progress, mininterval=2.0)
-    pending, first, first_cpu = None, None, None
+    pending, first, first_cpu, start, start_cpu = None, None, None, None, None
     for b in batches:
         n_local = int(b["mask"].sum())
         if mesh is not None:
@@ -81,7 +84,8 @@ def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int
         out = eval_step(variables, b, masks, model=model)
         if pending is not None:  # fetch the previous batch's sums while this one runs
             _accumulate(sums, pending)
-        else:
+        else:  # dispatched (JAX computes asynchronously): start-up ends here
+            start, start_cpu = process_seconds(), round(time.process_time(), 3)
             jax.block_until_ready(out)
             first, first_cpu = process_seconds(), round(time.process_time(), 3)
         pending = out
@@ -94,8 +98,8 @@ def evaluate(model: ResNet, variables: dict, batches: Iterable[dict], total: int
         raise DataError("evaluation saw no examples: the split is empty")
     return {"top1": 100 * sums["top1"] / n, "top5": 100 * sums["top5"] / n,
             "loss": sums["loss"] / n, "count": n,
-            "images_per_s": n / (time.perf_counter() - t0), "first_batch_s": first,
-            "first_batch_cpu_s": first_cpu}
+            "images_per_s": n / (time.perf_counter() - t0), "startup_s": start,
+            "startup_cpu_s": start_cpu, "first_batch_s": first, "first_batch_cpu_s": first_cpu}
 
 
 def _accumulate(sums: dict, out: dict) -> None:
@@ -128,34 +132,75 @@ def eval_view(plan: Plan | ExampleNet, source_size: int | None, image_size: int 
     return image_size or source_size, resize
 
 
+def _model(plan: Plan | ExampleNet):
+    return plan.module() if isinstance(plan, ExampleNet) else ResNet(plan)
+
+
+def _batches(source, split: str, batch_size: int, size: int | None, resize: int | None,
+             keep: split_cache.Entry | None):
+    """The evaluation batches of `source`:`split` through tf.data; with `keep` (the view's
+    entry in the evaluation-input cache) the inputs are also kept there, when they fit."""
+    from thinjax.data import EvalBatches  # tf.data: loaded only when data is evaluated
+    count = source.num_examples(split)
+    if keep is None or (keep.size, keep.resize) != (size, resize) \
+            or keep.nbytes(count) > split_cache.max_bytes():
+        return iter(EvalBatches(source, split, batch_size, image_size=size, resize=resize))
+    raw = EvalBatches(source, split, batch_size, image_size=size, resize=resize,
+                      normalized=False)
+    return split_cache.fill(keep, raw, count, batch_size)
+
+
 def evaluate_on(plan: Plan | ExampleNet, variables: dict, source, split: str,
                 batch_size: int, *, data: str = "", image_size: int | None = None,
                 resize: int | None = None, masks: dict | None = None,
-                model: ResNet | None = None, progress: bool = True) -> dict:
+                model: ResNet | None = None, progress: bool = True,
+                keep: split_cache.Entry | None = None) -> dict:
     """Evaluates `variables` on a split of `source` (a thinjax.data Source), with the view
     `eval_view` picks; the result also names the crop size it used (`input_size`).
-    `plan`: a ThinResNet's plan or an example network's description."""
-    from thinjax.data import eval_batches  # tf.data: loaded only when data is evaluated
+    `plan`: a ThinResNet's plan or an example network's description. `keep`: the split's
+    entry in the evaluation-input cache, filled by this evaluation (`thinjax.split_cache`)."""
     check_classes(plan, source, data or source.name)
     size, resize = eval_view(plan, source.image_size, image_size, resize)
-    batches = eval_batches(source, split, batch_size, image_size=size, resize=resize)
-    if model is None:
-        model = plan.module() if isinstance(plan, ExampleNet) else ResNet(plan)
-    res = evaluate(model, variables, batches, source.num_examples(split), progress,
-                   masks=masks)
+    batches = _batches(source, split, batch_size, size, resize, keep)
+    res = evaluate(model or _model(plan), variables, batches, source.num_examples(split),
+                   progress, masks=masks)
     return {**res, "input_size": size or _input_size(plan)}
+
+
+def evaluate_data(plan: Plan | ExampleNet, variables: dict, data: str, split: str = "test",
+                  batch_size: int = 500, data_dir: str | None = None,
+                  image_size: int | None = None, resize: int | None = None,
+                  progress: bool = True, load_tensorflow: Callable[[], object] | None = None
+                  ) -> dict:
+    """`evaluate_on` the split of `data` (`thinjax.data.get_source`), or on its inputs kept
+    in the evaluation-input cache (`thinjax.split_cache`: TensorFlow is then not imported;
+    an evaluation that reads the images keeps them there). `load_tensorflow`: called before
+    anything imports TensorFlow (the commands import it without Keras)."""
+    keep = split_cache.entry(data, split, functools.partial(
+        eval_view, plan, image_size=image_size, resize=resize))
+    kept = split_cache.read(keep) if keep is not None else None
+    if kept is not None:
+        check_classes(plan, keep.folder, data)
+        res = evaluate(_model(plan), variables, split_cache.batches(kept, batch_size),
+                       len(kept["label"]), progress)
+        return {**res, "input_size": keep.size}
+    if load_tensorflow is not None:
+        load_tensorflow()
+    from thinjax.data import get_source  # loads TensorFlow: only when images are read
+    return evaluate_on(plan, variables, get_source(data, data_dir=data_dir), split,
+                       batch_size, data=data, image_size=image_size, resize=resize,
+                       progress=progress, keep=keep)
 
 
 def evaluate_checkpoint(checkpoint: str, data: str, split: str = "test", batch_size: int = 500,
                         data_dir: str | None = None, image_size: int | None = None,
                         resize: int | None = None, use_ema: bool = False,
-                        progress: bool = True) -> dict:
-    """Loads `checkpoint` and evaluates it on `data`:`split` (thinjax.evaluation)."""
-    from thinjax.data import get_source  # loads TensorFlow: only when data is read
+                        progress: bool = True,
+                        load_tensorflow: Callable[[], object] | None = None) -> dict:
+    """Loads `checkpoint` and evaluates it on `data`:`split` (`evaluate_data`)."""
     plan, variables, _ = load_network(checkpoint, use_ema=use_ema)
-    source = get_source(data, data_dir=data_dir)
-    res = evaluate_on(plan, variables, source, split, batch_size, data=data,
-                      image_size=image_size, resize=resize, progress=progress)
+    res = evaluate_data(plan, variables, data, split, batch_size, data_dir, image_size,
+                        resize, progress, load_tensorflow)
     c = network(plan, input_size=res["input_size"]).cost(res["input_size"])
     return {"checkpoint": checkpoint, "data": data, "split": split, **res,
             "params": c.params, "macs": c.macs, "plan": plan.describe()}

@@ -14,6 +14,11 @@ Preprocessing follows the study's release: decode, scale to [0, 1], normalise wi
 ImageNet mean/std; 32x32 images are not resized, ImageNet-stem models resize the shorter
 side to 232 and centre-crop 224 unless --resize/--input_size say otherwise. A checkpoint
 whose weights hold NaN or infinity is refused (exit 2), never reported as a 10% network.
+
+The first evaluation of an image folder's split (or the sample's) keeps its preprocessed
+inputs in the thinjax cache (``eval-inputs/``, `thinjax.split_cache`); a later one reads
+them back without loading TensorFlow, with the same results. ``THINJAX_NO_EVAL_CACHE=1``
+turns this off; splits over ``THINJAX_EVAL_CACHE_MAX_MB`` (1024) are not kept.
 """
 
 from __future__ import annotations
@@ -50,11 +55,13 @@ def main(argv: list[str]) -> dict:
     if len(argv) > 1:
         raise UsageError(f"unexpected argument {argv[1]!r}; give --checkpoint and --data")
     check_input_size(_INPUT_SIZE.value)
-    import_tensorflow()  # tf.data's, before thinjax.data imports it (without Keras)
     results = []
     for checkpoint in _CHECKPOINT.value:
+        # TensorFlow (without Keras) only when the split's images are read: not when its
+        # inputs are in the evaluation-input cache (thinjax.split_cache)
         r = evaluate_checkpoint(checkpoint, _DATA.value, _SPLIT.value, _BATCH_SIZE.value,
-                                _DATA_DIR.value, _INPUT_SIZE.value, _RESIZE.value, _EMA.value)
+                                _DATA_DIR.value, _INPUT_SIZE.value, _RESIZE.value, _EMA.value,
+                                load_tensorflow=import_tensorflow)
         print(f"{r['checkpoint']} on {r['data']}:{r['split']}: top-1 {r['top1']:.2f}%  "
               f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}  ({r['count']} images, "
               f"{r['images_per_s']:.0f} img/s; {r['params']:,} params, "

@@ -35,18 +35,20 @@ class EvalBatches:
     """Fixed-shape batches {image, label, mask} covering this process's shard once per
     iteration; re-iterable. The last batch is padded with zeros and mask=False: summing
     over `mask` counts every example exactly once. With `cache`, the preprocessed
-    examples stay in memory after the first pass (for small evaluation sets)."""
+    examples stay in memory after the first pass (for small evaluation sets).
+    `normalized=False`: the images before normalising (`preprocess.eval_image`)."""
 
     def __init__(self, source: Source, split: str, batch_size: int,
                  image_size: int | None = None, resize: int | None = None,
-                 process_index: int = 0, process_count: int = 1, cache: bool = False):
+                 process_index: int = 0, process_count: int = 1, cache: bool = False,
+                 normalized: bool = True):
         self.source, self.split, self.batch_size = source, split, batch_size
         ds = source.as_dataset(split)
         if process_count > 1:
             ds = ds.shard(process_count, process_index)
         size = image_size or source.image_size
         ds = ds.map(graph_fn(lambda ex: {
-            "image": preprocess.eval_image(ex["image"], size, resize),
+            "image": preprocess.eval_image(ex["image"], size, resize, normalized),
             "label": tf.cast(ex["label"], tf.int32)}),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if cache:

@@ -52,7 +52,7 @@ def resize_bilinear(image: tf.Tensor, height: int | tf.Tensor, width: int | tf.T
 
     TensorFlow's kernel resamples rows with vector code but columns one pixel and channel
     at a time; here both passes are row passes (same weights, same order of summation),
-    with plain 2-D transposes in between (rows of [x][channel][y] for the second pass:
+    with plain 2-D transposes in between (rows of `[x][channel][y]` for the second pass:
     a 3-D transpose would move 12-byte pixels one by one)."""
     shape = tf.shape(image)
     w, c = shape[1], shape[2]
@@ -135,12 +135,14 @@ def resize_center_crop(image: tf.Tensor, resize: int, crop: int,
 
 
 def eval_image(image_bytes: tf.Tensor, size: int | None = None,
-               resize: int | None = None) -> tf.Tensor:
+               resize: int | None = None, normalized: bool = True) -> tf.Tensor:
     """Evaluation view: decode, then torchvision's `Resize(resize)` + `CenterCrop(size)`
-    (`resize_center_crop`), or `CenterCrop(size)` alone without `resize`, then normalise."""
+    (`resize_center_crop`), or `CenterCrop(size)` alone without `resize`, then normalise
+    (`normalized=False`: the pixels before normalising, uint8 without `resize`, float32
+    in [0, 255] with it; `thinjax.split_cache.normalize` then gives the same inputs)."""
     img = decode(image_bytes)
     if resize:
         img = resize_center_crop(img, resize, size)
     elif size:
         img = center_crop(img, size)
-    return normalize(img)
+    return normalize(img) if normalized else img

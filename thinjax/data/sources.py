@@ -13,25 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import os
-import re
-import shutil
 import socket
 import urllib.parse
 import urllib.request
-import zipfile
 from collections.abc import Callable
 
-from thinjax import cache
 from thinjax.data._tf import graph_fn, host_only, tf
 from thinjax.errors import DataError, require
+from thinjax.folders import ASSETS, SAMPLES, Folder, folder_root, parse_split, sample_dir
+
+__all__ = ["ASSETS", "SAMPLES", "DataError", "Source", "get_source", "parse_split", "sample_dir",
+           "unreachable"]
 
 tfds = require("tensorflow_datasets", "train", "thinjax.data (training and evaluation input)")
 
-SAMPLES = {"cifar10": "cifar10_sample.zip"}
 CONNECT_TIMEOUT_S = 10.0  # per download host, before TFDS's downloader is started
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
 
 
 @dataclasses.dataclass
@@ -76,65 +73,8 @@ class Source:
         return base, lo, hi
 
 
-_SLICE = re.compile(r"^([\w.-]+)(?:\[(-?\d*):(-?\d*)\])?$")
-
-
-def parse_split(split: str) -> tuple[str, int | None, int | None]:
-    """``'train'`` -> ('train', None, None); ``'train[:45000]'`` -> ('train', None, 45000)."""
-    m = _SLICE.match(split.strip())
-    if not m:
-        raise DataError(f"split {split!r} is not a split name or a slice such as "
-                        "train[:45000] / train[45000:]")
-    to_int = lambda v: int(v) if v not in (None, "") else None  # noqa: E731
-    return m.group(1), to_int(m.group(2)), to_int(m.group(3))
-
-
-def sample_dir(name: str = "cifar10", cache_dir: str | None = None) -> str:
-    """Extracts the bundled sample of `name` (once, into the cache's root: `thinjax.cache`)
-    and returns its image-folder root."""
-    if name not in SAMPLES:
-        raise DataError(f"no bundled sample {name!r}; available: {', '.join(SAMPLES)}")
-    zpath = os.path.join(ASSETS, SAMPLES[name])
-    cache_dir = cache_dir or cache.root()
-    with open(zpath, "rb") as f:
-        stamp = hashlib.sha1(f.read()).hexdigest()[:12]
-    root = os.path.join(cache_dir, f"{name}_sample-{stamp}")
-    if os.path.lexists(cache_dir) and not os.path.isdir(cache_dir):
-        raise DataError(f"THINJAX_CACHE={cache_dir} is a file; the sample is unpacked into a "
-                        "folder there: point THINJAX_CACHE at a folder (or unset it)")
-    if not os.path.isdir(root):
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = root + f".tmp{os.getpid()}"
-        with zipfile.ZipFile(zpath) as z:
-            z.extractall(tmp)
-        try:
-            os.replace(tmp, root)
-        except OSError:  # another process won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-    return _folder_root(root)
-
-
-def _is_split_root(path: str) -> bool:
-    subdirs = [d for d in tf.io.gfile.listdir(path) if tf.io.gfile.isdir(os.path.join(path, d))]
-    return bool(subdirs) and all(
-        any(tf.io.gfile.isdir(os.path.join(path, d, c)) for c in tf.io.gfile.listdir(
-            os.path.join(path, d))) for d in subdirs)
-
-
-def _folder_root(path: str) -> str:
-    """`path` itself, or its single sub-folder (an unzipped archive's top folder)."""
-    path = path.rstrip("/")
-    if _is_split_root(path):
-        return path
-    subdirs = [d for d in tf.io.gfile.listdir(path) if tf.io.gfile.isdir(os.path.join(path, d))]
-    if len(subdirs) == 1 and _is_split_root(os.path.join(path, subdirs[0].rstrip("/"))):
-        return os.path.join(path, subdirs[0].rstrip("/"))
-    raise DataError(f"{path} is not an image folder: expected split/label/image.jpg "
-                    "(for example train/cat/0001.jpg)")
-
-
 def _folder_source(path: str, name: str | None = None) -> Source:
-    root = _folder_root(path)
+    root = folder_root(path)
     builder = tfds.folder_dataset.ImageFolder(root)
     splits = {k: v.num_examples for k, v in builder.info.splits.items()}
     if not any(splits.values()):
@@ -152,7 +92,7 @@ def _folder_source(path: str, name: str | None = None) -> Source:
     def files(split):
         return [e.image_path for e in builder._split_examples[split]]  # pylint: disable=protected-access
 
-    size = 32 if all(x in labels for x in ("airplane", "truck")) else None
+    size = Folder(root, tuple(labels)).image_size
     return Source(name or root, splits, len(labels), size, make, files)
 
 

@@ -92,6 +92,7 @@ def write(path: str, sha256: str, plan: Plan, variables: dict) -> None:
         fd, tmp = fs.mkstemp(directory, f".{sha256[:16]}.part-")
         os.close(fd)
         save_file(flat, tmp, metadata=meta)
+        os.chmod(tmp, 0o666 & ~fs.umask())  # save_file leaves 0600: group-readable as mkstemp's
         os.replace(tmp, path)
         tmp = None
     except (OSError, SafetensorError) as e:
