@@ -1,0 +1,24 @@
+// Row convolutions: inference convolutions of NHCW activations vectorized along the image
+// width (rowconv.cc), for channel counts that oneDNN's kernels, vectorized along the
+// output channels, compute with idle vector lanes (see rowconv.cc).
+#pragma once
+
+#include <cstdint>
+
+namespace thinjax_rowconv {
+
+// x is (n, h, ci, w) and y (n, oh, co, ow) float32 (NHCW: each channel's row contiguous),
+// the kernel HWIO (k, k, ci, co); stride s; pt and pl zero rows above and columns left of
+// x (those below and right follow from oh and ow).
+struct Geometry {
+  int64_t n, h, w, ci, co, k, s, oh, ow, pt, pl;
+};
+
+// Whether the kernels run on this CPU (AVX-512F).
+bool Available();
+
+// y = [relu](conv(x, kernel) + bias [+ y]) (`sum`: y holds the residual on entry).
+void Conv(const Geometry& g, const float* x, const float* kernel, const float* bias, float* y,
+          bool sum, bool relu);
+
+}  // namespace thinjax_rowconv
