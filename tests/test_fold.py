@@ -111,8 +111,8 @@ def test_prepared_kernels_change_nothing_but_the_layout(n):
     before = jax.tree.map(np.array, prepared)
     k = prepared["stage3/block1"]["conv1"]["kernel"]  # 41 to 12 channels at 8x8
     assert k.ndim in (5, 6)  # (co/B, kh, kw, ci, B) or (co/16, ci/16, kh, kw, 16, 16)
-    row_kernel = prepared["stage2/block1"]["conv1"]["kernel"]
-    assert row_kernel.ndim == (4 if rows else 5)  # the row kernels read HWIO
+    row_kernel = prepared["stage2/block1"]["conv1"]["kernel"]  # 13 to 12 channels
+    assert row_kernel.shape == (1, 3, 3, 13, 12) if rows else row_kernel.ndim in (5, 6)
     run = jax.jit(lambda f, x: fold.forward(plan, f, x, "onednn"))
     np.testing.assert_array_equal(run(prepared, x), run(folded, x))  # the same primitives
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(prepared)):
@@ -161,7 +161,8 @@ def test_fused_convolution_matches_xla(geom):
 
 
 @needs_onednn
-@pytest.mark.parametrize("geom", GEOMETRIES + [(2, 16, 13, 10, 3, 1), (1, 33, 9, 25, 3, 2)],
+@pytest.mark.parametrize("geom", GEOMETRIES + [(2, 16, 13, 10, 3, 1), (1, 33, 9, 25, 3, 2),
+                                  (2, 16, 7, 49, 3, 1)],
                          ids=lambda g: "b{}s{}c{}-{}k{}st{}".format(*g))
 def test_row_convolution_matches_xla(geom):
     """The row kernels on NHCW activations (`rows=True`): batch 1 split by output rows,
@@ -179,9 +180,12 @@ def test_row_convolution_matches_xla(geom):
     res = jnp.asarray(r.standard_normal(conv.xla_conv2d(x, w, stride, pad).shape), jnp.float32)
     fn = jax.jit(lambda x, kk, b, r, relu, imp, rows: infer.conv2d_fused(
         x, kk, b, stride, pad, r, relu, imp, rows), static_argnames=("relu", "imp", "rows"))
-    for residual, relu in ((None, False), (None, True), (res, True), (res, False)):
+    packed = infer.layout_kernel(w, infer.row_block(co))  # as `prepare` lays it out
+    assert packed.shape[0] == -(-co // 16) and packed.shape[-1] <= 16
+    for (residual, relu), kernel in zip(((None, False), (None, True), (res, True),
+                                         (res, False)), (w, packed, w, packed)):
         r = None if residual is None else infer.to_rows(residual)
-        got = infer.from_rows(fn(infer.to_rows(x), w, b, r, relu, "onednn", True))
+        got = infer.from_rows(fn(infer.to_rows(x), kernel, b, r, relu, "onednn", True))
         want = fn(x, w, b, residual, relu, "xla", False)
         scale = float(jnp.max(jnp.abs(want)))
         assert float(jnp.max(jnp.abs(got - want))) <= 2e-6 * scale + 1e-7

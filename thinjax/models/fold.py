@@ -52,6 +52,7 @@ from thinjax.ops.infer import (
     from_rows,
     kernel_layout,
     layout_kernel,
+    row_block,
     row_kernels,
     to_blocked,
     to_rows,
@@ -201,8 +202,8 @@ def prepare(plan: Plan, folded: Mapping, input_shape: tuple[int, ...], impl: str
             max_batch: int = MAX_BATCH) -> dict:
     """`folded` with each kernel in the layout oneDNN's inference convolution wants for
     NHWC inputs of `input_shape` passed to `forward` (`thinjax.ops.infer.kernel_layout`),
-    so that no call reorders it; unchanged where `impl` resolves to XLA's convolution.
-    Pure (jit-able)."""
+    or the row kernels' (`thinjax.ops.infer.row_block`) in `row_stages`, so that no call
+    reorders it; unchanged where `impl` resolves to XLA's convolution. Pure (jit-able)."""
     if resolve(impl, jnp.float32) == "xla":
         return dict(folded)
     if _chunked(input_shape[0], max_batch, impl):  # `forward` computes it in chunks
@@ -213,7 +214,9 @@ def prepare(plan: Plan, folded: Mapping, input_shape: tuple[int, ...], impl: str
     for c in _convs(plan, tuple(input_shape)):
         f = folded[c.key] if c.conv is None else folded[c.key][c.conv]
         k = jnp.asarray(f["kernel"])
-        if k.ndim == 4 and not rows[c.stage]:  # HWIO, as `fold` makes it and rows read it
+        if k.ndim == 4 and rows[c.stage]:  # HWIO, as `fold` makes it
+            k = layout_kernel(k, row_block(c.co))
+        elif k.ndim == 4:
             shape = ((c.n, c.ci // 16, c.h, c.w, 16) if nchw16c and c.conv is not None
                      else (c.n, c.h, c.w, c.ci))
             k = layout_kernel(k, kernel_layout(shape, c.k, c.co, c.stride, (c.k - 1) // 2))

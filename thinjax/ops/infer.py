@@ -42,8 +42,8 @@ from thinjax.ops import build
 from thinjax.ops.conv import resolve, xla_conv2d
 
 __all__ = ["OIHW16I16O", "blocked_kernels", "conv2d_fused", "conv_costs", "from_blocked",
-           "from_rows", "kernel_layout", "layout_kernel", "row_kernels", "to_blocked", "to_rows",
-           "unlayout_kernel"]
+           "from_rows", "kernel_layout", "layout_kernel", "row_block", "row_kernels",
+           "to_blocked", "to_rows", "unlayout_kernel"]
 
 # the layout code of (ceil(co/16), ceil(ci/16), kh, kw, 16, 16), zero-padded (oneDNN's
 # ABcd16b16a)
@@ -70,6 +70,12 @@ def to_rows(x):
 def from_rows(x):
     """`to_rows`'s inverse."""
     return jnp.transpose(x, (0, 1, 3, 2))
+
+
+def row_block(co: int) -> int:
+    """The layout code (`layout_kernel`) of kernels for the row kernels with `co` output
+    channels: they compute blocks of at most 16 (``rowconv.cc``), as even as can be."""
+    return -(-co // -(-co // 16))
 
 
 @functools.lru_cache(maxsize=1)
@@ -236,8 +242,9 @@ def _rows_fused(x, kernel, bias, stride, padding, residual, relu, impl):
         r = None if residual is None else from_rows(residual)
         return to_rows(conv2d_fused(from_rows(x), kernel, bias, stride, padding, r, relu, impl))
     co = bias.shape[0]
-    kernel = unlayout_kernel(kernel, co, x.shape[2])  # the row kernels read HWIO
-    k = kernel.shape[0]
+    if kernel.ndim == 6 or (kernel.ndim == 5 and kernel.shape[-1] != row_block(co)):
+        kernel = unlayout_kernel(kernel, co, x.shape[2])  # HWIO, or their own layout
+    k = _kernel_size(kernel)
     oh, ow = ((x.shape[i] + 2 * padding - k) // stride + 1 for i in (1, 3))
     out = jax.ShapeDtypeStruct((x.shape[0], oh, co, ow), f32)
     return _ffi(x, kernel, bias, out, stride, padding, residual, relu, True)

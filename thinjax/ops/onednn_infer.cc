@@ -253,7 +253,8 @@ Bound& BoundOf(const std::shared_ptr<Entry>& e) {
 // Runs the convolution of `g` on raw buffers, on the calling thread.
 void RunPart(const Geometry& g, void* x, void* k, void* b, void* y) {
   if (g.rows) {
-    thinjax_rowconv::Conv({g.n, g.h, g.w, g.ci, g.co, g.kh, g.sh, g.oh, g.ow, g.pt, g.pl},
+    thinjax_rowconv::Conv({g.n, g.h, g.w, g.ci, g.co, g.kh, g.sh, g.oh, g.ow, g.pt, g.pl,
+                           g.kernel},
                           static_cast<const float*>(x), static_cast<const float*>(k),
                           static_cast<const float*>(b), static_cast<float*>(y), g.sum, g.relu);
     return;
@@ -474,7 +475,8 @@ using Buf = ffi::AnyBuffer;
 // The geometry of x, the kernel, the bias and y, shapes and dtypes checked. Activations
 // are NHWC (4-D), nChw16c as (N, C/16, H, W, 16) (5-D), or NHCW where `rows` (4-D); the
 // kernel HWIO (4-D), (ceil(co/B), kh, kw, ci, B) (5-D: Acdb<B>a) or (ceil(co/16),
-// ceil(ci/16), kh, kw, 16, 16) (6-D), and HWIO for the row kernels.
+// ceil(ci/16), kh, kw, 16, 16) (6-D); for the row kernels HWIO or (ceil(co/B), k, k, ci, B)
+// with B = thinjax_rowconv::Block(co).
 ffi::Error Check(const Buf& x, const Buf& k, const Buf& b, const Buf& y, bool rows,
                  Geometry* g) {
   auto xd = x.dimensions(), kd = k.dimensions(), bd = b.dimensions(), yd = y.dimensions();
@@ -482,9 +484,9 @@ ffi::Error Check(const Buf& x, const Buf& k, const Buf& b, const Buf& y, bool ro
     return ffi::Error::InvalidArgument(std::string("thinjax oneDNN inference conv: ") + what);
   };
   if (xd.size() != yd.size() || (xd.size() != 4 && xd.size() != 5) || bd.size() != 1 ||
-      kd.size() < 4 || kd.size() > 6 || (rows && (xd.size() != 4 || kd.size() != 4))) {
+      kd.size() < 4 || kd.size() > 6 || (rows && (xd.size() != 4 || kd.size() == 6))) {
     return bad("x and y must be 4-D (NHWC, NHCW) or 5-D (nChw16c) alike, the kernel 4-D to "
-               "6-D (4-D HWIO for NHCW), the bias 1-D");
+               "6-D (4-D or 5-D for NHCW), the bias 1-D");
   }
   g->blocked = xd.size() == 5, g->rows = rows;
   if (g->blocked && (xd[4] != 16 || yd[4] != 16)) return bad("nChw16c blocks are 16 wide");
@@ -497,7 +499,11 @@ ffi::Error Check(const Buf& x, const Buf& k, const Buf& b, const Buf& y, bool ro
     return bad("the output's shape does not agree with the input's and the bias's");
   }
   bool ok;
-  if (kd.size() == 4) {  // HWIO
+  if (rows && kd.size() == 5) {  // the row kernels' (ceil(co/B), k, k, ci, B)
+    g->kernel = kd[4], g->kh = kd[1], g->kw = kd[2];
+    ok = g->kernel == thinjax_rowconv::Block(g->co) && kd[3] == g->ci &&
+         kd[0] == (g->co + g->kernel - 1) / g->kernel;
+  } else if (kd.size() == 4) {  // HWIO
     g->kernel = 0, g->kh = kd[0], g->kw = kd[1];
     ok = kd[2] == g->ci && kd[3] == g->co;
   } else if (kd.size() == 5) {  // Acdb<B>a

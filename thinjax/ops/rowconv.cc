@@ -6,17 +6,20 @@
 // network whose channel counts are not multiples of 8 leaves up to half its lanes idle.
 // These kernels put output pixels in the lanes instead: with rows of 16, 32, 48 ... pixels
 // every lane works whatever the channel counts. A tile of two vectors (32 pixels: one row
-// of 32, or two rows of 16) and up to kMaxBlock output channels accumulates in registers
-// (2 x 12 of AVX-512's 32), over input channels and kernel taps: per tap and input channel
-// two vector loads (masked at the image's borders: the zero padding) and two fused
-// multiply-adds per output channel with the weight broadcast from the HWIO kernel. Stride
-// 2 loads 32 input pixels and keeps the even ones. Bias, residual and ReLU are applied
-// when the tile is stored.
+// of 32, or two rows of 16) and a block of up to 16 output channels accumulates in
+// registers (up to 32, all of AVX-512's), over input channels and kernel taps: per tap and
+// input channel two vector loads (masked at the image's borders: the zero padding) and
+// two fused multiply-adds per output channel, the weight broadcast from the kernel packed
+// by blocks of output channels. Stride 2 loads 32 input pixels and keeps the even ones.
+// Bias, residual and ReLU are applied when the tile is stored. One core of an AMD EPYC
+// (Zen 4) computes 3x3 layers of 8 to 25 channels at 58 GMAC/s at 16x16 and 55 at 32x32,
+// as fast as oneDNN's kernels where those fill their lanes.
 
 #include "rowconv.h"
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -25,7 +28,7 @@ namespace thinjax_rowconv {
 namespace {
 
 constexpr int kLanes = 16;
-constexpr int kMaxBlock = 16;  // output channels per tile: up to 32 accumulators
+constexpr int kMaxBlock = 16;  // output channels per tile: up to 32 accumulators (Block)
 
 // A vector of output pixels: row oh, columns ow0 .. ow0 + 15 (those < ow).
 struct Slot {
@@ -59,9 +62,10 @@ struct Masks {
   }
 };
 
-Masks MakeMasks(const Geometry& g) {
+void MakeMasks(const Geometry& g, Masks* masks) {
   const int64_t chunks = (g.ow + kLanes - 1) / kLanes;
-  Masks m{std::vector<__mmask16>(chunks * g.k * 2, 0), std::vector<__mmask16>(chunks, 0), g.k};
+  Masks& m = *masks;
+  m.load.assign(chunks * g.k * 2, 0), m.store.assign(chunks, 0), m.k = g.k;
   for (int64_t c = 0; c < chunks; ++c) {
     for (int j = 0; j < kLanes; ++j) {
       if (c * kLanes + j < g.ow) m.store[c] |= 1u << j;
@@ -75,7 +79,6 @@ Masks MakeMasks(const Geometry& g) {
       }
     }
   }
-  return m;
 }
 
 // The NV vectors of `slots` (NV <= 2) for output channels c0 .. c0 + CB - 1 of one image.
@@ -92,7 +95,7 @@ __attribute__((target("avx512f"))) void Tile(const Geometry& g, const float* x, 
   }
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4,
                                         2, 0);
-  const int64_t ci_n = g.ci, co = g.co, w = g.w, plane = ci_n * w;  // plane: an input row
+  const int64_t ci_n = g.ci, w = g.w, plane = ci_n * w, block = g.block;  // plane: a row
   for (int64_t kh = 0; kh < g.k; ++kh) {
     const float* row[NV];
     bool any = false;
@@ -110,7 +113,7 @@ __attribute__((target("avx512f"))) void Tile(const Geometry& g, const float* x, 
         m0[v] = row[v] ? m[0] : 0, m1[v] = row[v] ? m[1] : 0;
         p[v] = (row[v] ? row[v] : x) + slots[v].ow0 * S + kw - g.pl;  // masked where outside
       }
-      const float* wk = k + (kh * g.k + kw) * ci_n * CB;
+      const float* wk = k + (kh * g.k + kw) * ci_n * block;
       for (int64_t ci = 0; ci < ci_n; ++ci) {
         __m512 in[NV];
 #pragma GCC unroll 2
@@ -120,7 +123,7 @@ __attribute__((target("avx512f"))) void Tile(const Geometry& g, const float* x, 
                          : _mm512_permutex2var_ps(LoadM(m0[v], q), even,
                                                   LoadM(m1[v], q + kLanes));
         }
-        const float* wc = wk + ci * CB;
+        const float* wc = wk + ci * block;
 #pragma GCC unroll 16
         for (int c = 0; c < CB; ++c) {
 #pragma GCC unroll 2
@@ -165,47 +168,55 @@ bool Available() {
   return ok;
 }
 
+int64_t Block(int64_t co) {
+  const int64_t blocks = (co + kMaxBlock - 1) / kMaxBlock;
+  return (co + blocks - 1) / blocks;
+}
+
 void Conv(const Geometry& g, const float* x, const float* kernel, const float* bias, float* y,
           bool sum, bool relu) {
-  const Masks masks = MakeMasks(g);
-  // one image's vectors, row by row, in tiles of two; rows of one vector alone at the top and
-  // bottom, so that their tiles skip the kernel rows that fall on the padding
-  std::vector<Slot> slots;
-  std::vector<std::pair<size_t, int>> tiles;  // (first slot, vectors)
-  const bool narrow = g.ow <= kLanes;
+  // per-thread buffers that only grow: no allocation per call (at batch 1 a convolution
+  // takes tens of microseconds)
+  static thread_local Masks masks;
+  static thread_local std::vector<Slot> slots;  // one image's vectors, row by row
+  static thread_local std::vector<std::pair<size_t, int>> tiles;  // (first slot, vectors)
+  static thread_local std::vector<float> packed;
+  MakeMasks(g, &masks);
+  slots.clear(), tiles.clear();
   for (int64_t oh = 0; oh < g.oh; ++oh) {
     for (int64_t ow0 = 0; ow0 < g.ow; ow0 += kLanes) slots.push_back({oh, ow0});
   }
+  // tiles of two vectors; a row of one vector alone at the top and bottom, so that its tile
+  // skips the kernel rows that fall on the padding
+  const bool narrow = g.ow <= kLanes;
   for (size_t t = 0; t < slots.size();) {
     const bool edge = narrow && (t == 0 || t + 1 == slots.size());
     const int nv = !edge && t + 1 < slots.size() ? 2 : 1;
     tiles.push_back({t, nv});
     t += nv;
   }
-  // output channels in blocks of at most kMaxBlock, as even as can be
-  const int64_t blocks = (g.co + kMaxBlock - 1) / kMaxBlock;
-  std::vector<int64_t> start(blocks + 1, 0);
-  for (int64_t b = 0; b < blocks; ++b) start[b + 1] = g.co * (b + 1) / blocks;
-  // each block's weights packed: (k, k, ci, block) from HWIO
-  static thread_local std::vector<float> packed;
-  const int64_t taps = g.k * g.k * g.ci;
-  packed.resize(taps * g.co);
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t cb = start[b + 1] - start[b];
-    float* dst = packed.data() + taps * start[b];
+  Geometry gb = g;
+  gb.block = Block(g.co);
+  const int64_t blocks = (g.co + gb.block - 1) / gb.block, taps = g.k * g.k * g.ci;
+  if (!g.block) {  // HWIO: packed here
+    packed.assign(blocks * taps * gb.block, 0.0f);
     for (int64_t t = 0; t < taps; ++t) {
-      for (int64_t c = 0; c < cb; ++c) dst[t * cb + c] = kernel[t * g.co + start[b] + c];
+      for (int64_t c = 0; c < g.co; ++c) {
+        packed[((c / gb.block) * taps + t) * gb.block + c % gb.block] = kernel[t * g.co + c];
+      }
     }
+    kernel = packed.data();
   }
   const int s = static_cast<int>(g.s);
   for (int64_t i = 0; i < g.n; ++i) {
     const float* xi = x + i * g.h * g.ci * g.w;
     float* yi = y + i * g.oh * g.co * g.ow;
     for (int64_t b = 0; b < blocks; ++b) {
-      const int cb = static_cast<int>(start[b + 1] - start[b]);
-      const float* kb = packed.data() + taps * start[b];
+      const int64_t c0 = b * gb.block;
+      const int cb = static_cast<int>(std::min(gb.block, g.co - c0));
+      const float* kb = kernel + b * taps * gb.block;
       for (const auto& [t, nv] : tiles) {
-        TileFor(cb, nv, s)(g, xi, kb, bias, yi, &slots[t], masks, start[b], sum, relu);
+        TileFor(cb, nv, s)(gb, xi, kb, bias, yi, &slots[t], masks, c0, sum, relu);
       }
     }
   }
