@@ -91,9 +91,9 @@ def test_a_fully_masked_block_is_the_identity_as_in_the_model():
 
 def mixed_plan():
     """Stage 2 on the row kernels where they run (11 to 13 channels at 16x16), stages 1
-    and 3 on oneDNN's (16 channels at 32x32; 41, 50 and 12 at 8x8: padded kernels)."""
-    return Plan("basic", "cifar", 16, (
-        StagePlan(16, 1, (BlockPlan((16,)),)),
+    and 3 on oneDNN's (32 channels at 32x32; 41, 50 and 12 at 8x8: padded kernels)."""
+    return Plan("basic", "cifar", 32, (
+        StagePlan(32, 1, (BlockPlan((32,)),)),
         StagePlan(13, 2, (BlockPlan((11,), True), BlockPlan((12,)))),
         StagePlan(41, 2, (BlockPlan((50,), True), BlockPlan((12,))))), num_classes=5)
 
@@ -261,14 +261,15 @@ def test_evaluation_and_export_use_the_folded_network():
 
 
 def test_the_cost_model_picks_the_row_kernels_where_onednn_leaves_lanes_idle():
-    """Measured on an AMD EPYC (batch 64, ms): 13 to 10 channels at 32x32, oneDNN 2.25 and
-    rows 1.46; 16 to 16 at 16x16, 0.64 and 0.74; 25 to 19 at 16x16, 1.87 and 1.29."""
+    """Measured on an AMD EPYC (one core, batch 64, ms, oneDNN and rows): 13 to 11 channels
+    at 32x32, 2.37 and 1.66; 25 to 19 at 16x16, 1.98 and 1.27; 32 to 32 at 16x16, 2.70
+    and 2.80; 41 to 49 at 8x8, oneDNN 1.41 (rows: half of each vector idle)."""
     def rows_cheaper(*geom):
         dnn, row = infer.conv_costs(*geom)
         return row < dnn
-    assert rows_cheaper(64, 32, 32, 13, 10, 3, 1) and rows_cheaper(64, 16, 16, 25, 19, 3, 1)
-    assert not rows_cheaper(64, 16, 16, 16, 16, 3, 1)
-    assert not rows_cheaper(64, 8, 8, 41, 49, 3, 1)  # 8 of a vector's 16 lanes idle
+    assert rows_cheaper(64, 32, 32, 13, 11, 3, 1) and rows_cheaper(64, 16, 16, 25, 19, 3, 1)
+    assert not rows_cheaper(64, 16, 16, 32, 32, 3, 1)
+    assert not rows_cheaper(64, 8, 8, 41, 49, 3, 1)
 
 
 @needs_onednn

@@ -88,16 +88,16 @@ def row_kernels() -> bool:
 
 
 # `conv_costs`' model, fitted to timings of 3x3 convolutions of 8 to 32 channels (200 pairs
-# of counts) at 16x16 and 32x32, batch 64, on one core of an AMD EPYC (Zen 4): oneDNN's
-# NHWC kernels cost _DNN_NS per vector multiply-add (a 16-wide one, or two 8-wide ones),
-# plus _DNN_BCAST of one per input value broadcast (once per output pixel, input channel
-# and tap, shared by the pixel's output vectors) and _DNN_STORE per output vector (8.2%
-# rms error); the row kernels _ROW_NS per multiply-add plus _ROW_STORE per output vector
-# (4.5%), and at stride 2 _ROW_STRIDED times that (they load twice the pixels and keep
-# every other one). Choosing by the model over the measured pairs costs 0.3% over the
-# faster of each pair.
-_DNN_NS, _DNN_BCAST, _DNN_STORE = 0.226, 0.288, 9.0
-_ROW_NS, _ROW_STORE, _ROW_STRIDED = 0.317, 6.0, 1.3
+# of counts) at 16x16 and 32x32, batch 64, on one core of an AMD EPYC (Zen 4; a shared
+# machine, min of 15 runs): oneDNN's NHWC kernels cost _DNN_NS per vector multiply-add (a
+# 16-wide one, or two 8-wide ones), plus _DNN_BCAST of one per input value broadcast (once
+# per output pixel, input channel and tap, shared by the pixel's output vectors) and
+# _DNN_STORE per output vector (13% rms error); the row kernels _ROW_NS per multiply-add
+# plus _ROW_STORE per output vector (8%), and at stride 2 _ROW_STRIDED times that (they
+# load twice the pixels and keep every other one). Choosing by the model over the measured
+# pairs costs 1.4% over the faster of each pair.
+_DNN_NS, _DNN_BCAST, _DNN_STORE = 0.243, 0.22, 7.4
+_ROW_NS, _ROW_STORE, _ROW_STRIDED = 0.300, 4.0, 1.1
 
 
 def conv_costs(n: int, oh: int, ow: int, ci: int, co: int, k: int, stride: int
