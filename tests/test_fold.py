@@ -280,7 +280,9 @@ def test_odd_channel_networks_run_on_the_row_kernels_where_they_pay():
     rows = infer.row_kernels()
     assert fold.row_stages(plan, x.shape, "onednn") == (rows, rows, False)
     assert fold.row_stages(plan, x.shape, "xla") == (False, False, False)
-    assert fold.row_stages(plan_from_width("resnet20", 16), x.shape) == (False,) * 3  # nChw16c
+    wide = plan_from_width("resnet20", 16)
+    if fold.blocked(wide, x.shape):  # nChw16c (oneDNN's AVX-512 kernels) first
+        assert fold.row_stages(wide, x.shape) == (False,) * 3
     run = jax.jit(lambda v, x: fold.forward(plan, fold.fold(plan, v), x, "onednn"))
     for n in (1, 3):  # one image: split by output rows
         assert rel_err(run(v, x[:n]), model_logits(plan, v, x[:n])) < TOL
