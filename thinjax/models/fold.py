@@ -16,9 +16,9 @@ every channel count is a multiple of 16 keeps its activations in oneDNN's nChw16
 estimated to compute faster than oneDNN's (`row_stages`: channel counts that leave
 oneDNN's vector lanes idle, e.g. a round_to 1 pruning's) runs them on NHCW activations
 (the layout changes between stages); and a batch of more than `MAX_BATCH` images runs in
-chunks. The logits are
-those of ``ResNet(plan).apply(variables, x)`` (inference mode) up to float32 rounding (the
-fold rounds once more per weight; measured in ``tests/test_fold.py``).
+chunks. The logits are those of ``ResNet(plan).apply(variables, x)`` (inference mode) up
+to float32 rounding (the fold rounds once more per weight; measured in
+``tests/test_fold.py``).
 
     folded = fold(plan, variables)                  # once: numpy or jax arrays
     logits = forward(plan, folded, images)          # NHWC float32 -> logits (jit it)
@@ -140,6 +140,11 @@ def blocked(plan: Plan, input_shape: tuple[int, ...], impl: str = "auto") -> boo
     return all(c % 16 == 0 for c in widths)
 
 
+def _stage_of(block: str) -> int:
+    """The stage index of a block named as `Plan.blocks` names it ("stage2/block0": 1)."""
+    return int(block.split("/")[0].removeprefix("stage")) - 1
+
+
 class _Conv(NamedTuple):
     key: str  # in the folded variables
     conv: str | None  # None for the stem
@@ -168,7 +173,7 @@ def _convs(plan: Plan, input_shape: tuple[int, ...]) -> Iterator[_Conv]:
     strided = 1 if plan.block == "basic" else 2  # the conv carrying the stride (v1.5)
     sizes = (3, 3) if plan.block == "basic" else (1, 3, 1)
     for name, cin, cout, s, b in plan.blocks():
-        si = int(name.split("/")[0].removeprefix("stage")) - 1
+        si = _stage_of(name)
         if b.proj:
             yield _Conv(name, "proj", si, n, h, w, cin, cout, 1, s)
         ih, iw, chans = h, w, (cin, *b.inner, cout)
@@ -283,7 +288,7 @@ def _forward(plan: Plan, folded: Mapping, x, impl: str):
         x = jax.lax.reduce_window(x, 0.0, jax.lax.max, window, steps, pads)
     strided = 1 if plan.block == "basic" else 2  # the conv carrying the stride (v1.5)
     for name, _, _, s, b in plan.blocks():
-        want = rows[int(name.split("/")[0].removeprefix("stage")) - 1]
+        want = rows[_stage_of(name)]
         if want != now:  # a stage in the other layout
             x, now = (to_rows(x) if want else from_rows(x)), want
         f = folded[name]

@@ -237,11 +237,12 @@ def _rows_fused(x, kernel, bias, stride, padding, residual, relu, impl):
     """`conv2d_fused` of NHCW `x` (and `residual`): the row kernels where they run, else
     computed in NHWC."""
     f32 = jnp.dtype(jnp.float32)
+    co = bias.shape[0]
     if (0 in x.shape or 0 in kernel.shape or x.dtype != f32 or kernel.dtype != f32
             or resolve(impl, f32) == "xla" or not row_kernels()):
         r = None if residual is None else from_rows(residual)
-        return to_rows(conv2d_fused(from_rows(x), kernel, bias, stride, padding, r, relu, impl))
-    co = bias.shape[0]
+        hwio = unlayout_kernel(kernel, co, x.shape[2])  # (a row-kernel layout: not oneDNN's)
+        return to_rows(conv2d_fused(from_rows(x), hwio, bias, stride, padding, r, relu, impl))
     if kernel.ndim == 6 or (kernel.ndim == 5 and kernel.shape[-1] != row_block(co)):
         kernel = unlayout_kernel(kernel, co, x.shape[2])  # HWIO, or their own layout
     k = _kernel_size(kernel)
