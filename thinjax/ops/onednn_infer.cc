@@ -21,7 +21,7 @@
 //
 // Activations may also be NHCW, (N, H, C, W) (`rows`): such a convolution runs thinjax's
 // own row kernels (rowconv.cc, vectorized along the width: every vector lane works whatever
-// the channel counts) on the same thread team, with the kernel HWIO.
+// the channel counts) on the same thread team, with the kernel HWIO or packed for them.
 //
 // Built into the same library as onednn_conv.cc and rowconv.cc by thinjax/ops/build.py;
 // used through thinjax/ops/infer.py (`conv2d_fused`).
@@ -147,14 +147,16 @@ dnnl::convolution_forward::primitive_desc PrimitiveDesc(const Geometry& g) {
   // channels in 16-wide vectors, is not its fastest here (3x3, batch 1 to 64, AMD EPYC):
   // * for 8 modulo 16 output channels its AVX2 brgconv kernels (8-wide) waste less: 10-33%
   //   less time for 8, 24, 40 and 56 channels, e.g. round_to 8 prunings;
-  // * for other counts and images at most 16 pixels wide, its direct AVX-512 kernels: 4-14%
-  //   less time (e.g. 25 to 19 channels at 16x16, 41 to 49 at 8x8, 40 to 48 at 8x8).
+  // * for other counts, images at most 16 pixels wide and kernels over 1x1, its direct
+  //   AVX-512 kernels: 4-14% less time (e.g. 25 to 19 channels at 16x16, 41 to 49 at 8x8,
+  //   40 to 48 at 8x8; as fast for 256 to 256 at 14x14; 1x1: 7-14% slower than brgconv's
+  //   for 1024 to 256 at 14x14, 2048 to 512 at 7x7).
   bool (*wanted)(const std::string&) = nullptr;
   if (!g.blocked && g.co % 16 == 8) {
     wanted = [](const std::string& impl) {
       return impl.rfind("brgconv", 0) == 0 && impl.find(":avx2") != std::string::npos;
     };
-  } else if (!g.blocked && g.ow <= 16) {
+  } else if (!g.blocked && g.ow <= 16 && g.kh * g.kw > 1) {
     wanted = [](const std::string& impl) { return impl == "jit:avx512_core"; };
   }
   if (wanted) {
