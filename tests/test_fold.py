@@ -24,7 +24,7 @@ from thinjax.interop.export import jitted_forward
 from thinjax.models import fold
 from thinjax.models.resnet import ResNet, random_variables
 from thinjax.ops import conv, infer
-from thinjax.plan import plan_from_width
+from thinjax.plan import BlockPlan, Plan, StagePlan, plan_from_width
 
 needs_onednn = pytest.mark.skipif(not BUILDABLE, reason="oneDNN kernels build on Linux x86-64 "
                                                         "with a C++ compiler only")
@@ -89,23 +89,37 @@ def test_a_fully_masked_block_is_the_identity_as_in_the_model():
     assert rel_err(got, model_logits(plan, v, x, masks)) < TOL
 
 
+def mixed_plan():
+    """Stage 2 on the row kernels where they run (11 to 13 channels at 16x16), stages 1
+    and 3 on oneDNN's (32 channels at 32x32; 41, 50 and 12 at 8x8: padded kernels)."""
+    return Plan("basic", "cifar", 32, (
+        StagePlan(32, 1, (BlockPlan((32,)),)),
+        StagePlan(13, 2, (BlockPlan((11,), True), BlockPlan((12,)))),
+        StagePlan(41, 2, (BlockPlan((50,), True), BlockPlan((12,))))), num_classes=5)
+
+
 @needs_onednn
 @pytest.mark.parametrize("n", [1, 3])
 def test_prepared_kernels_change_nothing_but_the_layout(n):
-    plan = irregular_plan()  # odd channel counts: blocked kernels with padded outputs
+    plan = mixed_plan()
     v = random_variables(plan, seed=4)
     x = images(plan, n)
+    rows = infer.row_kernels()
+    assert fold.row_stages(plan, x.shape, "onednn") == (False, rows, False)
     folded = fold.fold(plan, v)
     prepared = jax.device_put(fold.prepare(plan, folded, x.shape, "onednn"))
     before = jax.tree.map(np.array, prepared)
-    assert prepared["stage1/block2"]["conv1"]["kernel"].ndim == 5  # (co/B, kh, kw, ci, B)
+    k = prepared["stage3/block1"]["conv1"]["kernel"]  # 41 to 12 channels at 8x8
+    assert k.ndim in (5, 6)  # (co/B, kh, kw, ci, B) or (co/16, ci/16, kh, kw, 16, 16)
+    row_kernel = prepared["stage2/block1"]["conv1"]["kernel"]  # 13 to 12 channels
+    assert row_kernel.shape == (1, 3, 3, 13, 12) if rows else row_kernel.ndim in (5, 6)
     run = jax.jit(lambda f, x: fold.forward(plan, f, x, "onednn"))
-    np.testing.assert_array_equal(run(prepared, x), run(folded, x))  # the same primitive
+    np.testing.assert_array_equal(run(prepared, x), run(folded, x))  # the same primitives
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(prepared)):
         np.testing.assert_array_equal(a, b)  # oneDNN never writes the caller's kernels
-    np.testing.assert_array_equal(infer.unlayout_kernel(
-        prepared["stage1/block2"]["conv1"]["kernel"], 12), folded["stage1/block2"]["conv1"][
-        "kernel"])
+    np.testing.assert_array_equal(infer.unlayout_kernel(k, 12, 41),
+                                  folded["stage3/block1"]["conv1"]["kernel"])
+    assert rel_err(run(prepared, x), model_logits(plan, v, x)) < TOL
 
 
 # (batch, size, in channels, out channels, kernel, stride): batch 1 is split by output rows
@@ -144,6 +158,38 @@ def test_fused_convolution_matches_xla(geom):
                 scale = float(jnp.max(jnp.abs(want)))
                 assert float(jnp.max(jnp.abs(got - want))) <= 2e-6 * scale + 1e-7
     assert "thinjax_onednn_conv_infer" in fn.lower(x, w, b, res, True, "onednn").as_text()
+
+
+@needs_onednn
+@pytest.mark.parametrize("geom", GEOMETRIES + [(2, 16, 13, 10, 3, 1), (1, 33, 9, 25, 3, 2),
+                                  (2, 16, 7, 49, 3, 1)],
+                         ids=lambda g: "b{}s{}c{}-{}k{}st{}".format(*g))
+def test_row_convolution_matches_xla(geom):
+    """The row kernels on NHCW activations (`rows=True`): batch 1 split by output rows,
+    widths under, at and over a vector of 16, 32 and 48 pixels, padding rows and columns,
+    strides 1 and 2, kernels 1, 3 and 7 wide. Measured: at most 7e-7 of the largest
+    output from XLA's convolution."""
+    if not infer.row_kernels():
+        pytest.skip("the row kernels need an AVX-512 CPU")
+    n, size, ci, co, k, stride = geom
+    r = np.random.default_rng(sum(geom) + 1)
+    x = jnp.asarray(r.standard_normal((n, size, size + 17, ci)), jnp.float32)  # not square
+    w = jnp.asarray(r.standard_normal((k, k, ci, co)) / np.sqrt(k * k * ci), jnp.float32)
+    b = jnp.asarray(r.standard_normal(co), jnp.float32)
+    pad = (k - 1) // 2
+    res = jnp.asarray(r.standard_normal(conv.xla_conv2d(x, w, stride, pad).shape), jnp.float32)
+    fn = jax.jit(lambda x, kk, b, r, relu, imp, rows: infer.conv2d_fused(
+        x, kk, b, stride, pad, r, relu, imp, rows), static_argnames=("relu", "imp", "rows"))
+    packed = infer.layout_kernel(w, infer.row_block(co))  # as `prepare` lays it out
+    assert packed.shape[0] == -(-co // 16) and packed.shape[-1] <= 16
+    for (residual, relu), kernel in zip(((None, False), (None, True), (res, True),
+                                         (res, False)), (w, packed, w, packed)):
+        r = None if residual is None else infer.to_rows(residual)
+        got = infer.from_rows(fn(infer.to_rows(x), kernel, b, r, relu, "onednn", True))
+        want = fn(x, w, b, residual, relu, "xla", False)
+        scale = float(jnp.max(jnp.abs(want)))
+        assert float(jnp.max(jnp.abs(got - want))) <= 2e-6 * scale + 1e-7
+    assert "rows = 1" in fn.lower(infer.to_rows(x), w, b, None, True, "onednn", True).as_text()
 
 
 @needs_onednn
@@ -212,3 +258,39 @@ def test_evaluation_and_export_use_the_folded_network():
     m16 = ResNet(plan, dtype=jnp.bfloat16)
     got16 = jax.jit(lambda v, x: evaluation.inference_logits(m16, v, x))(v, x)
     np.testing.assert_array_equal(got16, jax.jit(lambda v, x: m16.apply(v, x))(v, x))
+
+
+def test_the_cost_model_picks_the_row_kernels_where_onednn_leaves_lanes_idle():
+    """Measured on an AMD EPYC (one core, batch 64, ms, oneDNN and rows): 13 to 11 channels
+    at 32x32, 2.37 and 1.66; 25 to 19 at 16x16, 1.98 and 1.27; 32 to 32 at 16x16, 2.70
+    and 2.80; 41 to 49 at 8x8, oneDNN 1.41 (rows: half of each vector idle)."""
+    def rows_cheaper(*geom):
+        dnn, row = infer.conv_costs(*geom)
+        return row < dnn
+    assert rows_cheaper(64, 32, 32, 13, 11, 3, 1) and rows_cheaper(64, 16, 16, 25, 19, 3, 1)
+    assert not rows_cheaper(64, 16, 16, 32, 32, 3, 1)
+    assert not rows_cheaper(64, 8, 8, 41, 49, 3, 1)
+
+
+@needs_onednn
+def test_odd_channel_networks_run_on_the_row_kernels_where_they_pay():
+    plan = plan_from_width("resnet20", 5)  # 5, 10 and 20 channels at 32, 16 and 8 pixels
+    v = random_variables(plan, seed=9)
+    x = images(plan, 3)
+    rows = infer.row_kernels()
+    assert fold.row_stages(plan, x.shape, "onednn") == (rows, rows, False)
+    assert fold.row_stages(plan, x.shape, "xla") == (False, False, False)
+    wide = plan_from_width("resnet20", 16)
+    if fold.blocked(wide, x.shape):  # nChw16c (oneDNN's AVX-512 kernels) first
+        assert fold.row_stages(wide, x.shape) == (False,) * 3
+    run = jax.jit(lambda v, x: fold.forward(plan, fold.fold(plan, v), x, "onednn"))
+    for n in (1, 3):  # one image: split by output rows
+        assert rel_err(run(v, x[:n]), model_logits(plan, v, x[:n])) < TOL
+    hlo = run.lower(v, x).as_text()
+    assert ("rows = 1" in hlo) == rows and "rows = 0" in hlo
+    plan = plan_from_width("resnet18", 5, 10)  # the ImageNet stem and max-pool on rows
+    v = random_variables(plan, seed=10)
+    x = images(plan, 2)
+    assert fold.row_stages(plan, x.shape, "onednn") == (rows, False, False, False)
+    assert rel_err(jax.jit(lambda v, x: fold.forward(plan, fold.fold(plan, v), x, "onednn"))(
+        v, x), model_logits(plan, v, x)) < TOL

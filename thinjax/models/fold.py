@@ -12,9 +12,13 @@ masked network fold in too: a masked channel's kernel column and bias are zero),
 oneDNN kernels are used (bias, sum and ReLU post-ops), or as XLA's convolution and one fused
 elementwise op elsewhere. With oneDNN, a batch of several images through a network whose
 every channel count is a multiple of 16 keeps its activations in oneDNN's nChw16c layout
-(`blocked`), and a batch of more than `MAX_BATCH` images runs in chunks. The logits are
-those of ``ResNet(plan).apply(variables, x)`` (inference mode) up to float32 rounding (the
-fold rounds once more per weight; measured in ``tests/test_fold.py``).
+(`blocked`); in other networks, a stage whose convolutions thinjax's row kernels are
+estimated to compute faster than oneDNN's (`row_stages`: channel counts that leave
+oneDNN's vector lanes idle, e.g. a round_to 1 pruning's) runs them on NHCW activations
+(the layout changes between stages); and a batch of more than `MAX_BATCH` images runs in
+chunks. The logits are those of ``ResNet(plan).apply(variables, x)`` (inference mode) up
+to float32 rounding (the fold rounds once more per weight; measured in
+``tests/test_fold.py``).
 
     folded = fold(plan, variables)                  # once: numpy or jax arrays
     logits = forward(plan, folded, images)          # NHWC float32 -> logits (jit it)
@@ -34,8 +38,8 @@ block's entry is empty.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,13 +48,19 @@ from thinjax.ops.conv import resolve
 from thinjax.ops.infer import (
     blocked_kernels,
     conv2d_fused,
+    conv_costs,
+    from_rows,
     kernel_layout,
     layout_kernel,
+    row_block,
+    row_kernels,
     to_blocked,
+    to_rows,
 )
 from thinjax.plan import Plan, stream_of
 
-__all__ = ["MAX_BATCH", "blocked", "fold", "fold_conv", "forward", "forward_fn", "prepare"]
+__all__ = ["MAX_BATCH", "blocked", "fold", "fold_conv", "forward", "forward_fn", "prepare",
+           "row_stages"]
 
 MAX_BATCH = 64  # `forward` computes larger batches in chunks of at most this many images
 
@@ -130,62 +140,105 @@ def blocked(plan: Plan, input_shape: tuple[int, ...], impl: str = "auto") -> boo
     return all(c % 16 == 0 for c in widths)
 
 
-def _conv_inputs(plan: Plan, input_shape: tuple[int, ...], nchw16c: bool):
-    """Yields (folded key, conv name or None for the stem, input shape as `forward` holds
-    it, stride) of every convolution (odd kernels with padding (k-1)/2: a stride s maps
-    size h to ceil(h/s), as does the ImageNet stem's 3x3/2 max-pool)."""
-    n, h, w, _ = input_shape
-    def shape(c, h, w):
-        return (n, c // 16, h, w, 16) if nchw16c else (n, h, w, c)
+def _stage_of(block: str) -> int:
+    """The stage index of a block named as `Plan.blocks` names it ("stage2/block0": 1)."""
+    return int(block.split("/")[0].removeprefix("stage")) - 1
 
-    stride = 2 if plan.stem == "imagenet" else 1
-    yield "stem", None, (n, h, w, plan.in_channels), stride
+
+class _Conv(NamedTuple):
+    key: str  # in the folded variables
+    conv: str | None  # None for the stem
+    stage: int  # the stage whose layout it computes in (the stem: the first)
+    n: int
+    h: int  # input size
+    w: int
+    ci: int
+    co: int
+    k: int
+    stride: int
+
+
+def _convs(plan: Plan, input_shape: tuple[int, ...]) -> Iterator[_Conv]:
+    """Every convolution `forward` computes for NHWC input of `input_shape` (odd kernels
+    with padding (k-1)/2: a stride s maps size h to ceil(h/s), as does the ImageNet stem's
+    3x3/2 max-pool)."""
+    n, h, w, _ = input_shape
+    imagenet = plan.stem == "imagenet"
+    stride = 2 if imagenet else 1
+    yield _Conv("stem", None, 0, n, h, w, plan.in_channels, plan.stem_width,
+                7 if imagenet else 3, stride)
     h, w = -(-h // stride), -(-w // stride)
-    if plan.stem == "imagenet":
+    if imagenet:
         h, w = -(-h // 2), -(-w // 2)
     strided = 1 if plan.block == "basic" else 2  # the conv carrying the stride (v1.5)
-    for name, cin, _, s, b in plan.blocks():
+    sizes = (3, 3) if plan.block == "basic" else (1, 3, 1)
+    for name, cin, cout, s, b in plan.blocks():
+        si = _stage_of(name)
         if b.proj:
-            yield name, "proj", shape(cin, h, w), s
-        ih, iw, chans = h, w, (cin, *b.inner)
+            yield _Conv(name, "proj", si, n, h, w, cin, cout, 1, s)
+        ih, iw, chans = h, w, (cin, *b.inner, cout)
         for k in range(0 if b.removed else len(b.inner) + 1):
             st = s if k + 1 == strided else 1
-            yield name, f"conv{k + 1}", shape(chans[k], ih, iw), st
+            yield _Conv(name, f"conv{k + 1}", si, n, ih, iw, chans[k], chans[k + 1],
+                        sizes[k], st)
             ih, iw = -(-ih // st), -(-iw // st)
         h, w = -(-h // s), -(-w // s)
+
+
+def row_stages(plan: Plan, input_shape: tuple[int, ...], impl: str = "auto"
+               ) -> tuple[bool, ...]:
+    """Per stage, whether `forward` computes it (the first with the stem and the ImageNet
+    max-pool) on NHCW activations with thinjax's row kernels (`thinjax.ops.infer`): where
+    they run here, oneDNN computes the convolutions, the activations are not nChw16c
+    (`blocked`), and `conv_costs` estimates the stage's convolutions cheaper so."""
+    if (resolve(impl, jnp.float32) == "xla" or not row_kernels()
+            or blocked(plan, input_shape, impl)):
+        return (False,) * len(plan.stages)
+    costs = [[0.0, 0.0] for _ in plan.stages]
+    for c in _convs(plan, tuple(input_shape)):
+        dnn, row = conv_costs(c.n, -(-c.h // c.stride), -(-c.w // c.stride), c.ci, c.co, c.k,
+                              c.stride)
+        costs[c.stage][0] += dnn
+        costs[c.stage][1] += row
+    return tuple(row < dnn for dnn, row in costs)
 
 
 def prepare(plan: Plan, folded: Mapping, input_shape: tuple[int, ...], impl: str = "auto",
             max_batch: int = MAX_BATCH) -> dict:
     """`folded` with each kernel in the layout oneDNN's inference convolution wants for
     NHWC inputs of `input_shape` passed to `forward` (`thinjax.ops.infer.kernel_layout`),
-    so that no call reorders it; unchanged where `impl` resolves to XLA's convolution.
-    Pure (jit-able)."""
+    or the row kernels' (`thinjax.ops.infer.row_block`) in `row_stages`, so that no call
+    reorders it; unchanged where `impl` resolves to XLA's convolution. Pure (jit-able)."""
     if resolve(impl, jnp.float32) == "xla":
         return dict(folded)
     if _chunked(input_shape[0], max_batch, impl):  # `forward` computes it in chunks
         input_shape = (_chunk_size(input_shape[0], max_batch), *input_shape[1:])
     out = {k: dict(v) for k, v in folded.items()}
     nchw16c = blocked(plan, input_shape, impl)
-    for key, conv, shape, stride in _conv_inputs(plan, tuple(input_shape), nchw16c):
-        f = folded[key] if conv is None else folded[key][conv]
+    rows = row_stages(plan, input_shape, impl)
+    for c in _convs(plan, tuple(input_shape)):
+        f = folded[c.key] if c.conv is None else folded[c.key][c.conv]
         k = jnp.asarray(f["kernel"])
-        if k.ndim == 4:  # as `fold` makes it: HWIO
-            code = kernel_layout(shape, k.shape[0], k.shape[3], stride, (k.shape[0] - 1) // 2)
-            k = layout_kernel(k, code)
+        if k.ndim == 4 and rows[c.stage]:  # HWIO, as `fold` makes it
+            k = layout_kernel(k, row_block(c.co))
+        elif k.ndim == 4:
+            shape = ((c.n, c.ci // 16, c.h, c.w, 16) if nchw16c and c.conv is not None
+                     else (c.n, c.h, c.w, c.ci))
+            k = layout_kernel(k, kernel_layout(shape, c.k, c.co, c.stride, (c.k - 1) // 2))
         g = {"kernel": k, "bias": f["bias"]}
-        if conv is None:
-            out[key] = g
+        if c.conv is None:
+            out[c.key] = g
         else:
-            out[key][conv] = g
+            out[c.key][c.conv] = g
     return out
 
 
-def _conv(x, f: Mapping, stride: int, relu: bool, residual=None, impl: str = "auto"):
+def _conv(x, f: Mapping, stride: int, relu: bool, residual=None, impl: str = "auto",
+          rows: bool = False):
     k = f["kernel"]
     size = k.shape[{4: 0, 5: 1, 6: 2}[k.ndim]]
     return conv2d_fused(x, k, f["bias"], stride, (size - 1) // 2, residual=residual,
-                        relu=relu, impl=impl)
+                        relu=relu, impl=impl, rows=rows)
 
 
 def _chunked(n: int, max_batch: int, impl: str) -> bool:
@@ -215,29 +268,40 @@ def forward(plan: Plan, folded: Mapping, x, impl: str = "auto", max_batch: int =
     return _forward(plan, folded, x, impl)
 
 
+def _spatial(x, rows: bool) -> tuple[int, int]:
+    """The axes of height and width: NHWC, nChw16c (5-D) or NHCW (`rows`)."""
+    return (1, 3) if rows else (x.ndim - 3, x.ndim - 2)
+
+
 def _forward(plan: Plan, folded: Mapping, x, impl: str):
     nchw16c = blocked(plan, x.shape, impl)
+    rows = row_stages(plan, x.shape, impl)
     stride = 2 if plan.stem == "imagenet" else 1
-    x = _conv(x, folded["stem"], stride, True, impl=impl)
+    now = rows[0]  # the activations are NHCW
+    x = _conv(to_rows(x) if now else x, folded["stem"], stride, True, impl=impl, rows=now)
     if nchw16c:
         x = to_blocked(x)
-    a = x.ndim - 4  # 1 in nChw16c: the first spatial axis
     if plan.stem == "imagenet":  # post-ReLU: padding with 0 equals padding with -inf
-        window = (1,) * (1 + a) + (3, 3) + (1,)
-        x = jax.lax.reduce_window(x, 0.0, jax.lax.max, window, (1,) * (1 + a) + (2, 2, 1),
-                                  ((0, 0),) * (1 + a) + ((1, 1), (1, 1), (0, 0)))
+        window, steps, pads = [1] * x.ndim, [1] * x.ndim, [(0, 0)] * x.ndim
+        for a in _spatial(x, now):
+            window[a], steps[a], pads[a] = 3, 2, (1, 1)
+        x = jax.lax.reduce_window(x, 0.0, jax.lax.max, window, steps, pads)
     strided = 1 if plan.block == "basic" else 2  # the conv carrying the stride (v1.5)
     for name, _, _, s, b in plan.blocks():
+        want = rows[_stage_of(name)]
+        if want != now:  # a stage in the other layout
+            x, now = (to_rows(x) if want else from_rows(x)), want
         f = folded[name]
-        shortcut = _conv(x, f["proj"], s, False, impl=impl) if b.proj else x
+        shortcut = _conv(x, f["proj"], s, False, impl=impl, rows=now) if b.proj else x
         if b.removed:
             x = jax.nn.relu(shortcut)
             continue
         y, n = x, len(b.inner) + 1
         for k in range(1, n):
-            y = _conv(y, f[f"conv{k}"], s if k == strided else 1, True, impl=impl)
-        x = _conv(y, f[f"conv{n}"], s if n == strided else 1, True, shortcut, impl=impl)
-    x = jnp.mean(x, axis=(1 + a, 2 + a)).reshape(x.shape[0], -1)  # nChw16c: channel order
+            y = _conv(y, f[f"conv{k}"], s if k == strided else 1, True, impl=impl, rows=now)
+        x = _conv(y, f[f"conv{n}"], s if n == strided else 1, True, shortcut, impl=impl,
+                  rows=now)
+    x = jnp.mean(x, axis=_spatial(x, now)).reshape(x.shape[0], -1)  # nChw16c: channel order
     return x @ folded["head"]["kernel"] + folded["head"]["bias"]
 
 

@@ -1,5 +1,5 @@
 """Build and load thinjax's oneDNN convolution kernels (``onednn_conv.cc`` for training,
-``onednn_infer.cc`` for inference) for XLA:CPU.
+``onednn_infer.cc`` and ``rowconv.cc`` for inference) for XLA:CPU.
 
 The kernels are an XLA FFI library compiled on first use with the C++ compiler (``$CXX``,
 else ``g++``) against the headers of jaxlib (``jax.ffi.include_dir()``) and of oneDNN (the
@@ -39,7 +39,9 @@ __all__ = ["HANDLERS", "KernelUnavailable", "cache_dir", "load", "onednn_paths"]
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")  # training: forward and gradients
 INFER_SOURCE = Path(__file__).with_name("onednn_infer.cc")  # inference: fused post-ops
-SOURCES = (SOURCE, INFER_SOURCE)
+ROW_SOURCE = Path(__file__).with_name("rowconv.cc")  # inference: NHCW row kernels
+SOURCES = (SOURCE, INFER_SOURCE, ROW_SOURCE)
+HEADERS = (Path(__file__).with_name("rowconv.h"),)  # included by the sources: hashed too
 # FFI target name -> symbol in the library
 HANDLERS = {"thinjax_onednn_conv_fwd": "ThinjaxConvForward",
             "thinjax_onednn_conv_bwd_data": "ThinjaxConvBackwardData",
@@ -50,8 +52,10 @@ HANDLERS = {"thinjax_onednn_conv_fwd": "ThinjaxConvForward",
 # functions returning a C string: oneDNN's version, and the implementation a bfloat16
 # convolution gets here
 QUERIES = ("ThinjaxOneDnnVersion", "ThinjaxOneDnnBf16Impl")
-# int64 functions: the kernel layout oneDNN's inference convolution wants (onednn_infer.cc)
-INT_QUERIES = ("ThinjaxInferKernelLayout", "ThinjaxInferBlockedKernels")
+# int64 functions (onednn_infer.cc): the kernel layout oneDNN's inference convolution
+# wants, whether it has nChw16c kernels here, whether the row kernels run here
+INT_QUERIES = ("ThinjaxInferKernelLayout", "ThinjaxInferBlockedKernels",
+               "ThinjaxInferRowKernels")
 RUNTIME_DIST, HEADERS_DIST = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"
 INSTALL_HINT = f"pip install {RUNTIME_DIST} {HEADERS_DIST}"
 
@@ -108,7 +112,7 @@ def _command(out: Path) -> list[str]:
 
 def _library_path() -> Path:
     """The cached library's path: a hash of the source, the command and the versions."""
-    h = hashlib.sha256(b"".join(src.read_bytes() for src in SOURCES))
+    h = hashlib.sha256(b"".join(src.read_bytes() for src in (*SOURCES, *HEADERS)))
     h.update(" ".join(_command(Path("OUT"))).encode())
     for dist in ("jaxlib", RUNTIME_DIST, HEADERS_DIST):
         h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
@@ -225,4 +229,5 @@ def _load() -> ctypes.CDLL:
         getattr(lib, query).restype = ctypes.c_int64
     lib.ThinjaxInferKernelLayout.argtypes = [ctypes.c_int64] * 14
     lib.ThinjaxInferBlockedKernels.argtypes = []
+    lib.ThinjaxInferRowKernels.argtypes = []
     return lib

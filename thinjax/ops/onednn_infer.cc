@@ -19,8 +19,12 @@
 // cached per geometry, memory objects and argument maps per thread and primitive, and the
 // scratchpad and a reordered kernel live in per-thread buffers that only grow.
 //
-// Built into the same library as onednn_conv.cc by thinjax/ops/build.py; used through
-// thinjax/ops/infer.py (`conv2d_fused`).
+// Activations may also be NHCW, (N, H, C, W) (`rows`): such a convolution runs thinjax's
+// own row kernels (rowconv.cc, vectorized along the width: every vector lane works whatever
+// the channel counts) on the same thread team, with the kernel HWIO or packed for them.
+//
+// Built into the same library as onednn_conv.cc and rowconv.cc by thinjax/ops/build.py;
+// used through thinjax/ops/infer.py (`conv2d_fused`).
 
 #include <immintrin.h>
 #include <sched.h>
@@ -43,6 +47,7 @@
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "rowconv.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -54,10 +59,10 @@ using Tag = memory::format_tag;
 using DT = memory::data_type;
 
 // kernel: the layout of the kernel as the caller holds it (`KernelTag`); blocked: the
-// activations are nChw16c.
+// activations are nChw16c; rows: they are NHCW (the row kernels).
 struct Geometry {
   int64_t n, h, w, ci, kh, kw, co, oh, ow, sh, sw, pt, pb, pl, pr, kernel;
-  bool blocked, sum, relu;
+  bool blocked, sum, relu, rows = false;
 };
 
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
@@ -74,8 +79,9 @@ constexpr int64_t kOIhw16i16o = -16;  // the blocked layout of oneDNN's direct k
 
 // The format tag of a kernel layout code: 0 = HWIO; B > 0 = Acdb<B>a, output channels
 // padded to a multiple of B, held as (ceil(co/B), kh, kw, ci, B) (oneDNN's brgemm
-// kernels, NHWC activations); kOIhw16i16o = ABcd16b16a, held as (co/16, ci/16, kh, kw,
-// 16, 16) (its direct kernels, nChw16c activations). False for other codes.
+// kernels, NHWC activations); kOIhw16i16o = ABcd16b16a, both channel counts padded to
+// multiples of 16, held as (ceil(co/16), ceil(ci/16), kh, kw, 16, 16) (its direct
+// kernels: nChw16c activations, and NHWC ones at most 16 pixels wide). False for others.
 bool KernelTag(int64_t code, Tag* tag) {
   switch (code) {
     case kOIhw16i16o: *tag = Tag::ABcd16b16a; return true;
@@ -137,13 +143,25 @@ dnnl::convolution_forward::primitive_desc PrimitiveDesc(const Geometry& g) {
         {g.pt, g.pl}, {g.pb, g.pr}, attr);
   };
   auto pd = make();
-  // oneDNN's first choice on AVX-512 CPUs computes output channels in 16-wide vectors; for
-  // 8 modulo 16 of them its AVX2 kernels (8-wide) waste less: 10-33% less time for 8, 24,
-  // 40 and 56 channels (3x3, NHWC, batch 1 and 32, AMD EPYC), e.g. round_to 8 prunings
+  // oneDNN's first choice for NHWC on AVX-512 CPUs, its brgconv kernels with output
+  // channels in 16-wide vectors, is not its fastest here (3x3, batch 1 to 64, AMD EPYC):
+  // * for 8 modulo 16 output channels its AVX2 brgconv kernels (8-wide) waste less: 10-33%
+  //   less time for 8, 24, 40 and 56 channels, e.g. round_to 8 prunings;
+  // * for other counts, images at most 16 pixels wide and kernels over 1x1, its direct
+  //   AVX-512 kernels: 4-14% less time (e.g. 25 to 19 channels at 16x16, 41 to 49 at 8x8,
+  //   40 to 48 at 8x8; as fast for 256 to 256 at 14x14; 1x1: 7-14% slower than brgconv's
+  //   for 1024 to 256 at 14x14, 2048 to 512 at 7x7).
+  bool (*wanted)(const std::string&) = nullptr;
   if (!g.blocked && g.co % 16 == 8) {
+    wanted = [](const std::string& impl) {
+      return impl.rfind("brgconv", 0) == 0 && impl.find(":avx2") != std::string::npos;
+    };
+  } else if (!g.blocked && g.ow <= 16 && g.kh * g.kw > 1) {
+    wanted = [](const std::string& impl) { return impl == "jit:avx512_core"; };
+  }
+  if (wanted) {
     do {
-      const std::string impl = pd.impl_info_str();
-      if (impl.rfind("brgconv", 0) == 0 && impl.find(":avx2") != std::string::npos) return pd;
+      if (wanted(pd.impl_info_str())) return pd;
     } while (pd.next_impl());
     pd = make();  // none: oneDNN's first choice
   }
@@ -236,6 +254,13 @@ Bound& BoundOf(const std::shared_ptr<Entry>& e) {
 
 // Runs the convolution of `g` on raw buffers, on the calling thread.
 void RunPart(const Geometry& g, void* x, void* k, void* b, void* y) {
+  if (g.rows) {
+    thinjax_rowconv::Conv({g.n, g.h, g.w, g.ci, g.co, g.kh, g.sh, g.oh, g.ow, g.pt, g.pl,
+                           g.kernel},
+                          static_cast<const float*>(x), static_cast<const float*>(k),
+                          static_cast<const float*>(b), static_cast<float*>(y), g.sum, g.relu);
+    return;
+  }
   static thread_local Buffer scratch;
   static thread_local std::unique_ptr<dnnl::stream> stream;
   if (!stream) stream = std::make_unique<dnnl::stream>(Engine());
@@ -450,29 +475,37 @@ std::string Run(const Geometry& g, void* x, void* k, void* b, void* y) {
 using Buf = ffi::AnyBuffer;
 
 // The geometry of x, the kernel, the bias and y, shapes and dtypes checked. Activations
-// are NHWC (4-D) or nChw16c as (N, C/16, H, W, 16) (5-D); the kernel HWIO (4-D),
-// (ceil(co/B), kh, kw, ci, B) (5-D: Acdb<B>a) or (co/16, ci/16, kh, kw, 16, 16) (6-D).
-ffi::Error Check(const Buf& x, const Buf& k, const Buf& b, const Buf& y, Geometry* g) {
+// are NHWC (4-D), nChw16c as (N, C/16, H, W, 16) (5-D), or NHCW where `rows` (4-D); the
+// kernel HWIO (4-D), (ceil(co/B), kh, kw, ci, B) (5-D: Acdb<B>a) or (ceil(co/16),
+// ceil(ci/16), kh, kw, 16, 16) (6-D); for the row kernels HWIO or (ceil(co/B), k, k, ci, B)
+// with B = thinjax_rowconv::Block(co).
+ffi::Error Check(const Buf& x, const Buf& k, const Buf& b, const Buf& y, bool rows,
+                 Geometry* g) {
   auto xd = x.dimensions(), kd = k.dimensions(), bd = b.dimensions(), yd = y.dimensions();
   const auto bad = [](const char* what) {
     return ffi::Error::InvalidArgument(std::string("thinjax oneDNN inference conv: ") + what);
   };
   if (xd.size() != yd.size() || (xd.size() != 4 && xd.size() != 5) || bd.size() != 1 ||
-      kd.size() < 4 || kd.size() > 6) {
-    return bad("x and y must be 4-D (NHWC) or 5-D (nChw16c) alike, the kernel 4-D to 6-D, "
-               "the bias 1-D");
+      kd.size() < 4 || kd.size() > 6 || (rows && (xd.size() != 4 || kd.size() == 6))) {
+    return bad("x and y must be 4-D (NHWC, NHCW) or 5-D (nChw16c) alike, the kernel 4-D to "
+               "6-D (4-D or 5-D for NHCW), the bias 1-D");
   }
-  g->blocked = xd.size() == 5;
+  g->blocked = xd.size() == 5, g->rows = rows;
   if (g->blocked && (xd[4] != 16 || yd[4] != 16)) return bad("nChw16c blocks are 16 wide");
   const int a = g->blocked ? 1 : 0;  // the first spatial dimension
-  g->n = xd[0], g->h = xd[1 + a], g->w = xd[2 + a], g->oh = yd[1 + a], g->ow = yd[2 + a];
-  g->ci = g->blocked ? xd[1] * 16 : xd[3];
+  const int wd = rows ? 3 : 2 + a;   // the width's
+  g->n = xd[0], g->h = xd[1 + a], g->w = xd[wd], g->oh = yd[1 + a], g->ow = yd[wd];
+  g->ci = g->blocked ? xd[1] * 16 : xd[rows ? 2 : 3];
   g->co = bd[0];
-  if ((g->blocked ? yd[1] * 16 : yd[3]) != g->co || yd[0] != g->n) {
+  if ((g->blocked ? yd[1] * 16 : yd[rows ? 2 : 3]) != g->co || yd[0] != g->n) {
     return bad("the output's shape does not agree with the input's and the bias's");
   }
   bool ok;
-  if (kd.size() == 4) {  // HWIO
+  if (rows && kd.size() == 5) {  // the row kernels' (ceil(co/B), k, k, ci, B)
+    g->kernel = kd[4], g->kh = kd[1], g->kw = kd[2];
+    ok = g->kernel == thinjax_rowconv::Block(g->co) && kd[3] == g->ci &&
+         kd[0] == (g->co + g->kernel - 1) / g->kernel;
+  } else if (kd.size() == 4) {  // HWIO
     g->kernel = 0, g->kh = kd[0], g->kw = kd[1];
     ok = kd[2] == g->ci && kd[3] == g->co;
   } else if (kd.size() == 5) {  // Acdb<B>a
@@ -482,7 +515,8 @@ ffi::Error Check(const Buf& x, const Buf& k, const Buf& b, const Buf& y, Geometr
          kd[0] == (g->co + g->kernel - 1) / g->kernel;
   } else {  // OIhw16i16o
     g->kernel = kOIhw16i16o, g->kh = kd[2], g->kw = kd[3];
-    ok = kd[4] == 16 && kd[5] == 16 && kd[0] * 16 == g->co && kd[1] * 16 == g->ci;
+    ok = kd[4] == 16 && kd[5] == 16 && kd[0] == (g->co + 15) / 16 &&
+         kd[1] == (g->ci + 15) / 16;
   }
   if (!ok) return bad("the kernel's shape does not agree with x, the bias and its layout");
   for (const Buf* t : {&x, &k, &b, &y}) {
@@ -492,6 +526,12 @@ ffi::Error Check(const Buf& x, const Buf& k, const Buf& b, const Buf& y, Geometr
 }
 
 ffi::Error Guarded(const Geometry& g, void* x, void* k, void* b, void* y) {
+  if (g.rows && (!thinjax_rowconv::Available() || g.kh != g.kw || g.sh != g.sw ||
+                 (g.sh != 1 && g.sh != 2))) {
+    return ffi::Error::InvalidArgument(
+        "thinjax row conv (NHCW): needs an AVX-512 CPU (ThinjaxInferRowKernels), a square "
+        "kernel and stride 1 or 2");
+  }
   const std::string failure = Run(g, x, k, b, y);
   if (!failure.empty()) {
     return ffi::Error::Internal("thinjax oneDNN inference conv: " + failure);
@@ -501,9 +541,9 @@ ffi::Error Guarded(const Geometry& g, void* x, void* k, void* b, void* y) {
 
 // y = [relu](conv(x, k) + b)
 ffi::Error Infer(Buf x, Buf k, Buf b, ffi::Result<Buf> y, int64_t sh, int64_t sw,
-                 int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t relu) {
+                 int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t relu, int64_t rows) {
   Geometry g{};
-  auto err = Check(x, k, b, *y, &g);
+  auto err = Check(x, k, b, *y, rows != 0, &g);
   if (err.failure()) return err;
   g.sh = sh, g.sw = sw, g.pt = pt, g.pb = pb, g.pl = pl, g.pr = pr;
   g.sum = false, g.relu = relu != 0;
@@ -512,9 +552,9 @@ ffi::Error Infer(Buf x, Buf k, Buf b, ffi::Result<Buf> y, int64_t sh, int64_t sw
 
 // y = [relu](conv(x, k) + b + r), where r is y's buffer (aliased by the caller).
 ffi::Error InferAdd(Buf x, Buf k, Buf b, Buf r, ffi::Result<Buf> y, int64_t sh, int64_t sw,
-                    int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t relu) {
+                    int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t relu, int64_t rows) {
   Geometry g{};
-  auto err = Check(x, k, b, *y, &g);
+  auto err = Check(x, k, b, *y, rows != 0, &g);
   if (err.failure()) return err;
   if (r.untyped_data() != y->untyped_data()) {
     return ffi::Error::InvalidArgument(
@@ -568,6 +608,9 @@ extern "C" int64_t ThinjaxInferBlockedKernels() {
   return ok;
 }
 
+// 1 when thinjax's row kernels (NHCW activations, rowconv.cc) run on this CPU, else 0.
+extern "C" int64_t ThinjaxInferRowKernels() { return thinjax_rowconv::Available() ? 1 : 0; }
+
 #define THINJAX_INFER_ATTRS                                                               \
   .Attr<int64_t>("sh")                                                                    \
       .Attr<int64_t>("sw")                                                                \
@@ -575,7 +618,8 @@ extern "C" int64_t ThinjaxInferBlockedKernels() {
       .Attr<int64_t>("pb")                                                                \
       .Attr<int64_t>("pl")                                                                \
       .Attr<int64_t>("pr")                                                                \
-      .Attr<int64_t>("relu")
+      .Attr<int64_t>("relu")                                                              \
+      .Attr<int64_t>("rows")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ThinjaxConvInfer, thinjax_infer::Infer,
                               ffi::Ffi::Bind()
