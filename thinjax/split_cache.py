@@ -37,10 +37,8 @@ import os
 from collections.abc import Iterable, Iterator
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
-from thinjax import cache, folders, fs
+from thinjax import cache, folders, kept
 from thinjax.errors import ConfigError
 from thinjax.pixels import MEAN, STD
 
@@ -133,36 +131,21 @@ def entry(data: str, split: str, view) -> Entry | None:
                  h.hexdigest(), folder, size, resize)
 
 
-def _digest(meta: dict[str, str], arrays: dict[str, np.ndarray]) -> str:
-    """sha256 over the metadata (but its own digest) and the arrays, in name order."""
-    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "data_sha256"},
-                                  sort_keys=True).encode())
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
-        h.update(f"\0{k}\0{a.dtype.str}\0{a.shape}\0".encode())
-        h.update(a.data)
-    return h.hexdigest()
-
-
 def read(e: Entry) -> dict[str, np.ndarray] | None:
     """{'image': pixels, 'label': int32} kept for `e`, or None when none can be trusted."""
     if not os.path.isfile(e.path):
         return None
     try:
-        with safe_open(e.path, framework="np") as f:
-            meta = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in ("image", "label")}
+        meta, arrays = kept.read(e.path, ("image", "label"))
         if meta.get("format") != FORMAT or meta.get("key") != e.key:
             log.info("thinjax: the kept evaluation inputs %s are of other files or code; "
                      "reading the images again", e.path)
             return None
-        if meta.get("data_sha256") != _digest(meta, arrays):
-            raise ValueError("its checksum does not match its content")
         n = len(arrays["label"])
         if arrays["image"].shape != (n, e.size, e.size, 3) or n != int(meta["count"]):
             raise ValueError(f"its arrays have shapes {arrays['image'].shape}, "
                              f"{arrays['label'].shape}")
-    except (OSError, ValueError, KeyError, SafetensorError) as err:
+    except kept.ERRORS as err:
         log.warning("thinjax: ignoring the kept evaluation inputs %s (%s: %s); reading the "
                     "images again", e.path, type(err).__name__, err)
         return None
@@ -173,23 +156,11 @@ def write(e: Entry, arrays: dict[str, np.ndarray]) -> None:
     """Keeps `arrays` for `e`, atomically; best effort (a warning on failure)."""
     meta = {"format": FORMAT, "key": e.key, "count": str(len(arrays["label"])),
             "data": e.folder.root}
-    meta["data_sha256"] = _digest(meta, arrays)
-    directory = os.path.dirname(e.path)
-    tmp = None
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = fs.mkstemp(directory, f".{e.key[:16]}.part-")
-        os.close(fd)
-        save_file(arrays, tmp, metadata=meta)
-        os.chmod(tmp, 0o666 & ~fs.umask())  # save_file leaves 0600: group-readable as mkstemp's
-        os.replace(tmp, e.path)
-        tmp = None
-    except (OSError, SafetensorError) as err:
+        kept.write(e.path, arrays, meta, e.key[:16])
+    except kept.ERRORS as err:
         log.warning("thinjax: cannot keep the evaluation inputs in %s (%s); the images are "
-                    "read again next time", directory, err)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+                    "read again next time", os.path.dirname(e.path), err)
 
 
 def _batch(pixels: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:

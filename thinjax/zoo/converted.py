@@ -13,17 +13,14 @@ be written only means converting again next time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 
 import numpy as np
 from flax import traverse_util
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
-from thinjax import cache, fs
+from thinjax import cache, kept
 from thinjax.interop.torch import import_checkpoint
 from thinjax.plan import Plan
 
@@ -48,31 +45,16 @@ def load(source: str, sha256: str) -> tuple[Plan, dict]:
     return plan, variables
 
 
-def _digest(meta: dict[str, str], flat: dict[str, np.ndarray]) -> str:
-    """sha256 over the metadata (but its own digest) and the arrays, in name order."""
-    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "data_sha256"},
-                                  sort_keys=True).encode())
-    for k in sorted(flat):
-        a = np.ascontiguousarray(flat[k])
-        h.update(f"\0{k}\0{a.dtype.str}\0{a.shape}\0".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def read(path: str, sha256: str) -> tuple[Plan, dict] | None:
     """The conversion kept at `path`, or None when there is none to trust."""
     if not os.path.isfile(path):
         return None
     try:
-        with safe_open(path, framework="np") as f:
-            meta = f.metadata() or {}
-            flat = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (no __iter__)
+        meta, flat = kept.read(path)
         if meta.get("format") != FORMAT or meta.get("source_sha256") != sha256:
             raise ValueError("not this release file's conversion")
-        if meta.get("data_sha256") != _digest(meta, flat):
-            raise ValueError("its checksum does not match its content")
         plan = Plan.from_dict(json.loads(meta["plan"]))
-    except (OSError, ValueError, KeyError, SafetensorError) as e:
+    except kept.ERRORS as e:
         log.warning("thinjax: ignoring the converted network %s (%s: %s); converting the "
                     "release file again", path, type(e).__name__, e)
         return None
@@ -84,20 +66,8 @@ def write(path: str, sha256: str, plan: Plan, variables: dict) -> None:
     flat = {k: np.ascontiguousarray(v)
             for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
     meta = {"format": FORMAT, "source_sha256": sha256, "plan": plan.to_json()}
-    meta["data_sha256"] = _digest(meta, flat)
-    directory = os.path.dirname(path)
-    tmp = None
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = fs.mkstemp(directory, f".{sha256[:16]}.part-")
-        os.close(fd)
-        save_file(flat, tmp, metadata=meta)
-        os.chmod(tmp, 0o666 & ~fs.umask())  # save_file leaves 0600: group-readable as mkstemp's
-        os.replace(tmp, path)
-        tmp = None
-    except (OSError, SafetensorError) as e:
+        kept.write(path, flat, meta, sha256[:16])
+    except kept.ERRORS as e:
         log.warning("thinjax: cannot keep the converted network in %s (%s); it is converted "
-                    "again next time", directory, e)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+                    "again next time", os.path.dirname(path), e)
