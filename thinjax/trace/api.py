@@ -133,20 +133,13 @@ def prune(module: nn.Module, variables: Any, example_input: Any, *, criterion: s
     if nnx is not None and isinstance(module, nnx.Module):
         raise TraceError("module: an NNX module; prune it with thinjax.trace.prune_nnx(model, "
                          "x, ...), which returns (the smaller model, the report)")
-    bad = sorted(set(options) - set(ONE_SHOT))
-    if bad:
-        raise TraceError(f"{bad[0]}={options[bad[0]]!r}: not an option of prune; valid: "
-                         f"{', '.join(ONE_SHOT)}")
-    spec = prune_spec.from_config(dict(criterion=criterion, target_kind=target_kind,
+    spec = one_shot_spec("prune", dict(criterion=criterion, target_kind=target_kind,
                                        target=target, allocation=allocation,
-                                       round_to=round_to, **options), where="")
+                                       round_to=round_to), options)
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     kwargs = dict(apply_kwargs or {})
     tr = trace(module, variables, *inputs, **kwargs)
-    net = tr.net(inexact)
-    if not net.groups:
-        raise TraceError("nothing to prune: the trace found no prunable channel group\n"
-                         + "\n".join(f"  {r.name}: {r.reasons[0]}" for r in tr.refused))
+    net = prunable_net(tr, inexact)
     alloc = compute_masks(net, variables, spec, spec.goal(), seed)
     if all(np.all(np.asarray(m) > 0) for m in alloc.masks.values()):
         raise TargetError(f"target_kind={target_kind}, target={target:g}: removes no "
@@ -159,3 +152,22 @@ def prune(module: nn.Module, variables: Any, example_input: Any, *, criterion: s
     report = Report(kept, {n: g.notes for n, g in tr.groups.items() if n not in net.groups},
                     tr.refused, tr.unsupported, net.cost(), alloc.plan.cost(), diff, alloc)
     return model, small, report
+
+
+def one_shot_spec(function: str, settings: dict, options: dict):
+    """The `thinjax.prune.spec.PruneSpec` of a one-shot call of `function` (prune,
+    prune_nnx): its settings and options; an unknown option is one error naming them."""
+    bad = sorted(set(options) - set(ONE_SHOT))
+    if bad:
+        raise TraceError(f"{bad[0]}={options[bad[0]]!r}: not an option of {function}; valid: "
+                         f"{', '.join(ONE_SHOT)}")
+    return prune_spec.from_config({**settings, **options}, where="")
+
+
+def prunable_net(tr, inexact: bool):
+    """`tr.net(inexact)`, refused with the trace's reasons when it has no group to prune."""
+    net = tr.net(inexact)
+    if not net.groups:
+        raise TraceError("nothing to prune: the trace found no prunable channel group\n"
+                         + "\n".join(f"  {r.name}: {r.reasons[0]}" for r in tr.refused))
+    return net

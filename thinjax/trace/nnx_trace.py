@@ -29,9 +29,14 @@ import numpy as np
 from flax import nnx
 
 from thinjax.errors import TargetError, TraceError
-from thinjax.prune import spec as prune_spec
 from thinjax.trace import nnx_rebuild, rebuild
-from thinjax.trace.api import ONE_SHOT, Report, compute_masks, mask_variables
+from thinjax.trace.api import (
+    Report,
+    compute_masks,
+    mask_variables,
+    one_shot_spec,
+    prunable_net,
+)
 from thinjax.trace.network import Trace, TracedNet, from_jaxpr, leaves_of
 
 
@@ -133,20 +138,13 @@ def prune_nnx(model: nnx.Module, example_input: Any, *, criterion: str = "l1",
     `example_input`: one input (or a tuple of inputs) of ``model(...)``, a batch of one
     (the MACs are counted on it); `call_kwargs`: the call's other arguments. The rest
     means what it means for `thinjax.trace.prune`."""
-    bad = sorted(set(options) - set(ONE_SHOT))
-    if bad:
-        raise TraceError(f"{bad[0]}={options[bad[0]]!r}: not an option of prune_nnx; valid: "
-                         f"{', '.join(ONE_SHOT)}")
-    spec = prune_spec.from_config(dict(criterion=criterion, target_kind=target_kind,
-                                       target=target, allocation=allocation,
-                                       round_to=round_to, **options), where="")
+    spec = one_shot_spec("prune_nnx", dict(criterion=criterion, target_kind=target_kind,
+                                           target=target, allocation=allocation,
+                                           round_to=round_to), options)
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     kwargs = dict(call_kwargs or {})
     tr = trace_nnx(model, *inputs, **kwargs)
-    net = tr.net(inexact)
-    if not net.groups:
-        raise TraceError("nothing to prune: the trace found no prunable channel group\n"
-                         + "\n".join(f"  {r.name}: {r.reasons[0]}" for r in tr.refused))
+    net = prunable_net(tr, inexact)
     variables = variables_of(model)
     alloc = compute_masks(net, variables, spec, spec.goal(), seed)
     if all(np.all(np.asarray(m) > 0) for m in alloc.masks.values()):
