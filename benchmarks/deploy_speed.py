@@ -82,8 +82,18 @@ def networks(fractions: list[float]) -> list[dict]:
     return rows
 
 
-def _time(fn, calls: int) -> list[float]:
-    """Seconds of each of `calls` calls of `fn`."""
+def _time(fn, calls: int, warm_s: float = 0.1) -> list[float]:
+    """Seconds of each of `calls` calls of `fn`, after untimed calls for `warm_s` seconds.
+    The rounds interleave the runtimes, and the one measured before leaves its threads
+    spinning for some milliseconds: onnxruntime's pool spins after a run, and thinjax's
+    thread team, finding its helper descheduled, computes alone for up to 20 ms
+    (`onednn_infer.cc`). A burst of 20 single-image calls right after the switch measured
+    that hand-over (thinjax's ResNet-56 w=16: 2.4-2.6 ms against 1.3-1.5 ms in long runs on
+    the AMD EPYC VM), not what either runtime costs alone."""
+    end = time.perf_counter() + warm_s
+    fn()
+    while time.perf_counter() < end:
+        fn()
     out = []
     for _ in range(calls):
         t = time.perf_counter()
