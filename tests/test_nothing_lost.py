@@ -16,6 +16,7 @@ case 11  tests/test_multihost.py::test_two_processes_equal_one_and_checkpoints_m
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import time
 import pytest
 
 from tests.helpers import ROOT, main_cmd, sub_env
-from thinjax import fs
+from thinjax import cache, fs
 from thinjax import workdir as wdir
 from thinjax.errors import OutputError
 
@@ -260,8 +261,18 @@ def test_case7_a_truncated_or_foreign_kernel_library_is_rebuilt_not_loaded(tmp_p
         path, status = r.stdout.strip().split(" | ")
         return path, status, r.stderr
 
+    # the good library and its record, as this process's cache holds them (a fresh build
+    # in an empty cache is tests/test_ops.py's): copied into the run's cache, loaded as is
+    build.load()
+    built = build._library_path()
+    rel = os.path.relpath(built, cache.root())
+    os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+    for suffix in ("", ".sha256"):
+        shutil.copy(str(built) + suffix, str(tmp_path / rel) + suffix)
+    seeded = os.stat(tmp_path / rel).st_mtime_ns
     path, status, _ = load()
-    assert status.startswith("onednn")
+    assert status.startswith("onednn") and path == str(tmp_path / rel)
+    assert os.stat(path).st_mtime_ns == seeded  # loaded, not built again
     good = open(path, "rb").read()
     with open(path, "wb") as f:  # the first half of the real library: dlopen would crash
         f.write(good[: len(good) // 2])
@@ -461,8 +472,6 @@ def test_case6_a_changed_study_entry_reruns_its_row(tmp_path, capsys, monkeypatc
 
 # -- case 8 ------------------------------------------------------------------------------
 def test_case8_a_corrupt_evaluation_image_loses_no_training(tmp_path):
-    import shutil
-
     from thinjax.data.sources import sample_dir
     data = tmp_path / "data"
     shutil.copytree(sample_dir("cifar10"), data)
