@@ -135,12 +135,15 @@ def _on_lax(variables, x, y):
         return _logits_and_grads(MobileNetV2(width=0.25), variables, x, y)
 
 
+# compiled once for both seeds
+_OURS = jax.jit(lambda v, x, y: _logits_and_grads(MobileNetV2(width=0.25), v, x, y))
+_REF = jax.jit(_on_lax)
+
+
 @needs_onednn
 @pytest.mark.parametrize("seed", [0, 1])
 def test_mobilenetv2_on_onednn_gives_xlas_logits_and_gradients(seed):
-    model, shape = MobileNetV2(width=0.25), (8, 32, 32, 3)
-    ours = jax.jit(lambda v, x, y: _logits_and_grads(model, v, x, y))
-    ref = jax.jit(_on_lax)
+    model, shape, ours, ref = MobileNetV2(width=0.25), (8, 32, 32, 3), _OURS, _REF
     v, x = random_variables(model, shape, seed), np.asarray(_random(shape, seed))
     y = jnp.asarray(np.random.default_rng(seed).integers(0, 10, shape[0]), jnp.int32)
     # every ordinary convolution on oneDNN (its forward in the eval and the train pass,
