@@ -15,9 +15,10 @@ fixed random batch. Arms:
            thinjax.models.batchnorm.BatchNorm (same variables, hand-written backward)
 Depthwise layers are thinjax.ops.depthwise's in every arm. The arms alternate in `--rounds`
 rounds of `--steps` steps so that all see the same machine load; printed: medians in
-images/s, the median and range of the per-round ratios to the xla arm, each arm's first
-loss, the CPU and the load average. ``--profile``: where each arm's step spends its time,
-by category (one jax.profiler event per XLA thunk; benchmarks/profile_step.py's method).
+images/s by wall and by process CPU time, the median and range of the per-round ratios to
+the xla arm, each arm's first loss, the CPU and the load average. ``--profile``: where
+each arm's step spends its time, by category (one jax.profiler event per XLA thunk;
+benchmarks/profile_step.py's method).
 """
 
 from __future__ import annotations
@@ -126,16 +127,21 @@ def step_fns(example: str, width: float, batch: int, arms: list[str]
     return fns, first
 
 
-def interleaved(fns: dict, rounds: int, steps: int, batch: int) -> dict[str, list[float]]:
-    """images/s of each callable per round, the callables alternating within a round."""
+def interleaved(fns: dict, rounds: int, steps: int, batch: int
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """images/s of each callable per round, the callables alternating within a round, by
+    wall time and by process CPU time (other processes' turns on the cores left out; the
+    work of all this process's threads, spinning included)."""
     rate = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 f()
             rate[k].append(steps * batch / (time.perf_counter() - t))
-    return rate
+            cpu[k].append(steps * batch / (time.process_time() - c))
+    return rate, cpu
 
 
 def category(op: str, op_name: str, inner: list[str]) -> str:
@@ -208,18 +214,21 @@ def main() -> None:
         firsts.update({(w, k): v for k, v in first.items()})
     for f in fns.values():   # compiled by the first loss; one more warm step each
         f()
-    rate = interleaved(fns, a.rounds, a.steps, a.batch)
+    rate, cpu = interleaved(fns, a.rounds, a.steps, a.batch)
     print(f"{a.example}, batch {a.batch}, the quick recipe's step; medians of {a.rounds} "
           f"interleaved rounds x {a.steps} steps")
-    print("| width | arm | img/s | / xla arm (median, range) | first loss |")
-    print("|---|---|---|---|---|")
+    print("| width | arm | img/s | / xla arm (median, range) | img/CPU-s | / xla arm by CPU "
+          "time (median, range) | first loss |")
+    print("|---|---|---|---|---|---|---|")
     for w in sorted({w for w, _ in fns}):
-        x = rate[(w, "xla")]
         for k in arms:
-            t = rate[(w, k)]
-            r = [b / c for b, c in zip(t, x)]
-            print(f"| {w} | {k} | {statistics.median(t):.1f} | {statistics.median(r):.2f}x "
-                  f"({min(r):.2f}-{max(r):.2f}) | {firsts[(w, k)]:.6f} |", flush=True)
+            cells = []
+            for by in (rate, cpu):
+                t = by[(w, k)]
+                r = [b / c for b, c in zip(t, by[(w, "xla")])]
+                cells.append(f"{statistics.median(t):.1f} | {statistics.median(r):.2f}x "
+                             f"({min(r):.2f}-{max(r):.2f})")
+            print(f"| {w} | {k} | {' | '.join(cells)} | {firsts[(w, k)]:.6f} |", flush=True)
     if a.profile:
         for w in sorted({w for w, _ in fns}):
             for k in arms:
