@@ -27,6 +27,7 @@ import pytest
 from tests.helpers import ROOT
 from thinjax import trace as T
 from thinjax.models.examples import ConvNeXt, MobileNetV2, UNet, ViT, random_variables
+from thinjax.ops.dense_conv import NAME as CONV2D
 from thinjax.ops.depthwise import NAME as DEPTHWISE
 
 X = (1, 32, 32, 3)
@@ -62,6 +63,9 @@ def _macs(closed) -> int:
         out = int(np.prod(eqn.outvars[0].aval.shape))
         if eqn.params.get("name") == DEPTHWISE:   # thinjax.ops.depthwise's shifted sum
             total += out * int(np.prod(eqn.invars[1].aval.shape[:2]))
+            continue
+        if eqn.params.get("name") == CONV2D:   # thinjax.ops.dense_conv: HWIO, maybe oneDNN's
+            total += out * int(np.prod(eqn.invars[1].aval.shape[:3]))
             continue
         if eqn.primitive.name == "conv_general_dilated":
             rhs = eqn.invars[1].aval.shape

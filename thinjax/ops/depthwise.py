@@ -29,12 +29,12 @@ NHWC_HWIO = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 Padding = str | Sequence[tuple[int, int]]
 
 
-def _layout(dimension_numbers: Any, ndim: int) -> tuple:
+def layout(dimension_numbers: Any, ndim: int) -> tuple:
     dn = lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dimension_numbers)
     return (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec))
 
 
-def _pairs(padding: Padding, shape: tuple[int, ...], window: tuple[int, ...],
+def pad_pairs(padding: Padding, shape: tuple[int, ...], window: tuple[int, ...],
            strides: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     if isinstance(padding, str):
         return tuple(lax.padtype_to_pads(shape, window, strides, padding))
@@ -71,7 +71,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1,
     ((top, bottom), (left, right))."""
     s, d = tuple(int(v) for v in strides), tuple(int(v) for v in dilation)
     window = tuple((k - 1) * r + 1 for k, r in zip(kernel.shape[:2], d))
-    pads = _pairs(padding, x.shape[1:3], window, s)
+    pads = pad_pairs(padding, x.shape[1:3], window, s)
     return named(x, kernel, s, pads, d)
 
 
@@ -95,7 +95,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     input and one output channel per group) computed by `depthwise_conv`."""
     c = lhs.shape[-1] if lhs.ndim == 4 else -1
     plain = lhs_dilation is None or all(int(v) == 1 for v in lhs_dilation)
-    if (lhs.ndim == 4 and _layout(dimension_numbers, 4) == NHWC_HWIO and plain
+    if (lhs.ndim == 4 and layout(dimension_numbers, 4) == NHWC_HWIO and plain
             and feature_group_count == c and rhs.shape[2:] == (1, c)
             and batch_group_count == 1 and preferred_element_type is None):
         return depthwise_conv(lhs, rhs, window_strides, padding, rhs_dilation or (1, 1))

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from thinjax.ops.dense_conv import NAME as CONV2D
 from thinjax.ops.depthwise import NAME as DEPTHWISE
 from thinjax.trace import linear, rules
 from thinjax.trace.walk import Context, Rule, Val, walk_closed
@@ -23,10 +24,12 @@ def _stack(cx: Context, eqn: Any) -> str:
 
 
 def call(cx: Context, eqn: Any, vals: list[Val]) -> list[Val]:
-    """The walk into a nested jaxpr; thinjax.ops.depthwise's shifted sum (a jit of its
-    name) is read as the depthwise convolution it computes."""
-    if eqn.params.get("name") == DEPTHWISE and len(vals) == 2:
-        groups = int(eqn.invars[0].aval.shape[-1])
+    """The walk into a nested jaxpr; thinjax.ops.depthwise's shifted sum and
+    thinjax.ops.dense_conv's convolution (jits of their names; the latter may hold oneDNN's
+    custom VJP) are read as the convolutions they compute."""
+    name = eqn.params.get("name")
+    if name in (DEPTHWISE, CONV2D) and len(vals) == 2:
+        groups = int(eqn.invars[0].aval.shape[-1]) if name == DEPTHWISE else 1
         return linear.convolution(cx, eqn, vals, linear.NHWC_HWIO, groups, 1)
     sub = eqn.params.get(CALLS[eqn.primitive.name])
     if sub is None:

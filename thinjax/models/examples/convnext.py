@@ -14,7 +14,9 @@ Layers (parameter paths under ``params``; the network has no ``batch_stats``):
   initialised to 1e-6) and the residual add;
 * global average pooling, ``head_norm`` (LayerNorm), ``head`` (Dense with bias).
 
-Every LayerNorm normalises the channel axis (NHWC's last) with epsilon 1e-6. Widths:
+The stem and downsampling convolutions are computed by `thinjax.ops.dense_conv`
+(oneDNN where the commands enabled it). Every LayerNorm normalises the channel axis
+(NHWC's last) with epsilon 1e-6. Widths:
 ``dims`` times `width`, rounded to multiples of 8 (`make_divisible`). With
 ``ConvNeXt(num_classes=1000, depths=(3, 3, 9, 3), patch=4)`` it is torchvision's
 convnext_tiny, 28,589,128 parameters. There is no stochastic depth nor dropout, so train
@@ -27,7 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from thinjax.models.examples.common import dense_init, scaled
-from thinjax.ops import depthwise
+from thinjax.ops import dense_conv, depthwise
 
 EPS = 1e-6
 
@@ -61,7 +63,8 @@ class Stem(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.Conv(self.features, (self.patch, self.patch), self.patch, padding=0,
-                    kernel_init=dense_init, name="conv")(x)
+                    kernel_init=dense_init, name="conv",
+                    conv_general_dilated=dense_conv.conv_general_dilated)(x)
         return nn.LayerNorm(epsilon=EPS, name="norm")(x)
 
 
@@ -77,7 +80,7 @@ class Stage(nn.Module):
         if self.downsample:
             x = nn.LayerNorm(epsilon=EPS, name="down_norm")(x)
             x = nn.Conv(self.features, (2, 2), 2, padding=0, kernel_init=dense_init,
-                        name="down")(x)
+                        name="down", conv_general_dilated=dense_conv.conv_general_dilated)(x)
         for j in range(self.depth):
             x = Block(name=f"block{j}")(x)
         return x

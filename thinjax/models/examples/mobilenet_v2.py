@@ -20,6 +20,8 @@ Widths: every channel count of torchvision's table times `width`, rounded to a m
 strides=IMAGENET_STRIDES)`` is torchvision's mobilenet_v2, 3,504,872 parameters. The
 CIFAR default keeps 32x32 inputs at full resolution through the first two stages (stem
 stride 1, second stage stride 1), as the usual CIFAR ports do. There is no dropout.
+Every convolution but the depthwise ones is computed by `thinjax.ops.dense_conv`
+(`thinjax.ops.conv.conv2d`: oneDNN where the commands enabled it, as for the ResNets).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from thinjax.models.examples.common import conv_init, head_init, scaled
-from thinjax.ops import depthwise
+from thinjax.ops import dense_conv, depthwise
 
 # torchvision's inverted-residual table: (expansion t, channels c, blocks n); the stride of
 # each stage's first block is given separately (IMAGENET_STRIDES, CIFAR_STRIDES)
@@ -41,9 +43,11 @@ CIFAR_STRIDES = (1, 1, 2, 2, 1, 2, 1)
 
 
 class ConvBN(nn.Module):
-    """``conv`` (bias-free, symmetric padding) then ``bn``, then ReLU6 if `act`; a
-    depthwise ``conv`` (`groups` > 1) computed by `thinjax.ops.depthwise` (XLA:CPU's
-    grouped convolution is several times slower), with nn.Conv's parameters."""
+    """``conv`` (bias-free, symmetric padding) then ``bn``, then ReLU6 if `act`, with
+    nn.Conv's parameters: a depthwise ``conv`` (`groups` > 1) computed by
+    `thinjax.ops.depthwise` (XLA:CPU's grouped convolution is several times slower), the
+    others by `thinjax.ops.dense_conv` (oneDNN where the commands enabled it, as for the
+    ResNets)."""
     features: int
     kernel: int = 1
     stride: int = 1
@@ -56,7 +60,7 @@ class ConvBN(nn.Module):
                     padding=self.kernel // 2, feature_group_count=self.groups,
                     use_bias=False, kernel_init=conv_init, name="conv",
                     conv_general_dilated=depthwise.conv_general_dilated if self.groups > 1
-                    else None)(x)
+                    else dense_conv.conv_general_dilated)(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          name="bn")(x)
         return nn.relu6(x) if self.act else x

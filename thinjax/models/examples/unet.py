@@ -16,7 +16,9 @@ for L = ``len(features)`` levels of widths ``f[i] = make_divisible(features[i] *
 
 Inputs must have sides divisible by ``2 ** (L - 1)``; the output is ``(N, H, W,
 num_classes)``. Flax's ``ConvTranspose`` kernel is ``(2, 2, in, out)`` and is not flipped
-(``transpose_kernel=False``); the PyTorch twin flips it.
+(``transpose_kernel=False``); the PyTorch twin flips it. The convolutions (not the
+transposed ones) are computed by `thinjax.ops.dense_conv` (oneDNN where the commands
+enabled it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from thinjax.models.examples.common import conv_init, scaled
+from thinjax.ops import dense_conv
 
 
 class DoubleConv(nn.Module):
@@ -35,7 +38,8 @@ class DoubleConv(nn.Module):
     def __call__(self, x, train: bool = False):
         for k in (1, 2):
             x = nn.Conv(self.features, (3, 3), padding=1, use_bias=False,
-                        kernel_init=conv_init, name=f"conv{k}")(x)
+                        kernel_init=conv_init, name=f"conv{k}",
+                        conv_general_dilated=dense_conv.conv_general_dilated)(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              name=f"bn{k}")(x)
             x = nn.relu(x)
@@ -62,4 +66,5 @@ class UNet(nn.Module):
         for i in reversed(range(len(f) - 1)):
             up = nn.ConvTranspose(f[i], (2, 2), (2, 2), padding="VALID", name=f"dec{i}_up")(x)
             x = DoubleConv(f[i], name=f"dec{i}")(jnp.concatenate([up, skips[i]], -1), train)
-        return nn.Conv(self.num_classes, (1, 1), name="head")(x)
+        return nn.Conv(self.num_classes, (1, 1), name="head",
+                       conv_general_dilated=dense_conv.conv_general_dilated)(x)

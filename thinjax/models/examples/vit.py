@@ -4,8 +4,9 @@ Ti/S/B family: 3, 6, 12 heads of 64).
 
 Layers (parameter paths under ``params``):
 
-* ``patch``: the patch embedding, a convolution of kernel = stride = `patch` (with bias)
-  to ``D = heads * head_dim`` channels, flattened to tokens; ``cls`` (``(1, 1, D)``) is
+* ``patch``: the patch embedding, a convolution of kernel = stride = `patch` (with bias;
+  `thinjax.ops.dense_conv`: oneDNN where the commands enabled it) to ``D = heads *
+  head_dim`` channels, flattened to tokens; ``cls`` (``(1, 1, D)``) is
   prepended and ``pos`` (``(1, tokens + 1, D)``) added;
 * ``block{j}`` for j < `depth`, pre-norm: ``norm1`` (LayerNorm), attention with explicit
   projections ``q``, ``k``, ``v`` (``nn.DenseGeneral`` D -> (heads, head_dim): kernel
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from thinjax.models.examples.common import dense_init
+from thinjax.ops import dense_conv
 
 EPS = 1e-6
 
@@ -82,7 +84,8 @@ class ViT(nn.Module):
         heads = max(1, round(self.heads * self.width))
         dim = heads * self.head_dim
         x = nn.Conv(dim, (self.patch, self.patch), self.patch, padding=0,
-                    kernel_init=dense_init, name="patch")(x)
+                    kernel_init=dense_init, name="patch",
+                    conv_general_dilated=dense_conv.conv_general_dilated)(x)
         # the tokens' width from the patch embedding's output, not `dim`: pruning the
         # residual stream (thinjax.trace, inexact=True) narrows it
         x = x.reshape(x.shape[0], -1, x.shape[-1])
