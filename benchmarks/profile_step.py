@@ -52,13 +52,8 @@ ORDER = ["conv fwd", "conv bwd", "conv bwd layout (transpose/copy)", "BatchNorm 
 
 
 def parse_hlo(text: str) -> tuple[dict, dict]:
-    """{computation: [opcodes]} and {entry instruction: (opcode, op_name, called comps)}.
-
-    A fusion whose root carries no source path (in bfloat16, a fusion ending in a
-    ``convert`` that XLA added) takes the last one inside it: it is the code that made it,
-    not a layout change."""
+    """{computation: [opcodes]} and {entry instruction: (opcode, op_name, called comps)}."""
     comps, entry, cur, is_entry = collections.defaultdict(list), {}, None, False
-    inner_name = {}
     for line in text.splitlines():
         m = COMP.match(line)
         if m:
@@ -71,14 +66,10 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
         target = re.search(r'custom_call_target="([^"]+)"', rest)
         op = f"{op}:{target.group(1)}" if target else op
         comps[cur].append(op)
-        meta = re.search(r'op_name="([^"]*)"', rest)
-        if meta and not is_entry:
-            inner_name[cur] = meta.group(1)
         if is_entry:
+            meta = re.search(r'op_name="([^"]*)"', rest)
             calls = re.findall(r"(?:calls|to_apply)=%([\w.-]+)", rest)
-            op_name = meta.group(1) if meta else next(
-                (inner_name[c] for c in calls if c in inner_name), "")
-            entry[name] = (op, op_name, calls)
+            entry[name] = (op, meta.group(1) if meta else "", calls)
     return comps, entry
 
 

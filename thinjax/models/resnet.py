@@ -80,65 +80,16 @@ def fusion_barrier(x, ref=None):
     return x / jax.lax.stop_gradient(one).astype(x.dtype)
 
 
-def _relu_barrier(x, ref=None):
-    """A block's end without oneDNN: `relu`, then `fusion_barrier`."""
-    return fusion_barrier(relu(x), ref)
-
-
-@jax.custom_vjp
-def _relu_boundary(x):
-    """``thinjax.ops.conv.boundary(relu(x))`` whose gradient mask reads the boundary's
-    output: the array the next block reads. Masked on the boundary's input instead, that
-    array stays alive past the boundary, whose output aliases it, so XLA copies it (one
-    more pass over the activation per block)."""
-    return ops_conv.boundary(relu(x))
-
-
-def _relu_boundary_fwd(x):
-    y = _relu_boundary(x)
-    return y, y
-
-
-_relu_boundary.defvjp(_relu_boundary_fwd, lambda y, g: (
-    jnp.where(y > 0, g, jnp.zeros((), g.dtype)),))
-
-
-def _barrier_relu_boundary(x, ref=None):
-    """A block's end with oneDNN: `fusion_barrier`, `relu`, then `thinjax.ops.conv.boundary`.
+def _barrier_and_boundary(x, ref=None):
+    """`fusion_barrier`, then `thinjax.ops.conv.boundary` (with oneDNN's kernels).
 
     In an inference graph XLA's algebraic simplifier turns the barrier's ``x / one`` into
     ``x * (1 / one)``, a multiplication it duplicates into consumers again: the residual
     chain was recomputed in every block's fusion (ResNet-56 w=16 evaluation step: fusions
     reading 59 arrays; 8% of the step for w=16, 10-13% for pruned networks). The boundary
     (an FFI identity, no copy) holds in both graphs; the barrier stays for the training
-    graph's backward pass, where its division (the transpose) keeps the chain apart.
-    The ReLU comes after the division (the same values, ``one`` being exactly 1), so that
-    its gradient mask reads the array the next block reads (`_relu_boundary`): in
-    bfloat16, where XLA:CPU keeps rather than recomputes the mask's operand, masking on
-    the pre-ReLU sum wrote it, the ReLU output and the divided copy: two more passes over
-    the activation per block."""
-    return _relu_boundary(fusion_barrier(x, ref))
-
-
-@jax.custom_jvp
-def relu(x):
-    """``nn.relu`` (``max(x, 0)``) whose gradient mask is read from its output, not its input.
-
-    ``nn.relu``'s JVP selects on ``x > 0``, so the backward pass keeps the pre-ReLU array
-    alive. In float32 XLA:CPU recomputes it inside the backward fusion; in bfloat16 it
-    does not, and the forward pass wrote the BatchNorm output (and each block's
-    ``y + shortcut``) to memory, then read it again for the ReLU: one more pass over the
-    activation per ReLU. ``max(x, 0) > 0`` is ``x > 0`` for every x (NaN and -0 included),
-    so values and gradients are the same bit for bit; only the ReLU output, which the
-    next convolution reads anyway, stays alive, and XLA fuses the ReLU into its producer.
-    """
-    return jnp.maximum(x, jnp.zeros((), x.dtype))
-
-
-@relu.defjvp
-def _relu_jvp(primals, tangents):
-    y = relu(primals[0])
-    return y, jnp.where(y > 0, tangents[0], jnp.zeros((), tangents[0].dtype))
+    graph's backward pass, where its division (the transpose) keeps the chain apart."""
+    return ops_conv.boundary(fusion_barrier(x, ref))
 
 
 def _masked(x, m):
@@ -146,7 +97,7 @@ def _masked(x, m):
 
 
 def _relu_masked(x, m):
-    return relu(_masked(x, m))
+    return nn.relu(_masked(x, m))
 
 
 class ConvBN(nn.Module):
@@ -165,8 +116,7 @@ class ConvBN(nn.Module):
 
 class Block(nn.Module):
     """Basic (inner=(c1,)) or bottleneck (inner=(c1, c2)) residual block. `conv` and `norm`
-    make its layers and `barrier` (the ReLU and the barrier; None: `relu` alone) ends it:
-    `ResNet` chooses them, in one place."""
+    make its layers and `barrier` (or None) ends it: `ResNet` chooses them, in one place."""
     inner: tuple[int, ...]
     out: int
     stride: int
@@ -184,7 +134,7 @@ class Block(nn.Module):
             shortcut = ConvBN(self.out, 1, self.stride, self.conv, self.norm,
                               name="proj")(x, out_mask)
         if all(c == 0 for c in self.inner):  # branch removed: the block is the identity
-            return lanewise(relu, shortcut)
+            return lanewise(nn.relu, shortcut)
         last_norm = functools.partial(self.norm, scale_init=nn.initializers.zeros) \
             if self.zero_init_last else self.norm
         conv = self.conv
@@ -210,8 +160,8 @@ class Block(nn.Module):
 
         def tail(y, shortcut, out_mask, alive):  # elementwise: in the lane view
             y = _masked(y, out_mask)
-            out = (y if alive is None else y * alive) + shortcut
-            return relu(out) if last is None else self.barrier(out, last)
+            out = nn.relu((y if alive is None else y * alive) + shortcut)
+            return out if last is None else self.barrier(out, last)
 
         return lanewise(tail, y, shortcut, out_mask, alive)
 
@@ -281,7 +231,7 @@ class ResNet(nn.Module):
             else self.fusion_barrier
         if not on:
             return conv, norm, None
-        return conv, norm, _barrier_relu_boundary if onednn else _relu_barrier
+        return conv, norm, _barrier_and_boundary if onednn else fusion_barrier
 
     @nn.compact
     def __call__(self, x, train: bool = False, masks=None):
@@ -290,7 +240,7 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         stem_mask = None if masks is None else masks[stream_of(p)["stem"]]
         kernel, stride = (7, 2) if p.stem == "imagenet" else (3, 1)
-        x = lanewise(relu, ConvBN(p.stem_width, kernel, stride, conv, norm,
+        x = lanewise(nn.relu, ConvBN(p.stem_width, kernel, stride, conv, norm,
                                       name="stem")(x, stem_mask))
         if p.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
