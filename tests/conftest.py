@@ -86,16 +86,10 @@ def _slow_files_first(items) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
-# by the seconds of their longest tests in one suite run (2-core AMD EPYC VM, 2026-12-06,
-# `--durations=80`: test_docs_commands 214 s, test_protocol 141, test_nothing_lost 127,
-# test_trace_train 112, test_multihost 109, test_protocol_examples 101, ...), then the files
-# of many short tests; longest first
-SLOW_FIRST = ("test_docs_commands.py", "test_protocol.py", "test_nothing_lost.py",
-              "test_trace_train.py", "test_multihost.py", "test_protocol_examples.py",
-              "test_train.py", "test_study.py", "test_robust.py", "test_prune.py",
-              "test_convert.py", "test_batchnorm.py", "test_metrics_wandb.py", "test_models.py",
-              "test_prune_training.py", "test_evaluate.py", "test_optim.py",
-              "test_core_gaps.py")
+# by CPU seconds in one suite run (2-core Intel Xeon VM), longest first
+SLOW_FIRST = ("test_train.py", "test_convert.py", "test_multihost.py", "test_prune.py",
+              "test_study.py", "test_models.py", "test_robust.py", "test_prune_training.py",
+              "test_evaluate.py", "test_optim.py", "test_core_gaps.py")
 
 
 def pytest_collection_modifyitems(config, items):
