@@ -58,16 +58,6 @@ from thinjax.train.run import make_setting  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _as_xla(next_fun, args, kwargs, ctx):
-    """Interceptor: an nn.Conv given dense_conv computed by lax instead (nn.Conv's
-    default)."""
-    mod = ctx.module
-    if (isinstance(mod, nn.Conv) and ctx.method_name == "__call__"
-            and mod.conv_general_dilated is dense_conv.conv_general_dilated):
-        return mod.clone(parent=mod.scope, conv_general_dilated=None)(*args, **kwargs)
-    return next_fun(*args, **kwargs)
-
-
 def _fused_bn(next_fun, args, kwargs, ctx):
     """Interceptor: an nn.BatchNorm computed by thinjax.models.batchnorm.BatchNorm (the
     ResNets': the same variables, a hand-written backward pass, two-pass variance)."""
@@ -78,7 +68,7 @@ def _fused_bn(next_fun, args, kwargs, ctx):
     return next_fun(*args, **kwargs)
 
 
-ARMS = {"xla": (_as_xla,), "thinjax": (), "thinjax, fused BN": (_fused_bn,)}
+ARMS = {"xla": (dense_conv.as_lax,), "thinjax": (), "thinjax, fused BN": (_fused_bn,)}
 
 
 def _intercepted(interceptors) -> contextlib.ExitStack:

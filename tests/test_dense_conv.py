@@ -108,15 +108,6 @@ def test_other_convolutions_go_to_lax_unchanged(kind):
                                   lax.conv_general_dilated(x, w, **args))
 
 
-def _as_lax(next_fun, args, kwargs, ctx):
-    """Interceptor: an nn.Conv given dense_conv computed by lax (nn.Conv's default)."""
-    mod = ctx.module
-    if (isinstance(mod, nn.Conv) and ctx.method_name == "__call__"
-            and mod.conv_general_dilated is dense_conv.conv_general_dilated):
-        return mod.clone(parent=mod.scope, conv_general_dilated=None)(*args, **kwargs)
-    return next_fun(*args, **kwargs)
-
-
 def _logits_and_grads(model, variables, x, y):
     """Eval-mode logits, and the flattened gradient of the train-mode cross-entropy with
     respect to the parameters."""
@@ -131,7 +122,7 @@ def _logits_and_grads(model, variables, x, y):
 
 
 def _on_lax(variables, x, y):
-    with nn.intercept_methods(_as_lax):
+    with nn.intercept_methods(dense_conv.as_lax):
         return _logits_and_grads(MobileNetV2(width=0.25), variables, x, y)
 
 
@@ -177,7 +168,7 @@ def test_the_trace_reads_the_named_convolution_as_lax_convolution(monkeypatch):
     closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(v, x)
     assert sum(e.params.get("name") == NAME for e in _eqns(closed.jaxpr)) == N_CONVS
     traces = {"auto": T.trace(model, v, x, train=False)}
-    with nn.intercept_methods(_as_lax):
+    with nn.intercept_methods(dense_conv.as_lax):
         traces["lax"] = T.trace(model, v, x, train=False)
     monkeypatch.setenv("THINJAX_CONV", "xla")
     traces["xla"] = T.trace(model, v, x, train=False)

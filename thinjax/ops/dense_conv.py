@@ -23,13 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 from jax import lax
 
 from thinjax.ops import conv
 from thinjax.ops.depthwise import NHWC_HWIO, Padding, layout, pad_pairs
 
-__all__ = ["NAME", "conv_general_dilated", "square_padding"]
+__all__ = ["NAME", "as_lax", "conv_general_dilated", "square_padding"]
 
 NAME = "thinjax_conv2d"
 
@@ -86,3 +87,14 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     batch_group_count, precision, preferred_element_type)
+
+
+def as_lax(next_fun, args, kwargs, ctx):
+    """A flax method interceptor (``nn.intercept_methods(as_lax)``): an nn.Conv given
+    `conv_general_dilated` computes with lax's convolution instead (nn.Conv's default),
+    the same network as before this module; for comparisons of the two."""
+    mod = ctx.module
+    if (isinstance(mod, nn.Conv) and ctx.method_name == "__call__"
+            and mod.conv_general_dilated is conv_general_dilated):
+        return mod.clone(parent=mod.scope, conv_general_dilated=None)(*args, **kwargs)
+    return next_fun(*args, **kwargs)
