@@ -3,6 +3,7 @@
     python benchmarks/profile_step.py --model=resnet20 --width=8
     python benchmarks/profile_step.py --model=resnet56 --width=16 --steps=2
     python benchmarks/profile_step.py --conv-micro --width=16 --steps=5
+    python benchmarks/profile_step.py --model=resnet56 --width=16 --dtype=bfloat16
     XLA_FLAGS=--xla_cpu_multi_thread_eigen=false taskset -c 0 python benchmarks/profile_step.py
         # one core each (torch follows the affinity): the per-core profile of docs/performance.md
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce \
@@ -148,17 +149,16 @@ def torch_profile(plan, a) -> tuple[dict, float]:
     """{category: ms per step} of PyTorch's step (leaf operators' self time), wall ms."""
     import torch
     from torch.autograd.profiler import record_function
+    from train_throughput import torch_setup
 
-    from thinjax.interop.torch_module import TorchResNet
-    torch.manual_seed(0)
-    model = TorchResNet(plan).train()
+    model, x, autocast = torch_setup(plan, a.batch, 32, a.dtype, train=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    x, y = torch.randn(a.batch, 3, 32, 32), torch.arange(a.batch) % plan.num_classes
+    y = torch.arange(a.batch) % plan.num_classes
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with record_function("fwd"):
+        with record_function("fwd"), autocast():
             logits = model(x)
         with record_function("loss"):
             loss = crit(logits, y)
@@ -189,7 +189,7 @@ def process_setup() -> str:
 
 
 def print_table(a, jx: dict, jwall: float, tc: dict, twall: float) -> None:
-    print(f"\n{a.model} w={a.width}, batch {a.batch}, float32, one training step; "
+    print(f"\n{a.model} w={a.width}, batch {a.batch}, {a.dtype}, one training step; "
           f"CPU: {cpu_description()}; jax {jax.__version__}, "
           f"{process_setup()}")
     print("| category | thinjax ms/step | share | PyTorch ms/step | share | thinjax/PyTorch time |")
@@ -286,6 +286,8 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="the compute dtype (PyTorch: autocast + channels_last for bfloat16)")
     ap.add_argument("--conv-micro", action="store_true",
                     help="only one 3x3 conv per stage: XLA conv vs thinjax's oneDNN conv "
                          "vs patches+dot vs slices+dot vs PyTorch")
@@ -295,7 +297,7 @@ def main() -> int:
         return 0
     a.model = model_name(a.model, 32)
     plan = plan_from_width(a.model, a.width, 10)
-    jx, jwall = jax_profile(build_model(plan), a)
+    jx, jwall = jax_profile(build_model(plan, dtype=a.dtype), a)
     tc, twall = torch_profile(plan, a)
     print_table(a, jx, jwall, tc, twall)
     return 0
