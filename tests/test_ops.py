@@ -51,6 +51,36 @@ def test_values_and_gradients_match_xla(geom):
     assert "thinjax_onednn_conv_fwd" in hlo
 
 
+STRIDED_1X1 = """
+import jax, jax.numpy as jnp, numpy as np
+from thinjax import cpu
+from thinjax.ops import conv
+cpu.enable()
+for ci in (1, 3, 4, 6):
+    r = np.random.default_rng(ci)
+    x = jnp.asarray(r.standard_normal((32, 16, 16, ci)), jnp.float32)
+    w = jnp.asarray(r.standard_normal((1, 1, ci, 8)), jnp.float32)
+    f = lambda impl: jax.jit(jax.grad(lambda w: (conv.conv2d(x, w, 2, 0, impl) ** 2).sum()))
+    want, g = f("xla")(w), f("onednn")
+    for _ in range(30):
+        got = g(w)
+    assert float(jnp.max(jnp.abs(got - want))) <= 1e-5 * float(jnp.max(jnp.abs(want)))
+print("ok")
+"""
+
+
+@needs_onednn
+def test_strided_1x1_kernel_gradient_keeps_the_heap_intact():
+    """A 1x1 stride-2 kernel gradient with fewer input channels than a SIMD block, 30 times
+    under glibc's heap checks and one OpenMP thread: oneDNN's own strided path overran a
+    buffer there (AVX2: an abort within a few calls; with threads, a kernel spinning
+    forever, which hung a training run: conv._bwd takes the strided samples instead)."""
+    env = {**os.environ, "MALLOC_CHECK_": "3", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", STRIDED_1X1], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 @needs_onednn
 def test_resnet_logits_and_gradients_match_xla_convolutions():
     plan = plan_from_width("resnet20", 4, 10)

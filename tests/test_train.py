@@ -15,18 +15,21 @@ from thinjax.checkpoint import load_model
 
 
 def test_loss_decreases_on_real_data(tmp_path):
-    r = run(tmp_path, "--config.train.total_steps=40", "--config.train.log_every=10",
+    # 80 steps: the drop from the first 10 steps' mean loss to the last 10's was 0.29-0.54
+    # over 5 runs (seeds 0-3, oneDNN and XLA convolutions, AMD EPYC AVX2), and -0.07-0.10
+    # at LR 0 (batch noise); at 40 steps, 0.19-0.46 (one run under the 0.2 below)
+    r = run(tmp_path, "--config.train.total_steps=80", "--config.train.log_every=10",
             "--config.train.mixup_alpha=0.0", "--config.train.cutmix_alpha=0.0",
             "--config.data.trivial_augment=False", "--config.data.random_erasing=0.0",
             "--config.optim.lr=0.2", "--config.optim.lr_batch=32")
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     losses = [l["train_loss"] for l in lines if "train_loss" in l]
-    assert len(losses) == 4
+    assert len(losses) == 8
     assert losses[-1] < losses[0] - 0.2, losses
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    # above chance after 40 steps: 10% + 3 standard errors of a guess on the 1,000-image test
+    # above chance after 80 steps: 10% + 3 standard errors of a guess on the 1,000-image test
     # sample (0.95 points), and a loss under a uniform guess's ln(10) = 2.303
-    assert res["steps"] == 40 and res["eval_top1"] > 10 + 3 * 0.95, res
+    assert res["steps"] == 80 and res["eval_top1"] > 10 + 3 * 0.95, res
     assert res["eval_loss"] < np.log(10), res
     assert os.path.isdir(tmp_path / "tensorboard") and os.path.isdir(tmp_path / "best")
     assert "img/s" in r.stdout and "ETA" in r.stdout

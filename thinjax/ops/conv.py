@@ -101,6 +101,13 @@ def _bwd(stride, padding, residuals, dy):
     x, kernel = residuals
     dy = lane_boundary(dy)  # made by elementwise code, read by oneDNN twice
     dx = _call("thinjax_onednn_conv_bwd_data", x, dy, kernel, stride=stride, padding=padding)
+    if kernel.shape[:2] == (1, 1) and stride > 1 and padding == 0:
+        # the same kernel gradient from the input's strided samples at stride 1: oneDNN
+        # (3.2) computes a strided 1x1 kernel gradient through a unit-stride copy of the
+        # input that overruns its buffer when the input has fewer channels than a SIMD
+        # block (seen with AVX2, 1-7 channels: heap corruption, then a crash or a thread
+        # spinning forever; tests/test_ops.py's strided 1x1 check)
+        x, stride = x[:, ::stride, ::stride, :], 1
     dk = _call("thinjax_onednn_conv_bwd_weights", kernel, x, dy, stride=stride,
                padding=padding)
     return dx, dk
