@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import SHARED
 from tests.helpers import ROOT, sub_env
 
@@ -150,28 +152,41 @@ def test_every_documented_command_has_a_rule():
         assert action in ("run", "short") or reason
 
 
-def test_every_documented_command_runs(tmp_path):
-    """Each distinct command and Python block of README.md and docs/, in document order,
-    in one folder (the Python blocks run as written, as scripts)."""
-    tmp = str(tmp_path)
+@pytest.fixture(scope="module")
+def docs_folder(tmp_path_factory):
+    """One folder for every documented command (configs/ and benchmarks/ linked in), its
+    environment, and the commands run so far (each distinct one runs once)."""
+    tmp = str(tmp_path_factory.mktemp("docs"))
     for d in ("configs", "benchmarks"):
         os.symlink(os.path.join(ROOT, d), os.path.join(tmp, d))
     env = {**sub_env(), "PYTHONPATH": ROOT,
            "THINJAX_ZOO_DIR": os.path.join(SHARED, "checkpoints", "thinresnet-release")}
-    done = set()
-    for path in DOCS:
-        for kind, text in items(path):
-            needs_shared = any(w in text for w in ("../shared", "zoo:", " zoo get",
-                                                    "pretrained=True", "zoo.load"))
-            argv = _argv(kind, text, tmp)
-            if argv is None or tuple(argv) in done or (needs_shared and
-                                                        not os.path.isdir(SHARED)):
-                continue
-            _fresh_outputs(argv, tmp)
-            t = time.perf_counter()
-            r = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True,
-                               timeout=600)
-            assert r.returncode == 0, f"{path}: {text}\n{r.stderr[-2000:]}"
-            print(f"{time.perf_counter() - t:5.1f} s  {path}: {text[:100]!r}")
-            done.add(tuple(argv))
+    return tmp, env, set()
+
+
+@pytest.mark.parametrize("path", DOCS)
+def test_every_documented_command_runs(path, docs_folder):
+    """Each distinct command and Python block of one Markdown file, in document order (the
+    files in DOCS order), in one folder for all (the Python blocks run as written, as
+    scripts); one test a file, so each has the suite's per-test time limit."""
+    tmp, env, done = docs_folder
+    for kind, text in items(path):
+        needs_shared = any(w in text for w in ("../shared", "zoo:", " zoo get",
+                                                "pretrained=True", "zoo.load"))
+        argv = _argv(kind, text, tmp)
+        if argv is None or tuple(argv) in done or (needs_shared and
+                                                    not os.path.isdir(SHARED)):
+            continue
+        _fresh_outputs(argv, tmp)
+        t = time.perf_counter()
+        r = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, f"{path}: {text}\n{r.stderr[-2000:]}"
+        print(f"{time.perf_counter() - t:5.1f} s  {path}: {text[:100]!r}")
+        done.add(tuple(argv))
+
+
+def test_the_documented_commands_ran(docs_folder):
+    """After the files' tests (run before this one, in file order): enough ran."""
+    done = docs_folder[2]
     assert len(done) >= (25 if os.path.isdir(SHARED) else 5), done
