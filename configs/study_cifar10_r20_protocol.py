@@ -17,17 +17,15 @@ the w=8 target; the controls (gradual, scratch-E/B) at the w=8 target. Seed s gi
 same batches and the same dense network to every arm. Each arm's peak LR is chosen from its
 grid on the validation split (seed 0, the w=8 target, E = 3); the best criteria are ranked
 there too; the test split is read only for the reported numbers. The equivalence margin
-delta = 1.0 top-1 point is fixed here, before any run. The from-scratch LR grid was
-(0.1, 0.2, 0.4) when the study started; thin's validation top-1 was highest at its top
-(0.4: 78.00% against 76.90% at 0.2, seed 0), so 0.8 was added before any thin run beyond
-the selection. The rule was the validation split's alone, but the runner had already
-measured 0.4's test top-1 (77.55%) while 0.4 was the chosen LR; that row stays in
-results.csv and is not reported (`thinjax.protocol.analysis.final`). 0.8 won again (78.54%),
-and the fine-tuning grid's top (0.2) won for Taylor and FPGM (75.46%, 75.74%), so every grid
-gained one more step up (1.6 from scratch, 0.6 for fine-tuning) before any run beyond the
-selection; a run that diverges at a grid LR is a row at chance accuracy. Then random's
-fine-tune was best at the new top (0.6: 74.86% against 74.34% at 0.2), so by the same rule
-the fine-tuning grid gained 1.8 (the others' bests, 0.06 and 0.2, are inside the grid).
+delta = 1.0 top-1 point is fixed here, before any run. The grids are the final ones of a
+first run of this protocol (from commit 61d7deb, on the AVX-512 EPYC), which extended them
+before any run beyond the selection each time a validation pick was a grid's top: from
+scratch (0.1, 0.2, 0.4) -> + 0.8 (thin's pick 0.4) -> + 1.6 (0.8 won again), fine-tuning
+(0.02, 0.06, 0.2) -> + 0.6 (Taylor's and FPGM's pick 0.2) -> + 1.8 (random's pick 0.6);
+a run that diverges at a grid LR is a row at chance accuracy. That first run was lost with
+its machine at 96 of its 123 runs (2026-12-06, its workdir not kept); the study was then
+restarted from nothing with these grids, so every pick is made on the whole grid and no
+row of the lost run is in the results.
 
 Command (DATA: the unzipped ../shared/data/cifar10-jpeg.zip; run it from a clone at a fixed
 commit; rerun to continue where it stopped):
