@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_throughput import model_name, plain_step  # noqa: E402
+from train_throughput import model_name, plain_step, torch_setup  # noqa: E402
 
 import thinjax.commands  # noqa: E402,F401  (tunes the process as the commands do: first)
 from thinjax.allocator import malloc_status  # noqa: E402
@@ -149,7 +149,6 @@ def torch_profile(plan, a) -> tuple[dict, float]:
     """{category: ms per step} of PyTorch's step (leaf operators' self time), wall ms."""
     import torch
     from torch.autograd.profiler import record_function
-    from train_throughput import torch_setup
 
     model, x, autocast = torch_setup(plan, a.batch, 32, a.dtype, train=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -105,7 +105,7 @@ def _bwd(stride, padding, residuals, dy):
         # the same kernel gradient from the input's strided samples at stride 1: oneDNN
         # (3.2) computes a strided 1x1 kernel gradient through a unit-stride copy of the
         # input that overruns its buffer when the input has fewer channels than a SIMD
-        # block (seen with AVX2, 1-7 channels: heap corruption, then a crash or a thread
+        # block (seen with AVX2, 1-7 channels tried: heap corruption, then a crash or a thread
         # spinning forever; tests/test_ops.py's strided 1x1 check)
         x, stride = x[:, ::stride, ::stride, :], 1
     dk = _call("thinjax_onednn_conv_bwd_weights", kernel, x, dy, stride=stride,
