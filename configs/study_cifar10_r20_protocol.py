@@ -1,7 +1,7 @@
 """Thin against pruned on CIFAR-10 ResNet-20, in one data domain, decided by paired seeds.
 
-Every network here was trained on the same data (the JPEG CIFAR-10 training images, less a
-5,000-image validation split): no release weights. For seed s = 0, 1, 2:
+Every network here was trained on the same data (30,000 of the JPEG CIFAR-10 training
+images; a separate 5,000-image validation split): no release weights. For seed s = 0, 1, 2:
   dense      ResNet-20 w=16 trained T = 3 epochs (recipe R, LR 0.2);
   oneshot    the dense network pruned one-shot (global allocation) by L1, Taylor, FPGM and
              random scores to the MACs of w=8 (25% of the dense MACs) and w=11 (47%), BN
@@ -24,17 +24,21 @@ scratch (0.1, 0.2, 0.4) -> + 0.8 (thin's pick 0.4) -> + 1.6 (0.8 won again), fin
 (0.02, 0.06, 0.2) -> + 0.6 (Taylor's and FPGM's pick 0.2) -> + 1.8 (random's pick 0.6);
 a run that diverges at a grid LR is a row at chance accuracy. That first run was lost with
 its machine at 96 of its 123 runs (2026-12-06, its workdir not kept); the study was then
-restarted from nothing with these grids, so every pick is made on the whole grid and no
-row of the lost run is in the results.
+restarted from nothing with these grids (and, from 2026-12-07, 30,000 training images,
+below), so every pick is made on the whole grid and no row of the lost run is in the
+results.
 
 Command (DATA: the unzipped ../shared/data/cifar10-jpeg.zip; run it from a clone at a fixed
 commit; rerun to continue where it stopped):
     python -m thinjax.study --config=configs/study_cifar10_r20_protocol.py \
         --workdir=runs/study_r20_protocol --config.data.name=DATA \
         --report_dir=docs/study_cifar10_r20_protocol
-Cost: an ESTIMATE before the run, from one-epoch timings on the 2-core AMD EPYC VM
-(45,000 images: w=8 ~50 s, w=16 ~78 s an epoch, ~35 s start-up and evaluation per run):
-about 8 h for the ~123 runs. The measured wall time per arm and in all is in the report's
+Cost: an ESTIMATE before the run. The study was first sized on the AVX-512 EPYC (45,000
+training images, ~8 h). On the AVX2 EPYC of 2026-12-07 (Zen 3, no AVX-512) one quiet epoch
+of 45,000 images measured w=16 125 s, w=11 106 s, w=8 62 s, and a run's start-up and
+validation ~35 s: ~11.3 h for the 123 runs. To stay within about 8 h there, training uses
+the first 30,000 images (the validation split stays train[45000:]; train[30000:45000] is
+not used): ~7.9 h estimated. The measured wall time per arm and in all is in the report's
 Cost section once it has run.
 Outcome: not stated before it is measured; the report says it.
 """
@@ -55,7 +59,7 @@ def get_config():
                                         "eval_batch_size": 500})
     c.cpu = "this project's 2-core VM"
     c.data_text = ("Data: CIFAR-10 as JPEGs (../shared/data/cifar10-jpeg.zip; the --config.data"
-                   ".name the command names): training on train[:45000], LR selection on "
+                   ".name the command names): training on train[:30000], LR selection on "
                    "train[45000:] (5,000 images), reported top-1 on the 10,000-image test "
                    "split. No network carries weights trained on other data.")
     c.protocol = ml_collections.ConfigDict({
@@ -72,7 +76,7 @@ def get_config():
                     "dense+ft": FINETUNE_GRID, "gradual": FINETUNE_GRID},
         "dense_lr": 0.2, "allocation": "global", "round_to": 1, "recalibrate_bn": 200,
         "gradual_end": 0.5, "gradual_every": 0.05, "warmup_fraction": 0.05,
-        "train_split": "train[:45000]", "val_split": "train[45000:]", "test_split": "test",
+        "train_split": "train[:30000]", "val_split": "train[45000:]", "test_split": "test",
         "recipe": os.path.join(REPO, "configs", "quick_cifar10.py"),
         "recipe_name": "R = short CPU recipe (SGD-N, batch 128, 5% warmup + cosine to 0, wd "
                        "5e-4, label smoothing 0.1, flip + 4-px crop; peak LR per arm)",
