@@ -112,18 +112,32 @@ def localise(cmd: str, tmp: str) -> list[str]:
     return argv
 
 
+def _outputs(argv: list[str]) -> list[str]:
+    """The paths a command writes (its --output and --workdir), as written."""
+    return [m.group(2) for a in argv if (m := re.match(r"--(output|workdir)=(.+)", a))]
+
+
+def _reads_missing(argv: list[str], missing: set) -> bool:
+    """True when a flag's value (or a Python block's quoted path) names the output of an
+    earlier command that was skipped because ../shared is absent
+    (``--config=runs/r56_l1/config.py``, ``InferenceSession("r56.onnx")``)."""
+    own = {f"--{k}={m}" for m in missing for k in ("output", "workdir")}
+    if argv[1:2] == ["-c"]:  # a Python block: the path quoted in its text
+        return any(re.search(rf"[\"']{re.escape(m)}[\"'/]", argv[2]) for m in missing)
+    values = [a.split("=", 1)[-1] for a in argv if a not in own]
+    return any(v == m or v.startswith(m + "/") for v in values for m in missing)
+
+
 def _fresh_outputs(argv: list[str], tmp: str) -> None:
     """A command's output or workdir that an earlier command (of another file) made is
     removed first, with an export's plan beside it: each runs as on a fresh folder."""
-    for a in argv:
-        m = re.match(r"--(output|workdir)=(.+)", a)
-        if m:
-            path = os.path.join(tmp, m.group(2))
-            for p in (path, os.path.splitext(path)[0] + ".plan.json"):
-                if os.path.isdir(p):
-                    shutil.rmtree(p)
-                elif os.path.exists(p):
-                    os.remove(p)
+    for out in _outputs(argv):
+        path = os.path.join(tmp, out)
+        for p in (path, os.path.splitext(path)[0] + ".plan.json"):
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            elif os.path.exists(p):
+                os.remove(p)
 
 
 def _argv(kind: str, text: str, tmp: str) -> list[str] | None:
@@ -155,13 +169,14 @@ def test_every_documented_command_has_a_rule():
 @pytest.fixture(scope="module")
 def docs_folder(tmp_path_factory):
     """One folder for every documented command (configs/ and benchmarks/ linked in), its
-    environment, and the commands run so far (each distinct one runs once)."""
+    environment, the commands run so far (each distinct one runs once) and the outputs of
+    the commands skipped for want of ../shared (a command reading one is skipped too)."""
     tmp = str(tmp_path_factory.mktemp("docs"))
     for d in ("configs", "benchmarks"):
         os.symlink(os.path.join(ROOT, d), os.path.join(tmp, d))
     env = {**sub_env(), "PYTHONPATH": ROOT,
            "THINJAX_ZOO_DIR": os.path.join(SHARED, "checkpoints", "thinresnet-release")}
-    return tmp, env, set()
+    return tmp, env, set(), set()
 
 
 @pytest.mark.parametrize("path", DOCS)
@@ -169,13 +184,15 @@ def test_every_documented_command_runs(path, docs_folder):
     """Each distinct command and Python block of one Markdown file, in document order (the
     files in DOCS order), in one folder for all (the Python blocks run as written, as
     scripts); one test a file, so each has the suite's per-test time limit."""
-    tmp, env, done = docs_folder
+    tmp, env, done, missing = docs_folder
     for kind, text in items(path):
-        needs_shared = any(w in text for w in ("../shared", "zoo:", " zoo get",
+        needs_shared = any(w in text for w in ("../shared", "zoo:", "zoo get",
                                                 "pretrained=True", "zoo.load"))
         argv = _argv(kind, text, tmp)
-        if argv is None or tuple(argv) in done or (needs_shared and
-                                                    not os.path.isdir(SHARED)):
+        if argv is None or tuple(argv) in done:
+            continue
+        if (needs_shared and not os.path.isdir(SHARED)) or _reads_missing(argv, missing):
+            missing.update(_outputs(argv))  # what it would have made is missing too
             continue
         _fresh_outputs(argv, tmp)
         t = time.perf_counter()
@@ -190,3 +207,18 @@ def test_the_documented_commands_ran(docs_folder):
     """After the files' tests (run before this one, in file order): enough ran."""
     done = docs_folder[2]
     assert len(done) >= (25 if os.path.isdir(SHARED) else 5), done
+
+
+def test_a_command_reading_a_skipped_commands_output_is_skipped_too():
+    """Without ../shared the command that makes runs/r56_l1 is skipped; the commands that
+    read it must be skipped with it, and no other."""
+    missing = {"runs/r56_l1"}
+    main = ["python", "-m", "thinjax.main"]
+    assert _reads_missing(main + ["--config=runs/r56_l1/config.py", "--workdir=runs/ft"], missing)
+    assert _reads_missing(main + ["--config.init_from=runs/r56_l1"], missing)
+    assert not _reads_missing(main + ["--config=configs/quick_cifar10.py"], missing)
+    assert not _reads_missing(main + ["--workdir=runs/r56_l1"], missing)  # makes it anew
+    assert not _reads_missing(main + ["--config=runs/r56_l10/config.py"], missing)
+    py = [sys.executable, "-c"]
+    assert _reads_missing(py + ['s = ort.InferenceSession("r56.onnx")'], {"r56.onnx"})
+    assert not _reads_missing(py + ['s = ort.InferenceSession("r20.onnx")'], {"r56.onnx"})
