@@ -103,7 +103,7 @@ def get_config():
         "(0.05), both fine-tuning arms its top (0.1). The grids were not extended (the "
         "ResNet-20 study's rule), because the other seeds had run before the picks were "
         "read; a wider grid could raise either side (a lower LR for thin, a higher one for the "
-        "pruned arms), so the differences below are not final.",
+        "pruned arms), so this report's differences are not final.",
         "Training FLOPs count 3 x MACs per image of every training phase and 1 x MACs per "
         "image of BN recalibration.")
     c.rerun_text = ("One row: delete its folder DIR/runs/<run> (the run column) and rerun the "

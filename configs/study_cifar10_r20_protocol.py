@@ -57,7 +57,7 @@ def get_config():
     c.title = "CIFAR-10 ResNet-20: thin vs pruned in one data domain, paired seeds"
     c.data = ml_collections.ConfigDict({"name": "cifar10", "data_dir": "", "split": "test",
                                         "eval_batch_size": 500})
-    c.cpu = "this project's 2-core VM"
+    c.cpu = "this project's 2-core VM, an AMD EPYC without AVX-512 (Zen 3, AVX2)"
     c.data_text = ("Data: CIFAR-10 as JPEGs (../shared/data/cifar10-jpeg.zip; the --config.data"
                    ".name the command names): training on train[:30000], LR selection on "
                    "train[45000:] (5,000 images), reported top-1 on the 10,000-image test "
