@@ -10,6 +10,7 @@ later command finds what an earlier one wrote (``runs/r56_l1/config.py``); a com
 appears twice (as this test runs it: the same after the data is swapped) runs once.
 """
 
+import dataclasses
 import os
 import re
 import shlex
@@ -166,18 +167,27 @@ def test_every_documented_command_has_a_rule():
         assert action in ("run", "short") or reason
 
 
+@dataclasses.dataclass
+class DocsRun:
+    """What the documented commands share: one folder (configs/ and benchmarks/ linked in),
+    its environment, the commands run so far (each distinct one runs once), the outputs of
+    the commands skipped for want of ../shared (a command reading one is skipped too) and
+    the Markdown files whose test ran."""
+    tmp: str
+    env: dict
+    done: set = dataclasses.field(default_factory=set)
+    missing: set = dataclasses.field(default_factory=set)
+    files: list = dataclasses.field(default_factory=list)
+
+
 @pytest.fixture(scope="module")
-def docs_folder(tmp_path_factory):
-    """One folder for every documented command (configs/ and benchmarks/ linked in), its
-    environment, the commands run so far (each distinct one runs once) and the outputs of
-    the commands skipped for want of ../shared (a command reading one is skipped too), and
-    the files whose test ran."""
+def docs_folder(tmp_path_factory) -> DocsRun:
     tmp = str(tmp_path_factory.mktemp("docs"))
     for d in ("configs", "benchmarks"):
         os.symlink(os.path.join(ROOT, d), os.path.join(tmp, d))
     env = {**sub_env(), "PYTHONPATH": ROOT,
            "THINJAX_ZOO_DIR": os.path.join(SHARED, "checkpoints", "thinresnet-release")}
-    return tmp, env, set(), set(), []
+    return DocsRun(tmp, env)
 
 
 @pytest.mark.parametrize("path", DOCS)
@@ -185,8 +195,9 @@ def test_every_documented_command_runs(path, docs_folder):
     """Each distinct command and Python block of one Markdown file, in document order (the
     files in DOCS order), in one folder for all (the Python blocks run as written, as
     scripts); one test a file, so each has the suite's per-test time limit."""
-    tmp, env, done, missing, files = docs_folder
-    files.append(path)
+    run = docs_folder
+    tmp, done, missing = run.tmp, run.done, run.missing
+    run.files.append(path)
     for kind, text in items(path):
         needs_shared = any(w in text for w in ("../shared", "zoo:", "zoo get",
                                                 "pretrained=True", "zoo.load"))
@@ -198,7 +209,7 @@ def test_every_documented_command_runs(path, docs_folder):
             continue
         _fresh_outputs(argv, tmp)
         t = time.perf_counter()
-        r = subprocess.run(argv, cwd=tmp, env=env, capture_output=True, text=True,
+        r = subprocess.run(argv, cwd=tmp, env=run.env, capture_output=True, text=True,
                            timeout=600)
         assert r.returncode == 0, f"{path}: {text}\n{r.stderr[-2000:]}"
         print(f"{time.perf_counter() - t:5.1f} s  {path}: {text[:100]!r}")
@@ -208,11 +219,11 @@ def test_every_documented_command_runs(path, docs_folder):
 
 def test_the_documented_commands_ran(docs_folder):
     """After the files' tests (run before this one, in file order): enough ran."""
-    done, files = docs_folder[2], docs_folder[4]
-    if len(files) < len(DOCS):
-        pytest.skip(f"{len(files)} of the {len(DOCS)} files' tests ran before this one "
+    run = docs_folder
+    if len(run.files) < len(DOCS):
+        pytest.skip(f"{len(run.files)} of the {len(DOCS)} files' tests ran before this one "
                     "(deselected): it counts the commands of all of them")
-    assert len(done) >= (25 if os.path.isdir(SHARED) else 5), done
+    assert len(run.done) >= (25 if os.path.isdir(SHARED) else 5), run.done
 
 
 def test_a_command_reading_a_skipped_commands_output_is_skipped_too():
