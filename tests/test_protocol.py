@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import tiny
 from thinjax import jobs, stats
 from thinjax.errors import ConfigError
-from thinjax.protocol import analysis, execute, from_config, run_study
+from thinjax.protocol import analysis, execute, from_config, report, run_study
 from thinjax.protocol import plan as planning
 from thinjax.protocol.runner import finalise_tests
 from thinjax.protocol.spec import RunSpec
@@ -63,6 +63,35 @@ def test_verdicts():
                                             "b": ([10.1, 10.0, 9.9], [10.0] * 3)}, 0.5)
     assert [c.verdict for c in fam] == ["thin better", "equivalent"]
     assert fam[0].p_holm == pytest.approx(2 * fam[0].interval.p)
+
+
+def _final_row(arm, criterion, seed, top1, epochs, flops):
+    return {"run": f"{arm}-{criterion}-s{seed}", "arm": arm, "criterion": criterion,
+            "target": "w=8", "seed": seed, "E": 3.0, "lr": 0.2, "selection": False,
+            "top1": top1, "val_top1": top1, "epochs_total": epochs, "images": 1000 * epochs,
+            "train_flops": flops, "params": 100, "macs": 10, "wall_s": 1.0}
+
+
+def test_the_verdicts_in_words_carry_their_numbers():
+    """Each sentence of a report's "In words": the difference, the interval, n, Holm's p,
+    the verdict and both budgets, as computed by hand from the rows."""
+    thin = [70.0, 71.0, 72.0]
+    pruned = [71.0, 72.5, 73.0]  # d = 1, 1.5, 1: mean 7/6, sd 0.288675
+    rows = ([_final_row("thin", None, s, t, 6, 3e12) for s, t in enumerate(thin)]
+            + [_final_row("pruned+ft", "l1", s, t, 3, 9e12) for s, t in enumerate(pruned)])
+    comps = analysis.comparisons(rows, 0.5)
+    [text] = report.findings(comps, analysis.arm_summary(rows), 0.5)
+    half = 4.302653 * 0.288675 / math.sqrt(3)  # t_{0.975, 2} sd / sqrt(n)
+    lo, hi = 7 / 6 - half, 7 / 6 + half       # [+0.45, +1.88]: outside the 0.5 margin
+    p = comps[0].p_holm
+    assert 0 < p < 0.05 and comps[0].verdict == "pruned+ft l1 better"
+    assert text == (
+        f"At w=8, E=3, pruned+ft l1 minus thin: +1.17 top-1 points (95% interval "
+        f"[{lo:+.2f}, {hi:+.2f}], n = 3 paired seeds, Holm p = {p:.3g}): "
+        "**pruned+ft l1 better** (margin +-0.5). Budget: pruned+ft l1 3 epochs from init, "
+        "3,000 images, 9.00 T training FLOPs (test top-1 72.17); thin 6 epochs from init, "
+        "6,000 images, 3.00 T training FLOPs (test top-1 71.00).")
+    assert (f"{lo:+.2f}", f"{hi:+.2f}") == ("+0.45", "+1.88")
 
 
 # -- planning: LR selection on the validation split ------------------------------------

@@ -127,6 +127,31 @@ def comparison_table(comps) -> list[str]:
     return out
 
 
+def _budget(s: dict) -> str:
+    return (f"{s['epochs_total']:g} epochs from init, {s['images']:,} images, "
+            f"{s['train_flops'] / 1e12:.2f} T training FLOPs (test top-1 {s['mean']:.2f})")
+
+
+def findings(comps, summary: list[dict], delta: float) -> list[str]:
+    """The verdicts in words, one sentence a comparison, every figure from the rows: the
+    mean paired difference, its interval, n, Holm's p, the verdict against the margin and
+    each side's training budget (a study's docs open with these)."""
+    budget = {(s["arm"], f"{s['target']}, E={s['E']:g}"): s for s in summary}
+    out = []
+    for c in comps:
+        iv = c.interval
+        ci = ("no interval" if math.isnan(iv.lo)
+              else f"95% interval [{iv.lo:+.2f}, {iv.hi:+.2f}]")
+        text = (f"At {c.family}, {c.x} minus {c.ref}: {iv.mean:+.2f} top-1 points ({ci}, "
+                f"n = {iv.n} paired seeds, Holm p = {c.p_holm:.3g}): **{c.verdict}** "
+                f"(margin +-{delta:g}).")
+        x, ref = budget.get((c.x, c.family)), budget.get((c.ref, c.family))
+        if x and ref:
+            text += f" Budget: {c.x} {_budget(x)}; {c.ref} {_budget(ref)}."
+        out.append(text)
+    return out
+
+
 def arm_table(summary: list[dict]) -> list[str]:
     out = ["| target | E | arm | n | test top-1 mean (sd) | val top-1 | LR | epochs from "
            "init | images seen | training FLOPs | params | MACs | wall per run |",
@@ -203,6 +228,8 @@ def markdown(p: Protocol, rows: list[dict], comps, plots: dict, text: dict) -> s
              f"{wall / 3600:.1f} h of run time in all.", "",
              "## Verdicts: each arm against thin at equal cost and equal epochs", ""]
     lines += comparison_table(comps) or ["(no comparison has paired seeds yet)"]
+    if comps:
+        lines += ["", "## In words", ""] + [f"- {x}" for x in findings(comps, summary, p.delta)]
     for key, title in (("forest", "Forest plot"), ("curve", "Difference against E"),
                        ("literature", "Published drops beside this study")):
         if plots.get(key):
