@@ -90,11 +90,12 @@ def test_a_fully_masked_block_is_the_identity_as_in_the_model():
 
 
 def mixed_plan():
-    """Stage 2 on the row kernels where they run (11 to 13 channels at 16x16), stages 1
-    and 3 on oneDNN's (32 channels at 32x32; 41, 50 and 12 at 8x8: padded kernels)."""
+    """Stage 2 on the row kernels where they run (9 to 13 channels at 16x16: AVX-512's and
+    AVX2's cost models alike), stages 1 and 3 on oneDNN's (32 channels at 32x32; 41, 50
+    and 12 at 8x8: padded kernels)."""
     return Plan("basic", "cifar", 32, (
         StagePlan(32, 1, (BlockPlan((32,)),)),
-        StagePlan(13, 2, (BlockPlan((11,), True), BlockPlan((12,)))),
+        StagePlan(13, 2, (BlockPlan((9,), True), BlockPlan((10,)))),
         StagePlan(41, 2, (BlockPlan((50,), True), BlockPlan((12,))))), num_classes=5)
 
 
@@ -111,8 +112,8 @@ def test_prepared_kernels_change_nothing_but_the_layout(n):
     before = jax.tree.map(np.array, prepared)
     k = prepared["stage3/block1"]["conv1"]["kernel"]  # 41 to 12 channels at 8x8
     assert k.ndim in (5, 6)  # (co/B, kh, kw, ci, B) or (co/16, ci/16, kh, kw, 16, 16)
-    row_kernel = prepared["stage2/block1"]["conv1"]["kernel"]  # 13 to 12 channels
-    assert row_kernel.shape == (1, 3, 3, 13, 12) if rows else row_kernel.ndim in (5, 6)
+    row_kernel = prepared["stage2/block1"]["conv1"]["kernel"]  # 13 to 10 channels
+    assert row_kernel.shape == (1, 3, 3, 13, 10) if rows else row_kernel.ndim in (5, 6)
     run = jax.jit(lambda f, x: fold.forward(plan, f, x, "onednn"))
     np.testing.assert_array_equal(run(prepared, x), run(folded, x))  # the same primitives
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(prepared)):
@@ -170,7 +171,7 @@ def test_row_convolution_matches_xla(geom):
     strides 1 and 2, kernels 1, 3 and 7 wide. Measured: at most 7e-7 of the largest
     output from XLA's convolution."""
     if not infer.row_kernels():
-        pytest.skip("the row kernels need an AVX-512 CPU")
+        pytest.skip("the row kernels need an AVX-512 or AVX2 CPU")
     n, size, ci, co, k, stride = geom
     r = np.random.default_rng(sum(geom) + 1)
     x = jnp.asarray(r.standard_normal((n, size, size + 17, ci)), jnp.float32)  # not square
@@ -278,13 +279,31 @@ def test_the_cost_model_picks_the_row_kernels_where_onednn_leaves_lanes_idle():
     assert not rows_cheaper(64, 8, 8, 41, 49, 3, 1)
 
 
+def test_the_avx2_cost_model_picks_the_faster_kernels_of_measured_layers():
+    """On AVX2 (8-wide vectors in both; `conv_costs(..., lanes=8)`). Measured on an AMD EPYC
+    Zen 3 (one core, batch 64, us, oneDNN and rows; `benchmarks/infer_layers.py --layers`):
+    13 to 11 channels at 32x32, 4,233 and 2,881; 25 to 22 at 16x16, 3,290 and 2,162; 16 to 15
+    at 16x16, 1,750 and 1,113; 25 to 24 at 16x16, 1,909 and 2,345; 8 to 8 at 32x32, 1,326
+    and 1,648; 16 to 16 at 16x16, 921 and 1,304; 32 to 32 at 8x8, 859 and 996; 16 to 16 at
+    stride 2 to 16x16, 1,526 and 2,203."""
+    def rows_cheaper(*geom):
+        dnn, row = infer.conv_costs(*geom, lanes=8)
+        return row < dnn
+    for ci, co, size in ((13, 11, 32), (25, 22, 16), (16, 15, 16)):
+        assert rows_cheaper(64, size, size, ci, co, 3, 1), (ci, co, size)
+    for ci, co, size in ((25, 24, 16), (8, 8, 32), (16, 16, 16), (32, 32, 8)):
+        assert not rows_cheaper(64, size, size, ci, co, 3, 1), (ci, co, size)
+    assert not rows_cheaper(64, 16, 16, 16, 16, 3, 2)
+
+
 @needs_onednn
 def test_odd_channel_networks_run_on_the_row_kernels_where_they_pay():
     plan = plan_from_width("resnet20", 5)  # 5, 10 and 20 channels at 32, 16 and 8 pixels
     v = random_variables(plan, seed=9)
     x = images(plan, 3)
-    rows = infer.row_kernels()
-    assert fold.row_stages(plan, x.shape, "onednn") == (rows, rows, False)
+    rows, lanes8 = infer.row_kernels(), infer.row_lanes() == 8
+    # 20 channels at 8x8: AVX2's 8-pixel rows fill their vectors, AVX-512's 16 do not
+    assert fold.row_stages(plan, x.shape, "onednn") == (rows, rows, lanes8)
     assert fold.row_stages(plan, x.shape, "xla") == (False, False, False)
     wide = plan_from_width("resnet20", 16)
     if fold.blocked(wide, x.shape):  # nChw16c (oneDNN's AVX-512 kernels) first
@@ -293,10 +312,11 @@ def test_odd_channel_networks_run_on_the_row_kernels_where_they_pay():
     for n in (1, 3):  # one image: split by output rows
         assert rel_err(run(v, x[:n]), model_logits(plan, v, x[:n])) < TOL
     hlo = run.lower(v, x).as_text()
-    assert ("rows = 1" in hlo) == rows and "rows = 0" in hlo
+    assert ("rows = 1" in hlo) == rows and ("rows = 0" in hlo) == (not lanes8)
     plan = plan_from_width("resnet18", 5, 10)  # the ImageNet stem and max-pool on rows
     v = random_variables(plan, seed=10)
     x = images(plan, 2)
-    assert fold.row_stages(plan, x.shape, "onednn") == (rows, False, False, False)
+    stages = fold.row_stages(plan, x.shape, "onednn")  # stage 2: rows on AVX2 (8 lanes)
+    assert stages[0] == rows and stages[1] == (infer.row_lanes() == 8) and not any(stages[2:])
     assert rel_err(jax.jit(lambda v, x: fold.forward(plan, fold.fold(plan, v), x, "onednn"))(
         v, x), model_logits(plan, v, x)) < TOL

@@ -54,6 +54,7 @@ from thinjax.ops.infer import (
     layout_kernel,
     row_block,
     row_kernels,
+    row_lanes,
     to_blocked,
     to_rows,
 )
@@ -197,7 +198,7 @@ def row_stages(plan: Plan, input_shape: tuple[int, ...], impl: str = "auto"
     costs = [[0.0, 0.0] for _ in plan.stages]
     for c in _convs(plan, tuple(input_shape)):
         dnn, row = conv_costs(c.n, -(-c.h // c.stride), -(-c.w // c.stride), c.ci, c.co, c.k,
-                              c.stride)
+                              c.stride, row_lanes())
         costs[c.stage][0] += dnn
         costs[c.stage][1] += row
     return tuple(row < dnn for dnn, row in costs)

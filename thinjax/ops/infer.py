@@ -20,11 +20,12 @@ Where oneDNN computes, two layouts matter:
   kernels on them.
 
 ``rows=True`` takes NHCW activations, ``(N, H, C, W)`` (`to_rows`), and runs thinjax's
-own row kernels (``rowconv.cc``; AVX-512 CPUs, `row_kernels`) instead of oneDNN's: those
-put 16 output pixels of a row in a vector where oneDNN's put 8 or 16 output channels, so
-they keep every lane busy for channel counts that are not multiples of 8 (a round_to 1
-pruning's 9 to 15 channels fill 9 to 15 of oneDNN's 16 lanes) as long as rows are 16,
-32, 48 ... pixels wide. `conv_costs` estimates both for a convolution.
+own row kernels (``rowconv.cc``; AVX-512 and AVX2 CPUs, `row_kernels`) instead of
+oneDNN's: those put 16 output pixels of a row in a vector (8 on AVX2) where oneDNN's put 8
+or 16 output channels, so they keep every lane busy for channel counts that are not
+multiples of 8 (a round_to 1 pruning's 9 to 15 channels fill 9 to 15 of oneDNN's 16
+lanes) as long as rows are 16, 32, 48 ... (on AVX2 8, 16, 24 ...) pixels wide.
+`conv_costs` estimates both for a convolution.
 
 The library splits each convolution over its own threads (a batch by images, one image by
 output rows): see the comment on ``Team`` in ``onednn_infer.cc``.
@@ -42,7 +43,7 @@ from thinjax.ops import build
 from thinjax.ops.conv import resolve, xla_conv2d
 
 __all__ = ["OIHW16I16O", "blocked_kernels", "conv2d_fused", "conv_costs", "from_blocked",
-           "from_rows", "kernel_layout", "layout_kernel", "row_block", "row_kernels",
+           "from_rows", "kernel_layout", "layout_kernel", "row_block", "row_kernels", "row_lanes",
            "to_blocked", "to_rows", "unlayout_kernel"]
 
 # the layout code of (ceil(co/16), ceil(ci/16), kh, kw, 16, 16), zero-padded (oneDNN's
@@ -79,12 +80,18 @@ def row_block(co: int) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def row_kernels() -> bool:
-    """Whether thinjax's row kernels (``rows=True``) run here: AVX-512 CPUs."""
+def row_lanes() -> int:
+    """The output pixels a vector of thinjax's row kernels holds here: 16 on AVX-512 CPUs,
+    8 on AVX2 (with FMA) ones, 0 where they do not run."""
     try:
-        return bool(build.load().ThinjaxInferRowKernels())
+        return int(build.load().ThinjaxInferRowKernels())
     except build.KernelUnavailable:
-        return False
+        return 0
+
+
+def row_kernels() -> bool:
+    """Whether thinjax's row kernels (``rows=True``) run here: AVX-512 and AVX2 CPUs."""
+    return row_lanes() > 0
 
 
 # `conv_costs`' model, fitted to timings of 3x3 convolutions of 8 to 32 channels (200 pairs
@@ -100,12 +107,28 @@ _DNN_NS, _DNN_BCAST, _DNN_STORE = 0.243, 0.22, 7.4
 _ROW_NS, _ROW_STORE, _ROW_STRIDED = 0.300, 4.0, 1.1
 
 
-def conv_costs(n: int, oh: int, ow: int, ci: int, co: int, k: int, stride: int
-               ) -> tuple[float, float]:
+# On AVX2 CPUs (8-wide vectors in both) another fit, to the convolutions of the round_to 1
+# and round_to 8 L1 prunings of the release ResNet-56 w=16 to 50% and 25% of the MACs
+# (`benchmarks/infer_layers.py --layers --force=dnn|rows`, batch 64, one core of an AMD
+# EPYC Zen 3, min of 15 runs; the residual layers left out): oneDNN's NHWC kernels cost
+# _AVX2_DNN[0] per 8-wide multiply-add, [1] more where the output channels are not a
+# multiple of 8, [2] per output vector and [3] per input value broadcast (16% rms error);
+# the row kernels _AVX2_ROW[0] per multiply-add at stride 1, [1] at stride 2 (two loads and
+# a shuffle per vector), [2] per output vector (9%). Choosing each stage's kernels by the
+# model costs 0.3% over the faster of each stage measured.
+_AVX2_DNN = (0.129, 0.047, 7.9, 0.048)
+_AVX2_ROW = (0.162, 0.305, 15.8)
+
+
+def conv_costs(n: int, oh: int, ow: int, ci: int, co: int, k: int, stride: int,
+               lanes: int = 16) -> tuple[float, float]:
     """Estimated ns of a k x k convolution with `n` images of `ci` channels to `co` at
-    `oh` x `ow`: (oneDNN's NHWC kernels, the row kernels). oneDNN computes output
-    channels in 16-wide vectors (8-wide for 8 modulo 16 of them: ``onednn_infer.cc``), the
-    row kernels output pixels of a row in 16-wide vectors: each pays for its idle lanes."""
+    `oh` x `ow`: (oneDNN's NHWC kernels, the row kernels), on a CPU whose row kernels hold
+    `lanes` pixels a vector (`row_lanes`: 16 on AVX-512, 8 on AVX2). oneDNN computes output
+    channels in 16-wide vectors there (8-wide for 8 modulo 16 of them: ``onednn_infer.cc``;
+    8-wide on AVX2), the row kernels output pixels of a row: each pays for its idle lanes."""
+    if lanes == 8:
+        return _avx2_costs(n, oh, ow, ci, co, k, stride)
     lanes = 8 if co % 16 == 8 else 16
     pixels, taps = n * oh * ow, k * k * ci
     vectors = pixels * -(-co // lanes)
@@ -113,6 +136,17 @@ def conv_costs(n: int, oh: int, ow: int, ci: int, co: int, k: int, stride: int
     rows = n * oh * co * -(-ow // 16)
     row = rows * (taps + _ROW_STORE) * _ROW_NS * (_ROW_STRIDED if stride > 1 else 1.0)
     return dnn, row
+
+
+def _avx2_costs(n: int, oh: int, ow: int, ci: int, co: int, k: int, stride: int
+                ) -> tuple[float, float]:
+    pixels, taps = n * oh * ow, k * k * ci
+    vectors, odd = pixels * -(-co // 8), co % 8 != 0
+    fma, odd_fma, store, bcast = _AVX2_DNN
+    dnn = vectors * (taps * (fma + odd_fma * odd) + store) + pixels * taps * bcast
+    rows = n * oh * co * -(-ow // 8)
+    fma, strided_fma, store = _AVX2_ROW
+    return dnn, rows * (taps * (strided_fma if stride > 1 else fma) + store)
 
 
 @functools.lru_cache(maxsize=1)

@@ -529,7 +529,7 @@ ffi::Error Guarded(const Geometry& g, void* x, void* k, void* b, void* y) {
   if (g.rows && (!thinjax_rowconv::Available() || g.kh != g.kw || g.sh != g.sw ||
                  (g.sh != 1 && g.sh != 2))) {
     return ffi::Error::InvalidArgument(
-        "thinjax row conv (NHCW): needs an AVX-512 CPU (ThinjaxInferRowKernels), a square "
+        "thinjax row conv (NHCW): needs an AVX-512 or AVX2 CPU (ThinjaxInferRowKernels), a square "
         "kernel and stride 1 or 2");
   }
   const std::string failure = Run(g, x, k, b, y);
@@ -608,8 +608,9 @@ extern "C" int64_t ThinjaxInferBlockedKernels() {
   return ok;
 }
 
-// 1 when thinjax's row kernels (NHCW activations, rowconv.cc) run on this CPU, else 0.
-extern "C" int64_t ThinjaxInferRowKernels() { return thinjax_rowconv::Available() ? 1 : 0; }
+// The pixels a vector of thinjax's row kernels (NHCW activations, rowconv.cc) holds on
+// this CPU: 16 (AVX-512), 8 (AVX2), 0 where they do not run.
+extern "C" int64_t ThinjaxInferRowKernels() { return thinjax_rowconv::Lanes(); }
 
 #define THINJAX_INFER_ATTRS                                                               \
   .Attr<int64_t>("sh")                                                                    \

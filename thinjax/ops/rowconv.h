@@ -16,8 +16,11 @@ struct Geometry {
   int64_t n, h, w, ci, co, k, s, oh, ow, pt, pl, block;
 };
 
-// Whether the kernels run on this CPU (AVX-512F).
+// Whether the kernels run on this CPU: AVX-512F (16 lanes) or AVX2 with FMA (8).
 bool Available();
+
+// The pixels a vector holds here: 16 (AVX-512F), 8 (AVX2 and FMA), 0 (neither).
+int Lanes();
 
 // The output channels the kernels compute together (at most 16: their accumulators fill
 // the vector registers) for `co` of them: co split into as few, as even blocks.
