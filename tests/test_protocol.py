@@ -94,6 +94,30 @@ def test_the_verdicts_in_words_carry_their_numbers():
     assert (f"{lo:+.2f}", f"{hi:+.2f}") == ("+0.45", "+1.88")
 
 
+def test_budget_curves_and_literature_points_take_each_comparison_at_its_target_and_e(
+        tmp_path):
+    """Two targets (a quarter and half of the dense MACs) at E = 1 and 3: the literature
+    plot takes the pruned+ft comparisons at the reference E only, each at its target's
+    MAC fraction; the E-curve plot draws both Es of each target."""
+    rows = []
+    for target, macs in (("w=8", 25e6), ("w=11", 50e6)):
+        for E in (1.0, 3.0):
+            for s in range(3):
+                for arm, crit, top1 in (("thin", None, 70.0 + s), ("pruned+ft", "l1", 71 + s * E)):
+                    r = _final_row(arm, crit, s, top1, 3 + E, 1e12)
+                    r.update(target=target, E=E, target_macs=macs, run=f"{r['run']}-{target}-{E}")
+                    rows.append(r)
+    rows.append({**rows[0], "arm": "dense", "target": "dense", "target_macs": 100e6})
+    comps = analysis.comparisons(rows, 0.5)
+    assert sorted(c.family for c in comps) == ["w=11, E=1", "w=11, E=3", "w=8, E=1", "w=8, E=3"]
+    assert {analysis.family_parts(c.family) for c in comps} == {
+        ("w=8", 1.0), ("w=8", 3.0), ("w=11", 1.0), ("w=11", 3.0)}
+    pts = report.lit_points(comps, rows, _protocol(finetune_epochs=(1.0, 3.0), ref_epochs=3.0))
+    assert sorted((f, c.family) for f, c in pts) == [(0.25, "w=8, E=3"), (0.5, "w=11, E=3")]
+    files = report.e_curve_plot(comps, 0.5, str(tmp_path / "e_curve"), "t")
+    assert files and all(os.path.getsize(f) > 0 for f in files)
+
+
 # -- planning: LR selection on the validation split ------------------------------------
 def _protocol(**kw):
     d = dict(arch="resnet20", base_width=4, targets=(2, 3), seeds=3, delta=1.0,

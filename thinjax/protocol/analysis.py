@@ -71,6 +71,17 @@ def by_seed(rows: list[dict], arm: str, target: str, E: float) -> dict[int, floa
             if arm_name(r) == arm and r["target"] == target and r["E"] == E}
 
 
+def family(target: str, E: float) -> str:
+    """The label of the comparisons at one target and fine-tune budget (Holm's family)."""
+    return f"{target}, E={E:g}"
+
+
+def family_parts(label: str) -> tuple[str, float]:
+    """`family`'s inverse: (target, E)."""
+    target, E = label.rsplit(", E=", 1)
+    return target, float(E)
+
+
 def comparisons(rows: list[dict], delta: float) -> list[stats.Comparison]:
     """Every trained arm against thin at each (target, E) where both have paired seeds;
     Holm over the arms of one (target, E) family."""
@@ -89,7 +100,7 @@ def comparisons(rows: list[dict], delta: float) -> list[stats.Comparison]:
             if len(seeds) >= 2:
                 pairs[name] = ([x[s] for s in seeds], [ref[s] for s in seeds])
         if pairs:
-            out += stats.compare_family(f"{target}, E={E:g}", pairs, delta)
+            out += stats.compare_family(family(target, E), pairs, delta)
     return out
 
 

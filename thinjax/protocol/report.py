@@ -57,16 +57,17 @@ def forest_plot(comps, delta: float, stem: str, title: str) -> list[str]:
 def e_curve_plot(comps, delta: float, stem: str, title: str) -> list[str]:
     """The paired difference against the fine-tune budget E, per target and arm."""
     plt = _plt()
-    targets = sorted({c.family.split(", E=")[0] for c in comps})
+    targets = sorted({analysis.family_parts(c.family)[0] for c in comps})
     fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(5.2 * max(1, len(targets)), 3.8),
                              squeeze=False)
     for ax, t in zip(axes[0], targets):
         ax.axhspan(-delta, delta, color="0.88")
         ax.axhline(0, color="0.4", lw=0.8)
-        arms = sorted({c.x for c in comps if c.family.startswith(t + ",")})
+        mine = [(analysis.family_parts(c.family)[1], c) for c in comps
+                if analysis.family_parts(c.family)[0] == t]
+        arms = sorted({c.x for _, c in mine})
         for i, a in enumerate(arms):
-            pts = sorted((float(c.family.split("E=")[1]), c.interval) for c in comps
-                         if c.family.startswith(t + ",") and c.x == a)
+            pts = sorted((E, c.interval) for E, c in mine if c.x == a)
             if len(pts) < 2:
                 continue
             xs = [e for e, _ in pts]
@@ -136,7 +137,7 @@ def findings(comps, summary: list[dict], delta: float) -> list[str]:
     """The verdicts in words, one sentence a comparison, every figure from the rows: the
     mean paired difference, its interval, n, Holm's p, the verdict against the margin and
     each side's training budget (a study's docs open with these)."""
-    budget = {(s["arm"], f"{s['target']}, E={s['E']:g}"): s for s in summary}
+    budget = {(s["arm"], analysis.family(s["target"], s["E"])): s for s in summary}
     out = []
     for c in comps:
         iv = c.interval
@@ -201,9 +202,9 @@ def read_literature(path: str, networks=("resnet20", "resnet56")) -> list[dict]:
 def lit_points(comps, rows: list[dict], p: Protocol) -> list:
     dense = {r["target"]: r["target_macs"] for r in rows}
     base = max(dense.values()) if dense else 1
-    return [(dense[c.family.split(", E=")[0]] / base, c) for c in comps
-            if c.x.startswith("pruned+ft") and c.family.endswith(f"E={p.ref_epochs:g}")
-            and c.family.split(", E=")[0] in dense]
+    parts = [(analysis.family_parts(c.family), c) for c in comps]
+    return [(dense[t] / base, c) for (t, E), c in parts
+            if c.x.startswith("pruned+ft") and E == p.ref_epochs and t in dense]
 
 
 def markdown(p: Protocol, rows: list[dict], comps, plots: dict, text: dict) -> str:
