@@ -169,7 +169,7 @@ def test_row_convolution_matches_xla(geom):
     """The row kernels on NHCW activations (`rows=True`): batch 1 split by output rows,
     widths under, at and over a vector of 16, 32 and 48 pixels, padding rows and columns,
     strides 1 and 2, kernels 1, 3 and 7 wide. Measured: at most 7e-7 of the largest
-    output from XLA's convolution."""
+    output from XLA's convolution (7.3e-7 with the AVX2 kernels, on an AMD EPYC Zen 3)."""
     if not infer.row_kernels():
         pytest.skip("the row kernels need an AVX-512 or AVX2 CPU")
     n, size, ci, co, k, stride = geom
