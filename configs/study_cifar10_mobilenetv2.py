@@ -106,7 +106,8 @@ def get_config():
         "pruned arms), so this report's differences are not final.",
         "Training FLOPs count 3 x MACs per image of every training phase and 1 x MACs per "
         "image of BN recalibration.")
-    c.rerun_text = ("One row: delete its folder DIR/runs/<run> (the run column) and rerun the "
-                    "study command; only that run is made again, with the same seed, LR and "
-                    "inputs.")
+    c.rerun_text = ("One row, leaving the study as it is: copy DIR (cp -a DIR COPY), delete "
+                    "the row's folder COPY/runs/<run> (the run column) and rerun the study "
+                    "command with --workdir=COPY; only that run is made again, with the same "
+                    "seed, LR and inputs.")
     return c

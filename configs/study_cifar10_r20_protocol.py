@@ -99,7 +99,8 @@ def get_config():
         "Published results (literature plot) are on the original CIFAR-10 with their own "
         "600-epoch-scale baselines and recipes; only their drop from their own baseline is "
         "shown, beside this study's paired differences.")
-    c.rerun_text = ("One row: delete its folder DIR/runs/<run> (the run column) and rerun the "
-                    "study command; only that run is made again, with the same seed, LR and "
-                    "inputs.")
+    c.rerun_text = ("One row, leaving the study as it is: copy DIR (cp -a DIR COPY), delete "
+                    "the row's folder COPY/runs/<run> (the run column) and rerun the study "
+                    "command with --workdir=COPY; only that run is made again, with the same "
+                    "seed, LR and inputs.")
     return c

@@ -36,7 +36,7 @@ def read_csv(path: str) -> list[dict]:
         for k in _FLOATS:
             r[k] = float(r[k]) if r.get(k) not in (None, "") else None
         r["selection"] = r.get("selection") == "True"
-        r["diverged"] = r.get("diverged") == "True"
+        r["diverged"] = {"True": True, "False": False}.get(r.get("diverged") or "")  # or None
         r["criterion"] = r.get("criterion") or None
     return rows
 
