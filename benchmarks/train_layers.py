@@ -1,0 +1,144 @@
+"""Per-layer times of the training convolutions (oneDNN's forward, input gradient and
+kernel gradient, as `thinjax.ops.conv.onednn_conv2d` calls them) for the round_to 1 and
+round_to 8 L1 prunings of the release's ResNet-56 w=16 at equal MACs, with per-stage sums;
+and, with --pad, what each round_to 1 layer would cost with its input and/or output
+channels padded with zeros to a multiple of --pad (the padded layer's own time, no copy
+counted: a lower bound on what computing padded channel blocks inside the convolution
+could give).
+
+    XLA_FLAGS=--xla_cpu_multi_thread_eigen=false taskset -c 0 \
+        python benchmarks/train_layers.py --fractions=0.5,0.25 --pad=8 [--layers]
+
+Each pass runs alone (jitted, random data, batch --batch) --reps times, interleaved over
+the networks; the minimum time is kept (a shared machine's load only ever adds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import thinjax.commands  # noqa: E402,F401  (tunes the process as the commands do: first)
+from thinjax import cpu  # noqa: E402
+from thinjax.models import fold  # noqa: E402
+from thinjax.ops.conv import _call  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pruned_speed import RELEASE_R56, pruned_pair  # noqa: E402
+
+PASSES = ("fwd", "bwd_data", "bwd_weights")
+
+
+def pass_fns(n: int, h: int, ci: int, co: int, k: int, stride: int) -> list:
+    """Callables running oneDNN's three training passes of one convolution."""
+    r = np.random.default_rng(0)
+    oh, pad = -(-h // stride), (k - 1) // 2
+    x = jnp.asarray(r.standard_normal((n, h, h, ci)), jnp.float32)
+    w = jnp.asarray(r.standard_normal((k, k, ci, co)) * 0.1, jnp.float32)
+    dy = jnp.asarray(r.standard_normal((n, oh, oh, co)), jnp.float32)
+    kw = dict(stride=stride, padding=pad)
+    fns = [jax.jit(lambda x, w, dy: _call("thinjax_onednn_conv_fwd", dy, x, w, **kw)),
+           jax.jit(lambda x, w, dy: _call("thinjax_onednn_conv_bwd_data", x, dy, w, **kw)),
+           jax.jit(lambda x, w, dy: _call("thinjax_onednn_conv_bwd_weights", w, x, dy, **kw))]
+    for fn in fns:
+        fn(x, w, dy).block_until_ready()
+    return [lambda fn=fn: fn(x, w, dy).block_until_ready() for fn in fns]
+
+
+def up(c: int, m: int) -> int:
+    return -(-c // m) * m
+
+
+def variants(c, pad: int) -> dict[str, tuple[int, int]]:
+    """(ci, co) of the layer as it is and, with `pad`, padded on each side and both."""
+    out = {"as is": (c.ci, c.co)}
+    if pad:
+        out.update({"pad in": (up(c.ci, pad), c.co), "pad out": (c.ci, up(c.co, pad)),
+                    "pad both": (up(c.ci, pad), up(c.co, pad))})
+    return out
+
+
+def measure(a, f: float) -> None:
+    plans = pruned_pair(a, f)
+    shape = (a.batch, a.input_size, a.input_size, 3)
+    layers = []  # (round_to, conv, variant, fns)
+    for rt, p in plans.items():
+        for c in fold._convs(p, shape):
+            for name, (ci, co) in variants(c, a.pad if rt == 1 else 0).items():
+                if name == "as is" or (ci, co) != (c.ci, c.co):
+                    layers.append((rt, c, name, pass_fns(a.batch, c.h, ci, co, c.k, c.stride)))
+    times = [[[] for _ in PASSES] for _ in layers]
+    for _ in range(a.reps):
+        for i, (*_, fns) in enumerate(layers):
+            for j, fn in enumerate(fns):
+                t = time.perf_counter()
+                fn()
+                times[i][j].append(time.perf_counter() - t)
+    report(a, f, layers, [[min(t) for t in ts] for ts in times])
+
+
+def report(a, f: float, layers, best) -> None:
+    # (round_to, stage) -> variant -> [seconds per pass]; the padded best is per layer
+    stages = defaultdict(lambda: defaultdict(lambda: np.zeros(len(PASSES))))
+    macs, by_layer = defaultdict(int), defaultdict(dict)
+    for (rt, c, name, _), t in zip(layers, best):
+        by_layer[(rt, c.key, c.conv)][name] = np.asarray(t)
+        if name == "as is":
+            oh = -(-c.h // c.stride)
+            macs[(rt, c.stage)] += a.batch * oh * oh * c.ci * c.co * c.k * c.k
+            stages[(rt, c.stage)]["as is"] += t
+            if a.layers:
+                print(f"  r{rt} {c.key}/{c.conv or 'stem'} {c.ci}->{c.co} k{c.k} s{c.stride} "
+                      + " ".join(f"{p} {s * 1e6:6.0f} us" for p, s in zip(PASSES, t)))
+    for (rt, key, conv), v in by_layer.items():
+        stage = next(c.stage for r, c, *_ in layers if (r, c.key, c.conv) == (rt, key, conv))
+        if a.layers and len(v) > 1:
+            names = list(v)
+            pick = np.argmin(np.stack(list(v.values())), axis=0)
+            print(f"  r{rt} {key}/{conv or 'stem'} fastest: "
+                  + ", ".join(f"{p} {names[i]}" for p, i in zip(PASSES, pick)))
+        stages[(rt, stage)]["best padding"] += np.min(np.stack(list(v.values())), axis=0)
+    for (rt, s), v in sorted(stages.items()):
+        for name, t in v.items():
+            if name == "best padding" and rt != 1:
+                continue
+            print(f"{f:.0%} MACs r{rt} stage{s + 1} {name:>12}: " + "  ".join(
+                f"{p} {x * 1e3:6.2f} ms" for p, x in zip(PASSES, t))
+                + f"  sum {t.sum() * 1e3:6.2f} ms, {3 * macs[(rt, s)] / t.sum() / 1e9:5.1f}"
+                " GMAC/s")
+    for name in ("as is", "best padding"):
+        tot = {rt: sum(v[name].sum() if name in v else v["as is"].sum()
+                       for (r, _), v in stages.items() if r == rt) for rt in (1, a.round_to)}
+        print(f"{f:.0%} MACs, all layers, round_to 1 {name}: {tot[1] * 1e3:.1f} ms against "
+              f"round_to {a.round_to}'s {tot[a.round_to] * 1e3:.1f} ms: "
+              f"{tot[a.round_to] / tot[1]:.2f}x its speed")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")],
+                    default=[0.5, 0.25])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--pad", type=int, default=0, help="also time channels padded to this")
+    ap.add_argument("--layers", action="store_true", help="print every convolution")
+    a = ap.parse_args(argv)
+    a.model, a.width, a.base_width, a.input_size, a.round_to = "resnet56", 16, None, 32, 8
+    a.checkpoint = RELEASE_R56 if os.path.isfile(RELEASE_R56) else None
+    print(f"CPU: {cpu.cpu_description()}; load average {os.getloadavg()[0]:.1f}; batch {a.batch}")
+    for f in a.fractions:
+        measure(a, f)
+
+
+if __name__ == "__main__":
+    main()
