@@ -334,47 +334,63 @@ int64_t Block(int64_t co) {
   return (co + blocks - 1) / blocks;
 }
 
+namespace {
+
+using Tiles = std::vector<std::pair<size_t, int>>;  // (first slot, vectors)
+
+// One image's output vectors, row by row, in tiles of two; a row of one vector alone at the
+// top and bottom, so that its tile skips the kernel rows that fall on the padding.
+void MakeTiles(const Geometry& g, int64_t lanes, std::vector<Slot>* slots, Tiles* tiles) {
+  slots->clear(), tiles->clear();
+  for (int64_t oh = 0; oh < g.oh; ++oh) {
+    for (int64_t ow0 = 0; ow0 < g.ow; ow0 += lanes) slots->push_back({oh, ow0});
+  }
+  const bool narrow = g.ow <= lanes;
+  for (size_t t = 0; t < slots->size();) {
+    const bool edge = narrow && (t == 0 || t + 1 == slots->size());
+    const int nv = !edge && t + 1 < slots->size() ? 2 : 1;
+    tiles->push_back({t, nv});
+    t += nv;
+  }
+}
+
+// The kernel as the tiles read it: `kernel` itself where the caller packed it (g.block),
+// else HWIO packed into `packed` by blocks of `block` output channels (zero-padded).
+const float* Packed(const Geometry& g, int64_t block, const float* kernel,
+                    std::vector<float>* packed) {
+  if (g.block) return kernel;
+  const int64_t blocks = (g.co + block - 1) / block, taps = g.k * g.k * g.ci;
+  packed->assign(blocks * taps * block, 0.0f);
+  for (int64_t t = 0; t < taps; ++t) {
+    for (int64_t c = 0; c < g.co; ++c) {
+      (*packed)[((c / block) * taps + t) * block + c % block] = kernel[t * g.co + c];
+    }
+  }
+  return packed->data();
+}
+
+}  // namespace
+
 void Conv(const Geometry& g, const float* x, const float* kernel, const float* bias, float* y,
           bool sum, bool relu) {
   // per-thread buffers that only grow: no allocation per call (at batch 1 a convolution
   // takes tens of microseconds)
   static thread_local Masks masks;
   static thread_local avx2::Masks masks8;
-  static thread_local std::vector<Slot> slots;  // one image's vectors, row by row
-  static thread_local std::vector<std::pair<size_t, int>> tiles;  // (first slot, vectors)
+  static thread_local std::vector<Slot> slots;
+  static thread_local Tiles tiles;
   static thread_local std::vector<float> packed;
   const bool wide = Avx512();
-  const int64_t lanes = wide ? kLanes : avx2::kLanes;
   if (wide) {
     MakeMasks(g, &masks);
   } else {
     avx2::MakeMasks(g, &masks8);
   }
-  slots.clear(), tiles.clear();
-  for (int64_t oh = 0; oh < g.oh; ++oh) {
-    for (int64_t ow0 = 0; ow0 < g.ow; ow0 += lanes) slots.push_back({oh, ow0});
-  }
-  // tiles of two vectors; a row of one vector alone at the top and bottom, so that its tile
-  // skips the kernel rows that fall on the padding
-  const bool narrow = g.ow <= lanes;
-  for (size_t t = 0; t < slots.size();) {
-    const bool edge = narrow && (t == 0 || t + 1 == slots.size());
-    const int nv = !edge && t + 1 < slots.size() ? 2 : 1;
-    tiles.push_back({t, nv});
-    t += nv;
-  }
+  MakeTiles(g, wide ? kLanes : avx2::kLanes, &slots, &tiles);
   Geometry gb = g;
   gb.block = Block(g.co);
+  kernel = Packed(g, gb.block, kernel, &packed);
   const int64_t blocks = (g.co + gb.block - 1) / gb.block, taps = g.k * g.k * g.ci;
-  if (!g.block) {  // HWIO: packed here
-    packed.assign(blocks * taps * gb.block, 0.0f);
-    for (int64_t t = 0; t < taps; ++t) {
-      for (int64_t c = 0; c < g.co; ++c) {
-        packed[((c / gb.block) * taps + t) * gb.block + c % gb.block] = kernel[t * g.co + c];
-      }
-    }
-    kernel = packed.data();
-  }
   const int s = static_cast<int>(g.s);
   for (int64_t i = 0; i < g.n; ++i) {
     const float* xi = x + i * g.h * g.ci * g.w;
@@ -389,7 +405,8 @@ void Conv(const Geometry& g, const float* x, const float* kernel, const float* b
         }
         continue;
       }
-      const int64_t subs = (cb + avx2::kSub - 1) / avx2::kSub;  // as even as can be
+      // AVX2: the block in up to 3 sub-blocks of at most kSub channels, as even as can be
+      const int64_t subs = (cb + avx2::kSub - 1) / avx2::kSub;
       for (int64_t u = 0, cs = 0; u < subs; ++u) {
         const int64_t n = (cb - cs + subs - u - 1) / (subs - u);
         for (const auto& [t, nv] : tiles) {
