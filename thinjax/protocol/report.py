@@ -57,14 +57,14 @@ def forest_plot(comps, delta: float, stem: str, title: str) -> list[str]:
 def e_curve_plot(comps, delta: float, stem: str, title: str) -> list[str]:
     """The paired difference against the fine-tune budget E, per target and arm."""
     plt = _plt()
-    targets = sorted({analysis.family_parts(c.family)[0] for c in comps})
+    parts = [(analysis.family_parts(c.family), c) for c in comps]  # ((target, E), comparison)
+    targets = sorted({t for (t, _), _ in parts})
     fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(5.2 * max(1, len(targets)), 3.8),
                              squeeze=False)
     for ax, t in zip(axes[0], targets):
         ax.axhspan(-delta, delta, color="0.88")
         ax.axhline(0, color="0.4", lw=0.8)
-        mine = [(analysis.family_parts(c.family)[1], c) for c in comps
-                if analysis.family_parts(c.family)[0] == t]
+        mine = [(E, c) for (target, E), c in parts if target == t]
         arms = sorted({c.x for _, c in mine})
         for i, a in enumerate(arms):
             pts = sorted((E, c.interval) for E, c in mine if c.x == a)
