@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import thinjax.commands  # noqa: E402,F401  (tunes the process as the commands do: first)
+from thinjax import cpu  # noqa: E402
 from thinjax.models import fold  # noqa: E402
 from thinjax.ops import infer  # noqa: E402
 
@@ -90,19 +91,32 @@ def measure(a, f: float) -> None:
             f"GMAC/s" for s, (t, m) in sorted(stages.items())) + f"  total {total * 1e3:.1f} ms")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
+def parser(doc: str, reps: int) -> argparse.ArgumentParser:
+    """The options of the per-layer benchmarks (this one and train_layers.py)."""
+    ap = argparse.ArgumentParser(description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")],
                     default=[0.5, 0.25])
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--reps", type=int, default=reps)
     ap.add_argument("--layers", action="store_true", help="print every convolution")
-    ap.add_argument("--force", choices=["dnn", "rows"], default=None)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def release_r56(a: argparse.Namespace) -> argparse.Namespace:
+    """`a` with the network the per-layer benchmarks prune (`pruned_pair`'s fields): the
+    release's ResNet-56 w=16 (random weights without the release), round_to 1 against 8."""
     a.model, a.width, a.base_width, a.input_size, a.round_to = "resnet56", 16, None, 32, 8
     a.checkpoint = RELEASE_R56 if os.path.isfile(RELEASE_R56) else None
-    print(f"load average {os.getloadavg()[0]:.1f}; batch {a.batch}")
+    print(f"CPU: {cpu.cpu_description()}; load average {os.getloadavg()[0]:.1f}; "
+          f"batch {a.batch}")
+    return a
+
+
+def main(argv=None):
+    ap = parser(__doc__, reps=15)
+    ap.add_argument("--force", choices=["dnn", "rows"], default=None)
+    a = release_r56(ap.parse_args(argv))
     for f in a.fractions:
         measure(a, f)
 

@@ -15,7 +15,6 @@ the networks; the minimum time is kept (a shared machine's load only ever adds).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -28,12 +27,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import thinjax.commands  # noqa: E402,F401  (tunes the process as the commands do: first)
-from thinjax import cpu  # noqa: E402
 from thinjax.models import fold  # noqa: E402
 from thinjax.ops.conv import _call  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pruned_speed import RELEASE_R56, pruned_pair  # noqa: E402
+from infer_layers import parser, release_r56  # noqa: E402
+from pruned_speed import pruned_pair  # noqa: E402
 
 PASSES = ("fwd", "bwd_data", "bwd_weights")
 
@@ -124,18 +123,9 @@ def report(a, f: float, layers, best) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")],
-                    default=[0.5, 0.25])
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=9)
+    ap = parser(__doc__, reps=9)
     ap.add_argument("--pad", type=int, default=0, help="also time channels padded to this")
-    ap.add_argument("--layers", action="store_true", help="print every convolution")
-    a = ap.parse_args(argv)
-    a.model, a.width, a.base_width, a.input_size, a.round_to = "resnet56", 16, None, 32, 8
-    a.checkpoint = RELEASE_R56 if os.path.isfile(RELEASE_R56) else None
-    print(f"CPU: {cpu.cpu_description()}; load average {os.getloadavg()[0]:.1f}; batch {a.batch}")
+    a = release_r56(ap.parse_args(argv))
     for f in a.fractions:
         measure(a, f)
 
