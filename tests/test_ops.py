@@ -1,15 +1,18 @@
 """thinjax.ops: oneDNN convolutions on XLA:CPU against XLA's own, and how they are chosen."""
 
+import fnmatch
 import os
+import re
 import subprocess
 import sys
+import tomllib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import BUILDABLE
+from tests.helpers import BUILDABLE, ROOT
 from thinjax import cache
 from thinjax.models.resnet import ResNet, random_variables
 from thinjax.ops import build, conv
@@ -137,6 +140,25 @@ print(path, os.path.getmtime(path), conv.status())
 
 
 @needs_onednn
+def test_every_file_the_kernel_build_reads_is_package_data():
+    """An installed (not editable) thinjax builds its kernels from the package's own files:
+    every source and header the build compiles or hashes is package data in pyproject.toml,
+    and every local header a source includes is one the build hashes (rowconv.h was
+    missing from the wheel until 2026-12-07: a wheel install fell back to XLA's
+    convolutions)."""
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        data = tomllib.load(f)["tool"]["setuptools"]["package-data"]["thinjax"]
+    files = (*build.SOURCES, *build.HEADERS)
+    for path in files:
+        rel = os.path.relpath(path, os.path.join(ROOT, "thinjax"))
+        assert any(fnmatch.fnmatch(rel, pattern) for pattern in data), (rel, data)
+    hashed = {p.name for p in build.HEADERS}
+    for path in files:
+        for name in re.findall(r'^#include "([^"]+)"', path.read_text(), re.M):
+            if (path.parent / name).exists():  # thinjax's own (oneDNN's come from its wheel)
+                assert name in hashed, (path.name, name)
+
+
 def test_build_is_cached_atomic_and_recovers_from_a_corrupt_library(tmp_path):
     env = {**os.environ, "THINJAX_CACHE": str(tmp_path), "JAX_PLATFORMS": "cpu"}
     run = lambda: subprocess.run([sys.executable, "-c", BUILD_TWICE], env=env, check=True,
