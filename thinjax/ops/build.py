@@ -1,5 +1,5 @@
 """Build and load thinjax's oneDNN convolution kernels (``onednn_conv.cc`` for training,
-``onednn_infer.cc`` and ``rowconv.cc`` for inference) for XLA:CPU.
+``onednn_infer.cc`` and ``rowconv*.cc`` for inference) for XLA:CPU.
 
 The kernels are an XLA FFI library compiled on first use with the C++ compiler (``$CXX``,
 else ``g++``) against the headers of jaxlib (``jax.ffi.include_dir()``) and of oneDNN (the
@@ -39,9 +39,11 @@ __all__ = ["HANDLERS", "KernelUnavailable", "cache_dir", "load", "onednn_paths"]
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")  # training: forward and gradients
 INFER_SOURCE = Path(__file__).with_name("onednn_infer.cc")  # inference: fused post-ops
-ROW_SOURCE = Path(__file__).with_name("rowconv.cc")  # inference: NHCW row kernels
-SOURCES = (SOURCE, INFER_SOURCE, ROW_SOURCE)
-HEADERS = (Path(__file__).with_name("rowconv.h"),)  # included by the sources: hashed too
+# inference: NHCW row kernels, the tiles and their kernels per instruction set
+ROW_SOURCES = tuple(Path(__file__).with_name(f"rowconv{s}.cc") for s in ("", "_avx512", "_avx2"))
+SOURCES = (SOURCE, INFER_SOURCE, *ROW_SOURCES)
+# included by the sources: hashed too
+HEADERS = tuple(Path(__file__).with_name(h) for h in ("rowconv.h", "rowconv_tiles.h"))
 # FFI target name -> symbol in the library
 HANDLERS = {"thinjax_onednn_conv_fwd": "ThinjaxConvForward",
             "thinjax_onednn_conv_bwd_data": "ThinjaxConvBackwardData",
