@@ -90,7 +90,7 @@ def report(a, f: float, layers, best) -> None:
     stages = defaultdict(lambda: defaultdict(lambda: np.zeros(len(PASSES))))
     macs, by_layer = defaultdict(int), defaultdict(dict)
     for (rt, c, name, _), t in zip(layers, best):
-        by_layer[(rt, c.key, c.conv)][name] = np.asarray(t)
+        by_layer[(rt, c.stage, c.key, c.conv)][name] = np.asarray(t)
         if name == "as is":
             oh = -(-c.h // c.stride)
             macs[(rt, c.stage)] += a.batch * oh * oh * c.ci * c.co * c.k * c.k
@@ -98,14 +98,16 @@ def report(a, f: float, layers, best) -> None:
             if a.layers:
                 print(f"  r{rt} {c.key}/{c.conv or 'stem'} {c.ci}->{c.co} k{c.k} s{c.stride} "
                       + " ".join(f"{p} {s * 1e6:6.0f} us" for p, s in zip(PASSES, t)))
-    for (rt, key, conv), v in by_layer.items():
-        stage = next(c.stage for r, c, *_ in layers if (r, c.key, c.conv) == (rt, key, conv))
-        if a.layers and len(v) > 1:
-            names = list(v)
-            pick = np.argmin(np.stack(list(v.values())), axis=0)
+    for (rt, stage, key, conv), v in by_layer.items():
+        if len(v) == 1:  # no padded variants (round_to 8, or channels already whole)
+            stages[(rt, stage)]["best padding"] += v["as is"]
+            continue
+        t = np.stack(list(v.values()))
+        if a.layers:
+            names, pick = list(v), np.argmin(t, axis=0)
             print(f"  r{rt} {key}/{conv or 'stem'} fastest: "
                   + ", ".join(f"{p} {names[i]}" for p, i in zip(PASSES, pick)))
-        stages[(rt, stage)]["best padding"] += np.min(np.stack(list(v.values())), axis=0)
+        stages[(rt, stage)]["best padding"] += t.min(axis=0)
     for (rt, s), v in sorted(stages.items()):
         for name, t in v.items():
             if name == "best padding" and rt != 1:
@@ -115,8 +117,8 @@ def report(a, f: float, layers, best) -> None:
                 + f"  sum {t.sum() * 1e3:6.2f} ms, {3 * macs[(rt, s)] / t.sum() / 1e9:5.1f}"
                 " GMAC/s")
     for name in ("as is", "best padding"):
-        tot = {rt: sum(v[name].sum() if name in v else v["as is"].sum()
-                       for (r, _), v in stages.items() if r == rt) for rt in (1, a.round_to)}
+        tot = {rt: sum(v[name].sum() for (r, _), v in stages.items() if r == rt)
+               for rt in (1, a.round_to)}
         print(f"{f:.0%} MACs, all layers, round_to 1 {name}: {tot[1] * 1e3:.1f} ms against "
               f"round_to {a.round_to}'s {tot[a.round_to] * 1e3:.1f} ms: "
               f"{tot[a.round_to] / tot[1]:.2f}x its speed")
