@@ -103,3 +103,20 @@ def test_bad_runs_are_one_error_line(tmp_path):
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         cli.call(plot_cmd.main, ["--out=x"], plot_cmd.FLAGS)  # no run
+
+
+def test_a_figure_written_twice_is_the_same_bytes_with_its_text_as_text(tmp_path):
+    """A rebuilt report changes no plot that did not change: no date in the SVG, fixed ids."""
+    import matplotlib.pyplot as plt
+    from thinjax import figures
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [3.0, 1.0, 2.0], label="thin w=8")
+    ax.axvspan(0.5, 1.5, color="0.9")   # a clipped patch: an SVG id
+    ax.legend()
+    a = figures.save(fig, str(tmp_path / "a" / "fig"), dpi=50)
+    b = figures.save(fig, str(tmp_path / "b" / "fig"), dpi=50)
+    plt.close(fig)
+    assert [os.path.basename(p) for p in a] == ["fig.png", "fig.svg"]
+    for x, y in zip(a, b):
+        assert open(x, "rb").read() == open(y, "rb").read(), x
+    assert "thin w=8" in open(a[1]).read()

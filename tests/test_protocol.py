@@ -138,6 +138,23 @@ class ValOnly(dict):
         return {key: v for key, v in row.items() if key not in ("top1", "top5")}
 
 
+def test_cost_is_per_arm_target_and_e_at_the_median_run_time():
+    # one run of three ran across a pause (1,000 s): the median, not the mean, is the
+    # group's run time; the measured total keeps it
+    row = lambda arm, target, E, wall: {"arm": arm, "target": target, "E": E,  # noqa: E731
+                                        "wall_s": wall}
+    rows = [row("thin", "w=8", 3.0, w) for w in (100.0, 1000.0, 110.0)]
+    rows += [row("thin", "w=8", 1.0, 40.0), row("dense", None, 0.0, 500.0)]
+    lines = report.cost_table(rows, "a 2-core CPU")
+    assert lines[2:5] == ["| dense | - | 0 | 1 | 500 s | 8 min |",
+                          "| thin | w=8 | 1 | 1 | 40 s | 1 min |",
+                          "| thin | w=8 | 3 | 3 | 110 s | 20 min |"]
+    measured, typical = 1750 / 3600, (500 + 40 + 3 * 110) / 3600
+    assert lines[-1].startswith(f"In all {measured:.2f} h of wall time as measured, "
+                                f"{typical:.2f} h at each group's median (a 2-core CPU)")
+    assert report.cost_table([], "x") == ["nothing ran yet"]
+
+
 def test_lr_and_criteria_are_chosen_on_validation_rows_only():
     p = _protocol()
     val = {0.1: 50.0, 0.2: 52.0, 0.01: 40.0, 0.05: 45.0}

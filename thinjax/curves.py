@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 import os
 
-from thinjax import fs
+from thinjax import figures, fs
 from thinjax.errors import ThinjaxError
 
-EXTENSIONS = ("png", "svg")
 X_KEYS = ("step", "epoch")
 
 
@@ -74,7 +73,7 @@ def series(rows: list[dict], key: str, x: str = "step") -> tuple[list[float], li
 def output_stem(out: str) -> str:
     """``--out`` without a .png / .svg extension: the prefix of both files."""
     stem, ext = os.path.splitext(out)
-    return stem if ext.lower().lstrip(".") in EXTENSIONS else out
+    return stem if ext.lower().lstrip(".") in figures.EXTENSIONS else out
 
 
 def _panel(ax, title: str, ylabel: str, x: str) -> None:
@@ -118,15 +117,7 @@ def plot_curves(runs: dict[str, list[dict]], path_stem: str, title: str | None =
                 x: str = "step") -> list[str]:
     """`curves_figure` written to ``path_stem.png`` and ``path_stem.svg`` (the SVG keeps its
     text as text); returns their paths."""
-    import matplotlib  # heavy: loaded only when a plot is drawn
-    fig = curves_figure(runs, title, x)
-    paths = [f"{path_stem}.{ext}" for ext in EXTENSIONS]
-    if os.path.dirname(path_stem):
-        os.makedirs(os.path.dirname(path_stem), exist_ok=True)
-    with matplotlib.rc_context({"svg.fonttype": "none"}):  # this figure only
-        for p in paths:
-            fig.savefig(p, dpi=120)
-    return paths
+    return figures.save(curves_figure(runs, title, x), path_stem, dpi=120)
 
 
 def _num(v: object, fmt: str) -> str:

@@ -3,6 +3,7 @@ with its budget, seed spread, Pareto front) beside published results (`plot`).""
 
 from __future__ import annotations
 
+from thinjax import figures
 from thinjax.errors import require
 from thinjax.report import aggregate, budget_key, budget_text, drop_label, pareto
 
@@ -88,10 +89,6 @@ def plot(rows: list[dict], literature: list[dict], path_stem: str, key: str,
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                      frameon=False)
-    out = []
-    for ext in ("png", "svg"):
-        p = f"{path_stem}.{ext}"
-        fig.savefig(p, dpi=130)
-        out.append(p)
+    out = figures.save(fig, path_stem, dpi=130)
     plt.close(fig)
     return out

@@ -32,24 +32,14 @@ from thinjax.protocol.spec import Protocol, RunSpec, from_config
 __all__ = ["Protocol", "RunSpec", "from_config", "run_study", "write_outputs"]
 
 
-def _text(cfg, p: Protocol, rows: list[dict], failures: list[str], left: list[str]) -> dict:
-    summary = analysis.arm_summary(rows)
-    per_arm: dict[str, list[float]] = {}
-    for r in rows:
-        per_arm.setdefault(r["arm"], []).append(r.get("wall_s") or 0.0)
-    total = sum(sum(v) for v in per_arm.values())
-    cost = "; ".join(f"{a}: {len(v)} runs, {sum(v) / max(1, len(v)):.0f} s each on average"
-                     for a, v in sorted(per_arm.items()))
-    cost = (f"{cost}. In all {total / 3600:.2f} h of run time ({cfg.get('cpu', 'CPU not named')})"
-            if rows else "nothing ran yet")
+def _text(cfg, failures: list[str], left: list[str]) -> dict:
     limits = list(cfg.get("limits", ()))
     if failures:
         limits.append(f"{len(failures)} run(s) failed: " + "; ".join(failures))
     if left:
         limits.append(f"{len(left)} planned run(s) not reached yet (rerun the command to "
                       f"continue): {', '.join(left[:12])}{' ...' if len(left) > 12 else ''}")
-    del summary
-    return {"title": cfg.title, "data": cfg.get("data_text", ""), "cost": cost,
+    return {"title": cfg.title, "data": cfg.get("data_text", ""), "cpu": cfg.get("cpu", ""),
             "limits": limits, "rerun": cfg.get("rerun_text", "")}
 
 
@@ -72,7 +62,7 @@ def write_outputs(cfg, p: Protocol, rows: list[dict], workdir: str, report_dir: 
             if lit and pts:
                 plots["literature"] = report.literature_plot(pts, lit, stem("literature"),
                                                              cfg.title)
-    md = report.markdown(p, rows, comps, plots, _text(cfg, p, rows, list(failures), list(left)))
+    md = report.markdown(p, rows, comps, plots, _text(cfg, list(failures), list(left)))
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(md)
     if report_dir:

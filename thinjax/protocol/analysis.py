@@ -120,5 +120,5 @@ def arm_summary(rows: list[dict]) -> list[dict]:
                     "params": statistics.mean(r["params"] for r in g),
                     "macs": statistics.mean(r["macs"] for r in g),
                     "val": statistics.mean(r["val_top1"] for r in g),
-                    "wall_s": statistics.mean(r["wall_s"] or 0 for r in g)})
+                    "wall_s": statistics.median(r["wall_s"] or 0 for r in g)})
     return out

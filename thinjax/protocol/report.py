@@ -12,7 +12,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+import statistics
 
+from thinjax import figures
 from thinjax.errors import require
 from thinjax.protocol import analysis
 from thinjax.protocol.spec import Protocol
@@ -26,9 +28,7 @@ def _plt():
 
 
 def _save(fig, stem: str) -> list[str]:
-    paths = [f"{stem}.png", f"{stem}.svg"]
-    fig.savefig(paths[0], dpi=110, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    paths = figures.save(fig, stem, dpi=110, tight=True)
     _plt().close(fig)
     return paths
 
@@ -193,6 +193,29 @@ def oneshot_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def cost_table(rows: list[dict], cpu: str) -> list[str]:
+    """Run time per arm, target and E (LR-grid runs included): the runs and their median
+    wall time. A run's wall time includes whatever shared the CPU with it or paused it; the
+    median is not moved by a few such runs, so the total at the medians is what the study
+    costs alone, beside the total as measured."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        key = (r["arm"], r["target"] or "-", r.get("E") or 0.0)
+        groups.setdefault(key, []).append(r.get("wall_s") or 0.0)
+    if not groups:
+        return ["nothing ran yet"]
+    out = ["| arm | target | E | runs | median wall per run | wall in all |",
+           "|---|---|---|---|---|---|"]
+    for (arm, target, E), v in sorted(groups.items()):
+        out.append(f"| {arm} | {target} | {E:g} | {len(v)} | {statistics.median(v):.0f} s | "
+                   f"{sum(v) / 60:.0f} min |")
+    measured = sum(sum(v) for v in groups.values())
+    typical = sum(len(v) * statistics.median(v) for v in groups.values())
+    return out + ["", f"In all {measured / 3600:.2f} h of wall time as measured, "
+                  f"{typical / 3600:.2f} h at each group's median ({cpu}). A run's wall time "
+                  "includes anything that shared the CPU with it or paused it."]
+
+
 def read_literature(path: str, networks=("resnet20", "resnet56")) -> list[dict]:
     with open(path, newline="") as f:
         return [r for r in csv.DictReader(f) if r["network"] in networks
@@ -238,7 +261,8 @@ def markdown(p: Protocol, rows: list[dict], comps, plots: dict, text: dict) -> s
     lines += ["", "## Arms (test split unless marked val)", ""] + arm_table(summary)
     lines += ["", "## LR selection (validation split)", ""] + selection_table(rows)
     lines += ["", "## One-shot pruning, 0 epochs (BN recalibration)", ""] + oneshot_table(rows)
-    lines += ["", "## Cost", "", text.get("cost", ""), "", "## Limits", ""]
+    lines += ["", "## Cost", ""] + cost_table(rows, text.get("cpu") or "CPU not named")
+    lines += ["", "## Limits", ""]
     lines += [f"- {x}" for x in text.get("limits", ())]
     lines += ["", "## Rerunning one row", "", text.get("rerun", "")]
     return "\n".join(lines) + "\n"
