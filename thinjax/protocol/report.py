@@ -155,7 +155,7 @@ def findings(comps, summary: list[dict], delta: float) -> list[str]:
 
 def arm_table(summary: list[dict]) -> list[str]:
     out = ["| target | E | arm | n | test top-1 mean (sd) | val top-1 | LR | epochs from "
-           "init | images seen | training FLOPs | params | MACs | wall per run |",
+           "init | images seen | training FLOPs | params | MACs | median wall per run |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         lr = "-" if s["lr"] is None else f"{s['lr']:g}"
