@@ -116,6 +116,15 @@ def test_budget_curves_and_literature_points_take_each_comparison_at_its_target_
     assert sorted((f, c.family) for f, c in pts) == [(0.25, "w=8, E=3"), (0.5, "w=11, E=3")]
     files = report.e_curve_plot(comps, 0.5, str(tmp_path / "e_curve"), "t")
     assert files and all(os.path.getsize(f) > 0 for f in files)
+    svg = open(files[1]).read()
+    assert "target w=8" in svg and "target w=11" in svg
+    # a target compared at one E only has no panel; no target with two Es, no plot
+    at_one_e = [c for c in comps if c.family != "w=11, E=1"]
+    files = report.e_curve_plot(at_one_e, 0.5, str(tmp_path / "e_curve2"), "t")
+    svg = open(files[1]).read()
+    assert "target w=8" in svg and "target w=11" not in svg
+    assert report.e_curve_plot([c for c in comps if c.family.endswith("E=3")], 0.5,
+                               str(tmp_path / "e_curve3"), "t") == []
 
 
 # -- planning: LR selection on the validation split ------------------------------------

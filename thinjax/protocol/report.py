@@ -37,7 +37,7 @@ def forest_plot(comps, delta: float, stem: str, title: str) -> list[str]:
     """Each comparison's mean difference and 95% interval, with the +-delta band."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(comps) + 1.6))
-    ax.axvspan(-delta, delta, color="0.88", label=f"equivalence margin +-{delta:g}")
+    ax.axvspan(-delta, delta, color="0.88")
     ax.axvline(0, color="0.4", lw=0.8)
     colors = {"equivalent": "C2", "inconclusive": "0.45"}
     for i, c in enumerate(reversed(comps)):
@@ -48,9 +48,9 @@ def forest_plot(comps, delta: float, stem: str, title: str) -> list[str]:
     ax.set_yticks(range(len(comps)))
     ax.set_yticklabels([f"{c.x} | {c.family} ({c.verdict})" for c in reversed(comps)],
                        fontsize=8)
-    ax.set_xlabel("top-1 difference, arm - thin (points, test split; 95% t-interval)")
+    ax.set_xlabel("top-1 difference, arm - thin (points, test split; 95% t-interval); "
+                  f"grey: the equivalence margin +-{delta:g}", fontsize=9)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
     return _save(fig, stem)
 
 
@@ -58,8 +58,14 @@ def e_curve_plot(comps, delta: float, stem: str, title: str) -> list[str]:
     """The paired difference against the fine-tune budget E, per target and arm."""
     plt = _plt()
     parts = [(analysis.family_parts(c.family), c) for c in comps]  # ((target, E), comparison)
-    targets = sorted({t for (t, _), _ in parts})
-    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(5.2 * max(1, len(targets)), 3.8),
+    es: dict[tuple, set] = {}
+    for (t, E), c in parts:
+        es.setdefault((t, c.x), set()).add(E)
+    # a panel for each target where some arm was compared at two budgets or more
+    targets = sorted({t for (t, _), v in es.items() if len(v) > 1})
+    if not targets:
+        return []
+    fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 3.8),
                              squeeze=False)
     for ax, t in zip(axes[0], targets):
         ax.axhspan(-delta, delta, color="0.88")
@@ -76,7 +82,10 @@ def e_curve_plot(comps, delta: float, stem: str, title: str) -> list[str]:
                               [iv.hi - iv.mean for _, iv in pts]],
                         fmt="-o", capsize=3, color=f"C{i}", label=a)
         ax.set_xscale("log")
-        ax.set_xlabel("fine-tune epochs E (log)")
+        ticks = sorted({E for (target, E), _ in parts if target == t})
+        ax.set_xticks(ticks, [f"{E:g}" for E in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("fine-tune epochs E (log scale)")
         ax.set_ylabel("top-1 difference, arm - thin (points)")
         ax.set_title(f"target {t}", fontsize=10)
         ax.legend(fontsize=8)
@@ -99,7 +108,8 @@ def literature_plot(points, literature: list[dict], stem: str, title: str) -> li
     arms = sorted({c.x for _, c in points})
     for i, a in enumerate(arms):
         pts = [(f, c) for f, c in points if c.x == a]
-        ax.errorbar([f for f, _ in pts], [c.interval.mean for _, c in pts],
+        shift = 0.006 * (i - (len(arms) - 1) / 2)  # the arms side by side at one target
+        ax.errorbar([f + shift for f, _ in pts], [c.interval.mean for _, c in pts],
                     yerr=[[c.interval.mean - c.interval.lo for _, c in pts],
                           [c.interval.hi - c.interval.mean for _, c in pts]],
                     fmt="D", capsize=3, color=f"C{i}",
@@ -108,7 +118,7 @@ def literature_plot(points, literature: list[dict], stem: str, title: str) -> li
     ax.set_xlabel("fraction of the dense network's MACs kept")
     ax.set_ylabel("top-1 difference (points)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(fig, stem)
 
 
