@@ -108,6 +108,7 @@ def test_bad_runs_are_one_error_line(tmp_path):
 def test_a_figure_written_twice_is_the_same_bytes_with_its_text_as_text(tmp_path):
     """A rebuilt report changes no plot that did not change: no date in the SVG, fixed ids."""
     import matplotlib.pyplot as plt
+
     from thinjax import figures
     fig, ax = plt.subplots()
     ax.plot([0, 1, 2], [3.0, 1.0, 2.0], label="thin w=8")
