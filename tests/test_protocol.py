@@ -8,15 +8,18 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 
+import jax
 import ml_collections
+import numpy as np
 import pytest
 
 from tests.helpers import tiny
-from thinjax import jobs, stats
-from thinjax.errors import ConfigError
-from thinjax.protocol import analysis, execute, from_config, report, run_study
+from thinjax import checkpoint, jobs, stats
+from thinjax.errors import ConfigError, OutputError
+from thinjax.protocol import analysis, execute, from_config, pack_study, report, run_study
 from thinjax.protocol import plan as planning
 from thinjax.protocol.runner import finalise_tests
 from thinjax.protocol.spec import RunSpec
@@ -329,9 +332,17 @@ def check_report(csv_path: str, report_path: str, delta: float) -> int:
     return len(comps)
 
 
-def test_tiny_protocol_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """The tiny protocol run to its end: (config, workdir, run_study's result)."""
+    tmp_path = tmp_path_factory.mktemp("tiny_study")
     cfg = tiny(tmp_path)
-    out = run_study(cfg, str(tmp_path / "wd"), log=lambda m: None)
+    return cfg, tmp_path / "wd", run_study(cfg, str(tmp_path / "wd"), log=lambda m: None)
+
+
+def test_tiny_protocol_end_to_end(tiny_study):
+    cfg, wd, out = tiny_study
+    tmp_path = wd.parent
     rows = {r["run"]: r for r in out["rows"]}
     assert out["failures"] == []
     assert {"dense-s0", "dense-s1", "dense-s2", "oneshot-l1-w2-s2", "thin-w2-E0.25-lr0.05-s0",
@@ -354,6 +365,59 @@ def test_tiny_protocol_end_to_end(tmp_path):
     again = run_study(cfg, str(tmp_path / "wd"), log=lambda m: None)
     assert {r["run"]: r["val_top1"] for r in again["rows"]} == {
         k: r["val_top1"] for k, r in rows.items()}
+
+
+def _tree_size(path) -> int:
+    return sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(path) for n in ns)
+
+
+def test_a_packed_study_continues_elsewhere_from_the_same_weights(tiny_study, tmp_path):
+    cfg, wd, out = tiny_study
+    rows = {r["run"]: r for r in out["rows"]}
+    src, dst = tmp_path / "src", tmp_path / "pack"
+    shutil.copytree(wd, src)
+    # one final row whose test top-1 is still to come: its weights must travel
+    lr = planning.chosen_lr(from_config(cfg.protocol), rows, "thin")
+    pending = f"thin-w2-E0.25-lr{lr:g}-s1"
+    row = json.loads((src / "runs" / pending / "row.json").read_text())
+    row["top1"] = row["top5"] = None
+    (src / "runs" / pending / "row.json").write_text(json.dumps(row))
+    info = pack_study(cfg, str(src), str(dst))
+    assert info["rows"] == len(rows) and info["history"] == []
+    assert set(info["weights_kept"]) == {pending} | {
+        f"{a}-s{s}" for a in ("dense", "oneshot-l1-w2") for s in range(3)}
+    assert _tree_size(dst) < _tree_size(src) / 4
+    for rid in ("dense-s1", pending):  # the same raw weights, bit for bit
+        a = checkpoint.load_network(str(src / "runs" / rid / "train"))[1]
+        b = checkpoint.load_network(str(dst / "runs" / rid / "train"))[1]
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+    # elsewhere: a run that starts from a packed one-shot pruning is made again, the
+    # pending test top-1 is measured from the packed weights, nothing else runs
+    redo = f"pruned-ft-l1-w2-E0.25-lr{rows_lr(rows, 'pruned+ft')}-s2"
+    shutil.rmtree(dst / "runs" / redo)
+    said = []
+    again = {r["run"]: r for r in run_study(cfg, str(dst), log=said.append)["rows"]}
+    assert [m.split(": ")[0].split("] ")[1] for m in said if "running" in m] == [redo]
+    assert again[pending]["top1"] == rows[pending]["top1"]
+    # training is bit for bit deterministic in one environment (as test_robust's resume):
+    # the same start, the same batches, the same result
+    assert again[redo]["val_top1"] == rows[redo]["val_top1"]
+    assert {k: r["val_top1"] for k, r in again.items() if k != redo} == {
+        k: r["val_top1"] for k, r in rows.items() if k != redo}
+    # a second pack replaces the first and remembers it; a user's folder is never replaced
+    assert len(pack_study(cfg, str(src), str(dst))["history"]) == 1
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(OutputError, match="not a thinjax output"):
+        pack_study(cfg, str(src), str(mine))
+    assert (mine / "notes.txt").read_text() == "keep"
+
+
+def rows_lr(rows: dict, arm: str) -> str:
+    """The LR (as in run ids) of `arm`'s rows."""
+    return next(r["run"].split("-lr")[1].split("-s")[0] for r in rows.values()
+                if r["arm"] == arm)
 
 
 def _protocol_report_dirs() -> list[str]:

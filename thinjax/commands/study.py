@@ -7,7 +7,10 @@
 
 Every run keeps its result in DIR/runs/<run id>/row.json: a rerun skips finished runs; a run
 that fails is reported (DIR/runs/<id>/error.txt) and the others go on (exit status 1 at the
-end). ``--from_csv=FILE`` rebuilds the outputs from a results.csv alone.
+end). ``--from_csv=FILE`` rebuilds the outputs from a results.csv alone. ``--pack_to=COPY``
+(a protocol study) writes the compact copy of DIR that another machine continues from with
+``--workdir=COPY`` (rows, and the weights later runs read; `thinjax.protocol.portable`); it
+runs nothing and may run beside the study.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from ml_collections import config_flags
 
 from thinjax.commands import cli
 from thinjax.errors import ConfigError
-from thinjax.protocol import run_study
+from thinjax.protocol import pack_study, run_study
 from thinjax.studies import Study
 from thinjax.workdir import locked
 
@@ -28,6 +31,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "output directory; rerun to cont
 _REPORT_DIR = flags.DEFINE_string("report_dir", None, "also write the report and plots here")
 _FROM_CSV = flags.DEFINE_string("from_csv", None, "rebuild the report from this results.csv "
                                  "(no runs; an older file gets its budget columns filled)")
+_PACK_TO = flags.DEFINE_string("pack_to", None, "write the compact copy of --workdir that "
+                                "another machine continues from (protocol studies; no runs)")
 _JSON = cli.define_json()
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -39,11 +44,24 @@ def main(argv: list[str]) -> dict | cli.Finished:
         raise cli.UsageError(f"unexpected argument {argv[1]!r} (config values go in "
                              "--config.KEY=VALUE)")
     cfg, workdir = _CONFIG.value, _WORKDIR.value
+    if _PACK_TO.value:  # reads finished runs only: no lock, the study may be running
+        return _pack(cfg, workdir, _PACK_TO.value)
     if os.path.lexists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir={workdir} is a file, not a folder; choose a new --workdir")
     os.makedirs(workdir, exist_ok=True)
     with locked(workdir):  # one study process per workdir
         return _main(cfg, workdir)
+
+
+def _pack(cfg, workdir: str, dst: str) -> dict:
+    if not cfg.get("protocol"):
+        raise ConfigError("--pack_to packs a protocol study (a config with a protocol "
+                          "section); copy another study's --workdir as it is")
+    info = pack_study(cfg, workdir, dst)
+    print(f"packed {info['rows']} rows and the weights of {len(info['weights_kept'])} runs "
+          f"({info['bytes'] / 2**20:.1f} MiB) into {dst}; continue with --workdir={dst} "
+          "(or a copy of it)")
+    return info
 
 
 def _main(cfg, workdir: str) -> dict | cli.Finished:

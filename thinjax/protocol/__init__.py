@@ -15,7 +15,7 @@ t-interval with a Holm-corrected verdict against a margin fixed in the config (`
 
 Modules: `spec` (settings, one run), `plan` (which runs, decided from finished rows),
 `execute` (one run), `runner` (the loop, resumable), `analysis` (comparisons from rows),
-`report` (tables, plots, markdown).
+`report` (tables, plots, markdown), `portable` (a compact copy another machine continues).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from __future__ import annotations
 import os
 import shutil
 
-from thinjax.protocol import analysis, report
+from thinjax.protocol import analysis, portable, report
 from thinjax.protocol import plan as planning
 from thinjax.protocol.execute import Context
 from thinjax.protocol.runner import code_commit, run_all
 from thinjax.protocol.spec import Protocol, RunSpec, from_config
 
-__all__ = ["Protocol", "RunSpec", "from_config", "run_study", "write_outputs"]
+__all__ = ["Protocol", "RunSpec", "from_config", "pack_study", "run_study", "write_outputs"]
 
 
 def _text(cfg, failures: list[str], left: list[str]) -> dict:
@@ -74,6 +74,18 @@ def write_outputs(cfg, p: Protocol, rows: list[dict], workdir: str, report_dir: 
             "report": os.path.join(workdir, "report.md")}
 
 
+def _context(cfg, workdir: str) -> Context:
+    d = cfg.data
+    return Context(os.path.abspath(workdir), d.name, d.get("data_dir") or None,
+                   int(d.eval_batch_size), code_commit())
+
+
+def pack_study(cfg, workdir: str, dst: str) -> dict:
+    """Writes `dst`: the compact copy of a study's workdir that a run elsewhere continues
+    from (`portable`); runs nothing."""
+    return portable.pack_workdir(_context(cfg, workdir), from_config(cfg.protocol), dst)
+
+
 def run_study(cfg, workdir: str, report_dir: str | None = None, from_csv: str | None = None,
               log=print) -> dict:
     """Runs (or, with `from_csv`, only reports) the protocol of a study config."""
@@ -81,9 +93,6 @@ def run_study(cfg, workdir: str, report_dir: str | None = None, from_csv: str | 
     workdir = os.path.abspath(workdir)
     if from_csv:
         return write_outputs(cfg, p, analysis.read_csv(from_csv), workdir, report_dir)
-    d = cfg.data
-    ctx = Context(workdir, d.name, d.get("data_dir") or None, int(d.eval_batch_size),
-                  code_commit())
-    rows, failures = run_all(ctx, p, log)
+    rows, failures = run_all(_context(cfg, workdir), p, log)
     left = [r.id for r in planning.next_runs(p, rows, set())]
     return write_outputs(cfg, p, list(rows.values()), workdir, report_dir, failures, left)

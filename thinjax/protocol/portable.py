@@ -1,0 +1,144 @@
+"""A compact copy of a protocol study's workdir that another machine continues from.
+
+A study's workdir keeps, for every run, its training checkpoints (optimizer state, EMA,
+every kept step), logs and TensorBoard files. What a later run or the test evaluation reads
+is much less: each finished run's row (``row.json``), and the raw weights (parameters and
+BN statistics) of the runs something still starts from or evaluates: the dense networks
+(dense+ft and gradual start from them, one-shot prunings are cut from them), the one-shot
+prunings (pruned+ft starts from them; scratch-E/B read their plans), and trained runs whose
+test top-1 is still to be measured and may be (their arm's LR is the chosen one, or not yet
+decided). `pack` writes just that, as a study workdir: ``--workdir=COPY`` continues the
+study where the original stood (the rows' keys are unchanged, so nothing finished reruns;
+a run that was in flight is run again).
+
+Weights are copied exactly: a training checkpoint becomes a model checkpoint of the same
+raw parameters and BN statistics (``train/model``, what ``--checkpoint`` and
+``config.init_from`` read; a checkpoint holding pruning masks is copied whole), a one-shot
+pruning's convert output is copied as it is. ``pack.json`` records what was kept and, from
+an earlier pack at the same place, the packs before it (when and on which CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+
+from thinjax import checkpoint, fs
+from thinjax.errors import OutputError
+from thinjax.protocol import plan as planning
+from thinjax.protocol.execute import Context, checkpoint_of
+from thinjax.protocol.runner import load_rows
+from thinjax.protocol.spec import Protocol, RunSpec
+
+PACK_FILE = "pack.json"
+_TRAIN_FILES = ("config.json", "plan.json", "results.json")
+
+
+def keeps_weights(p: Protocol, rows: dict, spec: RunSpec) -> bool:
+    """Whether a later run or the test evaluation may still read `spec`'s network."""
+    if spec.arm in ("dense", "oneshot"):
+        return True
+    row = rows[spec.id]
+    if row.get("top1") is not None or row.get("diverged"):
+        return False
+    crit = spec.criterion if spec.arm != "dense+ft" else None
+    chosen = planning.chosen_lr(p, rows, spec.arm, crit)
+    return chosen is None or chosen == spec.lr
+
+
+def cpu_name() -> str:
+    """The CPU as ``/proc/cpuinfo`` names it, with its family, model and the vector units
+    that decide the convolutions' speed (a VM may show only "Intel(R) Xeon(R) Processor")."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(ln.split(":", 1) for ln in f.read().split("\n\n")[0].splitlines()
+                        if ":" in ln)
+    except OSError:
+        return platform.processor() or platform.machine()
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = set(info.get("flags", "").split())
+    units = [u for u in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if u in flags]
+    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
+            f"{info.get('model', '?')}; {' '.join(units) or 'no AVX2'})")
+
+
+def _copy_trained(src: str, dst: str) -> None:
+    """`src` (a training workdir) as a model checkpoint of its newest step's raw weights,
+    with the files a later run reads beside it."""
+    net, variables, meta = checkpoint.load_network(src)
+    os.makedirs(dst)
+    for name in _TRAIN_FILES:
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+    if meta.get("masks") is not None:  # a gradual run's masks: the whole newest step
+        step = os.path.join(meta["directory"], str(meta["step"]))
+        shutil.copytree(step, os.path.join(dst, "checkpoints", str(meta["step"])))
+        return
+    checkpoint.export_model(os.path.join(dst, "model"), net, variables,
+                            {"packed_from": f"{os.path.basename(os.path.dirname(src))} step "
+                                            f"{meta['step']}"})
+
+
+def _history(dst: str) -> list:
+    try:
+        with open(os.path.join(dst, PACK_FILE)) as f:
+            old = json.load(f)
+        return list(old.get("history", [])) + [{k: old[k] for k in ("date", "cpu", "rows")}]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def pack(ctx: Context, p: Protocol, specs: dict[str, RunSpec], dst: str) -> dict:
+    """Writes the compact copy of `ctx.workdir` to `dst` (atomically; an existing `dst` is
+    replaced only if thinjax wrote it) and returns what pack.json records."""
+    dst = fs.absolute(dst)
+    fs.check_replaceable(dst, [ctx.workdir], overwrite=True, flag="--pack_to")
+    rows, stale = load_rows(ctx, p, specs)
+    if stale:
+        raise OutputError(f"{len(stale)} row(s) of {ctx.workdir} were made with other settings "
+                          f"than this config's (first: {stale[0]}); pack with the config and "
+                          "--config.data.name the study ran with")
+    kept, unknown = [], []
+    history = _history(dst) if os.path.isdir(dst) else []
+    with fs.writing(dst, "choose a --pack_to you can write to"), fs.atomic_dir(dst) as tmp:
+        for rid in sorted(rows):
+            spec = specs.get(rid)
+            out = os.path.join(tmp, "runs", rid)
+            os.makedirs(out)
+            shutil.copy2(os.path.join(ctx.workdir, "runs", rid, "row.json"), out)
+            if spec is None:  # a row the config no longer plans: kept, without weights
+                unknown.append(rid)
+                continue
+            if not keeps_weights(p, rows, spec):
+                continue
+            src = checkpoint_of(ctx, spec)
+            if spec.arm == "oneshot":
+                shutil.copytree(src, os.path.join(out, "pruned"),
+                                ignore=shutil.ignore_patterns("*.log"))
+            else:
+                _copy_trained(src, os.path.join(out, "train"))
+            kept.append(rid)
+        info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
+                "source": ctx.workdir, "packed_by": ctx.commit, "rows": len(rows),
+                "weights_kept": kept, "not_planned": unknown,
+                "bytes": _size(tmp), "history": history}
+        with open(os.path.join(tmp, PACK_FILE), "w") as f:
+            json.dump(info, f, indent=1)
+    return info
+
+
+def _size(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(path)
+               for n in names)
+
+
+def pack_workdir(ctx: Context, p: Protocol, dst: str) -> dict:
+    """`pack` of the runs the protocol plans from the workdir's rows."""
+    if not os.path.isdir(os.path.join(ctx.workdir, "runs")):
+        raise OutputError(f"--workdir={ctx.workdir} holds no study runs (no runs/ folder) to "
+                          "pack; name the workdir of a study that has run")
+    rows = load_rows(ctx, p, {})[0]
+    return pack(ctx, p, {r.id: r for r in planning.all_runs(p, rows)}, dst)
