@@ -23,23 +23,40 @@ before any run beyond the selection each time a validation pick was a grid's top
 scratch (0.1, 0.2, 0.4) -> + 0.8 (thin's pick 0.4) -> + 1.6 (0.8 won again), fine-tuning
 (0.02, 0.06, 0.2) -> + 0.6 (Taylor's and FPGM's pick 0.2) -> + 1.8 (random's pick 0.6);
 a run that diverges at a grid LR is a row at chance accuracy. That first run was lost with
-its machine at 96 of its 123 runs (2026-12-06, its workdir not kept); the study was then
-restarted from nothing with these grids (and, from 2026-12-07, 30,000 training images,
-below), so every pick is made on the whole grid and no row of the lost run is in the
-results.
+its machine at 96 of its 123 runs (2026-12-06, its workdir not kept); the second (these
+grids, 30,000 training images, commit 97f6a0f, the AVX2 EPYC) at 119 of 123 (2026-12-07),
+when the project moved to another machine and the workdir stayed behind. The third started
+from nothing on 2026-12-07 at commit 0a68075, on an Intel Xeon (family 6 model 207, AVX-512;
+AMX and AVX-512 BF16 not shown to the VM), and is carried from machine to machine by
+--pack_to (below): every pick is made on the whole grid and no row of a lost run is in
+the results.
 
 Command (DATA: the unzipped ../shared/data/cifar10-jpeg.zip; run it from a clone at a fixed
 commit; rerun to continue where it stopped):
     python -m thinjax.study --config=configs/study_cifar10_r20_protocol.py \
         --workdir=runs/study_r20_protocol --config.data.name=DATA \
         --report_dir=docs/study_cifar10_r20_protocol
+While it runs, its state lives in benchmarks/state/study_cifar10_r20_protocol/ (a --pack_to
+copy: every row and the weights later runs read; pack.json names the CPU each row was made
+on). On a new machine, cp -a that folder to runs/study_r20_protocol and run the command;
+before the machine goes, pack it back (the command runs nothing with --pack_to) and commit:
+    python -m thinjax.study --config=configs/study_cifar10_r20_protocol.py \
+        --workdir=runs/study_r20_protocol --config.data.name=DATA \
+        --pack_to=benchmarks/state/study_cifar10_r20_protocol
+The folder is deleted when the study is done.
 Cost: an ESTIMATE before the run. The study was first sized on the AVX-512 EPYC (45,000
 training images, ~8 h). On the AVX2 EPYC of 2026-12-07 (Zen 3, no AVX-512) one quiet epoch
 of 45,000 images measured w=16 125 s, w=11 106 s, w=8 62 s, and a run's start-up and
 validation ~35 s: ~11.3 h for the 123 runs. To stay within about 8 h there, training uses
 the first 30,000 images (the validation split stays train[45000:]; train[30000:45000] is
-not used): ~7.9 h estimated. The measured wall time per arm and in all is in the report's
-Cost section once it has run.
+not used): ~7.9 h estimated. That estimate was low: the second run measured 10.42 h at
+each group's median run time for 117 of its 123 runs on that EPYC (13.13 h as its wall
+times add up, pauses and shared CPU included), because the pruned and scratch networks take
+~50-80 s per 30,000-image epoch at w=8's MACs against thin w=8's 41 s (channel counts that
+are not multiples of 8 run slower in oneDNN's AVX2 kernels, issue 28). On the Intel Xeon of
+the third run, w=16 trains at ~600 images/s (~360 on that EPYC: 125 s per 45,000 images)
+and a quiet dense run takes 177-194 s. The measured wall time per arm and in all is in the
+report's Cost section once it has run.
 Outcome: not stated before it is measured; the report says it.
 """
 

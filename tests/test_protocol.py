@@ -8,20 +8,22 @@ import json
 import math
 import os
 import re
+import runpy
 import shutil
 import subprocess
+import sys
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from tests.helpers import tiny
+from tests.helpers import sub_env, tiny
 from thinjax import checkpoint, jobs, stats
 from thinjax.errors import ConfigError, OutputError
 from thinjax.protocol import analysis, execute, from_config, pack_study, report, run_study
 from thinjax.protocol import plan as planning
-from thinjax.protocol.runner import finalise_tests
+from thinjax.protocol.runner import finalise_tests, load_rows
 from thinjax.protocol.spec import RunSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -394,9 +396,11 @@ def test_a_packed_study_continues_elsewhere_from_the_same_weights(tiny_study, tm
     # elsewhere: a run that starts from a packed one-shot pruning is made again, the
     # pending test top-1 is measured from the packed weights, nothing else runs
     redo = f"pruned-ft-l1-w2-E0.25-lr{rows_lr(rows, 'pruned+ft')}-s2"
-    shutil.rmtree(dst / "runs" / redo)
+    work = tmp_path / "elsewhere"
+    shutil.copytree(dst, work)
+    shutil.rmtree(work / "runs" / redo)
     said = []
-    again = {r["run"]: r for r in run_study(cfg, str(dst), log=said.append)["rows"]}
+    again = {r["run"]: r for r in run_study(cfg, str(work), log=said.append)["rows"]}
     assert [m.split(": ")[0].split("] ")[1] for m in said if "running" in m] == [redo]
     assert again[pending]["top1"] == rows[pending]["top1"]
     # training is bit for bit deterministic in one environment (as test_robust's resume):
@@ -404,14 +408,33 @@ def test_a_packed_study_continues_elsewhere_from_the_same_weights(tiny_study, tm
     assert again[redo]["val_top1"] == rows[redo]["val_top1"]
     assert {k: r["val_top1"] for k, r in again.items() if k != redo} == {
         k: r["val_top1"] for k, r in rows.items() if k != redo}
-    # a second pack replaces the first and remembers it; a user's folder is never replaced
-    assert len(pack_study(cfg, str(src), str(dst))["history"]) == 1
+    # packed back: the pack before is remembered, with the rows made or completed since
+    assert info["new_rows"] == sorted(rows)
+    second = pack_study(cfg, str(work), str(dst))
+    assert [h["rows"] for h in second["history"]] == [len(rows)]
+    assert second["new_rows"] == sorted([pending, redo])
+    # a user's folder is never replaced
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
     with pytest.raises(OutputError, match="not a thinjax output"):
         pack_study(cfg, str(src), str(mine))
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_pack_to_refuses_what_it_cannot_pack_in_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OutputError, match="holds no study runs"):
+        pack_study(tiny(tmp_path), str(empty), str(tmp_path / "pack"))
+    r = subprocess.run(  # a study without a protocol section: its workdir is copied as it is
+        [sys.executable, "-m", "thinjax.study", "--config=configs/study_cifar10_r56.py",
+         f"--workdir={empty}", f"--pack_to={tmp_path / 'pack'}"], cwd=ROOT, env=sub_env(),
+        capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and not (tmp_path / "pack").exists()
+    assert r.stderr.strip().splitlines() == [
+        "error: --pack_to packs a protocol study (a config with a protocol section); copy "
+        "another study's --workdir as it is"]
 
 
 def rows_lr(rows: dict, arm: str) -> str:
@@ -428,6 +451,30 @@ def _protocol_report_dirs() -> list[str]:
         if os.path.exists(cfg) and "c.protocol" in open(cfg).read():
             out.append(d)
     return out
+
+
+def _state_dirs() -> list[str]:
+    """benchmarks/state/study_NAME/: packs of studies in progress (`--pack_to`)."""
+    return sorted(glob.glob(os.path.join(ROOT, "benchmarks", "state", "study_*", "")))
+
+
+@pytest.mark.parametrize("state", _state_dirs())
+def test_a_committed_study_in_progress_continues_with_its_config(state):
+    """Every row of a committed pack still matches its config (nothing would rerun), and
+    every network a planned run or test evaluation reads is in it."""
+    name = os.path.basename(state.rstrip("/"))
+    with open(os.path.join(state, "pack.json")) as f:
+        info = json.load(f)
+    cfg = ml_collections.ConfigDict(
+        runpy.run_path(os.path.join(ROOT, "configs", name + ".py"))["get_config"]())
+    p = from_config(cfg.protocol)
+    ctx = execute.Context(state, info["data"], None, 500, "test")
+    rows, _ = load_rows(ctx, p, {})
+    rows, stale = load_rows(ctx, p, {r.id: r for r in planning.all_runs(p, rows)})
+    assert stale == [] and len(rows) == info["rows"]
+    for rid in info["weights_kept"]:
+        spec = next(r for r in planning.all_runs(p, rows) if r.id == rid)
+        checkpoint.load_network(execute.checkpoint_of(ctx, spec))
 
 
 @pytest.mark.parametrize("report_dir", _protocol_report_dirs())

@@ -14,8 +14,9 @@ a run that was in flight is run again).
 Weights are copied exactly: a training checkpoint becomes a model checkpoint of the same
 raw parameters and BN statistics (``train/model``, what ``--checkpoint`` and
 ``config.init_from`` read; a checkpoint holding pruning masks is copied whole), a one-shot
-pruning's convert output is copied as it is. ``pack.json`` records what was kept and, from
-an earlier pack at the same place, the packs before it (when and on which CPU).
+pruning's convert output is copied as it is. ``pack.json`` records what was kept, the CPU,
+and, when it replaces an earlier pack, the packs before it and the rows new since: a study
+carried from machine to machine through one pack knows where each row was made.
 """
 
 from __future__ import annotations
@@ -82,13 +83,22 @@ def _copy_trained(src: str, dst: str) -> None:
                                             f"{meta['step']}"})
 
 
-def _history(dst: str) -> list:
+def _history(dst: str) -> tuple[list, dict]:
+    """(the packs before, with the one at `dst`; that pack's rows as bytes, by run id)."""
     try:
         with open(os.path.join(dst, PACK_FILE)) as f:
             old = json.load(f)
-        return list(old.get("history", [])) + [{k: old[k] for k in ("date", "cpu", "rows")}]
+        entry = {k: old[k] for k in ("date", "cpu", "rows", "new_rows")}
+        runs = os.path.join(dst, "runs")
+        return list(old.get("history", [])) + [entry], {
+            rid: _read(os.path.join(runs, rid, "row.json")) for rid in os.listdir(runs)}
     except (OSError, ValueError, KeyError, TypeError):
-        return []
+        return [], {}
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def pack(ctx: Context, p: Protocol, specs: dict[str, RunSpec], dst: str) -> dict:
@@ -102,7 +112,7 @@ def pack(ctx: Context, p: Protocol, specs: dict[str, RunSpec], dst: str) -> dict
                           f"than this config's (first: {stale[0]}); pack with the config and "
                           "--config.data.name the study ran with")
     kept, unknown = [], []
-    history = _history(dst) if os.path.isdir(dst) else []
+    history, before = _history(dst)
     with fs.writing(dst, "choose a --pack_to you can write to"), fs.atomic_dir(dst) as tmp:
         for rid in sorted(rows):
             spec = specs.get(rid)
@@ -123,6 +133,11 @@ def pack(ctx: Context, p: Protocol, specs: dict[str, RunSpec], dst: str) -> dict
             kept.append(rid)
         info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
                 "source": ctx.workdir, "packed_by": ctx.commit, "rows": len(rows),
+                "data": os.path.basename(ctx.data.rstrip("/")),  # the rows' keys read it
+                # made or completed here since the pack this one replaces (the study
+                # continued from it)
+                "new_rows": [r for r in sorted(rows) if before.get(r) != _read(
+                    os.path.join(tmp, "runs", r, "row.json"))],
                 "weights_kept": kept, "not_planned": unknown,
                 "bytes": _size(tmp), "history": history}
         with open(os.path.join(tmp, PACK_FILE), "w") as f:
