@@ -1,5 +1,7 @@
 """thinjax's BatchNorm (hand-written backward) against flax's nn.BatchNorm (autodiff)."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -99,20 +101,39 @@ def test_resnet_train_step_matches_flax_batchnorm(name, width):
     assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, fused.init(
         jax.random.PRNGKey(0), x))
 
-    def loss(m, p, x=x):
-        y, st = m.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
-                        mutable=["batch_stats"])
-        return jnp.sum(jax.nn.log_softmax(y)[:, 0]), st
+    @functools.partial(jax.jit, static_argnums=0)
+    def grads(m, p, x):
+        def loss(p):
+            y, st = m.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
+                            mutable=["batch_stats"])
+            return jnp.sum(jax.nn.log_softmax(y)[:, 0]), st
+        return jax.value_and_grad(loss, has_aux=True)(p)
 
-    (l1, s1), g1 = jax.value_and_grad(lambda p: loss(ref, p), has_aux=True)(v["params"])
-    (l2, s2), g2 = jax.value_and_grad(lambda p: loss(fused, p), has_aux=True)(v["params"])
+    (l1, s1), g1 = grads(ref, v["params"], x)
+    (l2, s2), g2 = grads(fused, v["params"], x)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
-    # the noise band: the reference again with every input value moved by one ulp
-    # (ResNet-50 with batch 8 amplifies it: up to thousands of times the tolerance below)
-    x_ulp = x * (1 + 2.0 ** -23)
-    (_, s3), g3 = jax.value_and_grad(lambda p: loss(ref, p, x_ulp), has_aux=True)(v["params"])
-    for a, b, c in zip(*(jax.tree.leaves(t) for t in ((g1, s1), (g2, s2), (g3, s3)))):
-        # float32 rounding, relative to the leaf's scale (gradients reach ~20 here), or
-        # within the one-ulp band (BatchNorm here sums in another order than flax)
-        if not np.allclose(a, b, rtol=1e-3, atol=1e-5 * max(1.0, np.abs(a).max())):
-            assert np.abs(a - b).max() <= np.abs(a - c).max(), (a, b, c)
+    # The noise: the reference again on the same images in other orders (the loss, the
+    # statistics and the gradient do not depend on the order; their float32 sums do) and
+    # with every input value moved by one or two ulps, up and down: nine draws of the
+    # float32 noise that ResNet-50 at batch 8 amplifies to thousands of times the plain
+    # tolerance below. A leaf outside that tolerance gets the ratio of its difference to
+    # the largest of the draws'. The fused network must look like one more draw: its
+    # largest and its median ratio no larger than those of a draw against the others (on
+    # an Intel Xeon, family 6 model 207: fused 1.11 and 0.67, draws up to 1.65 and 0.99;
+    # the fused gradients scaled by 1.01 reach 2,370 on one leaf, by 1.001 hide in the noise).
+    perms = [np.roll(np.arange(len(x)), k) for k in (1, 2, 3, 5)] + [np.arange(len(x))[::-1]]
+    draws = [grads(ref, v["params"], x[q]) for q in perms] + [
+        grads(ref, v["params"], x * (1 + u * 2.0 ** -23)) for u in (1, -1, 2, -2)]
+    base, got, *noise = [jax.tree.leaves((g, s)) for (_, s), g in [
+        ((l1, s1), g1), ((l2, s2), g2), *draws]]
+
+    def ratios(d, others) -> list[float]:
+        return [float(np.abs(a - d[i]).max() / max(np.abs(a - o[i]).max() for o in others))
+                for i, a in enumerate(base)  # float32 rounding, relative to the leaf's scale
+                if not np.allclose(a, d[i], rtol=1e-3, atol=1e-5 * max(1.0, np.abs(a).max()))]
+
+    mine = ratios(got, noise)
+    theirs = [ratios(d, noise[:k] + noise[k + 1:]) for k, d in enumerate(noise)]
+    if mine:
+        assert max(mine) <= max(max(t, default=0) for t in theirs), (mine, theirs)
+        assert np.median(mine) <= max(np.median(t) for t in theirs if t), (mine, theirs)

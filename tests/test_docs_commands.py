@@ -104,7 +104,7 @@ def localise(cmd: str, tmp: str) -> list[str]:
     """The command as this test runs it (in `tmp`, where configs/ and benchmarks/ are
     links to the repository's): the bundled sample for the data, the real ../shared."""
     cmd = re.sub(r"(\$HOME|~|DIR)/data/cifar10-jpeg|DIR/cifar10-jpeg", "sample:cifar10", cmd)
-    cmd = cmd.replace("../shared/", SHARED.rstrip("/") + "/").replace("=/tmp/", f"={tmp}/")
+    cmd = cmd.replace("=/tmp/", f"={tmp}/").replace("../shared/", SHARED.rstrip("/") + "/")
     argv = shlex.split(cmd)
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from tests.helpers import ROOT, TINY, assert_trees_close, final_params
+from tests.helpers import ROOT, TINY, final_params
 from thinjax.checkpoint import load_model
 
 EXTRA = ["--config.data.num_shards=2", "--config.train.mixup_alpha=0.0",
@@ -91,6 +91,27 @@ def max_abs_diff(a, b) -> float:
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def _continue_from(one, wd, num_processes: int, devices: int, ulps: int = 0):
+    """Steps 3-4 from `one`'s step-2 checkpoint (its parameters moved by `ulps` ulps) on
+    `num_processes` x `devices`: (final variables, the train losses logged)."""
+    import jax
+    import numpy as np
+
+    from thinjax import checkpoint
+    if ulps:
+        meta, state = checkpoint._restore(str(one / "checkpoints"), 2)
+        state["params"] = jax.tree.map(
+            lambda a: np.asarray(a) * np.float32(1 + ulps * 2.0 ** -23), state["params"])
+        m = checkpoint.manager(str(wd / "checkpoints"))
+        checkpoint.save(m, 2, state, meta)
+        m.wait_until_finished()
+        m.close()
+    else:
+        shutil.copytree(one / "checkpoints" / "2", wd / "checkpoints" / "2")
+    launch(wd, num_processes, devices, "--config.train.total_steps=4")
+    return final_params(wd)[0], [json.loads(x)["train_loss"] for x in open(wd / "metrics.jsonl")]
+
+
 def test_two_processes_equal_one_and_checkpoints_move_between_them(tmp_path):
     # 1 process x 8 devices, steps 1-4, checkpoints at 2 and 4: the reference
     one = tmp_path / "one"
@@ -104,24 +125,28 @@ def test_two_processes_equal_one_and_checkpoints_move_between_them(tmp_path):
     v1, m1 = final_params(one)
     v2, m2 = final_params(two)  # this (single) test process restores the 2-process checkpoint
     assert m1["step"] == m2["step"] == 4
-    # The noise band: the same steps 3-4 on 1 process x 4 devices (the same global batches,
-    # another reduction order of gradients and BN statistics). 2 processes reduce across
-    # the processes (gloo) in yet another order; rounding differences that a BatchNorm
-    # amplifies on a near-zero parameter of this width-4 network reach 5e-5 on one CPU type
-    # (issue 25, Intel Xeon with AMX), 0.9% of that parameter: float noise, measured here on
-    # this machine rather than assumed.
-    band = tmp_path / "band"
-    shutil.copytree(one / "checkpoints" / "2", band / "checkpoints" / "2")
-    launch(band, 1, 4, "--config.train.total_steps=4")
-    vb, _ = final_params(band)
+    # The noise band: steps 3-4 again on 1 process x 8 devices from the step-2 state with
+    # every parameter moved by one ulp, up and down, and on 1 process x 4 devices (another
+    # reduction order of gradients and BN statistics). 2 processes reduce across the
+    # processes (gloo) in yet another order. At this state the gradient of this width-4
+    # network amplifies rounding ~3,000 times in one step (step 3's gradient norm moves
+    # 3.4e-4 for a one-ulp move of the parameters, its loss 1e-7): on an Intel Xeon (family
+    # 6 model 207) the two processes' step 4 was 0.0095 from one process's, the one-ulp-up
+    # start's the same 0.0095 and the 4-device layout's 1e-4 (issue 25). The same batches
+    # and state are checked apart from that noise: step 3's loss, computed before any
+    # update, equals one process's (1e-7 here; from scratch, 2 processes matched 1 to 3e-8
+    # in the parameters after two steps).
+    draws = [_continue_from(one, tmp_path / "band", 1, 4)] + [
+        _continue_from(one, tmp_path / f"ulp{u}", 1, 8, ulps=u) for u in (1, -1)]
     for part in ("params", "batch_stats"):
-        noise, diff = max_abs_diff(v1[part], vb[part]), max_abs_diff(v1[part], v2[part])
-        print(f"{part}: 2 processes vs 1: {diff:.3g}; noise band (1x8 vs 1x4): {noise:.3g}")
+        noise = max(max_abs_diff(v1[part], vb[part]) for vb, _ in draws)
+        diff = max_abs_diff(v1[part], v2[part])
+        print(f"{part}: 2 processes vs 1: {diff:.3g}; noise band: {noise:.3g}")
         assert diff <= 4 * noise + 1e-7, (part, diff, noise)
-    assert_trees_close(v1["params"], v2["params"], rtol=1e-2, atol=1e-4)  # and no real gap
     l1, l2 = ([json.loads(x)["train_loss"] for x in open(wd / "metrics.jsonl")]
               for wd in (one, two))
-    assert len(l2) == 2 and abs(l2[-1] - l1[-1]) < 1e-5 * l1[-1]
+    assert len(l2) == 2 and abs(l2[0] - l1[2]) < 1e-6 * l1[2]  # step 3: same batch, state
+    assert abs(l2[1] - l1[3]) <= 4 * max(abs(lb[1] - l1[3]) for _, lb in draws) + 1e-6
     # the best model is exported by process 0 alone (keep_best, on by default)
     assert json.load(open(two / "best_metric.json"))["step"] == 4
     assert load_model(str(two / "best"))[1]["params"]
