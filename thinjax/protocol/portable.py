@@ -35,7 +35,11 @@ from thinjax.protocol.runner import load_rows
 from thinjax.protocol.spec import Protocol, RunSpec
 
 PACK_FILE = "pack.json"
-_TRAIN_FILES = ("config.json", "plan.json", "results.json")
+# what later runs read beside the weights: a training run's config (its classes) and plan;
+# a one-shot pruning's plan (its convert output's config.py, finetune.json and summary.json
+# describe how it was made, with the machine's paths, and stay behind with its logs)
+_TRAIN_FILES = ("config.json", "plan.json")
+_PRUNED_LEFT = ("*.log", "config.py", "finetune.json", "summary.json")
 
 
 def keeps_weights(p: Protocol, rows: dict, spec: RunSpec) -> bool:
@@ -127,7 +131,7 @@ def pack(ctx: Context, p: Protocol, specs: dict[str, RunSpec], dst: str) -> dict
             src = checkpoint_of(ctx, spec)
             if spec.arm == "oneshot":
                 shutil.copytree(src, os.path.join(out, "pruned"),
-                                ignore=shutil.ignore_patterns("*.log"))
+                                ignore=shutil.ignore_patterns(*_PRUNED_LEFT))
             else:
                 _copy_trained(src, os.path.join(out, "train"))
             kept.append(rid)
