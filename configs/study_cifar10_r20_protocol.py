@@ -38,8 +38,10 @@ commit; rerun to continue where it stopped):
         --report_dir=docs/study_cifar10_r20_protocol
 While it runs, its state lives in benchmarks/state/study_cifar10_r20_protocol/ (a --pack_to
 copy: every row and the weights later runs read; pack.json names the CPU each row was made
-on). On a new machine, cp -a that folder to runs/study_r20_protocol and run the command;
-before the machine goes, pack it back (the command runs nothing with --pack_to) and commit:
+on). On a new machine, cp -a that folder to runs/study_r20_protocol and run the command
+from a clone at the commit its rows name (0a68075 for the third run: nothing else mixes
+in); before the machine goes, pack it back with main's command (it runs nothing with
+--pack_to) and commit the folder:
     python -m thinjax.study --config=configs/study_cifar10_r20_protocol.py \
         --workdir=runs/study_r20_protocol --config.data.name=DATA \
         --pack_to=benchmarks/state/study_cifar10_r20_protocol
