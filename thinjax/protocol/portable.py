@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import time
 
-from thinjax import checkpoint, fs
+from thinjax import checkpoint, cpu, fs
 from thinjax.errors import OutputError
 from thinjax.protocol import plan as planning
 from thinjax.protocol.execute import Context, checkpoint_of
@@ -52,22 +51,6 @@ def keeps_weights(p: Protocol, rows: dict, spec: RunSpec) -> bool:
     crit = spec.criterion if spec.arm != "dense+ft" else None
     chosen = planning.chosen_lr(p, rows, spec.arm, crit)
     return chosen is None or chosen == spec.lr
-
-
-def cpu_name() -> str:
-    """The CPU as ``/proc/cpuinfo`` names it, with its family, model and the vector units
-    that decide the convolutions' speed (a VM may show only "Intel(R) Xeon(R) Processor")."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = dict(ln.split(":", 1) for ln in f.read().split("\n\n")[0].splitlines()
-                        if ":" in ln)
-    except OSError:
-        return platform.processor() or platform.machine()
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    flags = set(info.get("flags", "").split())
-    units = [u for u in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if u in flags]
-    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
-            f"{info.get('model', '?')}; {' '.join(units) or 'no AVX2'})")
 
 
 def _copy_trained(src: str, dst: str) -> None:
@@ -135,8 +118,9 @@ def pack(ctx: Context, p: Protocol, specs: dict[str, RunSpec], dst: str) -> dict
             else:
                 _copy_trained(src, os.path.join(out, "train"))
             kept.append(rid)
-        info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
-                "source": ctx.workdir, "packed_by": ctx.commit, "rows": len(rows),
+        info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "cpu": cpu.cpu_description(),
+                "source": os.path.basename(ctx.workdir), "packed_by": ctx.commit, "rows": len(rows),
                 "data": os.path.basename(ctx.data.rstrip("/")),  # the rows' keys read it
                 # made or completed here since the pack this one replaces (the study
                 # continued from it)
