@@ -16,7 +16,9 @@ raw parameters and BN statistics (``train/model``, what ``--checkpoint`` and
 ``config.init_from`` read; a checkpoint holding pruning masks is copied whole), a one-shot
 pruning's convert output is copied as it is. ``pack.json`` records what was kept, the CPU,
 and, when it replaces an earlier pack, the packs before it and the rows new since: a study
-carried from machine to machine through one pack knows where each row was made.
+carried from machine to machine through one pack knows where each row was made. A
+trained run whose weights and files equal those of the pack being replaced keeps that
+pack's files (orbax names them at random): a pack kept in git changes where the study did.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ import os
 import shutil
 import time
 
+import jax
+import numpy as np
+
 from thinjax import checkpoint, cpu, fs
-from thinjax.errors import OutputError
+from thinjax.errors import CheckpointError, OutputError
 from thinjax.protocol import plan as planning
 from thinjax.protocol.execute import Context, checkpoint_of
 from thinjax.protocol.runner import load_rows
@@ -68,6 +73,29 @@ def _copy_trained(src: str, dst: str) -> None:
     checkpoint.export_model(os.path.join(dst, "model"), net, variables,
                             {"packed_from": f"{os.path.basename(os.path.dirname(src))} step "
                                             f"{meta['step']}"})
+
+
+def _keep_unchanged(new: str, old: str) -> None:
+    """Puts the previous pack's copy of a trained run (`old`) in place of the one just
+    written (`new`) when both hold the same arrays, bit for bit, and the same files beside
+    them: orbax names its files at random, so a pack kept in git then changes only where the
+    weights did."""
+    if not os.path.isdir(old):
+        return
+    for name in _TRAIN_FILES:
+        a, b = os.path.join(new, name), os.path.join(old, name)
+        if os.path.exists(a) != os.path.exists(b) or (os.path.exists(a) and _read(a) != _read(b)):
+            return
+    try:
+        va, vb = checkpoint.load_network(new)[1], checkpoint.load_network(old)[1]
+    except (CheckpointError, OSError):
+        return
+    if jax.tree.structure(va) != jax.tree.structure(vb) or not all(
+            x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(
+                map(np.asarray, jax.tree.leaves(va)), map(np.asarray, jax.tree.leaves(vb)))):
+        return
+    shutil.rmtree(new)
+    shutil.copytree(old, new)
 
 
 def _history(dst: str) -> tuple[list, dict]:
@@ -117,6 +145,7 @@ def pack(ctx: Context, p: Protocol, specs: dict[str, RunSpec], dst: str) -> dict
                                 ignore=shutil.ignore_patterns(*_PRUNED_LEFT))
             else:
                 _copy_trained(src, os.path.join(out, "train"))
+                _keep_unchanged(os.path.join(out, "train"), os.path.join(dst, "runs", rid, "train"))
             kept.append(rid)
         info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "cpu": cpu.cpu_description(),
