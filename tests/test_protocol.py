@@ -537,3 +537,12 @@ def test_protocol_configs_load_and_plan(name, n_runs):
             seeds.setdefault(head, set()).add(int(s))
     finals = [h for h, ss in seeds.items() if len(ss) > 1]
     assert finals and all(seeds[h] == set(range(p.seeds)) for h in finals)
+
+
+def test_packed_configs_name_no_folder_of_the_machine():
+    from thinjax.protocol.portable import _portable
+    rec = {"init_from": "/m/study/runs/dense-s0/train", "data": {"name": "/m/data/cifar10-jpeg/",
+           "split": "train[:30000]"}, "files": ["/x/y.json", "rel/z"], "lr": 0.2}
+    assert _portable(rec, "/m/study/runs") == {
+        "init_from": "runs/dense-s0/train", "data": {"name": "cifar10-jpeg",
+        "split": "train[:30000]"}, "files": ["y.json", "rel/z"], "lr": 0.2}

@@ -65,7 +65,10 @@ def _copy_trained(src: str, dst: str) -> None:
     os.makedirs(dst)
     for name in _TRAIN_FILES:
         if os.path.exists(os.path.join(src, name)):
-            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+            with open(os.path.join(src, name)) as f:
+                record = _portable(json.load(f), os.path.dirname(os.path.dirname(src)))
+            with open(os.path.join(dst, name), "w") as f:
+                json.dump(record, f, indent=1)
     if meta.get("masks") is not None:  # a gradual run's masks: the whole newest step
         step = os.path.join(meta["directory"], str(meta["step"]))
         shutil.copytree(step, os.path.join(dst, "checkpoints", str(meta["step"])))
@@ -75,17 +78,24 @@ def _copy_trained(src: str, dst: str) -> None:
                                             f"{meta['step']}"})
 
 
+def _portable(value, runs: str):
+    """A run's recorded config with this machine's paths taken out: a path inside the
+    study's `runs` folder relative to the study, any other absolute path its last part."""
+    if isinstance(value, dict):
+        return {k: _portable(v, runs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, runs) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        if value.startswith(runs + os.sep):
+            return os.path.relpath(value, os.path.dirname(runs))
+        return os.path.basename(value.rstrip(os.sep))
+    return value
+
+
 def _keep_unchanged(new: str, old: str) -> None:
-    """Puts the previous pack's copy of a trained run (`old`) in place of the one just
-    written (`new`) when both hold the same arrays, bit for bit, and the same files beside
-    them: orbax names its files at random, so a pack kept in git then changes only where the
-    weights did."""
-    if not os.path.isdir(old):
-        return
-    for name in _TRAIN_FILES:
-        a, b = os.path.join(new, name), os.path.join(old, name)
-        if os.path.exists(a) != os.path.exists(b) or (os.path.exists(a) and _read(a) != _read(b)):
-            return
+    """Puts the previous pack's weights of a trained run (`old`) in place of those just
+    written (`new`) when both hold the same arrays, bit for bit: orbax names its files at
+    random, so a pack kept in git then changes only where the weights did."""
     try:
         va, vb = checkpoint.load_network(new)[1], checkpoint.load_network(old)[1]
     except (CheckpointError, OSError):
@@ -94,8 +104,10 @@ def _keep_unchanged(new: str, old: str) -> None:
             x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(
                 map(np.asarray, jax.tree.leaves(va)), map(np.asarray, jax.tree.leaves(vb)))):
         return
-    shutil.rmtree(new)
-    shutil.copytree(old, new)
+    for name in ("model", "checkpoints"):
+        if os.path.isdir(os.path.join(new, name)) and os.path.isdir(os.path.join(old, name)):
+            shutil.rmtree(os.path.join(new, name))
+            shutil.copytree(os.path.join(old, name), os.path.join(new, name))
 
 
 def _history(dst: str) -> tuple[list, dict]:
