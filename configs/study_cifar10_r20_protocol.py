@@ -36,30 +36,30 @@ commit; rerun to continue where it stopped):
     python -m thinjax.study --config=configs/study_cifar10_r20_protocol.py \
         --workdir=runs/study_r20_protocol --config.data.name=DATA \
         --report_dir=docs/study_cifar10_r20_protocol
-While it runs, its state lives in benchmarks/state/study_cifar10_r20_protocol/ (a --pack_to
-copy: every row and the weights later runs read; pack.json names the CPU each row was made
-on). On a new machine, cp -a that folder to runs/study_r20_protocol and run the command
-from a clone at the commit its rows name (0a68075 for the third run: nothing else mixes
-in); before the machine goes, pack it back with main's command (it runs nothing with
---pack_to) and commit the folder:
-    python -m thinjax.study --config=configs/study_cifar10_r20_protocol.py \
-        --workdir=runs/study_r20_protocol --config.data.name=DATA \
-        --pack_to=benchmarks/state/study_cifar10_r20_protocol
-The folder is deleted when the study is done.
-Cost: an ESTIMATE before the run. The study was first sized on the AVX-512 EPYC (45,000
-training images, ~8 h). On the AVX2 EPYC of 2026-12-07 (Zen 3, no AVX-512) one quiet epoch
-of 45,000 images measured w=16 125 s, w=11 106 s, w=8 62 s, and a run's start-up and
-validation ~35 s: ~11.3 h for the 123 runs. To stay within about 8 h there, training uses
-the first 30,000 images (the validation split stays train[45000:]; train[30000:45000] is
-not used): ~7.9 h estimated. That estimate was low: the second run measured 10.42 h at
-each group's median run time for 117 of its 123 runs on that EPYC (13.13 h as its wall
-times add up, pauses and shared CPU included), because the pruned and scratch networks take
-~50-80 s per 30,000-image epoch at w=8's MACs against thin w=8's 41 s (channel counts that
-are not multiples of 8 run slower in oneDNN's AVX2 kernels, issue 28). On the Intel Xeon of
-the third run, w=16 trains at ~600 images/s (~360 on that EPYC: 125 s per 45,000 images)
-and a quiet dense run takes 177-194 s. The measured wall time per arm and in all is in the
-report's Cost section once it has run.
-Outcome: not stated before it is measured; the report says it.
+The third run is complete (123 rows, from about 17:30 UTC on 2026-12-07 to 01:47 on
+2026-12-08, over three sessions, carried between them by --pack_to); its report is
+docs/study_cifar10_r20_protocol.
+Its final pack (every row, and the dense and one-shot weights that rerunning one row reads)
+is commit cbbacea's benchmarks/state/study_cifar10_r20_protocol/, deleted after it: to rerun
+one row, `git checkout cbbacea -- benchmarks/state/study_cifar10_r20_protocol`, copy it to
+DIR, delete DIR/runs/<run> and run the command with --workdir=DIR from a clone at 0a68075.
+Cost, as sized: the study was first sized on the AVX-512 EPYC (45,000 training images, ~8
+h); on the AVX2 EPYC (Zen 3) measured epochs put that at ~11.3 h, so training uses the first
+30,000 images (~7.9 h estimated there; the second run then measured 10.42 h at its groups'
+median run times for 117 of its runs: channel counts that are not multiples of 8 run slower
+in oneDNN's AVX2 kernels, issue 28).
+Cost, measured (the third run, Intel Xeon family 6 model 207, 2 cores; the report's Cost
+section): median wall per run: dense 194 s; one-shot with BN recalibration 38-40 s;
+pruned+ft w=8 E=1 59 s, E=3 131 s, E=10 369 s; pruned+ft w=11 E=3 169 s; thin w=8 E=1 150 s,
+E=3 189 s, E=10 386 s; thin w=11 E=3 236 s; dense+ft 261 s, gradual 363 s, scratch-E 331 s,
+scratch-B 690 s (of these four arms 20 of 28 runs ran on one core, two runs at a time: one
+core takes ~1.3-1.6x a run's two-core time). In all 6.92 h at each group's median, 8.49 h
+as the rows' wall times add up (which count pauses: oneshot-l1-w11-s0's 4,192 s and
+dense-ft-E3-lr0.02-s0's 1,074 s include ~69 and ~15 min paused; scratch-B-lr0.2-s0's 964 s
+~4 min with the study's loop stopped; and each of the two one-core runs side by side).
+Elapsed: the 25 control runs took 1.7 h (00:05-01:47 UTC on 2026-12-08, two at a time from
+00:27).
+Outcome: measured, in the report (its In words section) and in docs/study.md.
 """
 
 import os
@@ -76,7 +76,10 @@ def get_config():
     c.title = "CIFAR-10 ResNet-20: thin vs pruned in one data domain, paired seeds"
     c.data = ml_collections.ConfigDict({"name": "cifar10", "data_dir": "", "split": "test",
                                         "eval_batch_size": 500})
-    c.cpu = "this project's 2-core VM, an AMD EPYC without AVX-512 (Zen 3, AVX2)"
+    c.cpu = ("this project's 2-core VM, an Intel Xeon (family 6 model 207; AVX-512 with VNNI; "
+             "neither AMX nor AVX-512 BF16 shown to the VM), every row; the last 20 runs "
+             "(from 00:27 UTC on 2026-12-08) as two one-core processes, the study on core 0 "
+             "and benchmarks/study_second_worker.py on core 1")
     c.data_text = ("Data: CIFAR-10 as JPEGs (../shared/data/cifar10-jpeg.zip; the --config.data"
                    ".name the command names): training on train[:30000], LR selection on "
                    "train[45000:] (5,000 images), reported top-1 on the 10,000-image test "
@@ -117,9 +120,24 @@ def get_config():
         "masked steps are counted at the dense network's MACs.",
         "Published results (literature plot) are on the original CIFAR-10 with their own "
         "600-epoch-scale baselines and recipes; only their drop from their own baseline is "
-        "shown, beside this study's paired differences.")
-    c.rerun_text = ("One row, leaving the study as it is: copy DIR (cp -a DIR COPY), delete "
-                    "the row's folder COPY/runs/<run> (the run column) and rerun the study "
-                    "command with --workdir=COPY; only that run is made again, with the same "
-                    "seed, LR and inputs.")
+        "shown, beside this study's paired differences.",
+        "scratch-B is compared with thin at thin's E = 3 but has the training FLOPs of "
+        "pruned+ft (14.9 epochs from init, 445,952 images, against thin's 6 and 179,712): its "
+        "difference from thin is not at an equal budget. The thin network with a similar "
+        "budget is thin at E = 10 (13 epochs, 389,376 images; not paired with scratch-B here).",
+        "n = 3 seeds: where the seeds spread (thin at w=8, E = 3: sd 1.27 points) the "
+        "intervals are several points wide, and 'inconclusive' means this study cannot tell "
+        "the arms apart, not that they are equal.",
+        "Run times: the last 20 runs ran as two one-core processes side by side (see Cost); "
+        "a few rows' wall times include pauses (the config's docstring names them).")
+    c.rerun_text = (
+        "One row, leaving the study as it is: copy DIR (cp -a DIR COPY), delete the row's "
+        "folder COPY/runs/<run> (the run column) and rerun the study command with "
+        "--workdir=COPY from a clone at the rows' commit (0a68075); only that run is made "
+        "again, with the same seed, LR and inputs. Without the study's folder: its final pack "
+        "(every row, and the dense and one-shot weights a rerun reads) is in the repository's "
+        "history, `git checkout cbbacea -- benchmarks/state/study_cifar10_r20_protocol`, and "
+        "a copy of it is DIR. Done so on 2026-12-08 for pruned-ft-l1-w8-E3-lr0.06-s1 (same "
+        "machine, beside the study): val top-1 70.10% and test top-1 69.93%, the same as its "
+        "row (its arm: 70.36% mean, sd 0.53, n = 3).")
     return c
